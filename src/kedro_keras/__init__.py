@@ -1,0 +1,19 @@
+"""Kedro datasets for Keras models: whole models, weights only, and model
+histories, on any filesystem fsspec knows.
+
+Importing this package imports neither Keras nor a backend; that happens the
+first time a model is loaded or saved.
+"""
+
+from kedro_keras.keras_model_dataset import KerasModelDataset
+from kedro_keras.keras_timestamped_model_dataset import KerasTimestampedModelDataset
+from kedro_keras.keras_weights_dataset import KerasWeightsDataset
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KerasModelDataset",
+    "KerasTimestampedModelDataset",
+    "KerasWeightsDataset",
+    "__version__",
+]

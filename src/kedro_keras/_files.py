@@ -1,0 +1,139 @@
+"""Files somewhere: the fsspec half of the I/O layer.
+
+The datasets never care which filesystem a path lives on. Everything they need
+from one (opening for reading, publishing a finished file in one step,
+listing, removing) is here, so that the model formats in ``_formats`` only ever
+see open file objects.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from contextlib import contextmanager
+from copy import deepcopy
+from pathlib import PurePosixPath
+from typing import IO, Any, Iterator
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from kedro.io.core import Version, get_protocol_and_path
+
+# Object stores whose files upload on ``commit()`` and can be ``discard()``ed:
+# writing to them with ``autocommit=False`` is all-or-nothing with no extra copy.
+_DEFERRED_COMMIT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl"}
+
+
+class Location:
+    """A filesystem plus the arguments to open files on it.
+
+    Built from the ``filepath``, ``credentials`` and ``fs_args`` a catalog
+    entry gives, as kedro-datasets does. Picklable whenever the fsspec
+    filesystem is, which ParallelRunner relies on.
+    """
+
+    def __init__(
+        self,
+        filepath: str,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        version: Version | None = None,
+    ) -> None:
+        fs_args = deepcopy(fs_args) or {}
+        self.open_args_load: dict[str, Any] = fs_args.pop("open_args_load", {})
+        self.open_args_save: dict[str, Any] = fs_args.pop("open_args_save", {})
+        credentials = deepcopy(credentials) or {}
+
+        self.protocol, path = get_protocol_and_path(filepath, version)
+        if self.protocol == "file":
+            fs_args.setdefault("auto_mkdir", True)
+        self.fs: fsspec.AbstractFileSystem = fsspec.filesystem(
+            self.protocol, **credentials, **fs_args
+        )
+        self.path = PurePosixPath(path)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def url(self, path: str | PurePosixPath) -> str:
+        """The path as a user would write it (with its protocol), for messages."""
+        path = str(path)
+        if self.is_local:
+            return path
+        return f"{self.protocol}://{path}"
+
+    def exists(self, path: str | PurePosixPath) -> bool:
+        return self.fs.exists(str(path))
+
+    def glob(self, pattern: str) -> list[str]:
+        return self.fs.glob(pattern)
+
+    def remove(self, path: str | PurePosixPath) -> None:
+        self.fs.rm_file(str(path))
+
+    def invalidate_cache(self, path: str | PurePosixPath) -> None:
+        self.fs.invalidate_cache(str(path))
+
+    @contextmanager
+    def open_read(self, path: str | PurePosixPath) -> Iterator[IO[bytes]]:
+        """A seekable binary file; object stores serve it with range reads."""
+        with self.fs.open(str(path), mode="rb", **self.open_args_load) as file:
+            yield file
+
+    @contextmanager
+    def atomic_write(self, path: str | PurePosixPath) -> Iterator[IO[bytes]]:
+        """A binary file that becomes ``path`` only if the block completes.
+
+        A failed or interrupted write leaves whatever was at ``path`` before
+        untouched, so the last good model is never lost.
+        """
+        path = str(path)
+        if self.is_local:
+            with _local_atomic_write(path) as file:
+                yield file
+        elif _protocols(self.fs) & _DEFERRED_COMMIT_PROTOCOLS:
+            with self._deferred_commit_write(path) as file:
+                yield file
+        else:
+            # A filesystem we cannot write to in one step: build the file in
+            # memory and put it with a single call.
+            buffer = io.BytesIO()
+            yield buffer
+            self.fs.pipe_file(path, buffer.getvalue())
+
+    @contextmanager
+    def _deferred_commit_write(self, path: str) -> Iterator[IO[bytes]]:
+        file = self.fs.open(path, mode="wb", autocommit=False, **self.open_args_save)
+        try:
+            yield file
+            file.close()
+        except BaseException:
+            file.discard()
+            raise
+        file.commit()
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
+    protocol = fs.protocol
+    return {protocol} if isinstance(protocol, str) else set(protocol)
+
+
+@contextmanager
+def _local_atomic_write(path: str) -> Iterator[IO[bytes]]:
+    # The temporary file sits beside the target so the final rename stays on
+    # one filesystem and is atomic; its dot-name keeps it out of our globs.
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temp_path = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temp_path, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise

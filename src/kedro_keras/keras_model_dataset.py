@@ -1,0 +1,249 @@
+"""``KerasModelDataset``: a whole Keras model (architecture, weights, compile and
+optimizer state) in one ``.keras`` or legacy ``.h5`` file on any fsspec
+filesystem."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from copy import deepcopy
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
+
+from kedro_keras import _formats
+from kedro_keras._files import Location
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+KERAS_SUFFIX = ".keras"
+LEGACY_SUFFIXES = (".h5", ".hdf5")
+
+
+class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
+    """Loads and saves a whole ``keras.Model`` on any filesystem fsspec knows.
+
+    The format follows the extension: ``.keras`` (the Keras 3 archive, the
+    default) or ``.h5``/``.hdf5`` (legacy HDF5, with a warning). Models are
+    written straight to the target (no temporary folder), published only once
+    complete, and read back without importing TensorFlow unless it is Keras's
+    backend.
+
+    Example usage for the
+    `YAML API <https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/>`_:
+
+    .. code-block:: yaml
+
+        classifier:
+          type: kedro_keras.KerasModelDataset
+          filepath: data/06_models/classifier.keras
+          versioned: true
+          load_args:
+            custom_objects:
+              Scale: my_project.layers.Scale   # import path, resolved at load
+          save_args:
+            include_optimizer: true
+
+        remote_classifier:
+          type: kedro_keras.KerasModelDataset
+          filepath: s3://my-bucket/models/classifier.keras
+          credentials: s3_creds
+
+    Example usage for the
+    `Python API <https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/>`_:
+
+    .. code-block:: pycon
+
+        >>> import keras, numpy as np
+        >>> from kedro_keras import KerasModelDataset
+        >>>
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        >>> model.compile(optimizer="adam", loss="mse")
+        >>> dataset = KerasModelDataset(filepath=tmp_path / "model.keras")
+        >>> dataset.save(model)
+        >>> reloaded = dataset.load()
+        >>> x = np.ones((2, 3))
+        >>> np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    """
+
+    DEFAULT_LOAD_ARGS: dict[str, Any] = {"compile": True, "safe_mode": True}
+    DEFAULT_SAVE_ARGS: dict[str, Any] = {"include_optimizer": True}
+
+    def __init__(  # noqa: PLR0913
+        self,
+        *,
+        filepath: str,
+        load_args: dict[str, Any] | None = None,
+        save_args: dict[str, Any] | None = None,
+        version: Version | None = None,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Creates a new ``KerasModelDataset``.
+
+        Args:
+            filepath: Where the model lives, ending in ``.keras`` (recommended)
+                or ``.h5``/``.hdf5`` (legacy). A local path or any fsspec URL:
+                ``s3://``, ``gs://``, ``abfs://``, ``memory://``, ``file://``.
+            load_args: ``custom_objects`` (names to classes, or to import-path
+                strings such as ``my_project.layers.Scale``, or a list of import
+                paths), ``compile`` (default True) and ``safe_mode`` (default
+                True: Lambda layers, whose code runs on load, are refused).
+            save_args: ``include_optimizer`` (default True). False writes a
+                slim inference file without optimizer state.
+            version: Set by Kedro for ``versioned: true`` entries.
+            credentials: Passed to the fsspec filesystem (e.g. ``key``,
+                ``secret``, ``client_kwargs`` for s3fs).
+            fs_args: Extra arguments for the fsspec filesystem; its
+                ``open_args_load``/``open_args_save`` go to ``fs.open``.
+            metadata: Anything you want to keep with the entry; kedro-viz
+                reads its ``kedro-viz`` key. Not used by the dataset.
+
+        Raises:
+            DatasetError: the extension is not one Keras can save a whole model in.
+        """
+        filepath = str(filepath)
+        self._legacy = self._is_legacy_format(filepath)
+        self._location = Location(filepath, credentials, fs_args, version)
+        self._fs = self._location.fs
+        self._protocol = self._location.protocol
+        self.metadata = metadata
+        self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
+        self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
+        _check_args("load_args", self._load_args, {"custom_objects", "compile", "safe_mode"})
+        _check_args("save_args", self._save_args, {"include_optimizer"})
+
+        super().__init__(
+            filepath=self._location.path,
+            version=version,
+            exists_function=self._exists_file,
+            glob_function=self._glob,
+        )
+
+    @staticmethod
+    def _is_legacy_format(filepath: str) -> bool:
+        """True for legacy HDF5, False for ``.keras``; anything else is refused."""
+        suffix = PurePosixPath(filepath).suffix.lower()
+        if filepath.lower().endswith(".weights.h5"):
+            raise DatasetError(
+                f"'{filepath}' is a weights-only file name; use "
+                "kedro_keras.KerasWeightsDataset for '.weights.h5' files, or "
+                f"name the whole model '*{KERAS_SUFFIX}'."
+            )
+        if suffix != KERAS_SUFFIX and suffix not in LEGACY_SUFFIXES:
+            raise DatasetError(
+                f"KerasModelDataset cannot tell the format of '{filepath}': its "
+                f"name must end in '{KERAS_SUFFIX}' (recommended) or "
+                f"'{LEGACY_SUFFIXES[0]}' (legacy HDF5)."
+            )
+        if suffix in LEGACY_SUFFIXES:
+            warnings.warn(
+                f"'{filepath}' uses the legacy HDF5 format; prefer '{KERAS_SUFFIX}', "
+                "which keeps more of the model (custom objects, full optimizer "
+                "state) and is what Keras 3 is built around.",
+                stacklevel=4,
+            )
+            return True
+        return False
+
+    # fsspec's bound methods do not always pickle (s3fs's glob does not);
+    # methods of the dataset do, so ParallelRunner can ship it.
+    def _exists_file(self, path: str) -> bool:
+        return self._location.exists(path)
+
+    def _glob(self, pattern: str) -> list[str]:
+        return self._location.glob(pattern)
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": self._location.url(self._filepath),
+            "format": "h5 (legacy)" if self._legacy else "keras",
+            "version": self._version,
+            "load_args": self._load_args,
+            "save_args": self._save_args,
+        }
+
+    def load(self) -> keras.Model:
+        path = self._get_load_path()
+        url = self._location.url(path)
+        args = deepcopy(self._load_args)
+        try:
+            args["custom_objects"] = _formats.resolve_custom_objects(args.get("custom_objects"))
+        except (ValueError, ImportError) as exc:
+            raise DatasetError(f"Cannot load the Keras model at '{url}': load_args.custom_objects: {exc}") from exc
+        read = _formats.read_legacy_h5 if self._legacy else _formats.read_keras_archive
+        try:
+            with self._location.open_read(path) as file:
+                model = read(file, **args)
+        except FileNotFoundError as exc:
+            raise DatasetError(f"No Keras model at '{url}': the file does not exist.") from exc
+        except Exception as exc:
+            raise DatasetError(_load_failure(url, exc, legacy=self._legacy)) from exc
+        logger.info("Loaded Keras model '%s' from %s", model.name, url)
+        return model
+
+    def save(self, data: keras.Model) -> None:
+        _check_is_model(data, self._location.url(self._filepath))
+        path = self._get_save_path()
+        url = self._location.url(path)
+        write = _formats.write_legacy_h5 if self._legacy else _formats.write_keras_archive
+        try:
+            with self._location.atomic_write(path) as file:
+                write(data, file, **self._save_args)
+        except Exception as exc:
+            raise DatasetError(
+                f"Could not save Keras model '{data.name}' to '{url}': {exc}. "
+                "Any model previously saved there is unchanged."
+            ) from exc
+        self._location.invalidate_cache(path)
+        logger.info("Saved Keras model '%s' to %s", data.name, url)
+        self._after_save(path)
+
+    def _after_save(self, path: PurePosixPath) -> None:
+        """Called once a save is published; subclasses tidy up here."""
+
+    def _exists(self) -> bool:
+        try:
+            path = self._get_load_path()
+        except DatasetError:
+            return False
+        return self._location.exists(path)
+
+    def _release(self) -> None:
+        super()._release()
+        self._location.invalidate_cache(self._filepath)
+
+
+def _check_args(kind: str, args: dict[str, Any], known: set[str]) -> None:
+    unknown = set(args) - known
+    if unknown:
+        raise DatasetError(
+            f"Unknown {kind} {sorted(unknown)}; the ones understood are {sorted(known)}."
+        )
+
+
+def _check_is_model(data: Any, url: str) -> None:
+    import keras
+
+    if not isinstance(data, keras.Model):
+        raise DatasetError(
+            f"Cannot save {type(data).__name__} to '{url}': expected a keras.Model."
+        )
+
+
+def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
+    import zipfile
+
+    if isinstance(exc, zipfile.BadZipFile):
+        return (
+            f"'{url}' is not a valid .keras archive ({exc}): the file is truncated, "
+            "corrupt, or in another format."
+        )
+    if legacy and isinstance(exc, OSError):
+        return f"'{url}' is not a valid HDF5 file ({exc}): the file is truncated, corrupt, or in another format."
+    return f"Cannot load the Keras model at '{url}': {type(exc).__name__}: {exc}"

@@ -1,0 +1,94 @@
+"""Shared fixtures: real Keras models and a real S3-protocol server on loopback."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+# moto and s3fs both read these; nothing here talks to real AWS.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+import numpy as np
+import pytest
+
+import keras_test_models
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server in a thread, listening on a free loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_credentials(s3_endpoint):
+    """What a catalog entry's ``credentials:`` holds for the loopback server."""
+    return {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": s3_endpoint},
+    }
+
+
+@pytest.fixture
+def s3_bucket(s3_credentials):
+    """A fresh, empty bucket; returns its ``s3://`` URL."""
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(**s3_credentials)
+    fs.mkdir(name)
+    fs.invalidate_cache()
+    return f"s3://{name}"
+
+
+@pytest.fixture(params=["private", "public"])
+def keras_api(request, monkeypatch):
+    """Run a test through Keras's file-object internals and through the
+    public-API fallback used for Keras versions we do not know."""
+    if request.param == "public":
+        monkeypatch.setenv("KEDRO_KERAS_PUBLIC_API_ONLY", "1")
+    else:
+        monkeypatch.delenv("KEDRO_KERAS_PUBLIC_API_ONLY", raising=False)
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def data():
+    """A small regression problem the models below can actually learn."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")).astype("float32")
+    return x, y
+
+
+@pytest.fixture
+def trained_model(data):
+    """A fitted functional model, compiled with Adam so it has optimizer state."""
+    x, y = data
+    model = keras_test_models.build_functional()
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    return model
+
+
+def fit(model, data, epochs=2):
+    x, y = data
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, y, epochs=epochs, batch_size=16, verbose=0)
+    return model
+
+
+def assert_same_predictions(a, b, x):
+    np.testing.assert_allclose(a.predict(x, verbose=0), b.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
