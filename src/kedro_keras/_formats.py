@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import warnings
 import zipfile
+from collections import Counter
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
@@ -509,15 +510,16 @@ def describe_weight_mismatch(model: keras.Model, stored: list[tuple[str, tuple[i
             f"the model has {len(model_shapes)} weight arrays but the file holds "
             f"{len(stored_shapes)}.{hint}"
         )
-    differing = [
-        f"{model_shape} vs {stored_shape}"
-        for model_shape, stored_shape in zip(model_shapes, stored_shapes)
-        if model_shape != stored_shape
-    ]
+    only_model = Counter(model_shapes) - Counter(stored_shapes)
+    only_file = Counter(stored_shapes) - Counter(model_shapes)
     return (
-        "weight shapes differ between the model and the file (model vs file, "
-        f"sorted): {', '.join(differing[:5])}"
+        "weight shapes differ: the model has "
+        f"{_shape_list(only_model)} where the file has {_shape_list(only_file)}"
     )
+
+
+def _shape_list(shapes: Counter) -> str:
+    return ", ".join(str(shape) for shape in sorted(shapes.elements())) or "nothing"
 
 
 def read_weights_into(model: keras.Model, file: IO[bytes]) -> None:

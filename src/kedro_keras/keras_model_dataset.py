@@ -5,6 +5,7 @@ filesystem."""
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from copy import deepcopy
 from pathlib import PurePosixPath
@@ -243,6 +244,15 @@ def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
         return (
             f"'{url}' is not a valid .keras archive ({exc}): the file is truncated, "
             "corrupt, or in another format."
+        )
+    missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(exc))
+    if missing:
+        name = missing.group(1)
+        return (
+            f"Cannot load the Keras model at '{url}': it uses '{name}', which Keras "
+            "cannot find. Give it in load_args, e.g. custom_objects: "
+            f"{{{name}: my_project.layers.{name}}} (an import path), or decorate it "
+            "with @keras.saving.register_keras_serializable() in a module that is imported."
         )
     if legacy and isinstance(exc, OSError):
         return f"'{url}' is not a valid HDF5 file ({exc}): the file is truncated, corrupt, or in another format."

@@ -103,9 +103,10 @@ class KerasTimestampedModelDataset(KerasModelDataset):
             if pinned is not None:
                 _check_version_string(pinned)
         self._keep_last = keep_last
-        # Always versioned: Kedro's pinned load version wins over ours.
-        if version is None or version.load is None:
-            version = Version(load_version, version.save if version else None)
+        # Always versioned. Kedro's pinned load version wins over ours; its
+        # run-wide save version (to the millisecond) is not used, because every
+        # save here must get its own microsecond timestamp.
+        version = Version(version.load if version and version.load else load_version, None)
         super().__init__(
             filepath=filepath,
             load_args=load_args,

@@ -1,0 +1,72 @@
+"""_files: publishing a file only when it is complete, on every filesystem."""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+
+import pytest
+
+from kedro_keras._files import Location
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def location_and_path(request, tmp_path):
+    if request.param == "local":
+        return Location(str(tmp_path / "dir" / "model.keras")), str(tmp_path / "dir" / "model.keras")
+    if request.param == "memory":
+        folder = f"atomic-{uuid.uuid4().hex}"  # the memory filesystem is process-wide
+        return Location(f"memory://{folder}/model.keras"), f"/{folder}/model.keras"
+    s3_bucket = request.getfixturevalue("s3_bucket")
+    credentials = request.getfixturevalue("s3_credentials")
+    location = Location(f"{s3_bucket}/model.keras", credentials=credentials)
+    return location, str(location.path)
+
+
+def test_write_publishes_complete_file(location_and_path):
+    location, path = location_and_path
+    with location.atomic_write(path) as file:
+        file.write(b"first")
+    location.invalidate_cache(path)
+    with location.open_read(path) as file:
+        assert file.read() == b"first"
+
+
+def test_failed_write_leaves_previous_file_and_no_debris(location_and_path):
+    location, path = location_and_path
+    with location.atomic_write(path) as file:
+        file.write(b"good")
+    with pytest.raises(Boom):
+        with location.atomic_write(path) as file:
+            file.write(b"half")
+            raise Boom
+    location.invalidate_cache(path)
+    with location.open_read(path) as file:
+        assert file.read() == b"good"
+    parent = path.rsplit("/", 1)[0]
+    assert [p.rsplit("/", 1)[-1] for p in location.fs.ls(parent, detail=False)] == ["model.keras"]
+
+
+def test_failed_first_write_creates_nothing(location_and_path):
+    location, path = location_and_path
+    with pytest.raises(Boom):
+        with location.atomic_write(path) as file:
+            file.write(b"half")
+            raise Boom
+    location.invalidate_cache(path)
+    assert not location.exists(path)
+
+
+def test_location_pickles_with_s3(s3_bucket, s3_credentials):
+    location = Location(f"{s3_bucket}/m.keras", credentials=s3_credentials)
+    clone = pickle.loads(pickle.dumps(location))
+    assert clone.url(clone.path) == f"{s3_bucket}/m.keras"
+
+
+def test_open_args_are_split_from_filesystem_args(tmp_path):
+    location = Location(str(tmp_path / "m.keras"), fs_args={"open_args_load": {"block_size": 1024}, "open_args_save": {}})
+    assert location.open_args_load == {"block_size": 1024}

@@ -1,0 +1,348 @@
+"""KerasModelDataset on local disk, memory:// and a real S3 server on loopback."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from conftest import assert_same_predictions, fit
+from kedro.io import DataCatalog, DatasetError
+from kedro.io.core import Version
+
+import keras_test_models
+from kedro_keras import KerasModelDataset
+
+
+class TestKerasModelDataset:
+    def test_round_trip_keeps_predictions_and_optimizer_state(self, tmp_path, trained_model, data, keras_api):
+        dataset = KerasModelDataset(filepath=str(tmp_path / "model.keras"))
+        dataset.save(trained_model)
+        reloaded = dataset.load()
+
+        assert_same_predictions(reloaded, trained_model, data[0])
+        assert int(reloaded.optimizer.iterations.numpy()) == int(trained_model.optimizer.iterations.numpy())
+        for ours, theirs in zip(reloaded.optimizer.variables, trained_model.optimizer.variables):
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+    def test_training_resumes_from_loaded_optimizer_state(self, tmp_path, data):
+        """Two epochs, save, load, one more == three epochs straight."""
+        x, y = data
+        keras.utils.set_random_seed(1)
+        straight = keras_test_models.build_functional()
+        keras.utils.set_random_seed(1)
+        resumed = keras_test_models.build_functional()
+        for model in (straight, resumed):
+            model.compile(optimizer="adam", loss="mse")
+        straight.fit(x, y, epochs=3, batch_size=64, shuffle=False, verbose=0)
+        resumed.fit(x, y, epochs=2, batch_size=64, shuffle=False, verbose=0)
+
+        dataset = KerasModelDataset(filepath=str(tmp_path / "model.keras"))
+        dataset.save(resumed)
+        reloaded = dataset.load()
+        reloaded.fit(x, y, epochs=1, batch_size=64, shuffle=False, verbose=0)
+
+        assert_same_predictions(reloaded, straight, x)
+
+    @pytest.mark.parametrize(
+        "builder",
+        [
+            keras_test_models.build_functional,
+            keras_test_models.build_sequential,
+            keras_test_models.build_subclassed,
+        ],
+    )
+    def test_model_kinds(self, tmp_path, data, builder, keras_api):
+        model = fit(builder(), data)
+        dataset = KerasModelDataset(
+            filepath=str(tmp_path / "model.keras"),
+            load_args={"custom_objects": {"TwoLayerNet": "keras_test_models.TwoLayerNet"}},
+        )
+        dataset.save(model)
+        assert_same_predictions(dataset.load(), model, data[0])
+
+    def test_custom_layer_by_import_path(self, tmp_path, data):
+        model = fit(keras_test_models.build_with_custom_layer(), data)
+        path = str(tmp_path / "model.keras")
+        KerasModelDataset(filepath=path).save(model)
+
+        with pytest.raises(DatasetError, match=r"model\.keras.*uses .Scale., which Keras cannot find.*custom_objects"):
+            KerasModelDataset(filepath=path).load()
+        for custom_objects in ({"Scale": "keras_test_models.Scale"}, ["keras_test_models.Scale"], {"Scale": keras_test_models.Scale}):
+            reloaded = KerasModelDataset(filepath=path, load_args={"custom_objects": custom_objects}).load()
+            assert_same_predictions(reloaded, model, data[0])
+            assert isinstance(reloaded.layers[1], keras_test_models.Scale)
+
+    @pytest.mark.parametrize(
+        "import_path, message",
+        [
+            ("keras_test_models.NoSuchLayer", "has no attribute 'NoSuchLayer'"),
+            ("no_such_module.Scale", "no module of that name"),
+            ("__import__('os').system('true')", "not an import path"),
+            ("keras_test_models.Scale; rm -rf", "not an import path"),
+        ],
+    )
+    def test_bad_custom_object_import_path(self, tmp_path, trained_model, import_path, message):
+        dataset = KerasModelDataset(
+            filepath=str(tmp_path / "model.keras"), load_args={"custom_objects": {"Scale": import_path}}
+        )
+        dataset.save(trained_model)
+        with pytest.raises(DatasetError, match=message) as error:
+            dataset.load()
+        assert "model.keras" in str(error.value)
+
+    def test_lambda_refused_by_default_loaded_with_safe_mode_off(self, tmp_path, data):
+        model = fit(keras_test_models.build_with_lambda(), data)
+        path = str(tmp_path / "model.keras")
+        KerasModelDataset(filepath=path).save(model)
+
+        with pytest.raises(DatasetError, match=r"model\.keras.*safe_mode"):
+            KerasModelDataset(filepath=path).load()
+        reloaded = KerasModelDataset(filepath=path, load_args={"safe_mode": False}).load()
+        assert_same_predictions(reloaded, model, data[0])
+
+    def test_include_optimizer_false_writes_a_slim_file(self, tmp_path, trained_model, data, keras_api, recwarn):
+        full, slim = tmp_path / "full.keras", tmp_path / "slim.keras"
+        KerasModelDataset(filepath=str(full)).save(trained_model)
+        KerasModelDataset(filepath=str(slim), save_args={"include_optimizer": False}).save(trained_model)
+
+        assert slim.stat().st_size < full.stat().st_size
+        reloaded = KerasModelDataset(filepath=str(slim)).load()
+        assert_same_predictions(reloaded, trained_model, data[0])
+        assert int(reloaded.optimizer.iterations.numpy()) == 0
+        assert not [w for w in recwarn if "Skipping variable loading for optimizer" in str(w.message)]
+
+    def test_files_load_with_plain_keras_and_back(self, tmp_path, trained_model, data, keras_api):
+        ours = tmp_path / "ours.keras"
+        KerasModelDataset(filepath=str(ours)).save(trained_model)
+        assert_same_predictions(keras.saving.load_model(ours), trained_model, data[0])
+
+        theirs = tmp_path / "theirs.keras"
+        trained_model.save(theirs)
+        assert_same_predictions(KerasModelDataset(filepath=str(theirs)).load(), trained_model, data[0])
+
+    def test_metadata_records_backend_and_versions(self, tmp_path, trained_model, keras_api):
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path), save_args={"include_optimizer": False}).save(trained_model)
+        with zipfile.ZipFile(path) as archive:
+            metadata = json.loads(archive.read("metadata.json"))
+        assert metadata["kedro_keras"]["backend"] == keras.backend.backend()
+        assert metadata["kedro_keras"]["keras_version"] == keras.version()
+        assert metadata["kedro_keras"]["include_optimizer"] is False
+
+    @pytest.mark.parametrize("filepath", ["model.pkl", "model", "model.weights.h5", "model.tf"])
+    def test_unknown_extension_is_refused_at_construction(self, tmp_path, filepath):
+        with pytest.raises(DatasetError, match=r"\.keras") as error:
+            KerasModelDataset(filepath=str(tmp_path / filepath))
+        assert filepath in str(error.value)
+
+    def test_weights_file_name_points_to_weights_dataset(self, tmp_path):
+        with pytest.raises(DatasetError, match="KerasWeightsDataset"):
+            KerasModelDataset(filepath=str(tmp_path / "m.weights.h5"))
+
+    def test_unknown_args_are_refused(self, tmp_path):
+        with pytest.raises(DatasetError, match=r"Unknown load_args \['custom_object'\]"):
+            KerasModelDataset(filepath=str(tmp_path / "m.keras"), load_args={"custom_object": {}})
+        with pytest.raises(DatasetError, match=r"Unknown save_args \['include_optimiser'\]"):
+            KerasModelDataset(filepath=str(tmp_path / "m.keras"), save_args={"include_optimiser": False})
+
+    def test_missing_file(self, tmp_path):
+        dataset = KerasModelDataset(filepath=str(tmp_path / "absent.keras"))
+        assert not dataset.exists()
+        with pytest.raises(DatasetError, match=r"No Keras model at '.*absent\.keras': the file does not exist"):
+            dataset.load()
+
+    def test_truncated_file(self, tmp_path, trained_model):
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(trained_model)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(DatasetError, match=r"model\.keras' is not a valid \.keras archive.*truncated"):
+            KerasModelDataset(filepath=str(path)).load()
+
+    def test_foreign_file(self, tmp_path):
+        path = tmp_path / "model.keras"
+        path.write_text("name,value\na,1\n")
+        with pytest.raises(DatasetError, match=r"model\.keras' is not a valid \.keras archive"):
+            KerasModelDataset(filepath=str(path)).load()
+
+    def test_zip_that_is_not_a_model(self, tmp_path):
+        path = tmp_path / "model.keras"
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("readme.txt", "hello")
+        with pytest.raises(DatasetError, match=r"not a Keras model archive: it has no config\.json"):
+            KerasModelDataset(filepath=str(path)).load()
+
+    def test_saving_something_else_is_refused(self, tmp_path):
+        dataset = KerasModelDataset(filepath=str(tmp_path / "m.keras"))
+        with pytest.raises(DatasetError, match=r"Cannot save dict to '.*m\.keras': expected a keras\.Model"):
+            dataset.save({"not": "a model"})
+
+    def test_failed_save_keeps_the_previous_model(self, tmp_path, trained_model, data):
+        path = tmp_path / "model.keras"
+        dataset = KerasModelDataset(filepath=str(path))
+        dataset.save(trained_model)
+        before = path.read_bytes()
+
+        class Unsaveable(keras_test_models.TwoLayerNet):
+            def get_config(self):
+                raise RuntimeError("cannot describe myself")
+
+        broken = fit(Unsaveable(4), data)
+        broken(data[0][:1])
+        with pytest.raises(DatasetError, match=r"Could not save .*model\.keras': cannot describe myself\. Any model previously saved there is unchanged"):
+            dataset.save(broken)
+        assert path.read_bytes() == before
+        assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+
+    def test_describe_and_repr(self, tmp_path):
+        dataset = KerasModelDataset(filepath=str(tmp_path / "m.keras"), load_args={"compile": False})
+        text = repr(dataset)
+        assert "m.keras" in text and "'compile': False" in text and "format='keras'" in text
+
+    def test_memory_filesystem(self, trained_model, data):
+        dataset = KerasModelDataset(filepath="memory://models/model.keras")
+        dataset.save(trained_model)
+        assert dataset.exists()
+        assert_same_predictions(dataset.load(), trained_model, data[0])
+
+    def test_file_url(self, tmp_path, trained_model, data):
+        dataset = KerasModelDataset(filepath=f"file://{tmp_path}/model.keras")
+        dataset.save(trained_model)
+        assert (tmp_path / "model.keras").is_file()
+        assert_same_predictions(dataset.load(), trained_model, data[0])
+
+
+class TestKerasModelDatasetLegacyH5:
+    def test_round_trip_warns_about_the_format(self, tmp_path, trained_model, data):
+        with pytest.warns(UserWarning, match="legacy HDF5"):
+            dataset = KerasModelDataset(filepath=str(tmp_path / "model.h5"))
+        dataset.save(trained_model)
+        assert_same_predictions(dataset.load(), trained_model, data[0])
+
+    def test_uncompilable_training_config_loads_uncompiled_with_a_log(self, tmp_path, trained_model, caplog):
+        # Keras 3 cannot rebuild the 'mse' loss it wrote into the legacy file.
+        dataset = KerasModelDataset(filepath=str(tmp_path / "model.h5"))
+        dataset.save(trained_model)
+        reloaded = dataset.load()
+        assert "loaded it uncompiled" in caplog.text
+        assert not reloaded.compiled
+
+    def test_lambda_refused_in_h5_too(self, tmp_path, data):
+        model = fit(keras_test_models.build_with_lambda(), data)
+        KerasModelDataset(filepath=str(tmp_path / "model.h5")).save(model)
+        with pytest.raises(DatasetError, match=r"model\.h5.*Lambda layer.*safe_mode"):
+            KerasModelDataset(filepath=str(tmp_path / "model.h5")).load()
+        reloaded = KerasModelDataset(
+            filepath=str(tmp_path / "model.h5"), load_args={"safe_mode": False, "compile": False}
+        ).load()
+        assert_same_predictions(reloaded, model, data[0])
+
+    def test_truncated_h5(self, tmp_path, trained_model):
+        path = tmp_path / "model.h5"
+        KerasModelDataset(filepath=str(path)).save(trained_model)
+        path.write_bytes(path.read_bytes()[:1000])
+        with pytest.raises(DatasetError, match=r"model\.h5' is not a valid HDF5 file"):
+            KerasModelDataset(filepath=str(path)).load()
+
+    def test_plain_keras_reads_our_h5(self, tmp_path, trained_model, data):
+        path = tmp_path / "model.h5"
+        KerasModelDataset(filepath=str(path)).save(trained_model)
+        assert_same_predictions(keras.saving.load_model(path, compile=False), trained_model, data[0])
+
+
+class TestKerasModelDatasetVersioned:
+    def test_versions_do_not_overwrite(self, tmp_path, data):
+        path = str(tmp_path / "model.keras")
+        first = fit(keras_test_models.build_functional(), data)
+        second = fit(keras_test_models.build_functional(hidden=4), data)
+        KerasModelDataset(filepath=path, version=Version(None, "2026-01-01T00.00.00.000Z")).save(first)
+        KerasModelDataset(filepath=path, version=Version(None, "2026-01-02T00.00.00.000Z")).save(second)
+
+        latest = KerasModelDataset(filepath=path, version=Version(None, None))
+        assert latest.load().layers[1].units == 4
+        pinned = KerasModelDataset(filepath=path, version=Version("2026-01-01T00.00.00.000Z", None))
+        assert pinned.load().layers[1].units == 8
+        assert latest.list_versions(full_path=False) == ["2026-01-02T00.00.00.000Z", "2026-01-01T00.00.00.000Z"]
+        assert (tmp_path / "model.keras" / "2026-01-01T00.00.00.000Z" / "model.keras").is_file()
+
+    def test_saving_an_existing_version_is_refused(self, tmp_path, trained_model):
+        version = Version(None, "2026-01-01T00.00.00.000Z")
+        KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=version).save(trained_model)
+        with pytest.raises(DatasetError, match="must not exist"):
+            KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=version).save(trained_model)
+
+    def test_no_versions_yet(self, tmp_path):
+        dataset = KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=Version(None, None))
+        assert not dataset.exists()
+        with pytest.raises(DatasetError, match="Did not find any versions"):
+            dataset.load()
+
+    def test_catalog_config_versioned_and_load_version(self, tmp_path, data):
+        config = {"model": {"type": "kedro_keras.KerasModelDataset", "filepath": str(tmp_path / "m.keras"), "versioned": True}}
+        catalog = DataCatalog.from_config(config)
+        first = fit(keras_test_models.build_functional(hidden=3), data)
+        catalog.save("model", first)
+        version = catalog["model"].list_versions(full_path=False)[0]
+        catalog = DataCatalog.from_config(config)
+        catalog.save("model", fit(keras_test_models.build_functional(hidden=5), data))
+
+        assert DataCatalog.from_config(config).load("model").layers[1].units == 5
+        assert DataCatalog.from_config(config).load("model", version=version).layers[1].units == 3
+        pinned = DataCatalog.from_config(config, load_versions={"model": version})
+        assert pinned.load("model").layers[1].units == 3
+
+
+class TestKerasModelDatasetS3:
+    def test_round_trip(self, s3_bucket, s3_credentials, trained_model, data, keras_api):
+        dataset = KerasModelDataset(filepath=f"{s3_bucket}/models/model.keras", credentials=s3_credentials)
+        assert not dataset.exists()
+        dataset.save(trained_model)
+        assert dataset.exists()
+        assert_same_predictions(dataset.load(), trained_model, data[0])
+
+    def test_versioned(self, s3_bucket, s3_credentials, data):
+        path = f"{s3_bucket}/model.keras"
+        small = fit(keras_test_models.build_functional(hidden=2), data)
+        KerasModelDataset(filepath=path, credentials=s3_credentials, version=Version(None, "2026-01-01T00.00.00.000Z")).save(small)
+        KerasModelDataset(filepath=path, credentials=s3_credentials, version=Version(None, "2026-01-02T00.00.00.000Z")).save(
+            fit(keras_test_models.build_functional(hidden=6), data)
+        )
+        latest = KerasModelDataset(filepath=path, credentials=s3_credentials, version=Version(None, None))
+        assert latest.load().layers[1].units == 6
+        assert latest.list_versions(full_path=False)[-1] == "2026-01-01T00.00.00.000Z"
+
+    def test_pickles_and_works_after_unpickling(self, s3_bucket, s3_credentials, trained_model, data):
+        dataset = KerasModelDataset(
+            filepath=f"{s3_bucket}/model.keras", credentials=s3_credentials, version=Version(None, None)
+        )
+        clone = pickle.loads(pickle.dumps(dataset))
+        clone.save(trained_model)
+        assert_same_predictions(pickle.loads(pickle.dumps(dataset)).load(), trained_model, data[0])
+
+    def test_missing_object(self, s3_bucket, s3_credentials):
+        dataset = KerasModelDataset(filepath=f"{s3_bucket}/absent.keras", credentials=s3_credentials)
+        with pytest.raises(DatasetError, match=r"No Keras model at 's3://test-.*/absent\.keras'"):
+            dataset.load()
+
+    def test_failed_save_keeps_the_previous_object(self, s3_bucket, s3_credentials, trained_model, data):
+        import s3fs
+
+        path = f"{s3_bucket}/model.keras"
+        dataset = KerasModelDataset(filepath=path, credentials=s3_credentials)
+        dataset.save(trained_model)
+        fs = s3fs.S3FileSystem(**s3_credentials)
+        before = fs.cat(path)
+
+        class Unsaveable(keras_test_models.TwoLayerNet):
+            def get_config(self):
+                raise RuntimeError("cannot describe myself")
+
+        broken = fit(Unsaveable(4), data)
+        with pytest.raises(DatasetError, match="previously saved there is unchanged"):
+            dataset.save(broken)
+        fs.invalidate_cache()
+        assert fs.cat(path) == before
+        assert fs.ls(s3_bucket, detail=False) == [path.removeprefix("s3://")]

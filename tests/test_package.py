@@ -1,0 +1,68 @@
+"""The package as a whole: light to import, installable datasets in a catalog."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from kedro.io import AbstractDataset
+
+import kedro_keras
+
+
+def run_python(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True
+    )
+    return result.stdout
+
+
+def test_import_and_a_catalog_of_a_hundred_models_import_no_keras_or_backend():
+    out = run_python(
+        """
+        import json, sys
+        import kedro_keras
+        from kedro.io import DataCatalog
+        config = {}
+        for i in range(34):
+            config[f"m{i}"] = {"type": "kedro_keras.KerasModelDataset", "filepath": f"data/m{i}.keras", "versioned": True}
+            config[f"w{i}"] = {"type": "kedro_keras.KerasWeightsDataset", "filepath": f"data/w{i}.weights.h5",
+                               "architecture": "my_project.models.build"}
+            config[f"h{i}"] = {"type": "kedro_keras.KerasTimestampedModelDataset", "filepath": f"data/h{i}", "keep_last": 3}
+        catalog = DataCatalog.from_config(config)
+        [catalog[name] for name in config]  # materialise every entry
+        heavy = sorted({m.split(".")[0] for m in sys.modules} & {"keras", "tensorflow", "jax", "torch", "h5py"})
+        print(json.dumps({"entries": len(config), "heavy": heavy}))
+        """
+    )
+    result = json.loads(out)
+    assert result == {"entries": 102, "heavy": []}
+
+
+def test_exports():
+    assert sorted(kedro_keras.__all__) == [
+        "KerasModelDataset",
+        "KerasTimestampedModelDataset",
+        "KerasWeightsDataset",
+        "__version__",
+    ]
+    for name in kedro_keras.__all__[:-1]:
+        assert issubclass(getattr(kedro_keras, name), AbstractDataset)
+
+
+@pytest.mark.parametrize("name", ["KerasModelDataset", "KerasWeightsDataset", "KerasTimestampedModelDataset"])
+def test_docstrings_show_yaml_and_python(name):
+    doc = getattr(kedro_keras, name).__doc__
+    assert f"type: kedro_keras.{name}" in doc
+    assert ">>> " in doc
+
+
+def test_installed_distribution_metadata():
+    from importlib.metadata import metadata, version
+
+    assert version("kedro-keras") == kedro_keras.__version__
+    requires = " ".join(metadata("kedro-keras").get_all("Requires-Dist"))
+    assert "kedro<2,>=1.0" in requires.replace(" ", "") or "kedro>=1.0,<2" in requires.replace(" ", "")
