@@ -96,3 +96,18 @@ def build_subclassed_unbuilt(hidden=8):
 
 def not_a_model():
     return "not a model"
+
+
+def build_with_preprocessing():
+    """Layers with non-weight state: an adapted Normalization (variables made
+    from concrete values) and a IntegerLookup whose vocabulary is an asset."""
+    import numpy as np
+
+    normalization = keras.layers.Normalization()
+    normalization.adapt(np.arange(40, dtype="float32").reshape(10, 4))
+    numbers = keras.Input((4,), name="numbers")
+    words = keras.Input((1,), dtype="int64", name="words")
+    lookup = keras.layers.IntegerLookup(output_mode="one_hot", name="colour")
+    lookup.adapt(np.array([3, 5, 7, 7]))  # an adapted vocabulary is saved as an asset
+    joined = keras.layers.Concatenate()([normalization(numbers), lookup(words)])
+    return keras.Model([numbers, words], keras.layers.Dense(1)(joined), name="preprocessing")

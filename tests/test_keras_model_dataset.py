@@ -64,6 +64,22 @@ class TestKerasModelDataset:
         dataset.save(model)
         assert_same_predictions(dataset.load(), model, data[0])
 
+    def test_layers_with_assets_and_concrete_state(self, tmp_path, keras_api):
+        model = keras_test_models.build_with_preprocessing()
+        model.compile(optimizer="adam", loss="mse")
+        numbers = np.arange(24, dtype="float32").reshape(6, 4)
+        words = np.array([[3], [7], [5], [9], [3], [7]], dtype="int64")
+        model.fit([numbers, words], np.ones((6, 1)), verbose=0)
+        dataset = KerasModelDataset(filepath=str(tmp_path / "model.keras"))
+        dataset.save(model)
+        with zipfile.ZipFile(tmp_path / "model.keras") as archive:
+            assert "assets/layers/integer_lookup/vocabulary.txt" in archive.namelist()
+        reloaded = dataset.load()
+        np.testing.assert_allclose(
+            reloaded.predict([numbers, words], verbose=0), model.predict([numbers, words], verbose=0), rtol=1e-6
+        )
+        assert reloaded.get_layer("colour").get_vocabulary() == model.get_layer("colour").get_vocabulary()
+
     def test_custom_layer_by_import_path(self, tmp_path, data):
         model = fit(keras_test_models.build_with_custom_layer(), data)
         path = str(tmp_path / "model.keras")

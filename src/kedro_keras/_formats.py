@@ -22,11 +22,13 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
+import time
 import warnings
 import zipfile
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:
@@ -134,7 +136,7 @@ def _private_saving_lib() -> Any | None:
     needed = {
         "_serialize_model_as_json": {"model"},
         "_save_state": {"saveable", "weights_store", "assets_store", "inner_path", "visited_saveables"},
-        "load_model": {"filepath", "custom_objects", "compile", "safe_mode"},
+        "_model_from_config": {"config_json", "custom_objects", "compile", "safe_mode"},
         "H5IOStore": {"path_or_io", "archive", "mode"},
         "DiskIOStore": {"root_path", "archive", "mode"},
         "_load_state": {"saveable", "weights_store", "assets_store", "inner_path", "visited_saveables", "failed_saveables", "error_msgs"},
@@ -200,22 +202,47 @@ def write_keras_archive(model: keras.Model, file: IO[bytes], *, include_optimize
     with zipfile.ZipFile(file, "w") as archive:
         archive.writestr(METADATA_MEMBER, json.dumps(metadata))
         archive.writestr(CONFIG_MEMBER, config_json)
-        weights_store = saving_lib.H5IOStore(WEIGHTS_MEMBER, archive=archive, mode="w")
         assets_store = saving_lib.DiskIOStore("assets", archive=archive, mode="w")
         try:
-            saving_lib._save_state(
-                model,
-                weights_store=weights_store,
-                assets_store=assets_store,
-                inner_path="",
-                visited_saveables=_skipped_saveables(model, include_optimizer),
-            )
-        except BaseException:
-            weights_store.archive = None  # do not add a half-written member
-            raise
+            weights = _weights_to_buffer(saving_lib, model, assets_store, include_optimizer)
         finally:
-            weights_store.close()
-            assets_store.close()
+            assets_store.close()  # adds the assets/ members
+        _write_member(archive, WEIGHTS_MEMBER, weights.getbuffer())
+
+
+def _weights_to_buffer(saving_lib: Any, model: keras.Model, assets_store: Any, include_optimizer: bool) -> io.BytesIO:
+    """The model's state as an HDF5 file in memory.
+
+    HDF5 must seek while it writes, which a zip member or an object-store
+    upload cannot, so the weights are laid out in memory once (as Keras does)
+    and then streamed out without a second copy.
+    """
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    try:
+        saving_lib._save_state(
+            model,
+            weights_store=store,
+            assets_store=assets_store,
+            inner_path="",
+            visited_saveables=_skipped_saveables(model, include_optimizer),
+        )
+    finally:
+        store.close()
+    return buffer
+
+
+_CHUNK = 16 * 2**20
+
+
+def _write_member(archive: zipfile.ZipFile, name: str, data: memoryview) -> None:
+    """Add a STORED member from a buffer, in chunks, with no copy of it."""
+    info = zipfile.ZipInfo(name, date_time=time.localtime(time.time())[:6])
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = data.nbytes  # lets zipfile choose ZIP64 for models over 4 GiB
+    with archive.open(info, "w") as member:
+        for start in range(0, data.nbytes, _CHUNK):
+            member.write(data[start : start + _CHUNK])
 
 
 def _write_keras_archive_public(model: keras.Model, file: IO[bytes], *, include_optimizer: bool) -> None:
@@ -264,36 +291,349 @@ def read_keras_archive(
     compile: bool = True,  # noqa: A002 - Keras's own name for it
     safe_mode: bool = True,
 ) -> keras.Model:
-    """Build the model stored in an open ``.keras`` archive."""
+    """Build the model stored in an open ``.keras`` archive.
+
+    The weights member is stored uncompressed, so HDF5 reads each array
+    straight from its place in ``file`` (local or remote) through a window,
+    and the only full copy of the weights in memory is the model's own.
+    """
     with zipfile.ZipFile(file) as archive:
         names = set(archive.namelist())
         missing = {CONFIG_MEMBER, WEIGHTS_MEMBER} - names
         if missing:
-            raise ValueError(
-                f"not a Keras model archive: it has no {', '.join(sorted(missing))}"
-            )
-        metadata = json.loads(archive.read(METADATA_MEMBER)) if METADATA_MEMBER in names else {}
+            raise ValueError(f"not a Keras model archive: it has no {', '.join(sorted(missing))}")
+        metadata = json.loads(_read_small_member(archive, METADATA_MEMBER)) if METADATA_MEMBER in names else {}
+        slim = metadata.get("kedro_keras", {}).get("include_optimizer") is False
+
+        with warnings.catch_warnings():
+            if slim:
+                # Saved without optimizer state on purpose: Keras's warning that
+                # it skips the optimizer would only alarm the user.
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            saving_lib = _private_saving_lib()
+            if saving_lib is None:
+                return _read_keras_archive_public(file, custom_objects, compile, safe_mode)
+            config_json = _read_small_member(archive, CONFIG_MEMBER)
+            with _member_reader(archive, file, WEIGHTS_MEMBER) as weights, _assets_store(
+                saving_lib, archive
+            ) as assets_store:
+                weights_store = _h5_store(saving_lib, weights)
+                visited: set[int] = set()
+                try:
+                    return build_model_and_fill(
+                        config_json,
+                        lambda model: _load_state_into(saving_lib, model, weights_store, assets_store, visited),
+                        custom_objects=custom_objects,
+                        compile=compile,
+                        safe_mode=safe_mode,
+                    )
+                finally:
+                    weights_store.close()
+
+
+def build_model_and_fill(
+    config_json: str | bytes,
+    fill: Callable[[keras.Model], None],
+    *,
+    custom_objects: dict[str, Any] | None = None,
+    compile: bool = True,  # noqa: A002
+    safe_mode: bool = True,
+) -> keras.Model:
+    """Rebuild a model from its JSON config and fill its state with ``fill``.
+
+    Compiling is taken out of deserialisation and done between building and
+    filling, as Keras does, because the optimizer makes variables with
+    concrete values, which the uninitialised build below does not allow.
+    """
+    import keras
+
+    config = json.loads(config_json)
+    compile_config = config.get("compile_config") if compile else None
+    config["compile_config"] = None
+    saving_lib = _private_saving_lib()
+
+    def build() -> keras.Model:
+        if saving_lib is not None:  # also restores objects shared between layers
+            return saving_lib._model_from_config(json.dumps(config), custom_objects, False, safe_mode)
+        return keras.saving.deserialize_keras_object(config, custom_objects=custom_objects, safe_mode=safe_mode)
+
+    def prepare(model: keras.Model) -> None:
+        if compile_config:
+            with keras.saving.custom_object_scope(custom_objects or {}), _safe_mode_scope(safe_mode):
+                model.compile_from_config(compile_config)
+
+    return build_and_fill(build, fill, prepare=prepare)
+
+
+def _safe_mode_scope(safe_mode: bool) -> Any:
+    try:
+        from keras.src.saving.serialization_lib import SafeModeScope
+    except ImportError:  # pragma: no cover - depends on the Keras version
+        return nullcontext()
+    return SafeModeScope(safe_mode)
+
+
+def build_and_fill(
+    build: Callable[[], keras.Model],
+    fill: Callable[[keras.Model], None],
+    *,
+    prepare: Callable[[keras.Model], None] | None = None,
+    skip_initialisation: bool = True,
+) -> keras.Model:
+    """Build a model and fill it from a file, skipping random initialisation.
+
+    Keras initialises every variable (random draws over the whole model,
+    often the slowest part of a load) only to overwrite it with the stored
+    value. Built inside a ``StatelessScope``, variables are created without a
+    value; each one's first ``assign`` from the file then becomes its
+    initial value. Variables the file does not hold get their usual
+    initialiser afterwards. A model that cannot be built that way (a layer
+    that makes a variable from a concrete value) is built the usual way.
+    """
+    registry = _uninitialized_variable_registry() if skip_initialisation else None
+    if registry is None:
+        model = build()
+        fill(model)
+    else:
+        model = _build_and_fill_uninitialised(build, fill, registry)
+    if prepare is not None:
+        # Compiling adds the optimizer, whose state the file may hold too.
+        prepare(model)
+        fill(model)
+    return model
+
+
+def _build_and_fill_uninitialised(
+    build: Callable[[], keras.Model], fill: Callable[[keras.Model], None], registry: Callable[[], list[Any]]
+) -> keras.Model:
+    import keras
+
+    known = {id(variable) for variable in registry()}
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            model = build()
+    except Exception as exc:
+        if not _refused_in_stateless_scope(exc):
+            raise
+        _forget_variables(registry, {id(v) for v in registry()} - known)
+        model = build()
+        fill(model)
+        return model
+    created = [variable for variable in registry() if id(variable) not in known]
+    _forget_variables(registry, {id(variable) for variable in created})
+    for variable in created:
+        variable._direct_assign = _first_assign(variable)
+    try:
+        fill(model)
+    finally:
+        for variable in created:
+            variable.__dict__.pop("_direct_assign", None)
+            if variable._value is None:
+                variable._deferred_initialize()
+    return model
+
+
+def _refused_in_stateless_scope(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, ValueError) and "stateless scope" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _first_assign(variable: Any) -> Callable[[Any], None]:
+    def assign(value: Any) -> None:
+        variable._initialize(value)
+        variable._initializer = None
+        del variable._direct_assign  # later assigns are ordinary ones
+
+    return assign
+
+
+def _uninitialized_variable_registry() -> Callable[[], list[Any]] | None:
+    """Keras's (thread-local) list of variables created without a value."""
+    import keras
+
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:  # pragma: no cover - depends on the Keras version
+        return None
+    if not all(hasattr(keras.Variable, name) for name in ("_initialize", "_deferred_initialize", "_direct_assign")):
+        return None
+    return lambda: global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True)
+
+
+def _forget_variables(registry: Callable[[], list[Any]], ids: set[int]) -> None:
+    # Keras would later try to initialise them again, and fail, if they stayed.
+    registry()[:] = [variable for variable in registry() if id(variable) not in ids]
+
+
+def _read_keras_archive_public(file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool) -> keras.Model:  # noqa: A002
+    import keras
+
     file.seek(0)
-    slim = metadata.get("kedro_keras", {}).get("include_optimizer") is False
+    with _local_copy(".keras") as local_path:
+        with open(local_path, "wb") as local_file:
+            shutil.copyfileobj(file, local_file)
+        return keras.saving.load_model(
+            local_path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+        )
 
-    with warnings.catch_warnings():
-        if slim:
-            # Saved without optimizer state on purpose: Keras's warning that it
-            # skips the optimizer would only alarm the user.
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        saving_lib = _private_saving_lib()
-        if saving_lib is not None:
-            return saving_lib.load_model(
-                file, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
-            )
-        import keras
 
-        with _local_copy(".keras") as local_path:
-            with open(local_path, "wb") as local_file:
-                shutil.copyfileobj(file, local_file)
-            return keras.saving.load_model(
-                local_path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
-            )
+# Members we read whole (config, metadata) are JSON a few MB at most; a
+# declared size beyond this is a zip bomb or not a Keras file.
+_MAX_JSON_MEMBER = 256 * 2**20
+
+
+def _read_small_member(archive: zipfile.ZipFile, name: str) -> bytes:
+    size = archive.getinfo(name).file_size
+    if size > _MAX_JSON_MEMBER:
+        raise ValueError(f"refusing to read '{name}': it declares {size} bytes, far more than a Keras config")
+    return archive.read(name)
+
+
+@contextmanager
+def _member_reader(archive: zipfile.ZipFile, file: IO[bytes], name: str) -> Iterator[io.BytesIO]:
+    """A seekable reader over one member, without reading it into memory."""
+    info = archive.getinfo(name)
+    if info.compress_type == zipfile.ZIP_STORED:
+        yield _Window(file, _member_data_offset(file, info), info.file_size)
+        return
+    # Not written by Keras (it stores members uncompressed): inflate it.
+    if info.file_size > 100 * max(info.compress_size, 1) and info.file_size > _MAX_JSON_MEMBER:
+        raise ValueError(f"refusing to inflate '{name}': {info.compress_size} bytes claim to hold {info.file_size}")
+    yield io.BytesIO(archive.read(info))
+
+
+def _member_data_offset(file: IO[bytes], info: zipfile.ZipInfo) -> int:
+    # The local header repeats the name and has its own extra field, whose
+    # length can differ from the central directory's: read it from the file.
+    file.seek(info.header_offset)
+    header = file.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header for member '{info.filename}'")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_length + extra_length
+
+
+class _Window(io.BytesIO):
+    """A read-only view of ``size`` bytes of ``file`` starting at ``offset``.
+
+    Keras's HDF5 store accepts only paths and ``BytesIO``; subclassing
+    ``BytesIO`` lets it read through this window instead, while HDF5 does its
+    own seeks and ``readinto`` calls on the underlying (maybe remote) file.
+    """
+
+    def __init__(self, file: IO[bytes], offset: int, size: int) -> None:
+        super().__init__()
+        self._file, self._offset, self._size, self._position = file, offset, size, 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + position)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        wanted = min(view.nbytes, max(0, self._size - self._position))
+        self._file.seek(self._offset + self._position)
+        done = 0
+        # Bounded pieces keep a remote read from materialising one whole
+        # array as a second bytes object.
+        while done < wanted:
+            piece = self._file.read(min(_CHUNK, wanted - done))
+            if not piece:
+                break
+            view[done : done + len(piece)] = piece
+            done += len(piece)
+        self._position += done
+        return done
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._size - self._position
+        buffer = bytearray(max(0, min(size, self._size - self._position)))
+        return bytes(memoryview(buffer)[: self.readinto(buffer)])
+
+    def write(self, data: Any) -> int:
+        raise io.UnsupportedOperation("read-only")
+
+    def getvalue(self) -> bytes:
+        raise io.UnsupportedOperation("a window is not held in memory")
+
+    def getbuffer(self) -> memoryview:
+        raise io.UnsupportedOperation("a window is not held in memory")
+
+
+def _h5_store(saving_lib: Any, reader: io.BytesIO) -> Any:
+    return saving_lib.H5IOStore(reader, mode="r")
+
+
+@contextmanager
+def _assets_store(saving_lib: Any, archive: zipfile.ZipFile) -> Iterator[Any]:
+    """Keras's asset store over only the ``assets/`` members.
+
+    Keras's own loader extracts the whole archive, weights included, to a
+    temporary folder; assets are small (vocabularies), so we take just them.
+    """
+    assets = [info for info in archive.infolist() if info.filename.startswith("assets/") and not info.is_dir()]
+    if not assets:
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="kedro-keras-assets-")
+    try:
+        root = os.path.realpath(folder)
+        for info in assets:
+            target = os.path.realpath(os.path.join(root, info.filename))
+            if not target.startswith(root + os.sep):
+                raise ValueError(f"refusing archive member '{info.filename}': it points outside the archive")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with archive.open(info) as source, open(target, "wb") as destination:
+                shutil.copyfileobj(source, destination)
+        store = saving_lib.DiskIOStore(os.path.join(root, "assets"), mode="r")
+        yield store
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _load_state_into(
+    saving_lib: Any, model: keras.Model, weights_store: Any, assets_store: Any, visited: set[int]
+) -> None:
+    """Fill ``model`` from the stores; refuse a partial load as Keras does.
+
+    ``visited`` carries over between calls, so a second call after compiling
+    loads only what compiling added (the optimizer).
+    """
+    failed: set[int] = set()
+    errors: dict[int, Any] = {}
+    visited.discard(id(model))  # walk the model again; its loaded parts stay skipped
+    saving_lib._load_state(
+        model,
+        weights_store=weights_store,
+        assets_store=assets_store,
+        inner_path="",
+        visited_saveables=visited,
+        failed_saveables=failed,
+        error_msgs=errors,
+    )
+    if failed:
+        saveable, error = next(iter(errors.values()))
+        raise ValueError(
+            f"{len(errors)} part(s) of the model could not be loaded; the first, "
+            f"{getattr(saveable, 'name', type(saveable).__name__)}, failed with: {error}"
+        )
 
 
 # --------------------------------------------------------------------------
@@ -424,13 +764,18 @@ def write_weights(model: keras.Model, file: IO[bytes], *, include_optimizer: boo
             )
         finally:
             store.close()
-        file.write(buffer.getbuffer())
+        _write_buffer(file, buffer.getbuffer())
         return
     with _local_copy(".weights.h5") as local_path:
         model.save_weights(local_path)
         with open(local_path, "rb") as local_file:
             data = local_file.read()
     file.write(data if include_optimizer else _without_optimizer_group(data))
+
+
+def _write_buffer(file: IO[bytes], data: memoryview) -> None:
+    for start in range(0, data.nbytes, _CHUNK):
+        file.write(data[start : start + _CHUNK])
 
 
 def _skipped_saveables(model: keras.Model, include_optimizer: bool) -> set[int]:
@@ -443,18 +788,6 @@ def _skipped_saveables(model: keras.Model, include_optimizer: bool) -> set[int]:
 
 def architecture_json(model: keras.Model) -> str:
     return model.to_json()
-
-
-def model_from_architecture(
-    architecture: str | bytes,
-    *,
-    custom_objects: dict[str, Any] | None = None,
-    safe_mode: bool = True,
-) -> keras.Model:
-    import keras
-
-    config = json.loads(architecture)
-    return keras.saving.deserialize_keras_object(config, custom_objects=custom_objects, safe_mode=safe_mode)
 
 
 def build_from_builder(builder: Callable[..., Any], builder_args: dict[str, Any]) -> keras.Model:
@@ -522,31 +855,23 @@ def _shape_list(shapes: Counter) -> str:
     return ", ".join(str(shape) for shape in sorted(shapes.elements())) or "nothing"
 
 
-def read_weights_into(model: keras.Model, file: IO[bytes]) -> None:
-    """Load the weights in an open ``.weights.h5`` file into a built model."""
+def read_weights_into(model: keras.Model, file: IO[bytes], visited: set[int] | None = None) -> None:
+    """Load the weights in an open ``.weights.h5`` file into a built model.
+
+    Pass the same ``visited`` set to a second call (after compiling) to load
+    only the optimizer state.
+    """
     saving_lib = _private_saving_lib()
     if saving_lib is not None:
-        buffer = io.BytesIO(file.read())
-        store = saving_lib.H5IOStore(buffer, mode="r")
-        failed: set[int] = set()
-        errors: dict[int, Any] = {}
+        size = file.seek(0, io.SEEK_END)
+        store = _h5_store(saving_lib, _Window(file, 0, size))
         try:
             with _quiet_unbuilt_optimizer():
-                saving_lib._load_state(
-                    model,
-                    weights_store=store,
-                    assets_store=None,
-                    inner_path="",
-                    visited_saveables=set(),
-                    failed_saveables=failed,
-                    error_msgs=errors,
-                )
+                _load_state_into(saving_lib, model, store, None, set() if visited is None else visited)
         finally:
             store.close()
-        if failed:
-            saveable, error = next(iter(errors.values()))
-            raise ValueError(f"could not load weights into {getattr(saveable, 'name', saveable)}: {error}")
         return
+    file.seek(0)
     with _local_copy(".weights.h5") as local_path:
         with open(local_path, "wb") as local_file:
             shutil.copyfileobj(file, local_file)

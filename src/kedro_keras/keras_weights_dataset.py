@@ -160,31 +160,45 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         url = self._location.url(weights_path)
         if not self._location.exists(weights_path):
             raise DatasetError(f"No Keras weights at '{url}': the file does not exist.")
-        model = self._build_model(weights_path)
-        try:
-            with self._location.open_read(weights_path) as file:
-                mismatch = _formats.describe_weight_mismatch(model, _formats.stored_weight_shapes(file))
-                if mismatch:
-                    raise DatasetError(f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}")
-                _formats.read_weights_into(model, file)
-        except DatasetError:
-            raise
-        except OSError as exc:
-            raise DatasetError(
-                f"'{url}' is not a valid .weights.h5 file ({exc}): the file is truncated, corrupt, or in another format."
-            ) from exc
-        except Exception as exc:
-            raise DatasetError(f"Cannot load the weights at '{url}' into model '{model.name}': {exc}") from exc
+
+        visited: set[int] = set()
+
+        def fill(model: keras.Model) -> None:
+            try:
+                with self._location.open_read(weights_path) as file:
+                    if not visited:  # the first pass; a second loads only the optimizer
+                        mismatch = _formats.describe_weight_mismatch(model, _formats.stored_weight_shapes(file))
+                        if mismatch:
+                            raise DatasetError(
+                                f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}"
+                            )
+                    _formats.read_weights_into(model, file, visited)
+            except DatasetError:
+                raise
+            except OSError as exc:
+                raise DatasetError(
+                    f"'{url}' is not a valid .weights.h5 file ({exc}): the file is truncated, "
+                    "corrupt, or in another format."
+                ) from exc
+            except Exception as exc:
+                raise DatasetError(f"Cannot load the weights at '{url}' into model '{model.name}': {exc}") from exc
+
+        if self._architecture is not None:
+            # A user's builder may call its model on data or set weights
+            # itself: build it exactly as written.
+            model = _formats.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
+        else:
+            model = self._rebuild_from_saved_architecture(weights_path, fill)
         logger.info("Loaded weights from %s into model '%s'", url, model.name)
         return model
 
-    def _build_model(self, weights_path: PurePosixPath) -> keras.Model:
+    def _rebuild_from_saved_architecture(
+        self, weights_path: PurePosixPath, fill: Callable[[keras.Model], None]
+    ) -> keras.Model:
         try:
             custom_objects = _formats.resolve_custom_objects(self._load_args.get("custom_objects"))
         except (ValueError, ImportError) as exc:
             raise DatasetError(f"load_args.custom_objects: {exc}") from exc
-        if self._architecture is not None:
-            return self._build_from_builder()
         architecture_path = _architecture_path(weights_path)
         url = self._location.url(architecture_path)
         try:
@@ -197,12 +211,13 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 "'architecture' builder. Add architecture: <import path to a builder>."
             ) from exc
         try:
-            model = _formats.model_from_architecture(
-                architecture, custom_objects=custom_objects, safe_mode=self._load_args["safe_mode"]
+            return _formats.build_model_and_fill(
+                architecture, fill, custom_objects=custom_objects, safe_mode=self._load_args["safe_mode"]
             )
+        except DatasetError:
+            raise
         except Exception as exc:
             raise DatasetError(f"Cannot rebuild the model from the architecture at '{url}': {exc}") from exc
-        return model
 
     def _build_from_builder(self) -> keras.Model:
         builder = self._architecture
