@@ -79,7 +79,12 @@ class Location:
     @contextmanager
     def open_read(self, path: str | PurePosixPath) -> Iterator[IO[bytes]]:
         """A seekable binary file; object stores serve it with range reads."""
-        with self.fs.open(str(path), mode="rb", **self.open_args_load) as file:
+        args = self.open_args_load
+        if not self.is_local:
+            # HDF5 metadata reads are small and scattered; array data is read
+            # past the cache (see _formats._Window), so a small block is best.
+            args = {"block_size": 2**20, "cache_type": "blockcache", **args}
+        with self.fs.open(str(path), mode="rb", **args) as file:
             yield file
 
     @contextmanager

@@ -31,6 +31,8 @@ from collections import Counter
 from contextlib import contextmanager, nullcontext
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
+from fsspec.spec import AbstractBufferedFile
+
 if TYPE_CHECKING:
     import keras
 
@@ -232,7 +234,9 @@ def _weights_to_buffer(saving_lib: Any, model: keras.Model, assets_store: Any, i
     return buffer
 
 
-_CHUNK = 16 * 2**20
+# Large enough that a remote read is one request per array for most layers,
+# small enough to bound the transient copy it makes.
+_CHUNK = 64 * 2**20
 
 
 def _write_member(archive: zipfile.ZipFile, name: str, data: memoryview) -> None:
@@ -422,12 +426,12 @@ def _build_and_fill_uninitialised(
     created = [variable for variable in registry() if id(variable) not in known]
     _forget_variables(registry, {id(variable) for variable in created})
     for variable in created:
-        variable._direct_assign = _first_assign(variable)
+        variable.assign = _first_assign(variable)
     try:
         fill(model)
     finally:
         for variable in created:
-            variable.__dict__.pop("_direct_assign", None)
+            variable.__dict__.pop("assign", None)
             if variable._value is None:
                 variable._deferred_initialize()
     return model
@@ -441,11 +445,28 @@ def _refused_in_stateless_scope(exc: BaseException | None) -> bool:
     return False
 
 
-def _first_assign(variable: Any) -> Callable[[Any], None]:
-    def assign(value: Any) -> None:
+def _first_assign(variable: Any) -> Callable[[Any], Any]:
+    """An ``assign`` that gives an uninitialised variable its first value.
+
+    A NumPy array of the right dtype goes straight into the backend's
+    variable, skipping the intermediate tensor ``assign`` would make: one
+    copy per array instead of two.
+    """
+
+    import numpy as np
+
+    def assign(value: Any) -> Any:
+        del variable.assign  # later assigns are ordinary ones
+        if not (isinstance(value, np.ndarray) and value.dtype.name == variable._dtype):
+            value = variable._convert_to_tensor(value, dtype=variable._dtype)
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"the stored value for variable '{variable.path}' has shape "
+                f"{tuple(value.shape)}, but the variable has shape {tuple(variable.shape)}"
+            )
         variable._initialize(value)
         variable._initializer = None
-        del variable._direct_assign  # later assigns are ordinary ones
+        return value
 
     return assign
 
@@ -458,7 +479,7 @@ def _uninitialized_variable_registry() -> Callable[[], list[Any]] | None:
         from keras.src.backend.common import global_state
     except ImportError:  # pragma: no cover - depends on the Keras version
         return None
-    if not all(hasattr(keras.Variable, name) for name in ("_initialize", "_deferred_initialize", "_direct_assign")):
+    if not all(hasattr(keras.Variable, name) for name in ("_initialize", "_deferred_initialize", "_convert_to_tensor")):
         return None
     return lambda: global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True)
 
@@ -527,6 +548,9 @@ class _Window(io.BytesIO):
     def __init__(self, file: IO[bytes], offset: int, size: int) -> None:
         super().__init__()
         self._file, self._offset, self._size, self._position = file, offset, size, 0
+        # Local files read straight into the caller's buffer; fsspec's
+        # buffered remote files implement readinto as read-then-copy.
+        self._direct = not isinstance(file, AbstractBufferedFile) and hasattr(file, "readinto")
 
     def seekable(self) -> bool:
         return True
@@ -550,14 +574,23 @@ class _Window(io.BytesIO):
         wanted = min(view.nbytes, max(0, self._size - self._position))
         self._file.seek(self._offset + self._position)
         done = 0
-        # Bounded pieces keep a remote read from materialising one whole
-        # array as a second bytes object.
         while done < wanted:
-            piece = self._file.read(min(_CHUNK, wanted - done))
-            if not piece:
+            if self._direct:
+                count = self._file.readinto(view[done:wanted])
+            elif wanted - done >= _CHUNK:
+                # An array's data: one ranged request per piece, past the
+                # read-ahead cache that suits HDF5's small metadata reads.
+                start = self._offset + self._position + done
+                piece = self._file._fetch_range(start, start + min(_CHUNK, wanted - done))
+                count = len(piece)
+                view[done : done + count] = piece
+            else:
+                piece = self._file.read(wanted - done)
+                count = len(piece)
+                view[done : done + count] = piece
+            if not count:
                 break
-            view[done : done + len(piece)] = piece
-            done += len(piece)
+            done += count
         self._position += done
         return done
 

@@ -64,6 +64,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         >>>
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
         >>> model.compile(optimizer="adam", loss="mse")
+        >>> history = model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
         >>> dataset = KerasModelDataset(filepath=tmp_path / "model.keras")
         >>> dataset.save(model)
         >>> reloaded = dataset.load()
