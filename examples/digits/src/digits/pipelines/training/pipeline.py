@@ -1,0 +1,19 @@
+from kedro.pipeline import Node, Pipeline
+
+from digits.pipelines.training.nodes import train_model
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                train_model,
+                inputs=["train_images", "train_labels", "params:model", "params:training"],
+                # One trained model, saved three ways (see conf/base/catalog.yml):
+                # a whole versioned .keras file, weights only, and a folder of
+                # timestamped .keras files.
+                outputs=["classifier_model", "classifier_weights", "classifier_history"],
+                name="train_model",
+            )
+        ]
+    )

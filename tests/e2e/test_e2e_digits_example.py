@@ -1,0 +1,140 @@
+"""End to end on examples/digits, as `make demo` and its README run it: a copy
+of the project (no outputs, no credentials), `kedro run`, show_results.py,
+the notebook in a real Jupyter kernel, and `--env s3` against the loopback
+S3 server."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+# new_bucket and s3fs_client are fixtures, used by name.
+from e2e_support import (  # noqa: F401
+    NOTEBOOK,
+    copy_example,
+    kedro,
+    new_bucket,
+    read_json,
+    run,
+    s3_credentials_yaml,
+    s3fs_client,
+    subprocess_env,
+)
+
+MODELS = ["classifier_model", "classifier_weights", "classifier_history"]
+MIN_ACCURACY = 0.9
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Path:
+    """The example and the notebook, laid out as in the repository."""
+    root = tmp_path_factory.mktemp("checkout")
+    copy_example(root / "examples" / "digits")
+    (root / "notebooks").mkdir()
+    shutil.copy(NOTEBOOK, root / "notebooks")
+    return root
+
+
+@pytest.fixture(scope="module")
+def digits(checkout) -> Path:
+    """The example after one `kedro run`."""
+    project = checkout / "examples" / "digits"
+    kedro(project, "run")
+    return project
+
+
+def test_kedro_run_trains_saves_three_ways_and_scores_each_reloaded_model(digits):
+    metrics = read_json(digits / "data" / "08_reporting" / "metrics.json")
+    assert metrics["test_images"] == 450
+    accuracy = metrics["accuracy"]
+    assert set(accuracy) == set(MODELS)
+    for name in MODELS:
+        assert accuracy[name] >= MIN_ACCURACY, (name, accuracy)
+    # One trained model behind all three entries: the same predictions.
+    assert len(set(accuracy.values())) == 1
+
+    models = digits / "data" / "06_models"
+    (version,) = [p.name for p in (models / "classifier.keras").iterdir()]
+    assert (models / "classifier.keras" / version / "classifier.keras").is_file()
+    assert (models / "classifier.weights.h5").is_file()
+    assert (models / "classifier.architecture.json").is_file()
+    assert len(list((models / "classifier_history").glob("model_*.keras"))) == 1
+
+
+def test_show_results_prints_each_accuracy_and_where_each_model_is(digits):
+    metrics = read_json(digits / "data" / "08_reporting" / "metrics.json")
+    out = run([sys.executable, "show_results.py"], digits).stdout
+    for name in MODELS:
+        line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
+        _, shown_accuracy, path, *_ = line.split()
+        assert float(shown_accuracy) == pytest.approx(metrics["accuracy"][name], abs=5e-5)
+        assert (digits / path).is_file(), line
+    assert "data/06_models/classifier.keras/" in out
+    assert "data/06_models/classifier_history/model_" in out
+
+
+def test_notebook_loads_all_three_entries_in_a_jupyter_kernel(digits, checkout):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(checkout / "notebooks" / "load_models.ipynb", as_version=4)
+    client = NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(checkout / "notebooks")}},
+    )
+    client.execute(env=subprocess_env())
+    text = "\n".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "stream"
+    )
+    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+
+    labels = re.search(r"^true labels\s+([\d ]+)$", text, re.M).group(1).split()
+    assert len(labels) == 8
+    metrics = read_json(digits / "data" / "08_reporting" / "metrics.json")
+    for name in MODELS:
+        predicted = re.search(rf"^{name}\s+([\d ]+)$", text, re.M).group(1).split()
+        correct = sum(p == t for p, t in zip(predicted, labels, strict=True))
+        assert correct >= 7, (name, predicted, labels)
+        shown = float(re.search(rf"^accuracy {name}\s+([\d.]+)$", text, re.M).group(1))
+        # The notebook's models are the ones the pipeline scored.
+        assert shown == pytest.approx(metrics["accuracy"][name], abs=5e-5)
+    assert re.search(r"classifier_history versions, newest first: \['\d{4}-\d\d-\d\dT[\d.]+Z'\]", text)
+
+
+def test_env_s3_writes_the_models_to_s3_with_credentials_by_name(tmp_path, s3_endpoint, new_bucket, s3fs_client):
+    """What examples/digits/README.md says to do for S3: credentials.yml from
+    the example file, a bucket in conf/s3/globals.yml, `kedro run --env s3`.
+    ParallelRunner, too: every node in its own process."""
+    project = copy_example(tmp_path / "digits")
+    bucket = new_bucket()
+    (project / "conf" / "s3" / "globals.yml").write_text(f"model_bucket: {bucket}\n")
+    example = (project / "conf" / "s3" / "credentials.yml.example").read_text()
+    assert "model_store:" in example
+    (project / "conf" / "s3" / "credentials.yml").write_text(s3_credentials_yaml("model_store", s3_endpoint))
+
+    kedro(project, "run", "--env", "s3", "--runner", "ParallelRunner")
+
+    metrics = read_json(project / "data" / "08_reporting" / "metrics.json")
+    for name in MODELS:
+        assert metrics["accuracy"][name] >= MIN_ACCURACY, (name, metrics)
+    name = bucket.removeprefix("s3://")
+    s3fs_client.invalidate_cache()
+    (version,) = [p.rsplit("/", 1)[-1] for p in s3fs_client.ls(f"{name}/models/classifier.keras")]
+    assert s3fs_client.isfile(f"{name}/models/classifier.keras/{version}/classifier.keras")
+    assert s3fs_client.isfile(f"{name}/models/classifier.weights.h5")
+    assert s3fs_client.isfile(f"{name}/models/classifier.architecture.json")
+    assert len(s3fs_client.ls(f"{name}/models/classifier_history")) == 1
+
+    out = run([sys.executable, "show_results.py", "--env", "s3"], project).stdout
+    assert f"{bucket}/models/classifier.keras/{version}/classifier.keras" in out
+    assert f"{bucket}/models/classifier_history/model_" in out
