@@ -70,3 +70,26 @@ def test_location_pickles_with_s3(s3_bucket, s3_credentials):
 def test_open_args_are_split_from_filesystem_args(tmp_path):
     location = Location(str(tmp_path / "m.keras"), fs_args={"open_args_load": {"block_size": 1024}, "open_args_save": {}})
     assert location.open_args_load == {"block_size": 1024}
+
+
+def test_exclusive_write_never_replaces(location_and_path):
+    location, path = location_and_path
+    with location.atomic_write(path) as file:
+        file.write(b"theirs")
+    with pytest.raises(FileExistsError):
+        with location.atomic_write(path, exclusive=True) as file:
+            file.write(b"ours")
+    location.invalidate_cache(path)
+    with location.open_read(path) as file:
+        assert file.read() == b"theirs"
+    parent = path.rsplit("/", 1)[0]
+    assert [p.rsplit("/", 1)[-1] for p in location.fs.ls(parent, detail=False)] == ["model.keras"]
+
+
+def test_exclusive_write_to_a_new_path(location_and_path):
+    location, path = location_and_path
+    with location.atomic_write(path, exclusive=True) as file:
+        file.write(b"new")
+    location.invalidate_cache(path)
+    with location.open_read(path) as file:
+        assert file.read() == b"new"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import zipfile
 
@@ -17,6 +18,23 @@ import keras_test_models
 from kedro_keras import KerasModelDataset
 
 
+def flip_weights_byte(path, where):
+    """Invert one byte inside the stored weights member, at a fraction of its length."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("model.weights.h5")
+    data = bytearray(path.read_bytes())
+    header = info.header_offset
+    start = header + 30 + int.from_bytes(data[header + 26 : header + 28], "little") + int.from_bytes(
+        data[header + 28 : header + 30], "little"
+    )
+    data[start + int(info.file_size * where)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def iterations(model) -> int:
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
 class TestKerasModelDataset:
     def test_round_trip_keeps_predictions_and_optimizer_state(self, tmp_path, trained_model, data, keras_api):
         dataset = KerasModelDataset(filepath=str(tmp_path / "model.keras"))
@@ -24,9 +42,9 @@ class TestKerasModelDataset:
         reloaded = dataset.load()
 
         assert_same_predictions(reloaded, trained_model, data[0])
-        assert int(reloaded.optimizer.iterations.numpy()) == int(trained_model.optimizer.iterations.numpy())
+        assert iterations(reloaded) == iterations(trained_model)
         for ours, theirs in zip(reloaded.optimizer.variables, trained_model.optimizer.variables):
-            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
 
     def test_training_resumes_from_loaded_optimizer_state(self, tmp_path, data):
         """Two epochs, save, load, one more == three epochs straight."""
@@ -128,7 +146,7 @@ class TestKerasModelDataset:
         assert slim.stat().st_size < full.stat().st_size
         reloaded = KerasModelDataset(filepath=str(slim)).load()
         assert_same_predictions(reloaded, trained_model, data[0])
-        assert int(reloaded.optimizer.iterations.numpy()) == 0
+        assert iterations(reloaded) == 0
         assert not [w for w in recwarn if "Skipping variable loading for optimizer" in str(w.message)]
 
     def test_files_load_with_plain_keras_and_back(self, tmp_path, trained_model, data, keras_api):
@@ -148,6 +166,29 @@ class TestKerasModelDataset:
         assert metadata["kedro_keras"]["backend"] == keras.backend.backend()
         assert metadata["kedro_keras"]["keras_version"] == keras.version()
         assert metadata["kedro_keras"]["include_optimizer"] is False
+
+    def test_load_logs_the_keras_version_and_backend_it_was_saved_with(self, tmp_path, trained_model, caplog, keras_api):
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(trained_model)
+        with caplog.at_level(logging.INFO, logger="kedro_keras"):
+            KerasModelDataset(filepath=str(path)).load()
+        saved_with = f"(saved with Keras {keras.version()} on the {keras.backend.backend()} backend)"
+        assert f"Loaded Keras model 'functional' from {path} {saved_with}" in caplog.messages
+
+    def test_load_log_of_files_that_record_less(self, tmp_path, trained_model, caplog):
+        # Keras's own .keras files record its version but not the backend.
+        trained_model.save(tmp_path / "plain.keras")
+        with caplog.at_level(logging.INFO, logger="kedro_keras"):
+            KerasModelDataset(filepath=str(tmp_path / "plain.keras")).load()
+        assert caplog.messages[-1].endswith(f"plain.keras (saved with Keras {keras.version()})")
+        # A .keras archive with no metadata.json at all still loads, and says nothing.
+        with zipfile.ZipFile(tmp_path / "plain.keras") as source, zipfile.ZipFile(tmp_path / "bare.keras", "w") as bare:
+            for info in source.infolist():
+                if info.filename != "metadata.json":
+                    bare.writestr(info, source.read(info))
+        with caplog.at_level(logging.INFO, logger="kedro_keras"):
+            KerasModelDataset(filepath=str(tmp_path / "bare.keras")).load()
+        assert caplog.messages[-1].endswith("bare.keras")
 
     @pytest.mark.parametrize("filepath", ["model.pkl", "model", "model.weights.h5", "model.tf"])
     def test_unknown_extension_is_refused_at_construction(self, tmp_path, filepath):
@@ -177,6 +218,25 @@ class TestKerasModelDataset:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
         with pytest.raises(DatasetError, match=r"model\.keras' is not a valid \.keras archive.*truncated"):
             KerasModelDataset(filepath=str(path)).load()
+
+    @pytest.mark.parametrize("where", [0.5, 0.01, 0.999])
+    def test_flipped_byte_in_the_weights_is_reported_as_corruption(self, tmp_path, trained_model, where):
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(trained_model)
+        flip_weights_byte(path, where)
+        with pytest.raises(DatasetError, match=r"model\.keras' is corrupt: the weights do not match their checksum"):
+            KerasModelDataset(filepath=str(path)).load()
+
+    def test_checksum_is_checked_on_s3_too(self, s3_bucket, s3_credentials, trained_model, tmp_path):
+        import s3fs
+
+        local = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(local)).save(trained_model)
+        flip_weights_byte(local, 0.5)
+        s3fs.S3FileSystem(**s3_credentials).put(str(local), f"{s3_bucket}/model.keras")
+        dataset = KerasModelDataset(filepath=f"{s3_bucket}/model.keras", credentials=s3_credentials)
+        with pytest.raises(DatasetError, match="is corrupt"):
+            dataset.load()
 
     def test_foreign_file(self, tmp_path):
         path = tmp_path / "model.keras"
@@ -256,6 +316,13 @@ class TestKerasModelDatasetLegacyH5:
         ).load()
         assert_same_predictions(reloaded, model, data[0])
 
+    def test_load_logs_the_keras_version_and_backend_it_was_saved_with(self, tmp_path, trained_model, caplog):
+        KerasModelDataset(filepath=str(tmp_path / "model.h5")).save(trained_model)
+        with caplog.at_level(logging.INFO, logger="kedro_keras"):
+            KerasModelDataset(filepath=str(tmp_path / "model.h5"), load_args={"compile": False}).load()
+        saved_with = f"(saved with Keras {keras.version()} on the {keras.backend.backend()} backend)"
+        assert caplog.messages[-1].endswith(f"model.h5 {saved_with}")
+
     def test_truncated_h5(self, tmp_path, trained_model):
         path = tmp_path / "model.h5"
         KerasModelDataset(filepath=str(path)).save(trained_model)
@@ -289,6 +356,25 @@ class TestKerasModelDatasetVersioned:
         KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=version).save(trained_model)
         with pytest.raises(DatasetError, match="must not exist"):
             KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=version).save(trained_model)
+
+    def test_a_version_written_by_another_run_meanwhile_is_not_overwritten(self, tmp_path, data, monkeypatch):
+        from kedro_keras import _formats
+
+        version = Version(None, "2026-01-01T00.00.00.000Z")
+        theirs = fit(keras_test_models.build_functional(hidden=2), data)
+        ours = fit(keras_test_models.build_functional(hidden=5), data)
+        write = _formats.write_keras_archive
+
+        def write_while_another_run_saves(model, file, **kwargs):
+            monkeypatch.setattr(_formats, "write_keras_archive", write)
+            KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=version).save(theirs)
+            write(model, file, **kwargs)
+
+        monkeypatch.setattr(_formats, "write_keras_archive", write_while_another_run_saves)
+        with pytest.raises(DatasetError, match="was created by another run while this one was saving"):
+            KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=version).save(ours)
+        pinned = KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=Version(version.save, None))
+        assert pinned.load().layers[1].units == 2
 
     def test_no_versions_yet(self, tmp_path):
         dataset = KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=Version(None, None))

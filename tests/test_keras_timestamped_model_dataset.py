@@ -101,6 +101,37 @@ class TestKerasTimestampedModelDataset:
         with pytest.raises(DatasetError, match="is a folder"):
             KerasTimestampedModelDataset(filepath=str(tmp_path / filepath))
 
+    def test_a_timestamp_taken_while_saving_is_not_overwritten(self, tmp_path, data, monkeypatch):
+        """Two saves that pick the same microsecond: the later one moves on."""
+        from datetime import datetime, timezone
+
+        from kedro_keras import _formats, keras_timestamped_model_dataset
+
+        class FrozenClock(datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=timezone.utc)
+
+        monkeypatch.setattr(keras_timestamped_model_dataset, "datetime", FrozenClock)
+        first, second = models_of_width(data, 2, 3)
+        write = _formats.write_keras_archive
+        raced = []
+
+        def write_while_another_process_saves(model, file, **kwargs):
+            if not raced:
+                raced.append(True)
+                KerasTimestampedModelDataset(filepath=str(tmp_path / "h")).save(second)
+            write(model, file, **kwargs)
+
+        monkeypatch.setattr(_formats, "write_keras_archive", write_while_another_process_saves)
+        history = KerasTimestampedModelDataset(filepath=str(tmp_path / "h"))
+        history.save(first)
+
+        assert history.versions() == ["2026-11-21T12.00.00.123457Z", "2026-11-21T12.00.00.123456Z"]
+        pinned = KerasTimestampedModelDataset(filepath=str(tmp_path / "h"), load_version="2026-11-21T12.00.00.123456Z")
+        assert pinned.load().layers[1].units == 3  # the other process's model is intact
+        assert history.load().layers[1].units == 2
+
     def test_no_version_mismatch_warning_on_save(self, tmp_path, trained_model, recwarn):
         KerasTimestampedModelDataset(filepath=str(tmp_path / "h")).save(trained_model)
         assert not [w for w in recwarn if "did not match load version" in str(w.message)]

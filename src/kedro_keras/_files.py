@@ -88,36 +88,46 @@ class Location:
             yield file
 
     @contextmanager
-    def atomic_write(self, path: str | PurePosixPath) -> Iterator[IO[bytes]]:
+    def atomic_write(self, path: str | PurePosixPath, *, exclusive: bool = False) -> Iterator[IO[bytes]]:
         """A binary file that becomes ``path`` only if the block completes.
 
         A failed or interrupted write leaves whatever was at ``path`` before
-        untouched, so the last good model is never lost.
+        untouched, so the last good model is never lost. With ``exclusive``,
+        an existing ``path`` is never replaced: ``FileExistsError`` instead
+        (atomic on local disk; checked just before publishing elsewhere).
         """
         path = str(path)
         if self.is_local:
-            with _local_atomic_write(path) as file:
+            with _local_atomic_write(path, exclusive) as file:
                 yield file
         elif _protocols(self.fs) & _DEFERRED_COMMIT_PROTOCOLS:
-            with self._deferred_commit_write(path) as file:
+            with self._deferred_commit_write(path, exclusive) as file:
                 yield file
         else:
             # A filesystem we cannot write to in one step: build the file in
             # memory and put it with a single call.
             buffer = io.BytesIO()
             yield buffer
+            self._refuse_existing(path, exclusive)
             self.fs.pipe_file(path, buffer.getvalue())
 
     @contextmanager
-    def _deferred_commit_write(self, path: str) -> Iterator[IO[bytes]]:
+    def _deferred_commit_write(self, path: str, exclusive: bool) -> Iterator[IO[bytes]]:
         file = self.fs.open(path, mode="wb", autocommit=False, **self.open_args_save)
         try:
             yield file
             file.close()
+            self._refuse_existing(path, exclusive)
         except BaseException:
             file.discard()
             raise
         file.commit()
+
+    def _refuse_existing(self, path: str, exclusive: bool) -> None:
+        if exclusive:
+            self.fs.invalidate_cache(path)
+            if self.fs.exists(path):
+                raise FileExistsError(path)
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
@@ -126,7 +136,7 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
 
 
 @contextmanager
-def _local_atomic_write(path: str) -> Iterator[IO[bytes]]:
+def _local_atomic_write(path: str, exclusive: bool = False) -> Iterator[IO[bytes]]:
     # The temporary file sits beside the target so the final rename stays on
     # one filesystem and is atomic; its dot-name keeps it out of our globs.
     directory, name = os.path.split(os.path.abspath(path))
@@ -137,7 +147,11 @@ def _local_atomic_write(path: str) -> Iterator[IO[bytes]]:
             yield file
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp_path, path)
+        if exclusive:
+            os.link(temp_path, path)  # fails, atomically, if path exists
+            os.remove(temp_path)
+        else:
+            os.replace(temp_path, path)
     except BaseException:
         if os.path.exists(temp_path):
             os.remove(temp_path)

@@ -27,6 +27,7 @@ import tempfile
 import time
 import warnings
 import zipfile
+import zlib
 from collections import Counter
 from contextlib import contextmanager, nullcontext
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
@@ -288,6 +289,32 @@ def read_archive_metadata(file: IO[bytes]) -> dict[str, Any]:
         return json.loads(archive.read(METADATA_MEMBER))
 
 
+def read_saved_with(file: IO[bytes]) -> dict[str, str]:
+    """The Keras version and backend a model file says it was written with.
+
+    ``.keras``: our ``kedro_keras`` metadata, else Keras's own
+    ``keras_version`` (Keras records no backend); legacy HDF5: the file's
+    ``keras_version``/``backend`` attributes. For log messages only, so it
+    never raises: a file that says nothing gives ``{}``.
+    """
+    try:
+        if zipfile.is_zipfile(file):
+            metadata = read_archive_metadata(file)
+            ours = metadata.get("kedro_keras") or {}
+            found = {"keras_version": ours.get("keras_version", metadata.get("keras_version")), "backend": ours.get("backend")}
+        else:
+            import h5py
+
+            file.seek(0)
+            with h5py.File(file, "r") as h5_file:
+                found = {key: h5_file.attrs.get(key) for key in ("keras_version", "backend")}
+    except Exception:  # noqa: BLE001 - a log detail must not fail a load
+        return {}
+    return {
+        key: value.decode() if isinstance(value, bytes) else str(value) for key, value in found.items() if value
+    }
+
+
 def read_keras_archive(
     file: IO[bytes],
     *,
@@ -321,18 +348,26 @@ def read_keras_archive(
             with _member_reader(archive, file, WEIGHTS_MEMBER) as weights, _assets_store(
                 saving_lib, archive
             ) as assets_store:
-                weights_store = _h5_store(saving_lib, weights)
                 visited: set[int] = set()
                 try:
-                    return build_model_and_fill(
-                        config_json,
-                        lambda model: _load_state_into(saving_lib, model, weights_store, assets_store, visited),
-                        custom_objects=custom_objects,
-                        compile=compile,
-                        safe_mode=safe_mode,
-                    )
-                finally:
-                    weights_store.close()
+                    weights_store = _h5_store(saving_lib, weights)
+                    try:
+                        model = build_model_and_fill(
+                            config_json,
+                            lambda model: _load_state_into(saving_lib, model, weights_store, assets_store, visited),
+                            custom_objects=custom_objects,
+                            compile=compile,
+                            safe_mode=safe_mode,
+                        )
+                    finally:
+                        weights_store.close()
+                except Exception as exc:
+                    # Unreadable weights are most often damaged ones: say so if
+                    # the checksum agrees.
+                    _verify(weights, cause=exc)
+                    raise
+                _verify(weights)
+                return model
 
 
 def build_model_and_fill(
@@ -518,7 +553,7 @@ def _member_reader(archive: zipfile.ZipFile, file: IO[bytes], name: str) -> Iter
     """A seekable reader over one member, without reading it into memory."""
     info = archive.getinfo(name)
     if info.compress_type == zipfile.ZIP_STORED:
-        yield _Window(file, _member_data_offset(file, info), info.file_size)
+        yield _Window(file, _member_data_offset(file, info), info.file_size, expected_crc=info.CRC)
         return
     # Not written by Keras (it stores members uncompressed): inflate it.
     if info.file_size > 100 * max(info.compress_size, 1) and info.file_size > _MAX_JSON_MEMBER:
@@ -537,20 +572,39 @@ def _member_data_offset(file: IO[bytes], info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_length + extra_length
 
 
+class CorruptFileError(ValueError):
+    """The bytes read do not match the checksum the archive stores."""
+
+
+# Reads beyond the checked frontier up to this size are kept until the
+# frontier reaches them; HDF5 peeks at small headers ahead of the data.
+_AHEAD_LIMIT = 2**20
+
+
 class _Window(io.BytesIO):
     """A read-only view of ``size`` bytes of ``file`` starting at ``offset``.
 
     Keras's HDF5 store accepts only paths and ``BytesIO``; subclassing
     ``BytesIO`` lets it read through this window instead, while HDF5 does its
     own seeks and ``readinto`` calls on the underlying (maybe remote) file.
+
+    Given ``expected_crc`` (the zip's CRC-32 of the member), the window folds
+    what HDF5 reads into a running CRC, in file order, and ``verify`` checks
+    it: corruption is caught as Keras's own zip reader would catch it, without
+    a second pass over the file. Only bytes HDF5 never asks for (free space,
+    usually none) are read again.
     """
 
-    def __init__(self, file: IO[bytes], offset: int, size: int) -> None:
+    def __init__(self, file: IO[bytes], offset: int, size: int, expected_crc: int | None = None) -> None:
         super().__init__()
         self._file, self._offset, self._size, self._position = file, offset, size, 0
         # Local files read straight into the caller's buffer; fsspec's
         # buffered remote files implement readinto as read-then-copy.
         self._direct = not isinstance(file, AbstractBufferedFile) and hasattr(file, "readinto")
+        self._expected_crc = expected_crc
+        self._crc = 0
+        self._checked = 0  # bytes [0, _checked) are folded into _crc
+        self._ahead: dict[int, bytes] = {}
 
     def seekable(self) -> bool:
         return True
@@ -571,8 +625,16 @@ class _Window(io.BytesIO):
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        wanted = min(view.nbytes, max(0, self._size - self._position))
-        self._file.seek(self._offset + self._position)
+        start = self._position
+        done = self._read_at(start, view[: max(0, min(view.nbytes, self._size - start))])
+        self._position += done
+        if self._expected_crc is not None:
+            self._fold(start, view[:done])
+        return done
+
+    def _read_at(self, start: int, view: memoryview) -> int:
+        wanted = view.nbytes
+        self._file.seek(self._offset + start)
         done = 0
         while done < wanted:
             if self._direct:
@@ -580,8 +642,8 @@ class _Window(io.BytesIO):
             elif wanted - done >= _CHUNK:
                 # An array's data: one ranged request per piece, past the
                 # read-ahead cache that suits HDF5's small metadata reads.
-                start = self._offset + self._position + done
-                piece = self._file._fetch_range(start, start + min(_CHUNK, wanted - done))
+                first = self._offset + start + done
+                piece = self._file._fetch_range(first, first + min(_CHUNK, wanted - done))
                 count = len(piece)
                 view[done : done + count] = piece
             else:
@@ -591,8 +653,54 @@ class _Window(io.BytesIO):
             if not count:
                 break
             done += count
-        self._position += done
         return done
+
+    def _fold(self, start: int, data: memoryview) -> None:
+        end = start + data.nbytes
+        if end <= self._checked:
+            return
+        if start > self._checked:
+            if data.nbytes <= _AHEAD_LIMIT:
+                self._ahead[start] = bytes(data)
+                return
+            self._fold_unread(start)
+        self._crc = zlib.crc32(data[self._checked - start :], self._crc)
+        self._checked = end
+        self._fold_ahead()
+
+    def _fold_ahead(self) -> None:
+        for start in sorted(self._ahead):
+            if start > self._checked:
+                return
+            data = self._ahead.pop(start)
+            if start + len(data) > self._checked:
+                self._crc = zlib.crc32(memoryview(data)[self._checked - start :], self._crc)
+                self._checked = start + len(data)
+
+    def _fold_unread(self, until: int) -> None:
+        buffer = bytearray(min(_CHUNK, max(0, until - self._checked)))
+        while self._checked < until:
+            view = memoryview(buffer)[: min(len(buffer), until - self._checked)]
+            count = self._read_at(self._checked, view)
+            if not count:
+                raise CorruptFileError("the weights end early: the file is truncated")
+            self._crc = zlib.crc32(view[:count], self._crc)
+            self._checked += count
+            self._fold_ahead()
+
+    def verify(self) -> None:
+        """Raise ``CorruptFileError`` unless the member matches its CRC-32."""
+        if self._expected_crc is None:
+            return
+        self._fold_ahead()
+        while self._ahead:
+            self._fold_unread(min(self._ahead))
+        self._fold_unread(self._size)
+        if self._crc != self._expected_crc:
+            raise CorruptFileError(
+                f"the weights do not match their checksum (CRC-32 {self._crc:08x}, "
+                f"expected {self._expected_crc:08x}): the file is corrupt"
+            )
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
@@ -608,6 +716,14 @@ class _Window(io.BytesIO):
 
     def getbuffer(self) -> memoryview:
         raise io.UnsupportedOperation("a window is not held in memory")
+
+
+def _verify(reader: io.BytesIO, cause: BaseException | None = None) -> None:
+    if isinstance(reader, _Window):
+        try:
+            reader.verify()
+        except CorruptFileError as corrupt:
+            raise corrupt from cause
 
 
 def _h5_store(saving_lib: Any, reader: io.BytesIO) -> Any:

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 KERAS_SUFFIX = ".keras"
 LEGACY_SUFFIXES = (".h5", ".hdf5")
+_SAVE_ATTEMPTS = 5
 
 
 class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
@@ -182,29 +183,50 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         try:
             with self._location.open_read(path) as file:
                 model = read(file, **args)
+                saved_with = _formats.read_saved_with(file)
         except FileNotFoundError as exc:
             raise DatasetError(f"No Keras model at '{url}': the file does not exist.") from exc
         except Exception as exc:
             raise DatasetError(_load_failure(url, exc, legacy=self._legacy)) from exc
-        logger.info("Loaded Keras model '%s' from %s", model.name, url)
+        origin = ""
+        if saved_with:  # e.g. " (saved with Keras 3.15.1 on the jax backend)"
+            origin = f" (saved with Keras {saved_with.get('keras_version', 'of an unrecorded version')}"
+            origin += f" on the {saved_with['backend']} backend)" if "backend" in saved_with else ")"
+        logger.info("Loaded Keras model '%s' from %s%s", model.name, url, origin)
         return model
 
     def save(self, data: keras.Model) -> None:
         _check_is_model(data, self._location.url(self._filepath))
         path = self._get_save_path()
-        url = self._location.url(path)
         write = _formats.write_legacy_h5 if self._legacy else _formats.write_keras_archive
-        try:
-            with self._location.atomic_write(path) as file:
-                write(data, file, **self._save_args)
-        except Exception as exc:
-            raise DatasetError(
-                f"Could not save Keras model '{data.name}' to '{url}': {exc}. "
-                "Any model previously saved there is unchanged."
-            ) from exc
+        for _ in range(_SAVE_ATTEMPTS):
+            url = self._location.url(path)
+            try:
+                # A version, once written, is never replaced: two runs that
+                # picked the same version cannot overwrite each other.
+                with self._location.atomic_write(path, exclusive=self._version is not None) as file:
+                    write(data, file, **self._save_args)
+                break
+            except FileExistsError:
+                path = self._next_save_path(path)
+            except Exception as exc:
+                raise DatasetError(
+                    f"Could not save Keras model '{data.name}' to '{url}': {exc}. "
+                    "Any model previously saved there is unchanged."
+                ) from exc
+        else:
+            raise DatasetError(f"Could not save Keras model '{data.name}': every version tried already existed.")
         self._location.invalidate_cache(path)
         logger.info("Saved Keras model '%s' to %s", data.name, url)
         self._after_save(path)
+
+    def _next_save_path(self, taken: PurePosixPath) -> PurePosixPath:
+        """Where to save when ``taken`` appeared while we wrote; Kedro's own
+        versions are fixed, so here that is an error."""
+        raise DatasetError(
+            f"Save path '{self._location.url(taken)}' was created by another run while "
+            "this one was saving; versions are never overwritten."
+        )
 
     def _after_save(self, path: PurePosixPath) -> None:
         """Called once a save is published; subclasses tidy up here."""
@@ -241,6 +263,8 @@ def _check_is_model(data: Any, url: str) -> None:
 def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
     import zipfile
 
+    if isinstance(exc, _formats.CorruptFileError):
+        return f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the model again."
     if isinstance(exc, zipfile.BadZipFile):
         return (
             f"'{url}' is not a valid .keras archive ({exc}): the file is truncated, "

@@ -19,6 +19,7 @@ FILE_PREFIX = "model_"
 # Kedro's own version format, kept to the microsecond so that saves within
 # one second stay distinct; fixed width, so names sort in time order.
 VERSION_FORMAT = "%Y-%m-%dT%H.%M.%S.%fZ"
+_LOAD_ATTEMPTS = 3
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}\.\d{2}\.\d{2}\.\d{6}Z$")
 
 
@@ -186,14 +187,30 @@ class KerasTimestampedModelDataset(KerasModelDataset):
         return self._cached_save_version
 
     def load(self) -> Any:
-        if self._version.load is not None and not self._exists():
-            available = self.versions()
-            listed = ", ".join(available[:5]) if available else "none"
-            raise DatasetError(
-                f"Version '{self._version.load}' is not in "
-                f"'{self._location.url(self._filepath)}'. Newest versions there: {listed}."
-            )
+        if self._version.load is not None:
+            if not self._exists():
+                available = self.versions()
+                listed = ", ".join(available[:5]) if available else "none"
+                raise DatasetError(
+                    f"Version '{self._version.load}' is not in "
+                    f"'{self._location.url(self._filepath)}'. Newest versions there: {listed}."
+                )
+            return super().load()
+        for _ in range(_LOAD_ATTEMPTS - 1):
+            try:
+                return super().load()
+            except DatasetError as exc:
+                if not isinstance(exc.__cause__, FileNotFoundError):
+                    raise
+                # Another process pruned the newest file we listed (keep_last)
+                # just before we opened it: list again.
+                self._cached_load_version = None
         return super().load()
+
+    def _next_save_path(self, taken: PurePosixPath) -> PurePosixPath:
+        # Another process took this timestamp while we wrote: take the next.
+        self._cached_save_version = None
+        return self._get_save_path()
 
     def _after_save(self, path: PurePosixPath) -> None:
         if self._keep_last is None:
