@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 
 
@@ -98,16 +100,58 @@ def not_a_model():
     return "not a model"
 
 
+@keras.saving.register_keras_serializable(package="keras_test_models")
+class PositionIn(keras.layers.Layer):
+    """One-hot of each input's position in a vocabulary kept as an asset file,
+    as Keras's lookup layers keep theirs, but in ``keras.ops`` only (those
+    layers need TensorFlow installed, whatever the backend). The config holds
+    only the vocabulary's size: its values come back from the asset alone."""
+
+    def __init__(self, size, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+        self.vocabulary = [0] * size
+
+    def adapt(self, values):
+        self.vocabulary = sorted(set(int(v) for v in values))[: self.size]
+
+    def call(self, inputs):
+        vocabulary = keras.ops.convert_to_tensor(self.vocabulary, dtype=inputs.dtype)
+        return keras.ops.cast(keras.ops.equal(inputs, vocabulary), "float32")
+
+    def save_assets(self, dir_path):
+        with open(os.path.join(dir_path, "vocabulary.txt"), "w") as file:
+            file.write("\n".join(str(v) for v in self.vocabulary))
+
+    def load_assets(self, dir_path):
+        with open(os.path.join(dir_path, "vocabulary.txt")) as file:
+            self.vocabulary = [int(line) for line in file.read().split()]
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
 def build_with_preprocessing():
     """Layers with non-weight state: an adapted Normalization (variables made
-    from concrete values) and a IntegerLookup whose vocabulary is an asset."""
+    from concrete values) and a layer whose vocabulary is an asset."""
     import numpy as np
 
     normalization = keras.layers.Normalization()
     normalization.adapt(np.arange(40, dtype="float32").reshape(10, 4))
     numbers = keras.Input((4,), name="numbers")
+    words = keras.Input((1,), dtype="int32", name="words")
+    position = PositionIn(3, name="colour")
+    position.adapt([3, 5, 7, 7])  # saved as an asset, not in the config
+    joined = keras.layers.Concatenate()([normalization(numbers), position(words)])
+    return keras.Model([numbers, words], keras.layers.Dense(1)(joined), name="preprocessing")
+
+
+def build_with_integer_lookup():
+    """Keras's own IntegerLookup, whose adapted vocabulary is an asset.
+    Needs TensorFlow installed, whatever the backend."""
+    import numpy as np
+
     words = keras.Input((1,), dtype="int64", name="words")
     lookup = keras.layers.IntegerLookup(output_mode="one_hot", name="colour")
     lookup.adapt(np.array([3, 5, 7, 7]))  # an adapted vocabulary is saved as an asset
-    joined = keras.layers.Concatenate()([normalization(numbers), lookup(words)])
-    return keras.Model([numbers, words], keras.layers.Dense(1)(joined), name="preprocessing")
+    return keras.Model(words, keras.layers.Dense(1)(lookup(words)), name="lookup")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import pickle
@@ -46,6 +47,14 @@ class TestKerasModelDataset:
         for ours, theirs in zip(reloaded.optimizer.variables, trained_model.optimizer.variables):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
 
+    def test_loaded_variables_hold_the_backends_own_tensors(self, tmp_path, trained_model, keras_api):
+        """As after keras.saving.load_model: e.g. JAX arrays under JAX, not NumPy arrays."""
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(trained_model)
+        ours = KerasModelDataset(filepath=str(path)).load()
+        theirs = keras.saving.load_model(path)
+        assert [type(v.value) for v in ours.variables] == [type(v.value) for v in theirs.variables]
+
     def test_training_resumes_from_loaded_optimizer_state(self, tmp_path, data):
         """Two epochs, save, load, one more == three epochs straight."""
         x, y = data
@@ -86,16 +95,35 @@ class TestKerasModelDataset:
         model = keras_test_models.build_with_preprocessing()
         model.compile(optimizer="adam", loss="mse")
         numbers = np.arange(24, dtype="float32").reshape(6, 4)
-        words = np.array([[3], [7], [5], [9], [3], [7]], dtype="int64")
+        words = np.array([[3], [7], [5], [9], [3], [7]], dtype="int32")
         model.fit([numbers, words], np.ones((6, 1)), verbose=0)
+        dataset = KerasModelDataset(filepath=str(tmp_path / "model.keras"))
+        dataset.save(model)
+        with zipfile.ZipFile(tmp_path / "model.keras") as archive:
+            assert [n for n in archive.namelist() if n.startswith("assets/")] == ["assets/layers/position_in/vocabulary.txt"]
+        reloaded = dataset.load()
+        assert reloaded.get_layer("colour").vocabulary == [3, 5, 7]  # from the asset alone
+        np.testing.assert_allclose(
+            reloaded.predict([numbers, words], verbose=0), model.predict([numbers, words], verbose=0), rtol=1e-6
+        )
+
+    @pytest.mark.skipif(
+        importlib.util.find_spec("tensorflow") is None,
+        reason="Keras's lookup layers (IntegerLookup, StringLookup, TextVectorization) need TensorFlow "
+        "installed whatever the backend; runs in the TensorFlow suite. test_layers_with_assets_and_concrete_state "
+        "covers assets on every backend.",
+    )
+    def test_keras_lookup_layer_vocabulary_asset(self, tmp_path, keras_api):
+        model = keras_test_models.build_with_integer_lookup()
+        model.compile(optimizer="adam", loss="mse")
+        words = np.array([[3], [7], [5], [9], [3], [7]], dtype="int64")
+        model.fit(words, np.ones((6, 1)), verbose=0)
         dataset = KerasModelDataset(filepath=str(tmp_path / "model.keras"))
         dataset.save(model)
         with zipfile.ZipFile(tmp_path / "model.keras") as archive:
             assert "assets/layers/integer_lookup/vocabulary.txt" in archive.namelist()
         reloaded = dataset.load()
-        np.testing.assert_allclose(
-            reloaded.predict([numbers, words], verbose=0), model.predict([numbers, words], verbose=0), rtol=1e-6
-        )
+        np.testing.assert_allclose(reloaded.predict(words, verbose=0), model.predict(words, verbose=0), rtol=1e-6)
         assert reloaded.get_layer("colour").get_vocabulary() == model.get_layer("colour").get_vocabulary()
 
     def test_custom_layer_by_import_path(self, tmp_path, data):

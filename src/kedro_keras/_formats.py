@@ -387,7 +387,7 @@ def build_model_and_fill(
     import keras
 
     config = json.loads(config_json)
-    compile_config = config.get("compile_config") if compile else None
+    compile_config = portable_compile_config(config.get("compile_config")) if compile else None
     config["compile_config"] = None
     saving_lib = _private_saving_lib()
 
@@ -402,6 +402,22 @@ def build_model_and_fill(
                 model.compile_from_config(compile_config)
 
     return build_and_fill(build, fill, prepare=prepare)
+
+
+# Keras's PyTorch backend swaps each built-in optimizer for a subclass of its
+# own and saves it under that module (keras.src.backend.torch.optimizers.
+# torch_adam), which imports torch: no other backend can load the file, not
+# even with keras.saving.load_model. The class is keras.optimizers.<Name> on
+# every backend, and the torch backend swaps it in again on load.
+_BACKEND_OPTIMIZER_MODULE = re.compile(r"^keras\.src\.backend\.\w+\.optimizers(\.|$)")
+
+
+def portable_compile_config(compile_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``compile_config`` with a backend's own optimizer class named as Keras's public one."""
+    optimizer = (compile_config or {}).get("optimizer")
+    if isinstance(optimizer, dict) and _BACKEND_OPTIMIZER_MODULE.match(str(optimizer.get("module"))):
+        return {**compile_config, "optimizer": {**optimizer, "module": "keras.optimizers"}}
+    return compile_config
 
 
 def _safe_mode_scope(safe_mode: bool) -> Any:
@@ -488,11 +504,16 @@ def _first_assign(variable: Any) -> Callable[[Any], Any]:
     copy per array instead of two.
     """
 
+    import keras
     import numpy as np
+
+    # TensorFlow copies a NumPy array into its variable once; JAX and PyTorch
+    # would keep the array itself as the value, so convert for them.
+    numpy_direct = keras.backend.backend() == "tensorflow"
 
     def assign(value: Any) -> Any:
         del variable.assign  # later assigns are ordinary ones
-        if not (isinstance(value, np.ndarray) and value.dtype.name == variable._dtype):
+        if not (numpy_direct and isinstance(value, np.ndarray) and value.dtype.name == variable._dtype):
             value = variable._convert_to_tensor(value, dtype=variable._dtype)
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(
@@ -527,13 +548,29 @@ def _forget_variables(registry: Callable[[], list[Any]], ids: set[int]) -> None:
 def _read_keras_archive_public(file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool) -> keras.Model:  # noqa: A002
     import keras
 
-    file.seek(0)
-    with _local_copy(".keras") as local_path:
-        with open(local_path, "wb") as local_file:
-            shutil.copyfileobj(file, local_file)
-        return keras.saving.load_model(
-            local_path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
-        )
+    with zipfile.ZipFile(file) as archive:
+        config = json.loads(_read_small_member(archive, CONFIG_MEMBER))
+        compile_config = config.get("compile_config")
+        portable = portable_compile_config(compile_config) if compile else compile_config
+        file.seek(0)
+        with _local_copy(".keras") as local_path:
+            if portable is compile_config:
+                with open(local_path, "wb") as local_file:
+                    shutil.copyfileobj(file, local_file)
+            else:  # the same archive with a config every backend can compile
+                config["compile_config"] = portable
+                with zipfile.ZipFile(local_path, "w") as target:
+                    for info in archive.infolist():
+                        copy = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+                        copy.compress_type, copy.file_size = info.compress_type, info.file_size
+                        if info.filename == CONFIG_MEMBER:
+                            target.writestr(copy, json.dumps(config))
+                            continue
+                        with archive.open(info) as source, target.open(copy, "w") as destination:
+                            shutil.copyfileobj(source, destination, _CHUNK)
+            return keras.saving.load_model(
+                local_path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+            )
 
 
 # Members we read whole (config, metadata) are JSON a few MB at most; a
