@@ -937,20 +937,8 @@ def write_weights(model: keras.Model, file: IO[bytes], *, include_optimizer: boo
     file is built in memory and then written in one go.
     """
     saving_lib = _private_saving_lib()
-    buffer = io.BytesIO()
     if saving_lib is not None:
-        store = saving_lib.H5IOStore(buffer, mode="w")
-        try:
-            saving_lib._save_state(
-                model,
-                weights_store=store,
-                assets_store=None,
-                inner_path="",
-                visited_saveables=_skipped_saveables(model, include_optimizer),
-            )
-        finally:
-            store.close()
-        _write_buffer(file, buffer.getbuffer())
+        _write_buffer(file, _weights_to_buffer(saving_lib, model, None, include_optimizer).getbuffer())
         return
     with _local_copy(".weights.h5") as local_path:
         model.save_weights(local_path)
