@@ -22,7 +22,7 @@ TORCH_VERSION := 2.13.0
 # every backend).
 DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*"
 
-.PHONY: test test-tensorflow test-jax test-torch test-cross-backend demo bench clean
+.PHONY: test test-tensorflow test-jax test-torch test-cross-backend demo bench fuzz clean
 
 $(STAMP): pyproject.toml examples/digits/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,12 @@ bench: export KEDRO_DISABLE_TELEMETRY = 1
 bench: $(STAMP) benchmarks/requirements.txt
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# The fuzz tests only, 5,000 damaged files per format (make test runs 400).
+fuzz: export KERAS_BACKEND = tensorflow
+fuzz: export KEDRO_KERAS_FUZZ_EXAMPLES = 5000
+fuzz: $(STAMP)
+	$(BIN)/python -m pytest tests/test_reliability_fuzz.py
 
 clean:
 	rm -rf $(VENV) $(JAX_VENV) $(TORCH_VENV)

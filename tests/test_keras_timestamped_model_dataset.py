@@ -127,7 +127,8 @@ class TestKerasTimestampedModelDataset:
         history = KerasTimestampedModelDataset(filepath=str(tmp_path / "h"))
         history.save(first)
 
-        assert history.versions() == ["2026-11-21T12.00.00.123457Z", "2026-11-21T12.00.00.123456Z"]
+        newer, older = history.versions()
+        assert older == "2026-11-21T12.00.00.123456Z" and "2026-11-21T12.00.00.123457Z" <= newer <= "2026-11-21T12.00.00.124456Z"
         pinned = KerasTimestampedModelDataset(filepath=str(tmp_path / "h"), load_version="2026-11-21T12.00.00.123456Z")
         assert pinned.load().layers[1].units == 3  # the other process's model is intact
         assert history.load().layers[1].units == 2

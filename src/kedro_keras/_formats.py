@@ -329,6 +329,7 @@ def read_keras_archive(
     and the only full copy of the weights in memory is the model's own.
     """
     with zipfile.ZipFile(file) as archive:
+        _refuse_hostile_members(archive)
         names = set(archive.namelist())
         missing = {CONFIG_MEMBER, WEIGHTS_MEMBER} - names
         if missing:
@@ -543,6 +544,24 @@ def _uninitialized_variable_registry() -> Callable[[], list[Any]] | None:
 def _forget_variables(registry: Callable[[], list[Any]], ids: set[int]) -> None:
     # Keras would later try to initialise them again, and fail, if they stayed.
     registry()[:] = [variable for variable in registry() if id(variable) not in ids]
+
+
+def _refuse_hostile_members(archive: zipfile.ZipFile) -> None:
+    """Refuse names that point outside the archive and decompression bombs,
+    before either load path touches a member."""
+    for info in archive.infolist():
+        name = info.filename
+        if name.startswith("/") or "\\" in name or ".." in name.split("/") or re.match(r"^[A-Za-z]:", name):
+            raise ValueError(f"refusing archive member '{name}': it points outside the archive")
+        if (
+            info.compress_type != zipfile.ZIP_STORED
+            and info.file_size > _MAX_JSON_MEMBER
+            and info.file_size > 100 * max(info.compress_size, 1)
+        ):
+            raise ValueError(
+                f"refusing archive member '{name}': {info.compress_size} bytes claim to hold "
+                f"{info.file_size} (a decompression bomb)"
+            )
 
 
 def _read_keras_archive_public(file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool) -> keras.Model:  # noqa: A002
@@ -980,20 +999,38 @@ def stored_weight_shapes(file: IO[bytes]) -> list[tuple[str, tuple[int, ...]]]:
     """(path, shape) of every model array in a ``.weights.h5`` file.
 
     The optimizer's group is left out: a builder's model is compared on its
-    own variables.
+    own variables. An explicit walk, not h5py's ``visititems``, which loops
+    forever on a damaged file whose groups link back to each other.
     """
     import h5py
 
     found: list[tuple[str, tuple[int, ...]]] = []
+    seen: set[Any] = set()
 
-    def visit(name: str, item: Any) -> None:
-        if isinstance(item, h5py.Dataset) and not name.startswith(f"{OPTIMIZER_GROUP}/"):
-            found.append((name, tuple(item.shape)))
+    def walk(group: Any, prefix: str, depth: int) -> None:
+        if depth > _MAX_GROUP_DEPTH:
+            raise ValueError(f"the file's groups nest more than {_MAX_GROUP_DEPTH} deep: it is damaged")
+        for name in group:
+            item = group[name]
+            path = f"{prefix}{name}"
+            if isinstance(item, h5py.Dataset):
+                if not path.startswith(f"{OPTIMIZER_GROUP}/"):
+                    found.append((path, tuple(item.shape)))
+            elif isinstance(item, h5py.Group):
+                info = h5py.h5o.get_info(item.id)
+                address = getattr(info, "token", None) or info.addr
+                if address in seen:
+                    raise ValueError(f"group '{path}' is reached twice: the file is damaged")
+                seen.add(address)
+                walk(item, f"{path}/", depth + 1)
 
     with h5py.File(file, "r") as h5_file:
-        h5_file.visititems(visit)
+        walk(h5_file, "", 0)
     file.seek(0)
     return found
+
+
+_MAX_GROUP_DEPTH = 32
 
 
 def describe_weight_mismatch(model: keras.Model, stored: list[tuple[str, tuple[int, ...]]]) -> str | None:

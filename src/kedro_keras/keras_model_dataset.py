@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 KERAS_SUFFIX = ".keras"
 LEGACY_SUFFIXES = (".h5", ".hdf5")
-_SAVE_ATTEMPTS = 5
+_SAVE_ATTEMPTS = 100
 
 
 class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
@@ -184,9 +184,12 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             with self._location.open_read(path) as file:
                 model = read(file, **args)
                 saved_with = _formats.read_saved_with(file)
-        except FileNotFoundError as exc:
-            raise DatasetError(f"No Keras model at '{url}': the file does not exist.") from exc
         except Exception as exc:
+            missing = _file_not_found_in(exc)
+            if missing is not None:
+                # Also when the file vanished between opening and reading (a
+                # concurrent keep_last prune): zipfile reports that as BadZipFile.
+                raise DatasetError(f"No Keras model at '{url}': the file does not exist.") from missing
             raise DatasetError(_load_failure(url, exc, legacy=self._legacy)) from exc
         origin = ""
         if saved_with:  # e.g. " (saved with Keras 3.15.1 on the jax backend)"
@@ -258,6 +261,14 @@ def _check_is_model(data: Any, url: str) -> None:
         raise DatasetError(
             f"Cannot save {type(data).__name__} to '{url}': expected a keras.Model."
         )
+
+
+def _file_not_found_in(exc: BaseException | None) -> FileNotFoundError | None:
+    while exc is not None:
+        if isinstance(exc, FileNotFoundError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:

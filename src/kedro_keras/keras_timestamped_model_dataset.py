@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import PurePosixPath
@@ -208,8 +209,12 @@ class KerasTimestampedModelDataset(KerasModelDataset):
         return super().load()
 
     def _next_save_path(self, taken: PurePosixPath) -> PurePosixPath:
-        # Another process took this timestamp while we wrote: take the next.
-        self._cached_save_version = None
+        # Another process took this timestamp while we wrote: move past it by
+        # a random step, so that several racers spread out instead of
+        # colliding again on the next microsecond.
+        taken_at = datetime.strptime(_version_of(taken), VERSION_FORMAT).replace(tzinfo=timezone.utc)
+        version = (taken_at + timedelta(microseconds=random.randint(1, 1000))).strftime(VERSION_FORMAT)
+        self._cached_save_version = version
         return self._get_save_path()
 
     def _after_save(self, path: PurePosixPath) -> None:
