@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from kedro_keras._files import Location
+from kedro_keras._files import FileChangedError, Location
 
 
 class Boom(Exception):
@@ -93,3 +93,99 @@ def test_exclusive_write_to_a_new_path(location_and_path):
     location.invalidate_cache(path)
     with location.open_read(path) as file:
         assert file.read() == b"new"
+
+
+# --------------------------------------------------------------------------
+# Remote reads: one stream for a file read front to back
+# --------------------------------------------------------------------------
+
+MB = 2**20
+
+
+def _count_get_requests(location):
+    calls = []
+    location.fs.s3.meta.events.register(
+        "before-call.s3.GetObject", lambda **kwargs: calls.append(kwargs["params"].get("headers", {}).get("Range"))
+    )
+    return calls
+
+
+@pytest.fixture
+def remote_bytes(s3_bucket, s3_credentials):
+    """A 24 MB object of random bytes on the loopback S3 server."""
+    import numpy as np
+
+    data = np.random.default_rng(7).bytes(24 * MB)
+    location = Location(f"{s3_bucket}/blob.bin", credentials=s3_credentials)
+    location.fs.pipe_file(str(location.path), data)
+    location.invalidate_cache(location.path)
+    return location, data
+
+
+def test_hdf5_like_reads_are_served_by_one_stream(remote_bytes):
+    """The access pattern of a model load: the zip directory at the end, then
+    forward reads with small look-backs and a peek past a large array before
+    reading it. Every byte must be right, with one ranged read for the end
+    of the file and one stream for the rest."""
+    location, data = remote_bytes
+    calls = _count_get_requests(location)
+    reads = [
+        (len(data) - 22, 22),  # zip directory: a ranged read
+        (len(data) - 300, 278),
+        (0, 30),
+        (30, 4000),
+        (2000, 100),  # look back into what was read
+        (4500, 512),  # skip a little
+        (4200, 200),  # look back into the skipped stretch
+        (12 * MB, 328),  # peek past a 12 MB array
+        (5000, 512),  # metadata just before the array...
+        (5512, 12 * MB - 5512),  # ...and the array: held while peeking
+        (5000, 100),  # look back at the metadata after the array was read
+        (12 * MB + 328, 8 * MB),
+        (20 * MB + 328, 4 * MB - 328 - 400),
+    ]
+    with location.open_read(location.path) as file:
+        for start, size in reads:
+            file.seek(start)
+            assert file.read(size) == data[start : start + size], (start, size)
+    stream_calls = [r for r in calls if r and r.endswith("-")]
+    assert len(stream_calls) == 1, calls
+    assert len(calls) == 2, calls
+
+
+def test_a_dropped_stream_resumes_where_it_stopped(remote_bytes):
+    location, data = remote_bytes
+    calls = _count_get_requests(location)
+    with location.open_read(location.path) as file:
+        assert file.read(10 * MB) == data[: 10 * MB]
+        file._stream.close()  # the connection drops mid-body
+        assert file.read(4 * MB) == data[10 * MB : 14 * MB]
+    assert [r for r in calls if r and r.endswith("-")] == ["bytes=0-", f"bytes={10 * MB}-"]
+
+
+def test_a_read_far_ahead_of_the_stream_is_a_ranged_read(remote_bytes, monkeypatch):
+    """Holding what lies between is bounded: a quarter of the file (or 64 MB,
+    lowered here so that the quarter applies to a small file)."""
+    from kedro_keras import _files
+
+    monkeypatch.setattr(_files, "_RANGE_PIECE", MB)
+    location, data = remote_bytes
+    calls = _count_get_requests(location)
+    with location.open_read(location.path) as file:
+        assert file.read(100) == data[:100]
+        file.seek(20 * MB)
+        assert file.read(1000) == data[20 * MB : 20 * MB + 1000]
+        assert file.read(1000) == data[20 * MB + 1000 : 20 * MB + 2000]
+        file.seek(100)
+        assert file.read(MB) == data[100 : 100 + MB]
+    assert calls[0] == "bytes=0-" and len(calls) == 2, calls
+
+
+def test_an_object_replaced_while_streaming_is_an_error_not_a_mix(remote_bytes):
+    location, data = remote_bytes
+    with location.open_read(location.path) as file:
+        assert file.read(MB) == data[:MB]
+        file._stream.close()
+        location.fs.pipe_file(str(location.path), b"x" * len(data))
+        with pytest.raises(FileChangedError, match="replaced while it was being read"):
+            file.read(4 * MB)

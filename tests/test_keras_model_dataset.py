@@ -433,6 +433,32 @@ class TestKerasModelDatasetS3:
         assert dataset.exists()
         assert_same_predictions(dataset.load(), trained_model, data[0])
 
+    @pytest.mark.parametrize("writer", ["ours", "keras"])
+    def test_load_is_one_stream_of_get_requests(self, s3_bucket, s3_credentials, data, tmp_path, writer):
+        """Each ranged GET costs a round trip (and on this server a read of the
+        whole object): a load makes one for the zip directory and streams the
+        rest, even with arrays of several MB that HDF5 peeks past."""
+        import s3fs
+
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(1024)(keras.layers.Dense(1024)(keras.layers.Dense(1024)(inputs)))
+        model = keras.Model(inputs, keras.layers.Dense(1)(hidden))  # 3 arrays of 4 MB
+        path = f"{s3_bucket}/big.keras"
+        if writer == "ours":
+            KerasModelDataset(filepath=path, credentials=s3_credentials).save(model)
+        else:
+            model.save(tmp_path / "big.keras")
+            s3fs.S3FileSystem(**s3_credentials).put(str(tmp_path / "big.keras"), path)
+        dataset = KerasModelDataset(filepath=path, credentials=s3_credentials)
+        requests = []
+        dataset._fs.s3.meta.events.register("before-call.s3.GetObject", lambda **kwargs: requests.append(kwargs))
+
+        loaded = dataset.load()
+
+        assert len(requests) == 2
+        for ours, theirs in zip(loaded.weights, model.weights, strict=True):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
+
     def test_versioned(self, s3_bucket, s3_credentials, data):
         path = f"{s3_bucket}/model.keras"
         small = fit(keras_test_models.build_functional(hidden=2), data)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import io
 import os
 import uuid
+from collections import OrderedDict
 from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import PurePosixPath
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -78,14 +79,22 @@ class Location:
 
     @contextmanager
     def open_read(self, path: str | PurePosixPath) -> Iterator[IO[bytes]]:
-        """A seekable binary file; object stores serve it with range reads."""
+        """A seekable binary file with ``readinto``.
+
+        Remote files are wrapped in a ``RemoteReader``: one streaming request
+        serves a model read front to back, whatever small jumps the format
+        makes.
+        """
         args = self.open_args_load
-        if not self.is_local:
-            # HDF5 metadata reads are small and scattered; array data is read
-            # past the cache (see _formats._Window), so a small block is best.
-            args = {"block_size": 2**20, "cache_type": "blockcache", **args}
-        with self.fs.open(str(path), mode="rb", **args) as file:
-            yield file
+        if self.is_local:
+            with self.fs.open(str(path), mode="rb", **args) as file:
+                yield file
+            return
+        # Reads the stream cannot serve (the zip directory at the end, a jump
+        # back) go through a small block cache.
+        args = {"block_size": 2**20, "cache_type": "blockcache", **args}
+        with self.fs.open(str(path), mode="rb", **args) as file, RemoteReader(file) as reader:
+            yield reader
 
     @contextmanager
     def atomic_write(self, path: str | PurePosixPath, *, exclusive: bool = False) -> Iterator[IO[bytes]]:
@@ -156,3 +165,262 @@ def _local_atomic_write(path: str, exclusive: bool = False) -> Iterator[IO[bytes
         if os.path.exists(temp_path):
             os.remove(temp_path)
         raise
+
+
+# --------------------------------------------------------------------------
+# Remote reads
+# --------------------------------------------------------------------------
+
+# A read this far past the stream is served by a ranged request instead of
+# holding everything in between (the zip directory at the end of the file).
+_HOLD_LIMIT = 1024 * 2**20
+# Skipped or small stretches of the stream kept for HDF5's look-backs.
+_SMALL = 2**20
+_SMALL_CACHE_BYTES = 16 * 2**20
+# Reads past the stream and block cache are made in pieces this large.
+_RANGE_PIECE = 64 * 2**20
+_STREAM_PIECE = 8 * 2**20
+_STREAM_ATTEMPTS = 3
+
+
+class FileChangedError(OSError):
+    """The object was replaced between two reads of one load."""
+
+
+class RemoteReader(io.RawIOBase):
+    """A remote fsspec file read as one stream where the reads allow it.
+
+    A model file is read almost front to back: the zip directory at the end
+    first, then the config, then the weights, with HDF5 peeking a little
+    ahead (at the header after an array) before it reads the array. On object
+    stores each ranged request costs a round trip, so reads at or ahead of the
+    stream are served by a single streaming GET: skipped stretches are kept
+    (small ones in an LRU cache, a large one, the array HDF5 peeked past,
+    until it is read), and bytes are copied straight into the caller's
+    buffer. Anything else falls back to the file's ordinary ranged reads.
+    Filesystems without a streaming read use ranged reads only.
+    """
+
+    def __init__(self, file: Any) -> None:
+        super().__init__()
+        self._file = file
+        self.size: int = file.size
+        self._position = 0
+        self._open_stream = _stream_opener(file)
+        self._stream: Any = None
+        self._stream_position = 0  # the next byte the stream gives
+        self._small: OrderedDict[int, bytes] = OrderedDict()
+        self._small_bytes = 0
+        self._held: dict[int, memoryview] = {}
+
+    # io.RawIOBase -------------------------------------------------------
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        self._position = max(0, base + position)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        view = view[: max(0, min(view.nbytes, self.size - self._position))]
+        self._read_at(self._position, view)
+        self._position += view.nbytes
+        return view.nbytes
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.size - self._position
+        buffer = bytearray(max(0, min(size, self.size - self._position)))
+        return bytes(memoryview(buffer)[: self.readinto(buffer)])
+
+    def close(self) -> None:
+        self._close_stream()
+        self._held.clear()
+        self._small.clear()
+        super().close()
+
+    # Where each byte comes from ------------------------------------------
+
+    def _read_at(self, start: int, view: memoryview) -> None:
+        position, end = start, start + view.nbytes
+        while position < end:
+            target = view[position - start :]
+            done = self._from_memory(position, target)
+            if not done and self._may_stream_to(position):
+                self._skip_stream_to(position)
+                done = self._from_stream(target)
+            if not done:
+                done = self._from_ranged_reads(position, target[: self._ranged_read_size(position, end)])
+            position += done
+
+    def _may_stream_to(self, position: int) -> bool:
+        if self._open_stream is None or position < self._stream_position:
+            return False
+        gap = position - self._stream_position
+        if self._stream is None and self._stream_position == 0:
+            return gap <= _SMALL  # start at the front, not at the zip directory
+        # Holding a skipped stretch costs memory; the stretch is an array
+        # HDF5 is about to read anyway, but never more than a share of the file.
+        return gap <= min(_HOLD_LIMIT, max(_RANGE_PIECE, self.size // 4))
+
+    def _from_memory(self, position: int, target: memoryview) -> int:
+        for start, data in self._held.items():
+            if start <= position < start + data.nbytes:
+                count = min(target.nbytes, start + data.nbytes - position)
+                target[:count] = data[position - start : position - start + count]
+                if count <= _SMALL:  # metadata inside the stretch; HDF5 may look again
+                    self._remember_small(position, bytes(target[:count]))
+                if position + count == start + data.nbytes:
+                    del self._held[start]  # read to its end: HDF5 reads an array once
+                return count
+        for start, data in self._small.items():
+            if start <= position < start + len(data):
+                self._small.move_to_end(start)
+                count = min(target.nbytes, start + len(data) - position)
+                target[:count] = memoryview(data)[position - start : position - start + count]
+                return count
+        return 0
+
+    def _ranged_read_size(self, position: int, end: int) -> int:
+        """Up to the next byte held in memory or the stream, so those are not read twice."""
+        limit = end
+        for start in [*self._held, *self._small]:
+            if position < start < limit:
+                limit = start
+        if self._open_stream is not None and self._stream is not None and position < self._stream_position < limit:
+            limit = self._stream_position
+        return limit - position
+
+    def _from_ranged_reads(self, position: int, target: memoryview) -> int:
+        done = 0
+        while done < target.nbytes:
+            first = position + done
+            if target.nbytes - done >= _SMALL:
+                # Past the block cache, which suits small reads only.
+                piece = self._file._fetch_range(first, first + min(_RANGE_PIECE, target.nbytes - done))
+            else:
+                self._file.seek(first)
+                piece = self._file.read(target.nbytes - done)
+            if not piece:
+                raise EOFError(f"{self._file.path} ended early at byte {first} of {self.size}")
+            target[done : done + len(piece)] = piece
+            done += len(piece)
+        return done
+
+    # The stream ------------------------------------------------------------
+
+    def _skip_stream_to(self, position: int) -> None:
+        gap = position - self._stream_position
+        if gap <= 0:
+            return
+        data = bytearray(gap)
+        self._fill_from_stream(memoryview(data))
+        start = position - gap
+        if gap <= _SMALL:
+            self._remember_small(start, bytes(data))
+        else:
+            self._held[start] = memoryview(data)
+
+    def _from_stream(self, target: memoryview) -> int:
+        count = min(target.nbytes, self.size - self._stream_position)
+        start = self._stream_position
+        self._fill_from_stream(target[:count])
+        if count <= _SMALL:
+            self._remember_small(start, bytes(target[:count]))
+        return count
+
+    def _fill_from_stream(self, target: memoryview) -> None:
+        done = 0
+        failures = 0
+        while done < target.nbytes:
+            try:
+                if self._stream is None:
+                    self._stream = self._open_stream(self._stream_position)
+                count = self._stream.readinto(target[done : done + _STREAM_PIECE])
+            except Exception as exc:  # a dropped connection: resume where it stopped
+                self._close_stream()
+                if "pre-condition" in str(exc):  # If-Match failed: not the object we started
+                    raise FileChangedError(f"{self._file.path} was replaced while it was being read") from exc
+                failures += 1
+                if failures >= _STREAM_ATTEMPTS:
+                    raise
+                continue
+            if not count:
+                raise EOFError(f"{self._file.path} ended early at byte {self._stream_position} of {self.size}")
+            done += count
+            self._stream_position += count
+
+    def _remember_small(self, start: int, data: bytes) -> None:
+        self._small[start] = data
+        self._small_bytes += len(data)
+        while self._small_bytes > _SMALL_CACHE_BYTES:
+            _, dropped = self._small.popitem(last=False)
+            self._small_bytes -= len(dropped)
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+
+def _stream_opener(file: Any) -> Callable[[int], Any] | None:
+    """How to open one streaming GET from a byte onwards, if the filesystem has one."""
+    fs = file.fs
+    if not (callable(getattr(fs, "_call_s3", None)) and hasattr(file, "bucket") and hasattr(file, "key")):
+        return None
+    from fsspec.asyn import sync
+
+    extra = dict(getattr(file, "read_kw", None) or {})
+    if getattr(file, "version_id", None):
+        extra["VersionId"] = file.version_id
+    etag = (getattr(file, "details", None) or {}).get("ETag")
+    if etag and not extra.get("VersionId"):
+        # Every byte must come from the object we started reading.
+        extra["IfMatch"] = etag
+
+    def open_at(position: int) -> _S3Stream:
+        response = sync(
+            fs.loop, fs._call_s3, "get_object", Bucket=file.bucket, Key=file.key, Range=f"bytes={position}-", **extra
+        )
+        return _S3Stream(fs.loop, response["Body"])
+
+    return open_at
+
+
+class _S3Stream:
+    """The body of one GET, read synchronously from s3fs's event loop."""
+
+    def __init__(self, loop: Any, body: Any) -> None:
+        self._loop, self._body = loop, body
+
+    def readinto(self, target: memoryview) -> int:
+        from fsspec.asyn import sync
+
+        return sync(self._loop, self._fill, target)
+
+    async def _fill(self, target: memoryview) -> int:
+        # The body hands out what the socket has (often 64 KiB): gather a
+        # whole piece per trip to the event loop's thread.
+        done = 0
+        while done < target.nbytes:
+            chunk = await self._body.read(target.nbytes - done)
+            if not chunk:
+                break
+            target[done : done + len(chunk)] = chunk
+            done += len(chunk)
+        return done
+
+    def close(self) -> None:
+        self._body.close()

@@ -235,8 +235,8 @@ def _weights_to_buffer(saving_lib: Any, model: keras.Model, assets_store: Any, i
     return buffer
 
 
-# Large enough that a remote read is one request per array for most layers,
-# small enough to bound the transient copy it makes.
+# Pieces in which a buffer is written out or re-read for its checksum:
+# bounds the transient copy each makes.
 _CHUNK = 64 * 2**20
 
 
@@ -654,8 +654,8 @@ class _Window(io.BytesIO):
     def __init__(self, file: IO[bytes], offset: int, size: int, expected_crc: int | None = None) -> None:
         super().__init__()
         self._file, self._offset, self._size, self._position = file, offset, size, 0
-        # Local files read straight into the caller's buffer; fsspec's
-        # buffered remote files implement readinto as read-then-copy.
+        # Local files and _files.RemoteReader read straight into the caller's
+        # buffer; fsspec's buffered files implement readinto as read-then-copy.
         self._direct = not isinstance(file, AbstractBufferedFile) and hasattr(file, "readinto")
         self._expected_crc = expected_crc
         self._crc = 0
@@ -695,13 +695,6 @@ class _Window(io.BytesIO):
         while done < wanted:
             if self._direct:
                 count = self._file.readinto(view[done:wanted])
-            elif wanted - done >= _CHUNK:
-                # An array's data: one ranged request per piece, past the
-                # read-ahead cache that suits HDF5's small metadata reads.
-                first = self._offset + start + done
-                piece = self._file._fetch_range(first, first + min(_CHUNK, wanted - done))
-                count = len(piece)
-                view[done : done + count] = piece
             else:
                 piece = self._file.read(wanted - done)
                 count = len(piece)
@@ -783,7 +776,62 @@ def _verify(reader: io.BytesIO, cause: BaseException | None = None) -> None:
 
 
 def _h5_store(saving_lib: Any, reader: io.BytesIO) -> Any:
-    return saving_lib.H5IOStore(reader, mode="r")
+    store = saving_lib.H5IOStore(reader, mode="r")
+    if hasattr(store, "_h5_entry_group"):  # the store layout we know
+        store.__class__ = _aligned_reads_store_class(saving_lib.H5IOStore)
+    return store
+
+
+# TensorFlow makes a variable from a NumPy array without an intermediate copy
+# only if the array is 64-byte aligned (Eigen's alignment); NumPy's own large
+# arrays start 16 bytes into a page, which costs a second copy of every array
+# while a model loads. JAX's CPU client likewise aliases only aligned buffers.
+_ALIGNMENT = 64
+_aligned_store_classes: dict[type, type] = {}
+
+
+def _aligned_reads_store_class(store_class: type) -> type:
+    """A subclass of Keras's ``H5IOStore`` that reads arrays into aligned memory."""
+    if store_class not in _aligned_store_classes:
+
+        class AlignedReadsH5IOStore(store_class):  # type: ignore[misc, valid-type]
+            def __getitem__(self, key: str) -> Any:
+                import h5py
+
+                group = self._h5_entry_group
+                # Anything unusual (links, which Keras refuses, tagged types
+                # such as bfloat16, nested names) goes through Keras's own code.
+                plain = (
+                    isinstance(group, h5py.Group)
+                    and "/" not in key
+                    and isinstance(group.get(key, getlink=True), h5py.HardLink)
+                )
+                dataset = group[key] if plain else None
+                if not isinstance(dataset, h5py.Dataset) or "dtype" in dataset.attrs or dataset.dtype.kind not in "biuf":
+                    return super().__getitem__(key)
+                return read_aligned(dataset)
+
+        _aligned_store_classes[store_class] = AlignedReadsH5IOStore
+    return _aligned_store_classes[store_class]
+
+
+def read_aligned(dataset: Any) -> Any:
+    """An HDF5 dataset's values in a new, 64-byte aligned, native-order array."""
+    dtype = dataset.dtype.newbyteorder("=")
+    array = aligned_empty(dataset.shape, dtype)
+    if array.size:
+        dataset.read_direct(array)
+    return array
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> Any:
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 @contextmanager
