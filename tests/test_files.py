@@ -189,3 +189,83 @@ def test_an_object_replaced_while_streaming_is_an_error_not_a_mix(remote_bytes):
         location.fs.pipe_file(str(location.path), b"x" * len(data))
         with pytest.raises(FileChangedError, match="replaced while it was being read"):
             file.read(4 * MB)
+
+
+# --------------------------------------------------------------------------
+# Remote writes: gathered in memory by reference, sent in one PUT
+# --------------------------------------------------------------------------
+
+
+def test_gather_buffer_is_a_seekable_file_that_zipfile_can_write(tmp_path):
+    import zipfile
+
+    from kedro_keras._files import GatherBuffer
+
+    big = memoryview(bytes(range(256)) * (8 * 1024)).toreadonly()  # 2 MB, read-only
+    gathered = GatherBuffer()
+    with zipfile.ZipFile(gathered, "w") as archive:
+        archive.writestr("small.json", b'{"a": 1}')
+        with archive.open(zipfile.ZipInfo("big.bin"), "w") as member:
+            member.write(big)
+    data = b"".join(bytes(piece) for piece in gathered.pieces())
+    assert len(data) == gathered.size
+    gathered.seek(0)
+    assert gathered.read() == data
+    with zipfile.ZipFile(gathered) as archive:  # the rewritten local headers are right
+        assert archive.testzip() is None
+        assert archive.read("big.bin") == bytes(big)
+    # The large read-only write was kept by reference, not copied.
+    assert any(isinstance(piece, memoryview) and piece.obj is big.obj for piece in gathered._pieces)
+
+
+def test_gather_buffer_copies_writable_buffers():
+    """A caller may reuse a writable buffer after write() returns."""
+    from kedro_keras._files import GatherBuffer
+
+    reused = bytearray(b"a" * (2 * MB))
+    gathered = GatherBuffer()
+    gathered.write(reused)
+    reused[:] = b"b" * (2 * MB)
+    gathered.write(reused)
+    gathered.seek(0)
+    assert gathered.read() == b"a" * (2 * MB) + b"b" * (2 * MB)
+
+
+def _count_s3_calls(location):
+    calls = []
+    location.fs.s3.meta.events.register("before-call.s3", lambda model=None, **_: calls.append(model.name))
+    return calls
+
+
+def test_s3_write_is_one_put_and_exclusive_is_atomic(s3_bucket, s3_credentials):
+    location = Location(f"{s3_bucket}/model.keras", credentials=s3_credentials)
+    path = str(location.path)
+    calls = _count_s3_calls(location)
+    with location.atomic_write(path) as file:
+        file.write(memoryview(b"v1" * MB).toreadonly())
+    assert calls.count("PutObject") == 1 and "CreateMultipartUpload" not in calls
+    # The store itself refuses to replace an object on an exclusive write (If-None-Match),
+    # so two savers racing past the existence check cannot both publish.
+    from kedro_keras import _files
+
+    with pytest.raises(FileExistsError):
+        _files._single_put(location.fs)(path, _files.GatherBuffer(), True)
+    location.invalidate_cache(path)
+    with location.open_read(path) as file:
+        assert file.read() == b"v1" * MB
+
+
+def test_s3_write_above_the_single_put_limit_is_multipart(s3_bucket, s3_credentials, monkeypatch):
+    from kedro_keras import _files
+
+    monkeypatch.setattr(_files, "_SINGLE_PUT_LIMIT", MB)
+    location = Location(f"{s3_bucket}/model.keras", credentials=s3_credentials)
+    path = str(location.path)
+    calls = _count_s3_calls(location)
+    data = bytes(range(256)) * (64 * 1024 * 2)  # 32 MB: a multipart upload
+    with location.atomic_write(path) as file:
+        file.write(memoryview(data).toreadonly())
+    assert "CompleteMultipartUpload" in calls and "PutObject" not in calls
+    location.invalidate_cache(path)
+    with location.open_read(path) as file:
+        assert file.read() == data

@@ -122,11 +122,20 @@ class Location:
 
     @contextmanager
     def _deferred_commit_write(self, path: str, exclusive: bool) -> Iterator[IO[bytes]]:
+        # The file is gathered in memory, mostly as references to the
+        # caller's buffers (the model's HDF5 image), and sent once complete.
+        gathered = GatherBuffer()
+        yield gathered
+        self._refuse_existing(path, exclusive)
+        put = _single_put(self.fs)
+        if put is not None and gathered.size <= _SINGLE_PUT_LIMIT and not self.open_args_save:
+            put(path, gathered, exclusive)
+            return
         file = self.fs.open(path, mode="wb", autocommit=False, **self.open_args_save)
         try:
-            yield file
+            for piece in gathered.pieces():
+                file.write(piece)
             file.close()
-            self._refuse_existing(path, exclusive)
         except BaseException:
             file.discard()
             raise
@@ -423,4 +432,151 @@ class _S3Stream:
         return done
 
     def close(self) -> None:
+        from fsspec.asyn import sync
+
+        sync(self._loop, self._close)
+
+    async def _close(self) -> None:
+        # aiohttp's objects belong to the event loop's thread.
         self._body.close()
+
+
+# --------------------------------------------------------------------------
+# Remote writes
+# --------------------------------------------------------------------------
+
+# Up to this size an object goes up in one PUT: all or nothing by itself, one
+# request, and no orphaned parts (which stay billed) if the process dies
+# mid-upload. Beyond it, a multipart upload's parallel parts win.
+_SINGLE_PUT_LIMIT = 512 * 2**20
+# Writes at least this large are kept by reference when the buffer is read-only.
+_BY_REFERENCE = 2**20
+
+
+class GatherBuffer(io.RawIOBase):
+    """A seekable in-memory file that keeps large read-only writes by reference.
+
+    Writing a model's archive copies its small parts (zip headers, config)
+    and only references the weights' read-only buffer, so sending the file
+    needs no second copy of the model in memory.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pieces: list[bytes | bytearray | memoryview] = []
+        self._starts: list[int] = []
+        self.size = 0
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        self._position = max(0, base + position)
+        return self._position
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if self._position < self.size:
+            self._overwrite(view)  # zipfile rewrites a member's local header
+            return view.nbytes
+        if self._position > self.size:
+            self.write_zeros(self._position - self.size)
+        if isinstance(data, bytes) or (view.readonly and view.nbytes >= _BY_REFERENCE):
+            self._append(view)
+        elif self._pieces and isinstance(self._pieces[-1], bytearray):
+            self._pieces[-1] += view
+            self.size += view.nbytes
+        else:
+            self._append(bytearray(view))
+        self._position = self.size
+        return view.nbytes
+
+    def write_zeros(self, count: int) -> None:
+        self._position = self.size
+        self.write(bytearray(count))
+
+    def _append(self, piece: Any) -> None:
+        self._pieces.append(piece)
+        self._starts.append(self.size)
+        self.size += len(piece) if not isinstance(piece, memoryview) else piece.nbytes
+        self._position = self.size
+
+    def _overwrite(self, view: memoryview) -> None:
+        end = self._position + view.nbytes
+        if end > self.size:
+            raise io.UnsupportedOperation("a rewrite may not extend the file")
+        for index, start in enumerate(self._starts):
+            piece = self._pieces[index]
+            piece_end = start + (piece.nbytes if isinstance(piece, memoryview) else len(piece))
+            if piece_end <= self._position or start >= end:
+                continue
+            if not isinstance(piece, bytearray):
+                piece = self._pieces[index] = bytearray(piece)  # rare: small pieces only
+            lo, hi = max(start, self._position), min(piece_end, end)
+            piece[lo - start : hi - start] = view[lo - self._position : hi - self._position]
+        self._position = end
+
+    def pieces(self) -> Iterator[memoryview]:
+        """The file's bytes, in order, without copying them."""
+        for piece in self._pieces:
+            yield memoryview(piece)
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        done = 0
+        for index in range(self._piece_at(self._position), len(self._pieces)):
+            if done == target.nbytes:
+                break
+            piece = memoryview(self._pieces[index])
+            offset = self._position - self._starts[index]
+            count = min(target.nbytes - done, piece.nbytes - offset)
+            target[done : done + count] = piece[offset : offset + count]
+            done += count
+            self._position += count
+        return done
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.size - self._position
+        buffer = bytearray(max(0, min(size, self.size - self._position)))
+        return bytes(memoryview(buffer)[: self.readinto(buffer)])
+
+    def _piece_at(self, position: int) -> int:
+        import bisect
+
+        return max(0, bisect.bisect_right(self._starts, position) - 1)
+
+
+def _single_put(fs: Any) -> Callable[[str, GatherBuffer, bool], None] | None:
+    """One PutObject of a gathered file, if the filesystem is s3fs."""
+    if not (callable(getattr(fs, "_call_s3", None)) and callable(getattr(fs, "split_path", None))):
+        return None
+    from fsspec.asyn import sync
+
+    def put(path: str, gathered: GatherBuffer, exclusive: bool) -> None:
+        bucket, key, _ = fs.split_path(path)
+        conditions = {"IfNoneMatch": "*"} if exclusive else {}  # atomic where the store supports it
+        gathered.seek(0)
+        try:
+            sync(
+                fs.loop, fs._call_s3, "put_object",
+                Bucket=bucket, Key=key, Body=gathered, ContentLength=gathered.size, **conditions,
+            )
+        except OSError as exc:
+            if exclusive and "pre-condition" in str(exc):
+                raise FileExistsError(path) from exc
+            raise
+        fs.invalidate_cache(path)
+
+    return put

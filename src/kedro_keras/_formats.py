@@ -210,7 +210,7 @@ def write_keras_archive(model: keras.Model, file: IO[bytes], *, include_optimize
             weights = _weights_to_buffer(saving_lib, model, assets_store, include_optimizer)
         finally:
             assets_store.close()  # adds the assets/ members
-        _write_member(archive, WEIGHTS_MEMBER, weights.getbuffer())
+        _write_member(archive, WEIGHTS_MEMBER, weights.getbuffer().toreadonly())
 
 
 def _weights_to_buffer(saving_lib: Any, model: keras.Model, assets_store: Any, include_optimizer: bool) -> io.BytesIO:
@@ -915,7 +915,7 @@ def write_legacy_h5(model: keras.Model, file: IO[bytes], *, include_optimizer: b
                 model.save(local_path, include_optimizer=include_optimizer)
                 with open(local_path, "rb") as local_file:
                     shutil.copyfileobj(local_file, buffer)
-    file.write(buffer.getbuffer())
+    file.write(buffer.getbuffer().toreadonly())
 
 
 def read_legacy_h5(
@@ -1005,7 +1005,7 @@ def write_weights(model: keras.Model, file: IO[bytes], *, include_optimizer: boo
     """
     saving_lib = _private_saving_lib()
     if saving_lib is not None:
-        _write_buffer(file, _weights_to_buffer(saving_lib, model, None, include_optimizer).getbuffer())
+        _write_buffer(file, _weights_to_buffer(saving_lib, model, None, include_optimizer).getbuffer().toreadonly())
         return
     with _local_copy(".weights.h5") as local_path:
         model.save_weights(local_path)
