@@ -8,6 +8,9 @@ import uuid
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+# The legacy .h5 header check's time limit (30 s by default), below the
+# reliability workers' own time limits.
+os.environ.setdefault("KEDRO_KERAS_H5_PROBE_SECONDS", "5")
 # moto and s3fs both read these; nothing here talks to real AWS.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -22,7 +25,18 @@ import keras_test_models
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server in a thread, listening on a free loopback port."""
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    # The server's threads log every request through werkzeug; once a test has
+    # set up Kedro's logging (a KedroSession), that is Kedro's rich handler,
+    # and two server threads logging at once while a third request waits on
+    # them stalled a load for minutes. Keep only errors, and keep them away
+    # from the handlers of the process under test.
+    werkzeug_logger = logging.getLogger("werkzeug")
+    werkzeug_logger.setLevel(logging.ERROR)
+    werkzeug_logger.propagate = False
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -269,3 +269,21 @@ def test_s3_write_above_the_single_put_limit_is_multipart(s3_bucket, s3_credenti
     location.invalidate_cache(path)
     with location.open_read(path) as file:
         assert file.read() == data
+
+
+def test_held_stretches_together_stay_within_a_quarter_of_the_file(remote_bytes, monkeypatch):
+    """A walk over headers alone (peek after peek, no array read) must not
+    end up holding the whole file."""
+    from kedro_keras import _files
+
+    monkeypatch.setattr(_files, "_RANGE_PIECE", MB)  # the quarter (6 MB) applies
+    location, data = remote_bytes
+    calls = _count_get_requests(location)
+    with location.open_read(location.path) as file:
+        for start in (0, 4 * MB, 8 * MB):  # two 4 MB stretches skipped: 8 MB > 6 MB
+            file.seek(start)
+            assert file.read(100) == data[start : start + 100]
+        assert sum(held.nbytes for held in file._held.values()) <= 6 * MB
+        file.seek(200)
+        assert file.read(5 * MB) == data[200 : 200 + 5 * MB]
+    assert calls[0] == "bytes=0-" and len([c for c in calls if c.endswith("-")]) == 1, calls

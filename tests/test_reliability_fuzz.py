@@ -49,13 +49,11 @@ _DEFAULT_EXAMPLES = "400" if os.environ.get("KERAS_BACKEND", "tensorflow") == "t
 EXAMPLES = int(os.environ.get("KEDRO_KERAS_FUZZ_EXAMPLES", _DEFAULT_EXAMPLES))
 CASE_TIMEOUT = float(os.environ.get("KEDRO_KERAS_FUZZ_CASE_TIMEOUT", "15"))
 # Formats whose hangs are counted (and their inputs kept) instead of failing,
-# e.g. KEDRO_KERAS_FUZZ_KNOWN_HANGS=h5 while libhdf5's endless loops on damaged
-# legacy files stand (test_reliability_integrity.py::test_damaged_legacy_h5_does_not_hang,
-# docs/guarantees.md). Empty by default: every hang fails.
-# Legacy .h5: libhdf5 itself can loop forever reading a damaged attribute
-# (HDFGroup/hdf5#1707, h5py/h5py#2088; plain keras.saving.load_model hangs
-# the same way): counted and reported, not failed. docs/guarantees.md says so.
-KNOWN_HANGS = {kind for kind in os.environ.get("KEDRO_KERAS_FUZZ_KNOWN_HANGS", "h5").split(",") if kind}
+# e.g. KEDRO_KERAS_FUZZ_KNOWN_HANGS=h5 to survey a new libhdf5. Empty by
+# default: every hang fails. (libhdf5's endless loop on some damaged legacy
+# .h5 attributes, HDFGroup/hdf5#1707, is caught by the loader's child-process
+# header check: test_reliability_integrity.py::test_damaged_legacy_h5_does_not_hang.)
+KNOWN_HANGS = {kind for kind in os.environ.get("KEDRO_KERAS_FUZZ_KNOWN_HANGS", "").split(",") if kind}
 FILE_NAMES = {"keras": "model.keras", "h5": "model.h5", "weights": "model.weights.h5"}
 # Inputs that fail are kept here (pytest's own temporary folders are rotated).
 ARTIFACTS = Path(

@@ -9,8 +9,8 @@ refused in each format, bad import paths) is not repeated here. Added:
   directory, weights spliced from another model, a duplicated region, files of
   one format under another's name, a truncated ``architecture.json``, and
   truncated objects on S3; each is a ``DatasetError`` naming the file;
-- what is *not* detected yet (HDF5 files carry no checksum of their arrays),
-  as strict xfails that turn into failures once it is;
+- a flipped byte in an array of a ``.h5``/``.weights.h5`` we wrote (caught by
+  the CRC-32 trailer after the HDF5 image);
 - proof that refused code never runs: a Lambda that would create a file, an
   import path that would create a file if it were evaluated, and a config
   naming a module that would create a file if it were imported;
@@ -22,6 +22,7 @@ refused in each format, bad import paths) is not repeated here. Added:
 from __future__ import annotations
 
 import json
+import re
 import os
 import struct
 import sys
@@ -231,27 +232,24 @@ def test_damaged_version_in_a_history_is_a_dataset_error_naming_it(files, tmp_pa
     assert str(newest) in str(error.value)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=pytest.fail.Exception, reason="HDF5 files carry no checksum of their arrays (docs/guarantees.md)"
-)
 @pytest.mark.parametrize("kind", ["h5", "weights"])
 def test_flipped_weight_byte_in_hdf5_file_is_detected(kind, files, tmp_path):
+    """The CRC-32 trailer after the HDF5 image catches a flipped byte in a
+    kernel, which HDF5 itself would load without complaint."""
     data = files["a"][kind]
     path = place(tmp_path, kind, flipped(data, h5_array_offset(data, tmp_path)), files["a"]["architecture"])
-    with pytest.raises(DatasetError):
+    with pytest.raises(DatasetError, match=f"'{re.escape(str(path))}' is corrupt"):
         dataset_for(kind, path).load()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="libhdf5 loops forever on this damaged attribute (HDFGroup/hdf5#1707, h5py/h5py#2088); "
-    "plain keras.saving.load_model hangs too. Fixing it means loading .h5 in a child process.",
-)
 def test_damaged_legacy_h5_does_not_hang(files, tmp_path):
     """Zeroed bytes inside the attributes of a legacy .h5 (found by the fuzz
     test) send libhdf5 1.14.6 into an endless loop in ``attrs["model_config"]``
-    that holds the GIL (HDFGroup/hdf5#1707, h5py/h5py#2088): the load must end
-    with a DatasetError instead. Loaded in a child process with a time limit."""
+    that holds the GIL (HDFGroup/hdf5#1707, h5py/h5py#2088); plain
+    ``keras.saving.load_model`` hangs. The load must end with a DatasetError
+    instead: the headers are first read in a child process with a time limit
+    (KEDRO_KERAS_H5_PROBE_SECONDS, 5 s in the tests). The load itself runs in
+    a worker process too, so that a regression fails instead of hanging."""
     data = bytearray(files["a"]["h5"])
     data[2327:4654] = bytes(4654 - 2327)
     path = place(tmp_path, "h5", bytes(data))

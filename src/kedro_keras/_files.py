@@ -277,9 +277,14 @@ class RemoteReader(io.RawIOBase):
         gap = position - self._stream_position
         if self._stream is None and self._stream_position == 0:
             return gap <= _SMALL  # start at the front, not at the zip directory
+        if gap <= _SMALL:
+            return True
         # Holding a skipped stretch costs memory; the stretch is an array
-        # HDF5 is about to read anyway, but never more than a share of the file.
-        return gap <= min(_HOLD_LIMIT, max(_RANGE_PIECE, self.size // 4))
+        # HDF5 is about to read anyway, but all held stretches together never
+        # exceed a share of the file (a walk over the headers alone skips
+        # every array and reads none).
+        held = sum(data.nbytes for data in self._held.values())
+        return held + gap <= min(_HOLD_LIMIT, max(_RANGE_PIECE, self.size // 4))
 
     def _from_memory(self, position: int, target: memoryview) -> int:
         for start, data in self._held.items():

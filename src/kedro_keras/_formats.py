@@ -915,7 +915,7 @@ def write_legacy_h5(model: keras.Model, file: IO[bytes], *, include_optimizer: b
                 model.save(local_path, include_optimizer=include_optimizer)
                 with open(local_path, "rb") as local_file:
                     shutil.copyfileobj(local_file, buffer)
-    file.write(buffer.getbuffer().toreadonly())
+    _write_h5_image(file, buffer.getbuffer().toreadonly())
 
 
 def read_legacy_h5(
@@ -930,6 +930,17 @@ def read_legacy_h5(
     Keras's legacy loader does not apply ``safe_mode`` to Lambda layers, so we
     check the stored config ourselves before deserializing anything.
     """
+    window = h5_window(file)
+    try:
+        model = _read_legacy_h5_image(window, custom_objects, compile, safe_mode)
+    except Exception as exc:
+        _verify(window, cause=exc)
+        raise
+    _verify(window)
+    return model
+
+
+def _read_legacy_h5_image(file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool) -> keras.Model:  # noqa: A002
     import h5py
 
     with h5py.File(file, "r") as h5_file:
@@ -976,6 +987,82 @@ def _load_legacy_h5(
     )
 
 
+# libhdf5 can loop forever, holding the GIL, on some damaged attributes
+# (HDFGroup/hdf5#1707): no thread can interrupt it, so a legacy .h5 file's
+# metadata is first read in a child process with a time limit.
+_H5_PROBE_SECONDS = float(os.environ.get("KEDRO_KERAS_H5_PROBE_SECONDS", "30"))
+_H5_PROBE_CODE = "from kedro_keras._formats import _probe_h5_main; _probe_h5_main()"
+
+
+def probe_h5_in_child(location: Any, path: str, timeout: float | None = None) -> None:
+    """Read every attribute and header of an HDF5 file in a child process.
+
+    Raises:
+        ValueError: HDF5 did not finish within ``timeout`` or crashed: the
+            file is damaged. Other failures are left to the real load, which
+            reports them better.
+    """
+    import pickle
+    import subprocess
+    import sys
+
+    import kedro_keras
+
+    timeout = _H5_PROBE_SECONDS if timeout is None else timeout
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(kedro_keras.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _H5_PROBE_CODE],
+            input=pickle.dumps((location, str(path))),
+            capture_output=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise ValueError(
+            f"HDF5 did not finish reading the file's headers in {timeout:.0f} s (a damaged "
+            "file can send libhdf5 into an endless loop): the file is corrupt"
+        ) from None
+    if result.returncode < 0:
+        raise ValueError(f"reading the file's headers crashed HDF5 (signal {-result.returncode}): the file is corrupt")
+
+
+def _probe_h5_main() -> None:
+    """The child's side of ``probe_h5_in_child``."""
+    import pickle
+    import sys
+
+    import h5py
+
+    location, path = pickle.loads(sys.stdin.buffer.read())
+    with location.open_read(path) as file, h5py.File(h5_window(file), "r") as h5_file:
+        _read_all_headers(h5_file)
+
+
+def _read_all_headers(h5_file: Any) -> None:
+    import h5py
+
+    seen: set[Any] = set()
+
+    def visit(item: Any, depth: int) -> None:
+        for key in item.attrs:
+            item.attrs[key]
+        if not isinstance(item, h5py.Group) or depth > _MAX_GROUP_DEPTH:
+            return
+        info = h5py.h5o.get_info(item.id)
+        address = getattr(info, "token", None) or info.addr
+        if address in seen:
+            return
+        seen.add(address)
+        for name in item:
+            child = item.get(name, getlink=True)
+            if isinstance(child, h5py.HardLink):
+                visit(item[name], depth + 1)
+
+    visit(h5_file, 0)
+
+
 def _refuse_lambda_layers(config: Any) -> None:
     """Raise if a (nested) Keras config holds a Lambda layer."""
     if isinstance(config, dict):
@@ -1005,18 +1092,40 @@ def write_weights(model: keras.Model, file: IO[bytes], *, include_optimizer: boo
     """
     saving_lib = _private_saving_lib()
     if saving_lib is not None:
-        _write_buffer(file, _weights_to_buffer(saving_lib, model, None, include_optimizer).getbuffer().toreadonly())
+        _write_h5_image(file, _weights_to_buffer(saving_lib, model, None, include_optimizer).getbuffer().toreadonly())
         return
     with _local_copy(".weights.h5") as local_path:
         model.save_weights(local_path)
         with open(local_path, "rb") as local_file:
             data = local_file.read()
-    file.write(data if include_optimizer else _without_optimizer_group(data))
+    _write_h5_image(file, memoryview(data if include_optimizer else _without_optimizer_group(data)))
 
 
-def _write_buffer(file: IO[bytes], data: memoryview) -> None:
-    for start in range(0, data.nbytes, _CHUNK):
-        file.write(data[start : start + _CHUNK])
+# The .h5 and .weights.h5 files we write end with this trailer, past the end of
+# the HDF5 image: HDF5 reads only up to the end address its superblock
+# records, so Keras and h5py load the files unchanged. It holds a magic, the
+# image's size and its CRC-32, which a load checks as it reads, as for the
+# zip's CRC-32 of a .keras archive's weights.
+_H5_TRAILER = struct.Struct("<16sQI4x")
+_H5_TRAILER_MAGIC = b"kedro-keras:crc\x00"
+
+
+def _write_h5_image(file: IO[bytes], image: memoryview) -> None:
+    for start in range(0, image.nbytes, _CHUNK):
+        file.write(image[start : start + _CHUNK])
+    file.write(_H5_TRAILER.pack(_H5_TRAILER_MAGIC, image.nbytes, zlib.crc32(image)))
+
+
+def h5_window(file: IO[bytes]) -> _Window:
+    """A window on the HDF5 image in ``file`` that checks its CRC-32 while
+    HDF5 reads, if the file has our trailer (files from elsewhere do not)."""
+    size = file.seek(0, io.SEEK_END)
+    if size > _H5_TRAILER.size:
+        file.seek(size - _H5_TRAILER.size)
+        magic, image_size, crc = _H5_TRAILER.unpack(file.read(_H5_TRAILER.size))
+        if magic == _H5_TRAILER_MAGIC and image_size == size - _H5_TRAILER.size:
+            return _Window(file, 0, image_size, expected_crc=crc)
+    return _Window(file, 0, size)
 
 
 def _skipped_saveables(model: keras.Model, include_optimizer: bool) -> set[int]:
@@ -1120,20 +1229,29 @@ def read_weights_into(model: keras.Model, file: IO[bytes], visited: set[int] | N
     Pass the same ``visited`` set to a second call (after compiling) to load
     only the optimizer state.
     """
+    # The first pass checks the file's checksum; a second (the optimizer's
+    # state, after compiling) reads what the first already checked.
+    first_pass = not visited
+    window = h5_window(file)
     saving_lib = _private_saving_lib()
     if saving_lib is not None:
-        size = file.seek(0, io.SEEK_END)
-        store = _h5_store(saving_lib, _Window(file, 0, size))
         try:
-            with _quiet_unbuilt_optimizer():
-                _load_state_into(saving_lib, model, store, None, set() if visited is None else visited)
-        finally:
-            store.close()
+            store = _h5_store(saving_lib, window)
+            try:
+                with _quiet_unbuilt_optimizer():
+                    _load_state_into(saving_lib, model, store, None, set() if visited is None else visited)
+            finally:
+                store.close()
+        except Exception as exc:
+            _verify(window, cause=exc)
+            raise
+        if first_pass:
+            _verify(window)
         return
-    file.seek(0)
     with _local_copy(".weights.h5") as local_path:
         with open(local_path, "wb") as local_file:
-            shutil.copyfileobj(file, local_file)
+            shutil.copyfileobj(window, local_file, _CHUNK)  # checks the checksum on the way
+        _verify(window)
         with _quiet_unbuilt_optimizer():
             model.load_weights(local_path)
 

@@ -181,6 +181,8 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             raise DatasetError(f"Cannot load the Keras model at '{url}': load_args.custom_objects: {exc}") from exc
         read = _formats.read_legacy_h5 if self._legacy else _formats.read_keras_archive
         try:
+            if self._legacy:
+                _formats.probe_h5_in_child(self._location, str(path))
             with self._location.open_read(path) as file:
                 model = read(file, **args)
                 saved_with = _formats.read_saved_with(file)

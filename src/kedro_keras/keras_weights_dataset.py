@@ -175,6 +175,10 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                     _formats.read_weights_into(model, file, visited)
             except DatasetError:
                 raise
+            except _formats.CorruptFileError as exc:
+                raise DatasetError(
+                    f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the weights again."
+                ) from exc
             except OSError as exc:
                 raise DatasetError(
                     f"'{url}' is not a valid .weights.h5 file ({exc}): the file is truncated, "
