@@ -514,6 +514,11 @@ def _first_assign(variable: Any) -> Callable[[Any], Any]:
 
     def assign(value: Any) -> Any:
         del variable.assign  # later assigns are ordinary ones
+        if isinstance(value, DeferredArray):
+            if _fill_in_place(variable, value):
+                variable._initializer = None
+                return variable.value
+            value = np.asarray(value)
         if not (numpy_direct and isinstance(value, np.ndarray) and value.dtype.name == variable._dtype):
             value = variable._convert_to_tensor(value, dtype=variable._dtype)
         if tuple(value.shape) != tuple(variable.shape):
@@ -809,10 +814,73 @@ def _aligned_reads_store_class(store_class: type) -> type:
                 dataset = group[key] if plain else None
                 if not isinstance(dataset, h5py.Dataset) or "dtype" in dataset.attrs or dataset.dtype.kind not in "biuf":
                     return super().__getitem__(key)
+                if dataset.ndim and dataset.nbytes >= _FILL_IN_PLACE_MIN and _backend_fills_in_place():
+                    return DeferredArray(dataset)
                 return read_aligned(dataset)
 
         _aligned_store_classes[store_class] = AlignedReadsH5IOStore
     return _aligned_store_classes[store_class]
+
+
+# TensorFlow copies a host array twice on its way into a new variable (we
+# measured array + 2 copies, aligned or not, as a tensor or from a callable),
+# so a large array is instead written into a zero-filled variable in pieces
+# of rows (scatter_nd_update works in place): the peak is then the variable
+# plus one piece.
+_FILL_IN_PLACE_MIN = 16 * 2**20
+_FILL_PIECE = 8 * 2**20
+
+
+def _backend_fills_in_place() -> bool:
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
+class DeferredArray:
+    """An HDF5 dataset not read yet: an array-like that reads itself when
+    converted (``np.asarray``), or in pieces of rows into a variable."""
+
+    def __init__(self, dataset: Any) -> None:
+        self._dataset = dataset
+        self.shape = tuple(dataset.shape)
+        self.dtype = dataset.dtype.newbyteorder("=")
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        array = read_aligned(self._dataset)
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def read_rows_into(self, target: Any, start: int, stop: int) -> None:
+        import numpy as np
+
+        self._dataset.read_direct(target, source_sel=np.s_[start:stop])
+
+
+def _fill_in_place(variable: Any, value: DeferredArray) -> bool:
+    """Give an uninitialised variable ``value`` piece by piece, if the backend allows."""
+    import keras
+    import numpy as np
+
+    if value.dtype.name != variable._dtype or value.shape != tuple(variable.shape):
+        return False
+    variable._initialize(keras.ops.zeros(variable.shape, dtype=variable._dtype))
+    update = getattr(getattr(variable, "_value", None), "scatter_nd_update", None)
+    if update is None:  # not a TensorFlow variable after all: assign it whole
+        variable._value.assign(np.asarray(value))
+        return True
+    row_bytes = max(1, value.dtype.itemsize * int(np.prod(value.shape[1:], dtype=np.int64)))
+    rows = max(1, _FILL_PIECE // row_bytes)
+    buffer = aligned_empty((min(rows, value.shape[0]), *value.shape[1:]), value.dtype)
+    for start in range(0, value.shape[0], rows):
+        stop = min(value.shape[0], start + rows)
+        piece = buffer[: stop - start]
+        value.read_rows_into(piece, start, stop)
+        update(np.arange(start, stop)[:, None], piece)
+    return True
 
 
 def read_aligned(dataset: Any) -> Any:
