@@ -1083,6 +1083,16 @@ The performance issue's goals for kedro-keras, evaluated on the medians of this 
 
 The benchmark reports these and does not fail on them; it exits non-zero only if an operation errors.
 
+Where the time and memory go (measured in-process on this model; see docs/design.md):
+
+- **Local load** (about 0.5-0.7 s): reading 403 MB, checking its CRC-32 (about 0.1 s), and TensorFlow's
+  work to fill the variables (about 0.2 s). Plain Keras's own time varies between runs (1.1-1.5 s on this
+  machine), which moves the ratio around 0.5x.
+- **Load memory under TensorFlow**: a `tf.Variable` made from a host array costs the array plus two copies,
+  so large arrays are written into zero-filled variables in 8 MB pieces of rows: about 1.1x the weights.
+  On S3 the stream also holds the array HDF5 peeked past (it reads the header after an array before the
+  array) until it reads it: one of the largest arrays more, here 64 MB (0.16x).
+
 ## What is measured
 
 Three contestants, each through its ordinary public API:
