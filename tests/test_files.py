@@ -287,3 +287,14 @@ def test_held_stretches_together_stay_within_a_quarter_of_the_file(remote_bytes,
         file.seek(200)
         assert file.read(5 * MB) == data[200 : 200 + 5 * MB]
     assert calls[0] == "bytes=0-" and len([c for c in calls if c.endswith("-")]) == 1, calls
+
+
+def test_large_reads_on_a_filesystem_without_ranged_requests():
+    """memory:// (like sftp) has no fsspec buffered file: it keeps its own reads."""
+    data = bytes(range(256)) * (12 * 1024)  # 3 MB
+    location = Location(f"memory://large-{uuid.uuid4().hex}/blob.bin")
+    with location.atomic_write(location.path) as file:
+        file.write(data)
+    with location.open_read(location.path) as file:
+        file.seek(100)
+        assert file.read(2 * MB) == data[100 : 100 + 2 * MB]

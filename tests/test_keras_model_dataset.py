@@ -94,6 +94,31 @@ class TestKerasModelDataset:
         # The path is TensorFlow's; other backends adopt the aligned array itself.
         assert (filled and all(filled)) if keras.backend.backend() == "tensorflow" else not filled
 
+    def test_a_value_a_layer_keeps_instead_of_assigning_is_read_before_the_file_closes(self, tmp_path, monkeypatch):
+        """Some layers keep what the store gives them (a Discretization's
+        summary): a deferred array must still hold its values afterwards."""
+        from kedro_keras import _formats
+
+        monkeypatch.setattr(_formats, "_FILL_IN_PLACE_MIN", 1)
+
+        class KeepsTable(keras.layers.Layer):
+            def call(self, x):
+                return x
+
+            def save_own_variables(self, store):
+                store["0"] = np.arange(12.0, dtype="float32").reshape(3, 4)
+
+            def load_own_variables(self, store):
+                self.table = store["0"]
+
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, KeepsTable(name="keeps")(inputs))
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(model)
+        loaded = KerasModelDataset(filepath=str(path), load_args={"custom_objects": {"KeepsTable": KeepsTable}}).load()
+
+        np.testing.assert_array_equal(np.asarray(loaded.get_layer("keeps").table), np.arange(12.0).reshape(3, 4))
+
     def test_training_resumes_from_loaded_optimizer_state(self, tmp_path, data):
         """Two epochs, save, load, one more == three epochs straight."""
         x, y = data

@@ -19,6 +19,7 @@ from typing import IO, Any, Callable, Iterator
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractBufferedFile
 from kedro.io.core import Version, get_protocol_and_path
 
 # Object stores whose files upload on ``commit()`` and can be ``discard()``ed:
@@ -93,8 +94,12 @@ class Location:
         # Reads the stream cannot serve (the zip directory at the end, a jump
         # back) go through a small block cache.
         args = {"block_size": 2**20, "cache_type": "blockcache", **args}
-        with self.fs.open(str(path), mode="rb", **args) as file, RemoteReader(file) as reader:
-            yield reader
+        with self.fs.open(str(path), mode="rb", **args) as file:
+            if not isinstance(file, AbstractBufferedFile):  # memory://, sftp, ...: its own reads
+                yield file
+                return
+            with RemoteReader(file) as reader:
+                yield reader
 
     @contextmanager
     def atomic_write(self, path: str | PurePosixPath, *, exclusive: bool = False) -> Iterator[IO[bytes]]:
@@ -360,6 +365,7 @@ class RemoteReader(io.RawIOBase):
                 if self._stream is None:
                     self._stream = self._open_stream(self._stream_position)
                 count = self._stream.readinto(target[done : done + _STREAM_PIECE])
+                failures = 0  # a stream that moves on is healthy again
             except Exception as exc:  # a dropped connection: resume where it stopped
                 self._close_stream()
                 if "pre-condition" in str(exc):  # If-Match failed: not the object we started
@@ -374,9 +380,12 @@ class RemoteReader(io.RawIOBase):
             self._stream_position += count
 
     def _remember_small(self, start: int, data: bytes) -> None:
+        previous = self._small.pop(start, None)
+        if previous is not None:
+            self._small_bytes -= len(previous)
         self._small[start] = data
         self._small_bytes += len(data)
-        while self._small_bytes > _SMALL_CACHE_BYTES:
+        while self._small_bytes > _SMALL_CACHE_BYTES and len(self._small) > 1:
             _, dropped = self._small.popitem(last=False)
             self._small_bytes -= len(dropped)
 
@@ -563,23 +572,49 @@ class GatherBuffer(io.RawIOBase):
         return max(0, bisect.bisect_right(self._starts, position) - 1)
 
 
+_PUT_ATTEMPTS = 3
+
+
+async def _put_object(fs: Any, bucket: str, key: str, gathered: GatherBuffer, conditions: dict[str, str]) -> None:
+    """PutObject with the body rewound before every attempt.
+
+    s3fs's own retry loop would call again with the body already read to its
+    end; botocore's retries (inside one call) do rewind it.
+    """
+    import asyncio
+
+    await fs.set_session()
+    client = await fs.get_s3(bucket)
+    kwargs = fs._get_s3_method_kwargs(
+        client.put_object, Bucket=bucket, Key=key, Body=gathered, ContentLength=gathered.size, **conditions
+    )
+    for attempt in range(1, _PUT_ATTEMPTS + 1):
+        gathered.seek(0)
+        try:
+            await client.put_object(**kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            transient = not code or code in {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"}
+            if attempt == _PUT_ATTEMPTS or not transient or code == "PreconditionFailed":
+                raise
+            await asyncio.sleep(0.2 * attempt)
+
+
 def _single_put(fs: Any) -> Callable[[str, GatherBuffer, bool], None] | None:
     """One PutObject of a gathered file, if the filesystem is s3fs."""
-    if not (callable(getattr(fs, "_call_s3", None)) and callable(getattr(fs, "split_path", None))):
+    needed = ("_call_s3", "split_path", "set_session", "get_s3", "_get_s3_method_kwargs")
+    if not all(callable(getattr(fs, name, None)) for name in needed):
         return None
     from fsspec.asyn import sync
 
     def put(path: str, gathered: GatherBuffer, exclusive: bool) -> None:
         bucket, key, _ = fs.split_path(path)
         conditions = {"IfNoneMatch": "*"} if exclusive else {}  # atomic where the store supports it
-        gathered.seek(0)
         try:
-            sync(
-                fs.loop, fs._call_s3, "put_object",
-                Bucket=bucket, Key=key, Body=gathered, ContentLength=gathered.size, **conditions,
-            )
-        except OSError as exc:
-            if exclusive and "pre-condition" in str(exc):
+            sync(fs.loop, _put_object, fs, bucket, key, gathered, conditions)
+        except Exception as exc:
+            if exclusive and ("PreconditionFailed" in str(exc) or "pre-condition" in str(exc)):
                 raise FileExistsError(path) from exc
             raise
         fs.invalidate_cache(path)

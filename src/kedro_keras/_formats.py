@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import struct
+import weakref
 import tempfile
 import time
 import warnings
@@ -795,6 +796,15 @@ _ALIGNMENT = 64
 _aligned_store_classes: dict[type, type] = {}
 
 
+def _safe_get_h5_dataset(group: Any, key: str) -> Any:
+    from keras.src.saving import saving_lib
+
+    safe_get = getattr(saving_lib, "safe_get_h5_dataset", None)
+    if safe_get is None:  # a Keras without the checks: leave the read to Keras
+        return None
+    return safe_get(group, key)
+
+
 def _aligned_reads_store_class(store_class: type) -> type:
     """A subclass of Keras's ``H5IOStore`` that reads arrays into aligned memory."""
     if store_class not in _aligned_store_classes:
@@ -811,12 +821,23 @@ def _aligned_reads_store_class(store_class: type) -> type:
                     and "/" not in key
                     and isinstance(group.get(key, getlink=True), h5py.HardLink)
                 )
-                dataset = group[key] if plain else None
+                # Keras's own checks first: no external or virtual storage, no
+                # shape that declares far more than the file stores.
+                dataset = _safe_get_h5_dataset(group, key) if plain else None
                 if not isinstance(dataset, h5py.Dataset) or "dtype" in dataset.attrs or dataset.dtype.kind not in "biuf":
                     return super().__getitem__(key)
                 if dataset.ndim and dataset.nbytes >= _FILL_IN_PLACE_MIN and _backend_fills_in_place():
-                    return DeferredArray(dataset)
+                    deferred = DeferredArray(dataset)
+                    self.__dict__.setdefault("_deferred_arrays", weakref.WeakSet()).add(deferred)
+                    return deferred
                 return read_aligned(dataset)
+
+            def close(self) -> None:
+                # A layer may keep a value instead of assigning it (e.g. a
+                # Discretization's summary): read those before the file closes.
+                for deferred in list(self.__dict__.get("_deferred_arrays", ())):
+                    deferred.keep()
+                super().close()
 
         _aligned_store_classes[store_class] = AlignedReadsH5IOStore
     return _aligned_store_classes[store_class]
@@ -843,6 +864,8 @@ class DeferredArray:
 
     def __init__(self, dataset: Any) -> None:
         self._dataset = dataset
+        self._kept: Any = None
+        self.used = False
         self.shape = tuple(dataset.shape)
         self.dtype = dataset.dtype.newbyteorder("=")
         self.ndim = len(self.shape)
@@ -851,12 +874,19 @@ class DeferredArray:
         return self.shape[0]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
-        array = read_aligned(self._dataset)
+        self.used = True
+        array = self._kept if self._kept is not None else read_aligned(self._dataset)
         return array if dtype is None else array.astype(dtype, copy=False)
+
+    def keep(self) -> None:
+        """Read the values now, if nothing has used them, while the file is open."""
+        if not self.used and self._kept is None:
+            self._kept = read_aligned(self._dataset)
 
     def read_rows_into(self, target: Any, start: int, stop: int) -> None:
         import numpy as np
 
+        self.used = True
         self._dataset.read_direct(target, source_sel=np.s_[start:stop])
 
 
@@ -1057,43 +1087,65 @@ def _load_legacy_h5(
 
 # libhdf5 can loop forever, holding the GIL, on some damaged attributes
 # (HDFGroup/hdf5#1707): no thread can interrupt it, so a legacy .h5 file's
-# metadata is first read in a child process with a time limit.
+# headers are first read in a child process with a time limit. The limit
+# starts once the child has started and opened the file.
 _H5_PROBE_SECONDS = float(os.environ.get("KEDRO_KERAS_H5_PROBE_SECONDS", "30"))
-_H5_PROBE_CODE = "from kedro_keras._formats import _probe_h5_main; _probe_h5_main()"
+_H5_PROBE_STARTUP_SECONDS = 300
+_H5_PROBE_READY = b"opened\n"
 
 
 def probe_h5_in_child(location: Any, path: str, timeout: float | None = None) -> None:
-    """Read every attribute and header of an HDF5 file in a child process.
+    """Read every attribute and object header of an HDF5 file in a child process.
 
     Raises:
-        ValueError: HDF5 did not finish within ``timeout`` or crashed: the
-            file is damaged. Other failures are left to the real load, which
-            reports them better.
+        ValueError: HDF5 did not finish within ``timeout`` or crashed. Other
+            failures are left to the real load, which reports them better.
     """
     import pickle
+    import selectors
     import subprocess
     import sys
 
     import kedro_keras
 
     timeout = _H5_PROBE_SECONDS if timeout is None else timeout
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(kedro_keras.__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     try:
-        result = subprocess.run(
-            [sys.executable, "-c", _H5_PROBE_CODE],
-            input=pickle.dumps((location, str(path))),
-            capture_output=True,
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        raise ValueError(
-            f"HDF5 did not finish reading the file's headers in {timeout:.0f} s (a damaged "
-            "file can send libhdf5 into an endless loop): the file is corrupt"
-        ) from None
-    if result.returncode < 0:
-        raise ValueError(f"reading the file's headers crashed HDF5 (signal {-result.returncode}): the file is corrupt")
+        request = pickle.dumps((location, str(path)))
+    except Exception as exc:  # noqa: BLE001 - a filesystem that cannot be pickled
+        logger.warning("Not checking '%s' in a child process first: %s", path, exc)
+        return
+    # Appended, not prepended: the child's own site-packages and standard
+    # library come first, as in this process.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(kedro_keras.__file__)))
+    code = f"import sys; sys.path.append({package_root!r}); from kedro_keras._formats import _probe_h5_main; _probe_h5_main()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        child.stdin.write(request)
+        child.stdin.close()
+        with selectors.DefaultSelector() as selector:
+            selector.register(child.stdout, selectors.EVENT_READ)
+            started = selector.select(_H5_PROBE_STARTUP_SECONDS) and child.stdout.readline() == _H5_PROBE_READY
+        if not started:
+            if child.poll() is None:
+                logger.warning("The HDF5 check of '%s' did not start in %d s; loading without it", path, _H5_PROBE_STARTUP_SECONDS)
+            return
+        try:
+            returncode = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ValueError(
+                f"HDF5 did not finish reading the file's headers in {timeout:.0f} s. A damaged file "
+                "can send libhdf5 into an endless loop, so the file is most likely corrupt (if it is "
+                "large and remote, raise KEDRO_KERAS_H5_PROBE_SECONDS)"
+            ) from None
+        if returncode < 0:
+            raise ValueError(f"reading the file's headers crashed HDF5 (signal {-returncode}): the file is corrupt")
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        child.stdout.close()
 
 
 def _probe_h5_main() -> None:
@@ -1104,8 +1156,12 @@ def _probe_h5_main() -> None:
     import h5py
 
     location, path = pickle.loads(sys.stdin.buffer.read())
-    with location.open_read(path) as file, h5py.File(h5_window(file), "r") as h5_file:
-        _read_all_headers(h5_file)
+    # Headers only: small ranged reads, never the stream a load uses.
+    with location.fs.open(path, mode="rb", block_size=2**20, cache_type="blockcache") as file:
+        sys.stdout.buffer.write(_H5_PROBE_READY)
+        sys.stdout.buffer.flush()
+        with h5py.File(h5_window(file), "r") as h5_file:
+            _read_all_headers(h5_file)
 
 
 def _read_all_headers(h5_file: Any) -> None:
