@@ -13,8 +13,11 @@ Each case must either load or raise ``kedro.io.DatasetError`` that names the
 file; anything else fails. A ``.keras`` file that loads must hold exactly the
 weights and optimizer state of a model that was saved (the zip's CRC-32s
 cover every member), never a mixture. No temporary file may be left behind.
-HDF5 files have no such checksum: how many damaged ones load with other
-weights is counted and printed, not failed (docs/guarantees.md).
+``.h5`` and ``.weights.h5`` files we write end with a CRC-32 trailer, but
+damage that also breaks the trailer (its magic or size) leaves the file
+unchecked, as a file written by Keras is: for them, how many damaged files
+load with other weights is counted and printed, not failed
+(docs/guarantees.md).
 
 ``make test`` runs ``KEDRO_KERAS_FUZZ_EXAMPLES`` cases per format (default
 400 under TensorFlow, 150 under the other backends); ``make fuzz`` sets it to
