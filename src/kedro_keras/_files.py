@@ -197,11 +197,38 @@ _STREAM_PIECE = 8 * 2**20
 _STREAM_ATTEMPTS = 3
 
 
+class _SizedFile(io.RawIOBase):
+    """A seekable binary file of ``size`` bytes whose reads go through ``readinto``."""
+
+    size: int
+    _position: int
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        self._position = max(0, base + position)
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.size - self._position
+        buffer = bytearray(max(0, min(size, self.size - self._position)))
+        return bytes(memoryview(buffer)[: self.readinto(buffer)])
+
+
 class FileChangedError(OSError):
     """The object was replaced between two reads of one load."""
 
 
-class RemoteReader(io.RawIOBase):
+class RemoteReader(_SizedFile):
     """A remote fsspec file read as one stream where the reads allow it.
 
     A model file is read almost front to back: the zip directory at the end
@@ -227,34 +254,12 @@ class RemoteReader(io.RawIOBase):
         self._small_bytes = 0
         self._held: dict[int, memoryview] = {}
 
-    # io.RawIOBase -------------------------------------------------------
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
-        self._position = max(0, base + position)
-        return self._position
-
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         view = view[: max(0, min(view.nbytes, self.size - self._position))]
         self._read_at(self._position, view)
         self._position += view.nbytes
         return view.nbytes
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            size = self.size - self._position
-        buffer = bytearray(max(0, min(size, self.size - self._position)))
-        return bytes(memoryview(buffer)[: self.readinto(buffer)])
 
     def close(self) -> None:
         self._close_stream()
@@ -467,7 +472,7 @@ _SINGLE_PUT_LIMIT = 512 * 2**20
 _BY_REFERENCE = 2**20
 
 
-class GatherBuffer(io.RawIOBase):
+class GatherBuffer(_SizedFile):
     """A seekable in-memory file that keeps large read-only writes by reference.
 
     Writing a model's archive copies its small parts (zip headers, config)
@@ -484,20 +489,6 @@ class GatherBuffer(io.RawIOBase):
 
     def writable(self) -> bool:
         return True
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
-        self._position = max(0, base + position)
-        return self._position
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -559,12 +550,6 @@ class GatherBuffer(io.RawIOBase):
             done += count
             self._position += count
         return done
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            size = self.size - self._position
-        buffer = bytearray(max(0, min(size, self.size - self._position)))
-        return bytes(memoryview(buffer)[: self.readinto(buffer)])
 
     def _piece_at(self, position: int) -> int:
         import bisect
