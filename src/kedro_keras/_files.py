@@ -8,6 +8,7 @@ see open file objects.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import uuid
@@ -257,7 +258,8 @@ class RemoteReader(_SizedFile):
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         view = view[: max(0, min(view.nbytes, self.size - self._position))]
-        self._read_at(self._position, view)
+        with _garbage_collection_paused():
+            self._read_at(self._position, view)
         self._position += view.nbytes
         return view.nbytes
 
@@ -401,6 +403,25 @@ class RemoteReader(_SizedFile):
                 stream.close()
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
+
+
+@contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """No garbage collection while this thread waits on the network.
+
+    h5py holds its global lock while it calls back into our reads. If another
+    thread (the event loop's, one the server or a proxy starts) runs a
+    collection meanwhile and frees an h5py object, that object's destructor
+    waits for h5py's lock while holding the GIL: the event loop never runs
+    again, and the read never finishes. Seen as a load frozen in the tests.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _stream_opener(file: Any) -> Callable[[int], Any] | None:
