@@ -242,6 +242,18 @@ def test_flipped_weight_byte_in_hdf5_file_is_detected(kind, files, tmp_path):
         dataset_for(kind, path).load()
 
 
+def assert_fails_cleanly_in_a_worker(tmp_path, kind, path):
+    """Load in a child process with a time limit: a hang fails the test
+    instead of freezing it; the load must be a DatasetError naming the file."""
+    worker = LoadWorker(tmp_path / "worker", timeout=10)
+    try:
+        result = worker.load(kind, path)
+    finally:
+        worker.close()
+    assert result["outcome"] == "dataset_error", result
+    assert str(path) in result["message"]
+
+
 def test_damaged_legacy_h5_does_not_hang(files, tmp_path):
     """Zeroed bytes inside the attributes of a legacy .h5 (found by the fuzz
     test) send libhdf5 1.14.6 into an endless loop in ``attrs["model_config"]``
@@ -253,13 +265,7 @@ def test_damaged_legacy_h5_does_not_hang(files, tmp_path):
     data = bytearray(files["a"]["h5"])
     data[2327:4654] = bytes(4654 - 2327)
     path = place(tmp_path, "h5", bytes(data))
-    worker = LoadWorker(tmp_path / "worker", timeout=10)
-    try:
-        result = worker.load("h5", path)
-    finally:
-        worker.close()
-    assert result["outcome"] == "dataset_error", result
-    assert str(path) in result["message"]
+    assert_fails_cleanly_in_a_worker(tmp_path, "h5", path)
 
 
 def test_damaged_weights_h5_does_not_hang(files, tmp_path):
@@ -269,13 +275,7 @@ def test_damaged_weights_h5_does_not_hang(files, tmp_path):
     with a DatasetError. Loaded in a child process with a time limit."""
     data = files["a"]["weights"]
     path = place(tmp_path, "weights", data[:144] + data[72:], files["a"]["architecture"])
-    worker = LoadWorker(tmp_path / "worker", timeout=10)
-    try:
-        result = worker.load("weights", path)
-    finally:
-        worker.close()
-    assert result["outcome"] == "dataset_error", result
-    assert str(path) in result["message"]
+    assert_fails_cleanly_in_a_worker(tmp_path, "weights", path)
 
 
 # --------------------------------------------------------------------------
