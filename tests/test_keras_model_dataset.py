@@ -64,20 +64,19 @@ class TestKerasModelDataset:
             keras_test_models.build_subclassed,
         ],
     )
-    def test_arrays_written_into_their_variables_in_pieces(self, tmp_path, data, build, monkeypatch):
-        """Under TensorFlow, large arrays are written into zero-filled variables
-        row piece by row piece (a tf.Variable made from a host array costs two
-        extra copies of it). With the size limit and the piece lowered, every
-        array of these small models takes that path, several pieces each: the
-        weights, the optimizer state (an ordinary assign of a deferred array)
-        and the variables' own tensor type must be as after a plain Keras load."""
+    def test_arrays_become_their_variables_as_read(self, tmp_path, data, build, monkeypatch):
+        """Under TensorFlow, an array HDF5 reads is handed to its new variable
+        through ``__array__``, which TensorFlow adopts without a copy (it
+        copies an ndarray twice). With the size limit lowered, every array of
+        these small models takes that path: the weights, the optimizer state
+        (an ordinary assign of a deferred array) and the variables' own tensor
+        type must be as after a plain Keras load, and the model trains on."""
         from kedro_keras import _formats
 
-        monkeypatch.setattr(_formats, "_FILL_IN_PLACE_MIN", 1)
-        monkeypatch.setattr(_formats, "_FILL_PIECE", 8)
-        filled = []
-        fill_in_place = _formats._fill_in_place
-        monkeypatch.setattr(_formats, "_fill_in_place", lambda *args: filled.append(fill_in_place(*args)) or filled[-1])
+        monkeypatch.setattr(_formats, "_ADOPT_MIN", 1)
+        adopted = []
+        adopt = _formats._adopt
+        monkeypatch.setattr(_formats, "_adopt", lambda *args: adopted.append(adopt(*args)) or adopted[-1])
         model = fit(build(), data)
         path = tmp_path / "model.keras"
         KerasModelDataset(filepath=str(path)).save(model)
@@ -92,14 +91,44 @@ class TestKerasModelDataset:
             assert type(a.value) is type(b.value)
         fit(ours, data, epochs=1)  # and it trains on
         # The path is TensorFlow's; other backends adopt the aligned array itself.
-        assert (filled and all(filled)) if keras.backend.backend() == "tensorflow" else not filled
+        assert (adopted and all(adopted)) if keras.backend.backend() == "tensorflow" else not adopted
+
+    def test_an_adopted_array_is_the_variables_memory(self, tmp_path, monkeypatch):
+        """The point of adopting: no copy. Writing into the array read from
+        the file shows in the variable (only this test holds the array; the
+        store gives it to no layer). A TensorFlow that copied would fail here,
+        and the load's peak memory would grow by the largest array."""
+        from kedro_keras import _formats
+
+        handed_over = []
+        adoptable_init = _formats._Adoptable.__init__
+
+        def record(self, array):
+            handed_over.append(array)
+            adoptable_init(self, array)
+
+        monkeypatch.setattr(_formats._Adoptable, "__init__", record)
+        inputs = keras.Input((512,))
+        model = keras.Model(inputs, keras.layers.Dense(1024, name="wide")(inputs))  # a 2 MB kernel
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(model)
+        loaded = KerasModelDataset(filepath=str(path)).load()
+
+        kernel = loaded.get_layer("wide").kernel
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(kernel), keras.ops.convert_to_numpy(model.get_layer("wide").kernel))
+        if keras.backend.backend() != "tensorflow":
+            assert handed_over == []  # JAX and PyTorch take the aligned array from the store
+            return
+        assert [array.shape for array in handed_over] == [(512, 1024)]
+        handed_over[0][3, 5] = 1234.5
+        assert keras.ops.convert_to_numpy(kernel)[3, 5] == 1234.5
 
     def test_a_value_a_layer_keeps_instead_of_assigning_is_read_before_the_file_closes(self, tmp_path, monkeypatch):
         """Some layers keep what the store gives them (a Discretization's
         summary): a deferred array must still hold its values afterwards."""
         from kedro_keras import _formats
 
-        monkeypatch.setattr(_formats, "_FILL_IN_PLACE_MIN", 1)
+        monkeypatch.setattr(_formats, "_ADOPT_MIN", 1)
 
         class KeepsTable(keras.layers.Layer):
             def call(self, x):
