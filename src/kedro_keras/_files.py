@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import io
+import mmap
 import os
 import uuid
 from collections import OrderedDict
@@ -191,6 +192,8 @@ def _local_atomic_write(path: str, exclusive: bool = False) -> Iterator[IO[bytes
 _HOLD_LIMIT = 1024 * 2**20
 # Skipped or small stretches of the stream kept for HDF5's look-backs.
 _SMALL = 2**20
+# Skipped stretches are held in pieces of this size (see _skip_stream_to).
+_HOLD_PIECE = 4 * 2**20
 _SMALL_CACHE_BYTES = 16 * 2**20
 # Reads past the stream and block cache are made in pieces this large.
 _RANGE_PIECE = 64 * 2**20
@@ -348,13 +351,19 @@ class RemoteReader(_SizedFile):
         gap = position - self._stream_position
         if gap <= 0:
             return
-        data = bytearray(gap)
-        self._fill_from_stream(memoryview(data))
-        start = position - gap
         if gap <= _SMALL:
+            start, data = self._stream_position, bytearray(gap)
+            self._fill_from_stream(memoryview(data))
             self._remember_small(start, bytes(data))
-        else:
-            self._held[start] = memoryview(data)
+            return
+        # Held in pieces, each freed once read: the array HDF5 then reads out
+        # of the stretch grows as the stretch shrinks, instead of both being
+        # whole at once. The pieces are anonymous maps, unmapped when dropped:
+        # malloc would keep freed pieces of this size in its heap.
+        for start in range(self._stream_position, position, _HOLD_PIECE):
+            data = memoryview(mmap.mmap(-1, min(_HOLD_PIECE, position - start)))
+            self._fill_from_stream(data)
+            self._held[start] = data
 
     def _from_stream(self, target: memoryview) -> int:
         count = min(target.nbytes, self.size - self._stream_position)
