@@ -1085,13 +1085,16 @@ The benchmark reports these and does not fail on them; it exits non-zero only if
 
 Where the time and memory go (measured in-process on this model; see docs/design.md):
 
-- **Local load** (about 0.5-0.7 s): reading 403 MB, checking its CRC-32 (about 0.1 s), and TensorFlow's
-  work to fill the variables (about 0.2 s). Plain Keras's own time varies between runs (1.1-1.5 s on this
-  machine), which moves the ratio around 0.5x.
-- **Load memory under TensorFlow**: a `tf.Variable` made from a host array costs the array plus two copies,
-  so large arrays are written into zero-filled variables in 8 MB pieces of rows: about 1.1x the weights.
-  On S3 the stream also holds the array HDF5 peeked past (it reads the header after an array before the
-  array) until it reads it: one of the largest arrays more, here 64 MB (0.16x).
+- **Local load** (about 0.3-0.5 s): almost all of it is copying 403 MB from the page cache into memory
+  the process has never touched, whose page faults are slow and vary a lot on this virtual machine (the
+  same copy into reused memory takes about 0.06 s). The CRC-32 check costs about 0.015 s (zlib-ng) and
+  handing the arrays to TensorFlow about 0.02 s. Plain Keras's own time varies between runs for the same
+  reason (1.0-1.5 s here).
+- **Load memory under TensorFlow**: TensorFlow adopts an aligned array offered through `__array__`
+  without copying it, so each variable's memory is the array HDF5 read into: about 1.0x the weights.
+  On S3 the stream also holds the array HDF5 peeked past (it reads the group's header after the array
+  before the array) until it reads it, in 4 MB pieces unmapped as they are read, so the array and the
+  held stretch together stay near one copy of the array.
 
 ## What is measured
 

@@ -881,7 +881,9 @@ class DeferredArray:
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
         self.used = True
         array = self._kept if self._kept is not None else read_aligned(self._dataset)
-        return array if dtype is None else array.astype(dtype, copy=False)
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+        return array.copy() if copy and array is self._kept else array
 
     def keep(self) -> None:
         """Read the values now, if nothing has used them, while the file is open."""
@@ -902,7 +904,8 @@ class _Adoptable:
         self._array = array
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
-        return self._array if dtype is None else self._array.astype(dtype, copy=False)
+        array = self._array if dtype is None else self._array.astype(dtype, copy=False)
+        return array.copy() if copy and array is self._array else array
 
 
 def _adopt(variable: Any, value: DeferredArray) -> bool:
