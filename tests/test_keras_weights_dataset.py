@@ -514,6 +514,19 @@ class TestKerasWeightsDatasetShardedDamage:
         with pytest.raises(DatasetError, match=rf"clf\.weights\.json' is not a valid sharded-weights index: refusing shard '{re.escape(name)}': a shard must be a plain file name"):
             sharded(index, architecture=keras_test_models.build_functional).load()
 
+    def test_save_over_a_hostile_index_removes_nothing_outside(self, tmp_path, wide_model, data, caplog):
+        folder = tmp_path / "models"
+        folder.mkdir()
+        victim = tmp_path / "victim.weights.h5"
+        victim.write_bytes(b"not yours to delete")
+        index = folder / "clf.weights.json"
+        index.write_text(json.dumps({"weight_map": {"/vars": "../victim.weights.h5"}}))
+
+        sharded(index).save(wide_model)
+        assert victim.read_bytes() == b"not yours to delete"
+        assert "unreadable, so the shards it named (if any) are left in place" in caplog.text
+        assert_same_predictions(sharded(index).load(), wide_model, data[0])
+
     def test_index_beside_no_architecture(self, tmp_path, wide_model):
         index = tmp_path / "clf.weights.json"
         wide_model.save_weights(index, max_shard_size=SHARD_GB)  # plain Keras: no architecture anywhere
