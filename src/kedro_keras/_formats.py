@@ -1465,7 +1465,9 @@ def read_sharded_index(file: IO[bytes]) -> ShardedIndex:
         raise ValueError(f"it is not JSON ({exc})") from None
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict):
-        raise ValueError("it is not a Keras sharded-weights index: expected a JSON object with a 'weight_map' object")
+        raise ValueError(
+            "it is not a Keras sharded-weights index: expected a JSON object with a 'weight_map' object"
+        )
     checked: dict[str, list[str]] = {}
     for entry, names in weight_map.items():
         names = [names] if isinstance(names, str) else names
@@ -1567,7 +1569,9 @@ def _shard_writer_class(store_class: type) -> type:
     if store_class not in _shard_writer_classes:
 
         class ShardWriter(store_class):  # type: ignore[misc, valid-type]
-            def __init__(self, max_bytes: float, shard_name: Callable[[int], str], open_shard: Callable[[str], Any]):
+            def __init__(
+                self, max_bytes: float, shard_name: Callable[[int], str], open_shard: Callable[[str], Any]
+            ) -> None:
                 self._max_bytes = max_bytes
                 self._shard_name = shard_name
                 self._open_shard = open_shard
@@ -1653,7 +1657,9 @@ def _write_sharded_weights_public(
             if include_optimizer or not entry.startswith(f"/{OPTIMIZER_GROUP}/")
         }
         renamed: dict[str, str] = {}
-        used = dict.fromkeys(name for names in weight_map.values() for name in ([names] if isinstance(names, str) else names))
+        used = dict.fromkeys(
+            name for names in weight_map.values() for name in ([names] if isinstance(names, str) else names)
+        )
         for position, name in enumerate(sorted(used)):  # Keras numbers its shards in order
             with open(os.path.join(os.path.dirname(local_index), name), "rb") as file:
                 data = file.read()
@@ -1709,7 +1715,9 @@ class ShardReadError(Exception):
         self.error = error
 
 
-def stored_sharded_weight_shapes(index: ShardedIndex, open_shard: Callable[[str], Any]) -> list[tuple[str, tuple[int, ...]]]:
+def stored_sharded_weight_shapes(
+    index: ShardedIndex, open_shard: Callable[[str], Any]
+) -> list[tuple[str, tuple[int, ...]]]:
     """(path, shape) of every model array in the shards, as ``stored_weight_shapes``.
 
     Only the shards holding model arrays are opened, and only their HDF5
@@ -1786,7 +1794,11 @@ def _sharded_read_store_class(store_class: type) -> type:
 
         class ShardedReadStore(store_class):  # type: ignore[misc, valid-type]
             def __init__(
-                self, saving_lib: Any, weight_map: dict[str, list[str]], open_shard: Callable[[str], Any], verified: set[str]
+                self,
+                saving_lib: Any,
+                weight_map: dict[str, list[str]],
+                open_shard: Callable[[str], Any],
+                verified: set[str],
             ) -> None:
                 from collections import OrderedDict
 

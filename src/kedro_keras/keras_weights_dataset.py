@@ -502,7 +502,8 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 logger.warning("Could not empty %s, a shard of the previous save: %s", first, exc)
         if replaced is None:
             logger.warning(
-                "The index %s replaced was unreadable, so the shards it named (if any) are left in place.", url
+                "The index %s replaced was unreadable, so the shards it named (if any) are left in place.",
+                url,
             )
             return
         self._remove_quietly(directory, sorted(replaced - set(written) - {first}))
@@ -555,7 +556,8 @@ def _base_name(weights_path: PurePosixPath) -> str:
 
 
 def _check_max_shard_size(value: Any, filepath: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or value <= 0:
         raise DatasetError(
             f"save_args.max_shard_size for '{filepath}' must be a positive number of GB "
             f"(such as 0.5 or 2); got {value!r}."
