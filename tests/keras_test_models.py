@@ -155,3 +155,31 @@ def build_with_integer_lookup():
     lookup = keras.layers.IntegerLookup(output_mode="one_hot", name="colour")
     lookup.adapt(np.array([3, 5, 7, 7]))  # an adapted vocabulary is saved as an asset
     return keras.Model(words, keras.layers.Dense(1)(lookup(words)), name="lookup")
+
+
+class FailsToSave(keras.layers.Layer):
+    """A layer with a weight whose saving fails: Keras saves the layers before
+    it first, so a save of a model holding it breaks half-way. ``error`` is
+    the exception class raised (not part of the config)."""
+
+    def __init__(self, error=RuntimeError, **kwargs):
+        super().__init__(**kwargs)
+        self.error = error
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+
+    def call(self, inputs):
+        return inputs * self.scale
+
+    def save_own_variables(self, store):
+        raise self.error("no space left on device (a save that breaks half-way)")
+
+
+def build_failing_to_save(error=RuntimeError, hidden=64):
+    """Two dense layers that save, then one that fails."""
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(hidden, activation="relu")(inputs)
+    x = keras.layers.Dense(hidden)(x)
+    outputs = keras.layers.Dense(1)(FailsToSave(error)(x))
+    return keras.Model(inputs, outputs, name="fails_to_save")

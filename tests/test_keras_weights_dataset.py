@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -147,9 +149,9 @@ class TestKerasWeightsDataset:
         with pytest.raises(DatasetError, match=r"no architecture was saved at '.*clf\.architecture\.json'.*architecture: <import path"):
             KerasWeightsDataset(filepath=str(path)).load()
 
-    @pytest.mark.parametrize("filepath", ["clf.h5", "clf.keras", "clf.weights.json", "clf_weights.h5"])
+    @pytest.mark.parametrize("filepath", ["clf.h5", "clf.keras", "clf.json", "clf_weights.h5"])
     def test_file_name_must_end_in_weights_h5(self, tmp_path, filepath):
-        with pytest.raises(DatasetError, match=r"ending in '\.weights\.h5'") as error:
+        with pytest.raises(DatasetError, match=r"ending in '\.weights\.h5' .* or '\.weights\.json'") as error:
             KerasWeightsDataset(filepath=str(tmp_path / filepath))
         assert filepath in str(error.value)
 
@@ -227,3 +229,346 @@ class TestKerasWeightsDatasetS3:
             filepath=path, credentials=s3_credentials, architecture="keras_test_models.build_functional"
         ).load()
         assert_same_predictions(reloaded, trained_model, data[0])
+
+
+# Sharded weights ---------------------------------------------------------
+
+# About 1 KB of arrays per shard: the small test models take several shards.
+SHARD_GB = 1e-6
+
+
+def index_of(path):
+    return json.loads(Path(path).read_text())
+
+
+def shard_names(index_path):
+    """The shard files an index names, in order."""
+    names = [name for names in index_of(index_path)["weight_map"].values() for name in ([names] if isinstance(names, str) else names)]
+    return list(dict.fromkeys(names))
+
+
+def names_in(folder):
+    return sorted(path.name for path in Path(folder).iterdir())
+
+
+def sharded(path, **kwargs):
+    save_args = kwargs.pop("save_args", {"max_shard_size": SHARD_GB})
+    return KerasWeightsDataset(filepath=str(path), save_args=save_args, **kwargs)
+
+
+def flip_byte_in_array(shard, array_path):
+    """Change one byte inside an array's data: HDF5 itself reads it without complaint."""
+    import h5py
+
+    with h5py.File(shard, "r") as h5_file:
+        offset = h5_file[array_path].id.get_offset()
+    data = bytearray(shard.read_bytes())
+    data[offset] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def wide_model(data):
+    """A fitted model whose weights and Adam state fill several 1 KB shards."""
+    return fit(keras_test_models.build_functional(hidden=64), data)
+
+
+def assert_same_optimizer_state(a, b):
+    assert int(keras.ops.convert_to_numpy(a.optimizer.iterations)) == int(keras.ops.convert_to_numpy(b.optimizer.iterations))
+    assert len(a.optimizer.variables) == len(b.optimizer.variables)
+    for ours, theirs in zip(a.optimizer.variables, b.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
+
+
+class TestKerasWeightsDatasetSharded:
+    def test_round_trip_in_several_shards(self, tmp_path, wide_model, data, keras_api):
+        index = tmp_path / "clf.weights.json"
+        sharded(index).save(wide_model)
+
+        names = shard_names(index)
+        assert len(names) >= 4
+        assert all(re.fullmatch(r"clf_[0-9a-f]{8}_\d{5}\.weights\.h5", name) for name in names)
+        # Beside them: the architecture, and the empty first shard plain Keras opens first.
+        assert names_in(tmp_path) == sorted([*names, "clf.architecture.json", "clf.weights.json", "clf_00000.weights.h5"])
+        assert index_of(index)["kedro_keras"]["architecture"]["class_name"] == "Functional"
+
+        reloaded = sharded(index).load()
+        assert_same_predictions(reloaded, wide_model, data[0])
+        assert_same_weights(reloaded, wide_model)
+        assert_same_optimizer_state(reloaded, wide_model)  # compiled from the saved architecture
+
+    def test_plain_keras_loads_what_we_save(self, tmp_path, wide_model, data, keras_api):
+        index = tmp_path / "clf.weights.json"
+        sharded(index).save(wide_model)
+        plain = keras.models.model_from_json((tmp_path / "clf.architecture.json").read_text())
+        plain.load_weights(index)
+        assert_same_predictions(plain, wide_model, data[0])
+
+    def test_we_load_what_plain_keras_saves(self, tmp_path, wide_model, data, keras_api):
+        index = tmp_path / "clf.weights.json"
+        wide_model.save_weights(index, max_shard_size=SHARD_GB)
+        assert len(shard_names(index)) >= 4 and "clf_00000.weights.h5" in shard_names(index)
+
+        from_builder = KerasWeightsDataset(
+            filepath=str(index), architecture="keras_test_models.build_functional", architecture_args={"hidden": 64}
+        ).load()
+        assert_same_predictions(from_builder, wide_model, data[0])
+        (tmp_path / "clf.architecture.json").write_text(wide_model.to_json())
+        from_json = KerasWeightsDataset(filepath=str(index)).load()
+        assert_same_predictions(from_json, wide_model, data[0])
+        assert_same_optimizer_state(from_json, wide_model)
+
+    def test_overwrite_removes_the_shards_of_the_previous_save(self, tmp_path, wide_model, data):
+        index = tmp_path / "clf.weights.json"
+        sharded(index).save(fit(keras_test_models.build_functional(hidden=32), data))
+        first = shard_names(index)
+
+        sharded(index).save(wide_model)
+        second = shard_names(index)
+        assert not set(first) & set(second)
+        assert names_in(tmp_path) == sorted([*second, "clf.architecture.json", "clf.weights.json", "clf_00000.weights.h5"])
+        assert_same_predictions(sharded(index).load(), wide_model, data[0])
+
+    def test_overwrite_of_plain_keras_shards(self, tmp_path, wide_model, data):
+        index = tmp_path / "clf.weights.json"
+        fit(keras_test_models.build_functional(hidden=32), data).save_weights(index, max_shard_size=SHARD_GB)
+        assert "clf_00001.weights.h5" in names_in(tmp_path)
+
+        sharded(index).save(wide_model)
+        # Keras's shards are gone but its first name, which now holds nothing.
+        assert names_in(tmp_path) == sorted(
+            [*shard_names(index), "clf.architecture.json", "clf.weights.json", "clf_00000.weights.h5"]
+        )
+        import h5py
+
+        with h5py.File(tmp_path / "clf_00000.weights.h5") as first:
+            assert list(first) == []
+        plain = keras_test_models.build_functional(hidden=64)
+        plain.load_weights(index)
+        assert_same_predictions(plain, wide_model, data[0])
+        assert_same_predictions(sharded(index).load(), wide_model, data[0])
+
+    def test_save_that_fails_half_way_leaves_the_previous_weights(self, tmp_path, wide_model, data, keras_api):
+        index = tmp_path / "clf.weights.json"
+        sharded(index).save(wide_model)
+        before = {name: (tmp_path / name).read_bytes() for name in names_in(tmp_path)}
+
+        failing = fit(keras_test_models.build_failing_to_save(), data)
+        with pytest.raises(DatasetError, match=r"Could not save .*clf\.weights\.json.*no space left.*previously saved there are unchanged"):
+            sharded(index).save(failing)
+
+        # Every file as it was, and nothing left behind by the failed save.
+        assert {name: (tmp_path / name).read_bytes() for name in names_in(tmp_path)} == before
+        assert_same_predictions(sharded(index).load(), wide_model, data[0])
+        plain = keras_test_models.build_functional(hidden=64)
+        plain.load_weights(index)
+        assert_same_predictions(plain, wide_model, data[0])
+
+    def test_interrupted_save_leaves_the_previous_weights(self, tmp_path, wide_model, data):
+        # KeyboardInterrupt skips the clean-up, as a killed process would:
+        # the shards written so far stay, named by no index.
+        index = tmp_path / "clf.weights.json"
+        sharded(index).save(wide_model)
+        before = {name: (tmp_path / name).read_bytes() for name in names_in(tmp_path)}
+
+        with pytest.raises(KeyboardInterrupt):
+            sharded(index).save(fit(keras_test_models.build_failing_to_save(KeyboardInterrupt), data))
+
+        left = set(names_in(tmp_path)) - set(before)
+        assert left and all(name.endswith(".weights.h5") and name not in shard_names(index) for name in left)
+        assert {name: (tmp_path / name).read_bytes() for name in before} == before
+        assert_same_predictions(sharded(index).load(), wide_model, data[0])
+
+    def test_versioned(self, tmp_path, data):
+        config = {"weights": {"type": "kedro_keras.KerasWeightsDataset", "filepath": str(tmp_path / "w.weights.json"),
+                              "versioned": True, "save_args": {"max_shard_size": SHARD_GB}}}
+        small = fit(keras_test_models.build_functional(hidden=2), data)
+        DataCatalog.from_config(config).save("weights", small)
+        first = DataCatalog.from_config(config)["weights"].list_versions(full_path=False)[0]
+        wide = fit(keras_test_models.build_functional(hidden=64), data)
+        DataCatalog.from_config(config).save("weights", wide)
+
+        assert_same_predictions(DataCatalog.from_config(config).load("weights"), wide, data[0])
+        assert_same_predictions(DataCatalog.from_config(config).load("weights", version=first), small, data[0])
+        # A version's folder holds everything, under Keras's own shard names.
+        (second,) = set(DataCatalog.from_config(config)["weights"].list_versions(full_path=False)) - {first}
+        folder = tmp_path / "w.weights.json" / second
+        names = shard_names(folder / "w.weights.json")
+        assert names == [f"w_{i:05}.weights.h5" for i in range(len(names))] and len(names) >= 4
+        assert names_in(folder) == sorted([*names, "w.architecture.json", "w.weights.json"])
+        plain = keras_test_models.build_functional(hidden=64)
+        plain.load_weights(folder / "w.weights.json")
+        assert_same_predictions(plain, wide, data[0])
+
+    def test_default_shard_size(self, tmp_path, wide_model, data):
+        dataset = KerasWeightsDataset(filepath=str(tmp_path / "clf.weights.json"))
+        assert "max_shard_size': 0.25" in repr(dataset) and "up to 0.25 GB of arrays each" in repr(dataset)
+        dataset.save(wide_model)
+        assert len(shard_names(tmp_path / "clf.weights.json")) == 1
+        assert_same_predictions(dataset.load(), wide_model, data[0])
+
+    def test_a_variable_larger_than_a_shard_gets_its_own(self, tmp_path, wide_model, data):
+        index = tmp_path / "clf.weights.json"
+        sharded(index, save_args={"max_shard_size": 1e-9}).save(wide_model)  # 1 byte
+        arrays = len(wide_model.weights) + len(wide_model.optimizer.variables)
+        assert len(shard_names(index)) == arrays
+        assert_same_predictions(sharded(index).load(), wide_model, data[0])
+
+    def test_include_optimizer_false(self, tmp_path, wide_model, data, keras_api):
+        index = tmp_path / "clf.weights.json"
+        sharded(index, save_args={"max_shard_size": SHARD_GB, "include_optimizer": False}).save(wide_model)
+        assert not [entry for entry in index_of(index)["weight_map"] if entry.startswith("/optimizer")]
+        reloaded = sharded(index).load()
+        assert_same_predictions(reloaded, wide_model, data[0])
+        assert int(keras.ops.convert_to_numpy(reloaded.optimizer.iterations)) == 0
+
+    def test_builder_that_does_not_fit(self, tmp_path, wide_model):
+        index = tmp_path / "clf.weights.json"
+        sharded(index).save(wide_model)
+        dataset = KerasWeightsDataset(filepath=str(index), architecture="keras_test_models.build_functional")
+        with pytest.raises(DatasetError, match=r"clf\.weights\.json. do not fit .*shapes differ: the model has \(4, 8\)"):
+            dataset.load()
+
+    def test_max_shard_size_needs_a_weights_json_file(self, tmp_path):
+        with pytest.raises(DatasetError, match=r"max_shard_size is for sharded weights, but '.*clf\.weights\.h5' is one"):
+            KerasWeightsDataset(filepath=str(tmp_path / "clf.weights.h5"), save_args={"max_shard_size": 1})
+
+    @pytest.mark.parametrize("value", [0, -1, "1GB", True, float("inf")])
+    def test_max_shard_size_must_be_a_positive_number(self, tmp_path, value):
+        with pytest.raises(DatasetError, match=r"max_shard_size for '.*clf\.weights\.json' must be a positive number"):
+            KerasWeightsDataset(filepath=str(tmp_path / "clf.weights.json"), save_args={"max_shard_size": value})
+
+
+class TestKerasWeightsDatasetShardedDamage:
+    def test_missing_shard(self, tmp_path, wide_model):
+        index = tmp_path / "clf.weights.json"
+        sharded(index).save(wide_model)
+        gone = shard_names(index)[2]
+        (tmp_path / gone).unlink()
+        with pytest.raises(DatasetError, match=rf"clf\.weights\.json' names shards that do not exist: '.*{gone}'"):
+            sharded(index).load()
+
+    def test_flipped_byte_in_a_shard_is_detected(self, tmp_path, wide_model, keras_api):
+        index = tmp_path / "clf.weights.json"
+        sharded(index).save(wide_model)
+        holder = index_of(index)["weight_map"]["/layers/dense/vars"][0]
+        flip_byte_in_array(tmp_path / holder, "layers/dense/vars/0")
+        with pytest.raises(DatasetError, match=rf"{holder}' \(a shard of '.*clf\.weights\.json'\) is corrupt: .*checksum"):
+            sharded(index).load()
+
+    def test_flipped_byte_in_an_optimizer_shard_is_detected(self, tmp_path, wide_model):
+        index = tmp_path / "clf.weights.json"
+        sharded(index).save(wide_model)
+        holder = index_of(index)["weight_map"]["/optimizer/vars"][-1]
+        import h5py
+
+        with h5py.File(tmp_path / holder) as shard:
+            array = f"optimizer/vars/{sorted(shard['optimizer/vars'], key=int)[-1]}"
+        flip_byte_in_array(tmp_path / holder, array)
+        with pytest.raises(DatasetError, match=rf"{holder}' \(a shard of .*\) is corrupt"):
+            sharded(index).load()
+
+    def test_truncated_shard(self, tmp_path, wide_model):
+        index = tmp_path / "clf.weights.json"
+        sharded(index).save(wide_model)
+        shard = tmp_path / shard_names(index)[0]
+        shard.write_bytes(shard.read_bytes()[:800])
+        with pytest.raises(DatasetError, match=rf"{shard.name}' \(a shard of .*\) is not a valid \.weights\.h5 file"):
+            sharded(index).load()
+
+    @pytest.mark.parametrize(
+        "content, message",
+        [
+            (b"\x89HDF\r\n", r"is not a valid sharded-weights index: it is not JSON"),
+            (b"[1, 2]", r"expected a JSON object with a 'weight_map' object"),
+            (b'{"weight_map": ["a.weights.h5"]}', r"expected a JSON object with a 'weight_map' object"),
+            (b'{"weight_map": {"/vars": 3}}', r"weight_map\['/vars'\] must be a shard's file name or a list of them; got 3"),
+            (b'{"weight_map": {"/vars": []}}', r"weight_map\['/vars'\] must be a shard's file name"),
+        ],
+    )
+    def test_index_of_the_wrong_shape(self, tmp_path, content, message):
+        index = tmp_path / "clf.weights.json"
+        index.write_bytes(content)
+        with pytest.raises(DatasetError, match=rf"clf\.weights\.json' .*{message}"):
+            sharded(index, architecture=keras_test_models.build_functional).load()
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "../outside.weights.h5",
+            "/tmp/outside.weights.h5",
+            "s3://bucket/outside.weights.h5",
+            "file:///tmp/outside.weights.h5",
+            "..\\outside.weights.h5",
+            "clf.architecture.json",
+            "..",
+        ],
+    )
+    def test_shard_names_that_leave_the_folder_are_refused(self, tmp_path, trained_model, name):
+        # A real shard waits outside the folder: a loader that followed the name would load it.
+        folder = tmp_path / "models"
+        folder.mkdir()
+        trained_model.save_weights(tmp_path / "outside.weights.h5")
+        index = folder / "clf.weights.json"
+        index.write_text(json.dumps({"weight_map": {"/layers/dense/vars": [name], "/layers/dense_1/vars": name}}))
+        with pytest.raises(DatasetError, match=rf"clf\.weights\.json' is not a valid sharded-weights index: refusing shard '{re.escape(name)}': a shard must be a plain file name"):
+            sharded(index, architecture=keras_test_models.build_functional).load()
+
+    def test_save_over_a_hostile_index_removes_nothing_outside(self, tmp_path, wide_model, data, caplog):
+        folder = tmp_path / "models"
+        folder.mkdir()
+        victim = tmp_path / "victim.weights.h5"
+        victim.write_bytes(b"not yours to delete")
+        index = folder / "clf.weights.json"
+        index.write_text(json.dumps({"weight_map": {"/vars": "../victim.weights.h5"}}))
+
+        sharded(index).save(wide_model)
+        assert victim.read_bytes() == b"not yours to delete"
+        assert "unreadable, so the shards it named (if any) are left in place" in caplog.text
+        assert_same_predictions(sharded(index).load(), wide_model, data[0])
+
+    def test_index_beside_no_architecture(self, tmp_path, wide_model):
+        index = tmp_path / "clf.weights.json"
+        wide_model.save_weights(index, max_shard_size=SHARD_GB)  # plain Keras: no architecture anywhere
+        with pytest.raises(DatasetError, match=r"no architecture was saved at '.*clf\.architecture\.json'"):
+            KerasWeightsDataset(filepath=str(index)).load()
+
+
+class TestKerasWeightsDatasetShardedS3:
+    def test_round_trip_overwrite_and_pickle(self, s3_bucket, s3_credentials, wide_model, data):
+        import s3fs
+
+        path = f"{s3_bucket}/models/clf.weights.json"
+        dataset = sharded(path, credentials=s3_credentials)
+        pickle.loads(pickle.dumps(dataset)).save(fit(keras_test_models.build_functional(hidden=32), data))
+        pickle.loads(pickle.dumps(dataset)).save(wide_model)
+        reloaded = pickle.loads(pickle.dumps(dataset)).load()
+        assert_same_predictions(reloaded, wide_model, data[0])
+        assert_same_optimizer_state(reloaded, wide_model)
+
+        fs = s3fs.S3FileSystem(**s3_credentials)
+        fs.invalidate_cache()
+        objects = sorted(key.rsplit("/", 1)[-1] for key in fs.ls(f"{s3_bucket}/models"))
+        index = json.loads(fs.cat(path))
+        names = list(dict.fromkeys(n for names in index["weight_map"].values() for n in ([names] if isinstance(names, str) else names)))
+        assert len(names) >= 4  # the first save's shards are gone
+        assert objects == sorted([*names, "clf.architecture.json", "clf.weights.json", "clf_00000.weights.h5"])
+
+    def test_versioned_and_corrupt_shard(self, s3_bucket, s3_credentials, wide_model, data):
+        import s3fs
+
+        path = f"{s3_bucket}/clf.weights.json"
+        sharded(path, credentials=s3_credentials, version=Version(None, None)).save(wide_model)
+        reloaded = sharded(path, credentials=s3_credentials, version=Version(None, None)).load()
+        assert_same_predictions(reloaded, wide_model, data[0])
+
+        fs = s3fs.S3FileSystem(**s3_credentials)
+        fs.invalidate_cache()
+        (version,) = fs.ls(path)
+        index = json.loads(fs.cat(f"{version}/clf.weights.json"))
+        holder = index["weight_map"]["/layers/dense_1/vars"][0]
+        data_bytes = bytearray(fs.cat(f"{version}/{holder}"))
+        data_bytes[-100] ^= 0xFF  # inside the last array, before our trailer
+        fs.pipe(f"{version}/{holder}", bytes(data_bytes))
+        with pytest.raises(DatasetError, match=rf"s3://.*/{holder}' \(a shard of 's3://.*clf\.weights\.json'\) is corrupt"):
+            sharded(path, credentials=s3_credentials, version=Version(None, None)).load()

@@ -74,6 +74,16 @@ class Location:
     def glob(self, pattern: str) -> list[str]:
         return self.fs.glob(pattern)
 
+    def names_in(self, directory: str | PurePosixPath) -> set[str]:
+        """The names of the files directly in ``directory``, listed afresh
+        (one request on an object store, where a check per file is one each)."""
+        directory = str(directory)
+        self.fs.invalidate_cache(directory)
+        try:
+            return {PurePosixPath(entry).name for entry in self.fs.ls(directory, detail=False)}
+        except FileNotFoundError:
+            return set()
+
     def remove(self, path: str | PurePosixPath) -> None:
         self.fs.rm_file(str(path))
 

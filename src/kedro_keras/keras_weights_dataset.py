@@ -1,13 +1,16 @@
-"""``KerasWeightsDataset``: only a model's weights (``.weights.h5``), rebuilt on
-load from a builder named in the catalog or from the architecture saved beside
-them."""
+"""``KerasWeightsDataset``: only a model's weights (``.weights.h5``, or Keras's
+sharded ``.weights.json`` index plus shards), rebuilt on load from a builder
+named in the catalog or from the architecture saved beside them."""
 
 from __future__ import annotations
 
 import logging
+import math
+import uuid
+from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
@@ -21,7 +24,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WEIGHTS_SUFFIX = ".weights.h5"
+SHARDED_SUFFIX = ".weights.json"
 ARCHITECTURE_SUFFIX = ".architecture.json"
+# GB of arrays per shard when a .weights.json entry gives no max_shard_size.
+# Each shard is laid out in memory before it is written (HDF5 must seek), so
+# this is what a save needs beyond the model; Keras's own 5 GB default writes
+# to local disk and costs no memory. 0.25 GB (the value in Keras's own
+# example) also keeps each shard well under the 512 MB up to which an S3 save
+# is one PUT.
+DEFAULT_MAX_SHARD_SIZE = 0.25
 
 
 class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
@@ -35,7 +46,19 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
     architecture, then loads the weights into it. A model that does not match
     the weights is refused with the difference named, never half-loaded.
 
-    The loaded model is not compiled: compile it before training.
+    The loaded model is compiled as it was saved when it is rebuilt from the
+    saved architecture (optimizer state included); a builder's model is not
+    compiled: compile it before training.
+
+    A file name ending in ``.weights.json`` saves Keras's sharded weights,
+    for models too big for one file: a JSON index plus shards of at most
+    ``save_args.max_shard_size`` GB of arrays each (0.25 GB by default), all
+    in the index's folder. Plain Keras loads them with
+    ``model.load_weights("<name>.weights.json")``, and the dataset loads what
+    Keras's ``save_weights(..., max_shard_size=...)`` writes. A save replaces
+    the previous one only once it is complete: the new shards get names of
+    their own, the index is published last, and the shards it no longer
+    names are removed afterwards.
 
     Example usage for the
     `YAML API <https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/>`_:
@@ -48,6 +71,12 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
           architecture: my_project.models.build_classifier   # optional
           architecture_args:
             n_classes: 10
+
+        large_model_weights:               # an index plus shards of up to 2 GB each
+          type: kedro_keras.KerasWeightsDataset
+          filepath: s3://my-bucket/models/large.weights.json
+          save_args:
+            max_shard_size: 2
 
     Example usage for the
     `Python API <https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/>`_:
@@ -66,6 +95,15 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         >>> dataset.save(model)
         >>> reloaded = dataset.load()
         >>> np.testing.assert_allclose(reloaded.get_weights()[0], model.get_weights()[0])
+        >>>
+        >>> sharded = KerasWeightsDataset(  # shards of at most 10 bytes: one per array here
+        ...     filepath=tmp_path / "big.weights.json", architecture=build, save_args={"max_shard_size": 1e-8}
+        ... )
+        >>> sharded.save(model)
+        >>> np.testing.assert_allclose(sharded.load().get_weights()[0], model.get_weights()[0])
+        >>> same = build()
+        >>> same.load_weights(tmp_path / "big.weights.json")  # plain Keras reads them too
+        >>> np.testing.assert_allclose(same.get_weights()[0], model.get_weights()[0])
     """
 
     DEFAULT_LOAD_ARGS: dict[str, Any] = {"safe_mode": True}
@@ -87,8 +125,9 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         """Creates a new ``KerasWeightsDataset``.
 
         Args:
-            filepath: Where the weights live; must end in ``.weights.h5``.
-                Local or any fsspec URL.
+            filepath: Where the weights live: ``<name>.weights.h5`` for one
+                file, ``<name>.weights.json`` for an index plus shards beside
+                it. Local or any fsspec URL.
             architecture: How to rebuild the model on load: an import path
                 (``my_project.models.build_classifier``) to a function or a
                 Model class, or the callable itself. None rebuilds from the
@@ -97,21 +136,26 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             load_args: ``custom_objects`` (as for ``KerasModelDataset``) and
                 ``safe_mode`` (default True) for the saved architecture.
             save_args: ``include_optimizer`` (default True, as Keras's
-                ``save_weights``).
+                ``save_weights``); for ``.weights.json`` only,
+                ``max_shard_size``: GB of arrays per shard (default 0.25). A
+                variable larger than that gets a shard of its own.
             version: Set by Kedro for ``versioned: true`` entries.
             credentials: Passed to the fsspec filesystem.
             fs_args: Extra arguments for the fsspec filesystem.
             metadata: Anything you want to keep with the entry.
 
         Raises:
-            DatasetError: ``filepath`` does not end in ``.weights.h5``, or
+            DatasetError: ``filepath`` does not end in ``.weights.h5`` or
+                ``.weights.json``, ``max_shard_size`` is given for a
+                ``.weights.h5`` file or is not a positive number, or
                 ``architecture`` is neither an import path nor a callable.
         """
         filepath = str(filepath)
-        if not filepath.endswith(WEIGHTS_SUFFIX):
+        self._sharded = filepath.endswith(SHARDED_SUFFIX)
+        if not (filepath.endswith(WEIGHTS_SUFFIX) or self._sharded):
             raise DatasetError(
                 f"KerasWeightsDataset needs a file name ending in '{WEIGHTS_SUFFIX}' "
-                f"(Keras's weights format); got '{filepath}'."
+                f"(Keras's weights format) or '{SHARDED_SUFFIX}' (sharded weights); got '{filepath}'."
             )
         if architecture is not None and not (isinstance(architecture, str) or callable(architecture)):
             raise DatasetError(
@@ -127,7 +171,18 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         _check_args("load_args", self._load_args, {"custom_objects", "safe_mode"})
-        _check_args("save_args", self._save_args, {"include_optimizer"})
+        if self._sharded:
+            self._save_args.setdefault("max_shard_size", DEFAULT_MAX_SHARD_SIZE)
+            _check_args("save_args", self._save_args, {"include_optimizer", "max_shard_size"})
+            _check_max_shard_size(self._save_args["max_shard_size"], filepath)
+        elif "max_shard_size" in self._save_args:
+            raise DatasetError(
+                f"save_args.max_shard_size is for sharded weights, but '{filepath}' is one "
+                f"'{WEIGHTS_SUFFIX}' file. Name it '...{SHARDED_SUFFIX}' to save an index plus "
+                "shards, or remove max_shard_size."
+            )
+        else:
+            _check_args("save_args", self._save_args, {"include_optimizer"})
 
         super().__init__(
             filepath=self._location.path,
@@ -146,7 +201,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         architecture = self._architecture
         if callable(architecture):
             architecture = f"{architecture.__module__}.{architecture.__qualname__}"
-        return {
+        description = {
             "filepath": self._location.url(self._filepath),
             "architecture": architecture or "saved beside the weights",
             "architecture_args": self._architecture_args,
@@ -154,8 +209,15 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             "load_args": self._load_args,
             "save_args": self._save_args,
         }
+        if self._sharded:
+            description["shards"] = (
+                f"beside the index, up to {self._save_args['max_shard_size']} GB of arrays each"
+            )
+        return description
 
     def load(self) -> keras.Model:
+        if self._sharded:
+            return self._load_sharded()
         weights_path = self._get_load_path()
         url = self._location.url(weights_path)
         if not self._location.exists(weights_path):
@@ -197,23 +259,18 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         return model
 
     def _rebuild_from_saved_architecture(
-        self, weights_path: PurePosixPath, fill: Callable[[keras.Model], None]
+        self, weights_path: PurePosixPath, fill: Callable[[keras.Model], None], embedded: str | None = None
     ) -> keras.Model:
+        """Rebuild from ``embedded`` (the architecture a sharded index carries)
+        or else from the ``.architecture.json`` beside the weights."""
         try:
             custom_objects = _formats.resolve_custom_objects(self._load_args.get("custom_objects"))
         except (ValueError, ImportError) as exc:
             raise DatasetError(f"load_args.custom_objects: {exc}") from exc
-        architecture_path = _architecture_path(weights_path)
-        url = self._location.url(architecture_path)
-        try:
-            with self._location.open_read(architecture_path) as file:
-                architecture = file.read()
-        except FileNotFoundError as exc:
-            raise DatasetError(
-                f"Cannot rebuild the model for '{self._location.url(weights_path)}': no "
-                f"architecture was saved at '{url}' and the catalog entry gives no "
-                "'architecture' builder. Add architecture: <import path to a builder>."
-            ) from exc
+        if embedded is not None:
+            architecture, url = embedded, self._location.url(weights_path)
+        else:
+            architecture, url = self._read_architecture_beside(weights_path)
         try:
             return _formats.build_model_and_fill(
                 architecture, fill, custom_objects=custom_objects, safe_mode=self._load_args["safe_mode"]
@@ -222,6 +279,19 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             raise
         except Exception as exc:
             raise DatasetError(f"Cannot rebuild the model from the architecture at '{url}': {exc}") from exc
+
+    def _read_architecture_beside(self, weights_path: PurePosixPath) -> tuple[bytes, str]:
+        architecture_path = _architecture_path(weights_path)
+        url = self._location.url(architecture_path)
+        try:
+            with self._location.open_read(architecture_path) as file:
+                return file.read(), url
+        except FileNotFoundError as exc:
+            raise DatasetError(
+                f"Cannot rebuild the model for '{self._location.url(weights_path)}': no "
+                f"architecture was saved at '{url}' and the catalog entry gives no "
+                "'architecture' builder. Add architecture: <import path to a builder>."
+            ) from exc
 
     def _build_from_builder(self) -> keras.Model:
         builder = self._architecture
@@ -247,6 +317,9 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 f"Cannot save the weights of model '{data.name}' to '{url}': the model "
                 "is not built yet, so it has no weights. Call it on data first."
             )
+        if self._sharded:
+            self._save_sharded(data, weights_path)
+            return
         architecture_path = _architecture_path(weights_path)
         try:
             # Both files are published only if both were written in full.
@@ -263,6 +336,203 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         self._location.invalidate_cache(weights_path)
         logger.info("Saved weights of model '%s' to %s", data.name, url)
 
+    # Sharded weights: a .weights.json index plus shards beside it ---------
+
+    def _load_sharded(self) -> keras.Model:
+        index_path = self._get_load_path()
+        url = self._location.url(index_path)
+        index = self._read_index(index_path)
+        directory = index_path.parent
+        self._check_shards_exist(index, directory, url)
+
+        def open_shard(name: str) -> Any:
+            return self._location.open_read(directory / name)
+
+        visited: set[int] = set()
+        verified: set[str] = set()  # shards checked against their CRC-32, over both passes
+
+        def fill(model: keras.Model) -> None:
+            try:
+                if not visited:  # the first pass; a second loads only the optimizer
+                    stored = _formats.stored_sharded_weight_shapes(index, open_shard)
+                    mismatch = _formats.describe_weight_mismatch(model, stored)
+                    if mismatch:
+                        raise DatasetError(f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}")
+                _formats.read_sharded_weights_into(model, index, open_shard, visited, verified)
+            except DatasetError:
+                raise
+            except _formats.ShardReadError as exc:
+                raise self._shard_error(exc, directory, url) from exc
+            except Exception as exc:
+                raise DatasetError(f"Cannot load the weights at '{url}' into model '{model.name}': {exc}") from exc
+
+        if self._architecture is not None:
+            model = _formats.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
+        else:
+            model = self._rebuild_from_saved_architecture(index_path, fill, index.architecture)
+        logger.info("Loaded weights from %s (%d shards) into model '%s'", url, len(index.shards), model.name)
+        return model
+
+    def _read_index(self, index_path: PurePosixPath) -> _formats.ShardedIndex:
+        url = self._location.url(index_path)
+        try:
+            with self._location.open_read(index_path) as file:
+                return _formats.read_sharded_index(file)
+        except FileNotFoundError as exc:
+            raise DatasetError(f"No Keras weights at '{url}': the file does not exist.") from exc
+        except ValueError as exc:
+            raise DatasetError(f"'{url}' is not a valid sharded-weights index: {exc}.") from exc
+
+    def _check_shards_exist(self, index: _formats.ShardedIndex, directory: PurePosixPath, url: str) -> None:
+        present = self._location.names_in(directory)
+        missing = [name for name in index.shards if name not in present]
+        if missing:
+            raise DatasetError(
+                f"'{url}' names shards that do not exist: "
+                f"{', '.join(repr(self._location.url(directory / name)) for name in missing)}. "
+                "The files were moved or deleted: restore them or save the weights again."
+            )
+
+    def _shard_error(self, exc: _formats.ShardReadError, directory: PurePosixPath, url: str) -> DatasetError:
+        shard_url = self._location.url(directory / exc.shard)
+        error = exc.error
+        if isinstance(error, _formats.CorruptFileError):
+            return DatasetError(
+                f"'{shard_url}' (a shard of '{url}') is corrupt: {error}. Restore it from a good "
+                "copy or save the weights again."
+            )
+        if isinstance(error, FileNotFoundError):
+            return DatasetError(
+                f"'{shard_url}', a shard named by '{url}', does not exist (was the model saved "
+                "again while it was being loaded?)."
+            )
+        if isinstance(error, OSError):
+            return DatasetError(
+                f"'{shard_url}' (a shard of '{url}') is not a valid .weights.h5 file ({error}): "
+                "the file is truncated, corrupt, or in another format."
+            )
+        return DatasetError(f"Cannot load the shard '{shard_url}' of '{url}': {error}")
+
+    def _save_sharded(self, data: keras.Model, index_path: PurePosixPath) -> None:
+        """Write shards, then publish the index, then tidy up.
+
+        Nothing the current index names is touched until the new index
+        replaces it in one step: the new shards have names of their own (a
+        new version's folder is empty, so there they get Keras's own names).
+        Only then are the shards the old index named, and the new one does
+        not, removed. A save that fails or dies before the index is
+        published leaves the previous weights loadable as they were, plus
+        shard files that no index names.
+        """
+        url = self._location.url(index_path)
+        directory = index_path.parent
+        base = _base_name(index_path)
+        prefix = f"{base}_" if self._version is not None else f"{base}_{uuid.uuid4().hex[:8]}_"
+        include_optimizer = self._save_args["include_optimizer"]
+        # Plain Keras opens this name first, whatever the index says.
+        first = f"{base}_00000{_formats.SHARD_SUFFIX}"
+        written: list[str] = []
+
+        @contextmanager
+        def open_shard(name: str) -> Iterator[IO[bytes]]:
+            with self._location.atomic_write(directory / name, exclusive=True) as file:
+                yield file
+            written.append(name)
+
+        try:
+            index = _formats.write_sharded_weights(
+                data,
+                shard_name=lambda position: f"{prefix}{position:05}{_formats.SHARD_SUFFIX}",
+                open_shard=open_shard,
+                max_shard_size=self._save_args["max_shard_size"],
+                include_optimizer=include_optimizer,
+            )
+            architecture = _formats.architecture_json(data)
+            index_json = _formats.sharded_index_json(index, architecture, include_optimizer=include_optimizer)
+            replaced = self._shards_named_by(index_path)
+            # Unless a shard of ours has that name, an empty file stands
+            # there; if the current index (from plain Keras) has weights
+            # under it, only once that index is replaced.
+            empty_first = first not in written
+            empty_first_later = empty_first and first in (replaced or ())
+            if empty_first and not empty_first_later:
+                self._write_empty_shard(directory / first)
+            with self._location.atomic_write(index_path) as file:
+                file.write(index_json.encode())
+        except Exception as exc:
+            self._remove_quietly(directory, written)
+            raise DatasetError(
+                f"Could not save the weights of model '{data.name}' to '{url}': {exc}. "
+                "Any weights previously saved there are unchanged."
+            ) from exc
+        self._location.invalidate_cache(index_path)
+        self._after_publishing(data, index_path, architecture, replaced, written, empty_first_later)
+        logger.info("Saved weights of model '%s' to %s (%d shards)", data.name, url, len(written))
+
+    def _after_publishing(  # noqa: PLR0913
+        self,
+        data: keras.Model,
+        index_path: PurePosixPath,
+        architecture: str,
+        replaced: set[str] | None,
+        written: list[str],
+        empty_first: bool,
+    ) -> None:
+        """The steps after the new index is published: none of them can
+        change what loads, so a failure is a warning, not a failed save."""
+        directory = index_path.parent
+        url = self._location.url(index_path)
+        architecture_path = _architecture_path(index_path)
+        try:
+            # For plain Keras users (keras.models.model_from_json); the
+            # dataset rebuilds from the copy inside the index.
+            with self._location.atomic_write(architecture_path) as file:
+                file.write(architecture.encode())
+        except Exception as exc:  # noqa: BLE001
+            logger.warning(
+                "Saved the weights of model '%s' to %s, but not its architecture to %s (%s); the "
+                "dataset rebuilds the model from the copy in the index.",
+                data.name, url, self._location.url(architecture_path), exc,
+            )
+        first = f"{_base_name(index_path)}_00000{_formats.SHARD_SUFFIX}"
+        if empty_first:
+            try:
+                self._write_empty_shard(directory / first)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("Could not empty %s, a shard of the previous save: %s", first, exc)
+        if replaced is None:
+            logger.warning(
+                "The index %s replaced was unreadable, so the shards it named (if any) are left in place.",
+                url,
+            )
+            return
+        self._remove_quietly(directory, sorted(replaced - set(written) - {first}))
+
+    def _shards_named_by(self, index_path: PurePosixPath) -> set[str] | None:
+        """The shards the index at ``index_path`` names: empty if there is
+        none, None if it cannot be read."""
+        try:
+            with self._location.open_read(index_path) as file:
+                return set(_formats.read_sharded_index(file).shards)
+        except FileNotFoundError:
+            return set()
+        except Exception:  # noqa: BLE001 - a damaged index names nothing we can trust
+            return None
+
+    def _write_empty_shard(self, path: PurePosixPath) -> None:
+        with self._location.atomic_write(path) as file:
+            _formats.write_empty_shard(file)
+
+    def _remove_quietly(self, directory: PurePosixPath, names: list[str]) -> None:
+        for name in names:
+            try:
+                self._location.remove(directory / name)
+            except FileNotFoundError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - left behind, named by no index
+                logger.warning("Could not remove %s: %s", self._location.url(directory / name), exc)
+        self._location.invalidate_cache(directory)
+
     def _exists(self) -> bool:
         try:
             path = self._get_load_path()
@@ -276,4 +546,19 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
 
 
 def _architecture_path(weights_path: PurePosixPath) -> PurePosixPath:
-    return weights_path.with_name(weights_path.name[: -len(WEIGHTS_SUFFIX)] + ARCHITECTURE_SUFFIX)
+    return weights_path.with_name(_base_name(weights_path) + ARCHITECTURE_SUFFIX)
+
+
+def _base_name(weights_path: PurePosixPath) -> str:
+    """``clf`` for ``clf.weights.h5`` and ``clf.weights.json``."""
+    suffix = SHARDED_SUFFIX if weights_path.name.endswith(SHARDED_SUFFIX) else WEIGHTS_SUFFIX
+    return weights_path.name[: -len(suffix)]
+
+
+def _check_max_shard_size(value: Any, filepath: str) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or value <= 0:
+        raise DatasetError(
+            f"save_args.max_shard_size for '{filepath}' must be a positive number of GB "
+            f"(such as 0.5 or 2); got {value!r}."
+        )
