@@ -1789,7 +1789,7 @@ def _sharded_read_store_class(store_class: type) -> type:
     """Keras's weights-store interface over the shards an index names.
 
     Each shard gets the store a single ``.weights.h5`` file gets
-    (``_h5_store``: aligned reads, large arrays filled in place); this one
+    (``_h5_store``: aligned reads, large arrays adopted by their variables); this one
     routes each group and array to the shard holding it, opening shards as
     the walk over the model reaches them and keeping at most two open.
     """
