@@ -148,6 +148,28 @@ class TestKerasModelDataset:
 
         np.testing.assert_array_equal(np.asarray(loaded.get_layer("keeps").table), np.arange(12.0).reshape(3, 4))
 
+    def test_bfloat16_weights_keep_kerass_dtype_tag(self, tmp_path):
+        """Arrays NumPy has no native type for go through Keras's own store
+        code, which tags them: both loaders give the same bfloat16 values."""
+        import io
+
+        import h5py
+
+        inputs = keras.Input((4,))
+        layer = keras.layers.Dense(3, dtype="bfloat16", name="half")
+        model = keras.Model(inputs, layer(inputs))
+        layer.kernel.assign(np.arange(12, dtype="float32").reshape(4, 3) / 7)
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(model)
+
+        with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights:
+            assert weights["layers/dense/vars/0"].attrs["dtype"] == "bfloat16"  # (layers are stored by class)
+        expected = keras.ops.convert_to_numpy(keras.ops.cast(layer.kernel, "float32"))
+        for loaded in (KerasModelDataset(filepath=str(path)).load(), keras.saving.load_model(path)):
+            kernel = loaded.get_layer("half").kernel
+            assert kernel.dtype == "bfloat16"
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(keras.ops.cast(kernel, "float32")), expected)
+
     def test_training_resumes_from_loaded_optimizer_state(self, tmp_path, data):
         """Two epochs, save, load, one more == three epochs straight."""
         x, y = data

@@ -8,7 +8,9 @@ reader would see: the model at the path is the previous one or the one being
 saved, complete (every weight equal to what was saved, predictions right), no
 partial file is visible as a model, and every version the history lists loads
 completely. Repeated for the local disk and for S3 (the moto server on
-loopback, in this process).
+loopback, in this process), and on local disk for sharded weights
+(``KerasWeightsDataset`` with a ``.weights.json`` index, job
+``kill_sharded_saver``), read back by the dataset and by plain Keras.
 
 ``KEDRO_KERAS_KILL_SECONDS`` sets the time spent killing per backend (default 15).
 """
@@ -122,14 +124,14 @@ class KillLoop:
     """Forks saver processes from a server that imported Keras once (so each
     kill costs no Keras import) and kills each with SIGKILL."""
 
-    def __init__(self, base: Path, target: str, history: str, endpoint: str | None, folder: Path, seed: int) -> None:
+    def __init__(self, folder: Path, seed: int, job: str = "kill_saver", **arguments) -> None:
         self.server = ForkServer(folder)
-        self.arguments = {"base": str(base), "target": target, "history": history, "endpoint": endpoint}
+        self.job, self.arguments = job, arguments
         self.rng = random.Random(seed)
 
     def kill_one(self, first_generation: int, max_delay: float) -> list[str]:
         """Start a saver, kill it with SIGKILL at a random moment, return what it reported."""
-        pid, output = self.server.fork("kill_saver", generation=first_generation, **self.arguments)
+        pid, output = self.server.fork(self.job, generation=first_generation, **self.arguments)
         self.server.wait_for_line(output, "ready")
         time.sleep(self.rng.uniform(0.0, max_delay))
         os.kill(pid, signal.SIGKILL)  # the saver we forked, by its pid
@@ -154,7 +156,7 @@ def run_kills(loop: KillLoop, reference: Reference, verify, max_delay: float) ->
             lines = loop.kill_one(progress.started + 1, max_delay)
             progress.feed(lines)
             stats["kills"] += 1
-            stats["saves_completed"] += sum(line.startswith("stamped") for line in lines)
+            stats["saves_completed"] += sum(line.startswith("plain") for line in lines)
             stats["killed_mid_write"] += verify(progress, reference)
     finally:
         loop.close()
@@ -166,7 +168,7 @@ def report(capsys, backend: str, stats: dict[str, int], seed: int) -> None:
         print(
             f"\n[kill -9 / {backend}] survived {stats['kills']} kills "
             f"({stats['killed_mid_write']} of them in the middle of writing a file; "
-            f"{stats['saves_completed']} save cycles completed in between; delays seeded with {seed})"
+            f"{stats['saves_completed']} saves completed in between; delays seeded with {seed})"
         )
 
 
@@ -220,9 +222,54 @@ def test_kill_9_while_saving_locally(tmp_path, large_model_files, capsys):
         return int(bool(leftovers or history_leftovers))
 
     seed = int(time.time())
-    loop = KillLoop(base, str(target), str(history), None, tmp_path, seed=seed)
+    loop = KillLoop(tmp_path, seed, base=str(base), target=str(target), history=str(history), endpoint=None)
     stats = run_kills(loop, reference, verify, max_delay=2.5)
     report(capsys, "local disk", stats, seed)
+    assert stats["kills"] >= MIN_KILLS
+    assert stats["saves_completed"] + stats["killed_mid_write"] > 0, "no kill ever landed during a save"
+
+
+def test_kill_9_while_saving_sharded_weights(tmp_path, large_model_files, capsys):
+    """An index plus shards (about 10 of them here) is published by replacing
+    the index last: a reader sees the previous save or the new one, whole,
+    through the dataset and through plain Keras's ``load_weights``. A killed
+    save leaves at most shards that no index names."""
+    import json
+
+    from kedro_keras import KerasWeightsDataset
+
+    base, reference = large_model_files
+    folder = tmp_path / "weights"
+    target = folder / "model.weights.json"
+    shard_gb = 6 * 2**20 / 1024**3  # Keras's GB: 6 MB shards
+    KerasWeightsDataset(filepath=str(target), save_args={"max_shard_size": shard_gb}).save(reference.model)
+
+    def verify(progress: Progress, reference: Reference) -> int:
+        index = json.loads(target.read_text())
+        named = {name for names in index["weight_map"].values() for name in ([names] if isinstance(names, str) else names)}
+        assert len(named) > 3, named
+        names = set(os.listdir(folder))
+        assert named <= names, f"the published index names missing shards: {sorted(named - names)}"
+        loaded = KerasWeightsDataset(filepath=str(target)).load()
+        progress.plain = reference.check(loaded, progress.allowed_plain(), "model.weights.json")
+        theirs = keras.models.model_from_json((folder / "model.architecture.json").read_text())
+        theirs.load_weights(target)  # plain Keras reads the same published save
+        for ours, keras_own in zip(loaded.get_weights(), theirs.get_weights(), strict=True):
+            assert np.array_equal(ours, keras_own), "plain Keras read other weights than the dataset"
+        # What a killed save may leave: shards no index names and temporary files.
+        expected = named | {"model.weights.json", "model.architecture.json", "model_00000.weights.h5"}
+        leftovers = sorted(names - expected)
+        assert all(TEMP.match(name) or name.endswith(".weights.h5") for name in leftovers), leftovers
+        for name in leftovers:  # the saver is dead: nothing is being written
+            os.remove(folder / name)
+        return int(bool(leftovers))
+
+    seed = int(time.time())
+    loop = KillLoop(
+        tmp_path, seed, job="kill_sharded_saver", base=str(base), target=str(target), max_shard_size=shard_gb
+    )
+    stats = run_kills(loop, reference, verify, max_delay=2.0)
+    report(capsys, "sharded weights, local disk", stats, seed)
     assert stats["kills"] >= MIN_KILLS
     assert stats["saves_completed"] + stats["killed_mid_write"] > 0, "no kill ever landed during a save"
 
@@ -294,7 +341,7 @@ def test_kill_9_while_saving_to_s3(s3_bucket, s3_credentials, s3_endpoint, large
         return verify(progress, reference)
 
     seed = int(time.time())
-    loop = KillLoop(base, target, history, proxy.endpoint, tmp_path, seed=seed)
+    loop = KillLoop(tmp_path, seed, base=str(base), target=target, history=history, endpoint=proxy.endpoint)
     try:
         stats = run_kills(loop, reference, settled_verify, max_delay=5.0)
     finally:

@@ -25,6 +25,7 @@ import shutil
 import struct
 import weakref
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
@@ -226,6 +227,8 @@ def _weights_to_buffer(saving_lib: Any, model: keras.Model, assets_store: Any, i
     """
     buffer = io.BytesIO()
     store = saving_lib.H5IOStore(buffer, mode="w")
+    if all(hasattr(store, name) for name in ("_h5_entry_initialized", "_h5_entry_path", "_create_h5_group")):
+        store.__class__ = _one_copy_writes_store_class(saving_lib.H5IOStore)  # the store layout we know
     try:
         saving_lib._save_state(
             model,
@@ -239,6 +242,32 @@ def _weights_to_buffer(saving_lib: Any, model: keras.Model, assets_store: Any, i
     return buffer
 
 
+_one_copy_store_classes: dict[type, type] = {}
+
+
+def _one_copy_writes_store_class(store_class: type) -> type:
+    """A subclass of Keras's ``H5IOStore`` that takes each array out of the
+    backend with one copy: Keras's ``convert_to_numpy`` makes two under
+    TensorFlow (``np.array`` of the variable's own NumPy copy), each a
+    transient the size of the array, on top of the HDF5 image being built."""
+    if store_class not in _one_copy_store_classes:
+
+        class OneCopyWritesH5IOStore(store_class):  # type: ignore[misc, valid-type]
+            def __setitem__(self, key: str, value: Any) -> None:
+                import numpy as np
+
+                array = np.asarray(value)
+                if self.mode not in ("w", "a") or array.dtype.kind not in "biuf":
+                    super().__setitem__(key, array)  # bfloat16 and the like: Keras's own code
+                    return
+                if not self._h5_entry_initialized:
+                    self._create_h5_group(self._h5_entry_path)
+                self._h5_entry_group[key] = array
+
+        _one_copy_store_classes[store_class] = OneCopyWritesH5IOStore
+    return _one_copy_store_classes[store_class]
+
+
 # Pieces in which a buffer is written out or re-read for its checksum:
 # bounds the transient copy each makes.
 _CHUNK = 64 * 2**20
@@ -249,9 +278,38 @@ def _write_member(archive: zipfile.ZipFile, name: str, data: memoryview) -> None
     info = zipfile.ZipInfo(name, date_time=time.localtime(time.time())[:6])
     info.compress_type = zipfile.ZIP_STORED
     info.file_size = data.nbytes  # lets zipfile choose ZIP64 for models over 4 GiB
-    with archive.open(info, "w") as member:
+    with _zipfile_checksums_by_zlib_ng(), archive.open(info, "w") as member:
         for start in range(0, data.nbytes, _CHUNK):
             member.write(data[start : start + _CHUNK])
+
+
+_zipfile_crc32_lock = threading.Lock()
+_zipfile_crc32_users = 0
+_zipfile_crc32_original: Any = None
+
+
+@contextmanager
+def _zipfile_checksums_by_zlib_ng() -> Iterator[None]:
+    """zipfile computes a member's CRC-32 with the ``zlib`` module's function
+    (its module-level ``crc32``); zlib-ng's is the same function, 7x faster
+    (0.1 s of a 400 MB save). Swapped in while weights are written: another
+    zipfile user meanwhile gets the same values, only sooner."""
+    global _zipfile_crc32_users, _zipfile_crc32_original
+    if getattr(zipfile, "crc32", None) is None:  # a zipfile without that name: leave it be
+        yield
+        return
+    with _zipfile_crc32_lock:
+        if _zipfile_crc32_users == 0:
+            _zipfile_crc32_original = zipfile.crc32
+            zipfile.crc32 = crc32
+        _zipfile_crc32_users += 1
+    try:
+        yield
+    finally:
+        with _zipfile_crc32_lock:
+            _zipfile_crc32_users -= 1
+            if _zipfile_crc32_users == 0:
+                zipfile.crc32 = _zipfile_crc32_original
 
 
 def _write_keras_archive_public(model: keras.Model, file: IO[bytes], *, include_optimizer: bool) -> None:

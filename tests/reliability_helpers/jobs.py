@@ -63,6 +63,24 @@ def kill_saver(say: Say, base: str, target: str, history: str, generation: int, 
         generation += 1
 
 
+def kill_sharded_saver(say: Say, base: str, target: str, generation: int, max_shard_size: float) -> None:
+    """Save the model's weights as an index plus shards, again and again until
+    killed (the kill -9 test of sharded saves): ``start g``, then ``plain g``."""
+    import keras
+
+    from kedro_keras import KerasWeightsDataset
+
+    model = keras.saving.load_model(base)
+    dataset = KerasWeightsDataset(filepath=target, save_args={"max_shard_size": max_shard_size})
+    say("ready")
+    while True:
+        _set_marker(model, generation)
+        say(f"start {generation}")
+        dataset.save(model)
+        say(f"plain {generation}")
+        generation += 1
+
+
 def _freeze_clock() -> None:
     """Every save picks the same first timestamp, as saves within one clock tick would."""
     from datetime import datetime, timezone
