@@ -74,7 +74,7 @@ demo: $(STAMP)
 	cd examples/digits && $(CURDIR)/$(BIN)/kedro run
 	cd examples/digits && $(CURDIR)/$(BIN)/python show_results.py
 
-# Save/load benchmark against plain Keras and kedro-datasets, about 7 min
+# Save/load benchmark against plain Keras and kedro-datasets, about 8 min
 # (BENCH_ARGS=--big adds the 4 GB model). Rewrites docs/performance.md,
 # docs/img/benchmark.png and benchmarks/results.json.
 bench: export KEDRO_DISABLE_TELEMETRY = 1

@@ -3,7 +3,7 @@
 kedro-datasets' TensorFlowModelDataset, on local disk and on S3 (a moto server
 on loopback).
 
-    python benchmarks/run.py                  # ~400 MB model, 3 repeats
+    python benchmarks/run.py                  # ~400 MB model, 5 repeats
     python benchmarks/run.py --quick          # 40 MB model, 1 repeat (development, tests)
     python benchmarks/run.py --big            # adds a ~4 GB model, our dataset only
 
@@ -499,7 +499,7 @@ def plan(args) -> list[tuple]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=float, default=None, help="model size in MB of float32 weights (default 400)")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per operation and contestant (default 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats per operation and contestant (default 5: this virtual machine's page faults make single runs vary by 2x)")
     parser.add_argument("--quick", action="store_true", help="40 MB model, 1 repeat, results under benchmarks/.work/quick/")
     parser.add_argument("--big", action="store_true", help="also save+load a ~4 GB model (1e9 params) with kedro-keras only, local disk")
     parser.add_argument("--big-repeats", type=int, default=1, help="repeats of the --big case (default 1)")
@@ -512,7 +512,7 @@ def main(argv=None) -> int:
     if args.size_mb is None:
         args.size_mb = 40.0 if args.quick else 400.0
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
+        args.repeats = 1 if args.quick else 5
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     out_dir = args.out_dir if args.out_dir is not None else (WORK_ROOT / "quick" if args.quick else None)
@@ -1133,7 +1133,7 @@ How each number is taken:
 Caveats: moto on loopback is not AWS. There is no network latency or bandwidth limit, and the moto server shares
 the machine's {machine['cores']} cores with the process being measured, so S3 times mostly show CPU and copying
 overhead, not network transfer. Times are noisy on a small machine: {spread} Ratios near a target deserve a rerun
-with more repeats (`--repeats 5`).
+with more repeats (`--repeats 9`).
 
 ## Machine and versions
 
@@ -1154,7 +1154,7 @@ Date: {meta['date']}. Total benchmark runtime: {meta['total_runtime_s'] / 60:.1f
 
 ```
 make bench                                   # installs benchmarks/requirements.txt, then runs the line below
-python benchmarks/run.py                     # {weights_mb:,.0f} MB model, 3 repeats (about 7 min on 2 cores)
+python benchmarks/run.py                     # {weights_mb:,.0f} MB model, 5 repeats (about 8 min on 2 cores)
 python benchmarks/run.py --big               # adds a ~4 GB model, kedro-keras only (about 2 min more, ~12 GB RAM)
 python benchmarks/run.py --quick             # 40 MB, 1 repeat; writes to benchmarks/.work/quick/, not here
 python benchmarks/run.py --size-mb 200 --repeats 5 --skip-s3
