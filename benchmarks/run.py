@@ -1085,7 +1085,7 @@ The benchmark reports these and does not fail on them; it exits non-zero only if
 
 Where the time and memory go (measured in-process on this model; see docs/design.md):
 
-- **Local load** (about 0.3-0.5 s): almost all of it is copying 403 MB from the page cache into memory
+- **Local load** (about 0.2-0.5 s): almost all of it is copying 403 MB from the page cache into memory
   the process has never touched, whose page faults are slow and vary a lot on this virtual machine (the
   same copy into reused memory takes about 0.06 s). The CRC-32 check costs about 0.015 s (zlib-ng) and
   handing the arrays to TensorFlow about 0.02 s. Plain Keras's own time varies between runs for the same

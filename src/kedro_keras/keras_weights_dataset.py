@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _formats
+from kedro_keras import _formats, _sharded
 from kedro_keras._files import Location
 from kedro_keras.keras_model_dataset import _check_args, _check_is_model
 
@@ -354,14 +354,14 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         def fill(model: keras.Model) -> None:
             try:
                 if not visited:  # the first pass; a second loads only the optimizer
-                    stored = _formats.stored_sharded_weight_shapes(index, open_shard)
+                    stored = _sharded.stored_sharded_weight_shapes(index, open_shard)
                     mismatch = _formats.describe_weight_mismatch(model, stored)
                     if mismatch:
                         raise DatasetError(f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}")
-                _formats.read_sharded_weights_into(model, index, open_shard, visited, verified)
+                _sharded.read_sharded_weights_into(model, index, open_shard, visited, verified)
             except DatasetError:
                 raise
-            except _formats.ShardReadError as exc:
+            except _sharded.ShardReadError as exc:
                 raise self._shard_error(exc, directory, url) from exc
             except Exception as exc:
                 raise DatasetError(f"Cannot load the weights at '{url}' into model '{model.name}': {exc}") from exc
@@ -373,17 +373,17 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         logger.info("Loaded weights from %s (%d shards) into model '%s'", url, len(index.shards), model.name)
         return model
 
-    def _read_index(self, index_path: PurePosixPath) -> _formats.ShardedIndex:
+    def _read_index(self, index_path: PurePosixPath) -> _sharded.ShardedIndex:
         url = self._location.url(index_path)
         try:
             with self._location.open_read(index_path) as file:
-                return _formats.read_sharded_index(file)
+                return _sharded.read_sharded_index(file)
         except FileNotFoundError as exc:
             raise DatasetError(f"No Keras weights at '{url}': the file does not exist.") from exc
         except ValueError as exc:
             raise DatasetError(f"'{url}' is not a valid sharded-weights index: {exc}.") from exc
 
-    def _check_shards_exist(self, index: _formats.ShardedIndex, directory: PurePosixPath, url: str) -> None:
+    def _check_shards_exist(self, index: _sharded.ShardedIndex, directory: PurePosixPath, url: str) -> None:
         present = self._location.names_in(directory)
         missing = [name for name in index.shards if name not in present]
         if missing:
@@ -393,7 +393,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 "The files were moved or deleted: restore them or save the weights again."
             )
 
-    def _shard_error(self, exc: _formats.ShardReadError, directory: PurePosixPath, url: str) -> DatasetError:
+    def _shard_error(self, exc: _sharded.ShardReadError, directory: PurePosixPath, url: str) -> DatasetError:
         shard_url = self._location.url(directory / exc.shard)
         error = exc.error
         if isinstance(error, _formats.CorruptFileError):
@@ -430,7 +430,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         prefix = f"{base}_" if self._version is not None else f"{base}_{uuid.uuid4().hex[:8]}_"
         include_optimizer = self._save_args["include_optimizer"]
         # Plain Keras opens this name first, whatever the index says.
-        first = f"{base}_00000{_formats.SHARD_SUFFIX}"
+        first = f"{base}_00000{_sharded.SHARD_SUFFIX}"
         written: list[str] = []
 
         @contextmanager
@@ -440,15 +440,15 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             written.append(name)
 
         try:
-            index = _formats.write_sharded_weights(
+            index = _sharded.write_sharded_weights(
                 data,
-                shard_name=lambda position: f"{prefix}{position:05}{_formats.SHARD_SUFFIX}",
+                shard_name=lambda position: f"{prefix}{position:05}{_sharded.SHARD_SUFFIX}",
                 open_shard=open_shard,
                 max_shard_size=self._save_args["max_shard_size"],
                 include_optimizer=include_optimizer,
             )
             architecture = _formats.architecture_json(data)
-            index_json = _formats.sharded_index_json(index, architecture, include_optimizer=include_optimizer)
+            index_json = _sharded.sharded_index_json(index, architecture, include_optimizer=include_optimizer)
             replaced = self._shards_named_by(index_path)
             # Unless a shard of ours has that name, an empty file stands
             # there; if the current index (from plain Keras) has weights
@@ -494,7 +494,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 "dataset rebuilds the model from the copy in the index.",
                 data.name, url, self._location.url(architecture_path), exc,
             )
-        first = f"{_base_name(index_path)}_00000{_formats.SHARD_SUFFIX}"
+        first = f"{_base_name(index_path)}_00000{_sharded.SHARD_SUFFIX}"
         if empty_first:
             try:
                 self._write_empty_shard(directory / first)
@@ -513,7 +513,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         none, None if it cannot be read."""
         try:
             with self._location.open_read(index_path) as file:
-                return set(_formats.read_sharded_index(file).shards)
+                return set(_sharded.read_sharded_index(file).shards)
         except FileNotFoundError:
             return set()
         except Exception:  # noqa: BLE001 - a damaged index names nothing we can trust
@@ -521,7 +521,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
 
     def _write_empty_shard(self, path: PurePosixPath) -> None:
         with self._location.atomic_write(path) as file:
-            _formats.write_empty_shard(file)
+            _sharded.write_empty_shard(file)
 
     def _remove_quietly(self, directory: PurePosixPath, names: list[str]) -> None:
         for name in names:
