@@ -226,20 +226,45 @@ def _weights_to_buffer(saving_lib: Any, model: keras.Model, assets_store: Any, i
     and then streamed out without a second copy.
     """
     buffer = io.BytesIO()
-    store = saving_lib.H5IOStore(buffer, mode="w")
-    if all(hasattr(store, name) for name in ("_h5_entry_initialized", "_h5_entry_path", "_create_h5_group")):
-        store.__class__ = _one_copy_writes_store_class(saving_lib.H5IOStore)  # the store layout we know
+    store = _one_copy_writes_store_class(saving_lib.H5IOStore)(buffer, mode="w")
     try:
-        saving_lib._save_state(
-            model,
-            weights_store=store,
-            assets_store=assets_store,
-            inner_path="",
-            visited_saveables=_skipped_saveables(model, include_optimizer),
-        )
+        save_state_into(saving_lib, model, store, assets_store, include_optimizer)
     finally:
         store.close()
     return buffer
+
+
+def save_state_into(
+    saving_lib: Any, model: keras.Model, store: Any, assets_store: Any, include_optimizer: bool
+) -> None:
+    """Keras's walk over the model's state, writing each array into ``store``."""
+    saving_lib._save_state(
+        model,
+        weights_store=store,
+        assets_store=assets_store,
+        inner_path="",
+        visited_saveables=_skipped_saveables(model, include_optimizer),
+    )
+
+
+def to_numpy_once(value: Any) -> Any:
+    """A backend array or variable as a NumPy array, with one copy.
+
+    Keras's ``convert_to_numpy`` is ``np.array`` under TensorFlow, which
+    copies the host copy TensorFlow already made. Other backends' conversions
+    copy once, and PyTorch's also brings a GPU tensor to the host, which
+    ``np.asarray`` cannot.
+    """
+    import keras
+    import numpy as np
+
+    if keras.backend.backend() == "tensorflow":
+        return np.asarray(value)
+    return keras.ops.convert_to_numpy(value)
+
+
+def _knows_write_store_layout(store: Any) -> bool:
+    return all(hasattr(store, name) for name in ("_h5_entry_initialized", "_h5_entry_path", "_create_h5_group"))
 
 
 _one_copy_store_classes: dict[type, type] = {}
@@ -254,11 +279,10 @@ def _one_copy_writes_store_class(store_class: type) -> type:
 
         class OneCopyWritesH5IOStore(store_class):  # type: ignore[misc, valid-type]
             def __setitem__(self, key: str, value: Any) -> None:
-                import numpy as np
-
-                array = np.asarray(value)
-                if self.mode not in ("w", "a") or array.dtype.kind not in "biuf":
-                    super().__setitem__(key, array)  # bfloat16 and the like: Keras's own code
+                array = to_numpy_once(value)
+                plain = array.dtype.kind in "biuf"  # not bfloat16 and the like, which Keras tags
+                if not (plain and self.mode in ("w", "a") and _knows_write_store_layout(self)):
+                    super().__setitem__(key, array)  # Keras's own code
                     return
                 if not self._h5_entry_initialized:
                     self._create_h5_group(self._h5_entry_path)

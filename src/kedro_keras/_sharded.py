@@ -31,23 +31,25 @@ import shutil
 from typing import IO, TYPE_CHECKING, Any, Callable
 
 from kedro_keras._formats import (
+    OPTIMIZER_GROUP,
     _CHUNK,
     _MAX_JSON_MEMBER,
-    OPTIMIZER_GROUP,
     CorruptFileError,
+    _Window,
     _h5_store,
     _load_state_into,
     _local_copy,
+    _one_copy_writes_store_class,
     _private_saving_lib,
     _quiet_unbuilt_optimizer,
-    _skipped_saveables,
     _verify,
-    _Window,
     _without_optimizer_group,
     _write_h5_image,
     h5_window,
     kedro_keras_metadata,
+    save_state_into,
     stored_weight_shapes,
+    to_numpy_once,
 )
 
 if TYPE_CHECKING:
@@ -182,15 +184,9 @@ def write_sharded_weights(
     saving_lib = _private_saving_lib()
     if saving_lib is None:
         return _write_sharded_weights_public(model, shard_name, open_shard, max_shard_size, include_optimizer)
-    store = _shard_writer_class(saving_lib.H5IOStore)(max_bytes, shard_name, open_shard)
+    store = _shard_writer_class(_one_copy_writes_store_class(saving_lib.H5IOStore))(max_bytes, shard_name, open_shard)
     try:
-        saving_lib._save_state(
-            model,
-            weights_store=store,
-            assets_store=None,
-            inner_path="",
-            visited_saveables=_skipped_saveables(model, include_optimizer),
-        )
+        save_state_into(saving_lib, model, store, None, include_optimizer)
     except BaseException:
         store.abandon()
         raise
@@ -226,9 +222,7 @@ def _shard_writer_class(store_class: type) -> type:
                 super().__init__(self._buffer, mode="w")
 
             def __setitem__(self, key: str, value: Any) -> None:
-                import keras
-
-                value = keras.ops.convert_to_numpy(value)
+                value = to_numpy_once(value)
                 if self._filled and self._filled + value.nbytes > self._max_bytes:
                     self._next_shard()
                 self._filled += value.nbytes
