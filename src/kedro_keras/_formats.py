@@ -594,8 +594,9 @@ def _first_assign(variable: Any) -> Callable[[Any], Any]:
     import keras
     import numpy as np
 
-    # TensorFlow copies a NumPy array into its variable once; JAX and PyTorch
-    # would keep the array itself as the value, so convert for them.
+    # TensorFlow copies a NumPy array into its variable (arrays of _ADOPT_MIN
+    # and up come as a DeferredArray and are adopted instead); JAX and
+    # PyTorch would keep the array itself as the value, so convert for them.
     numpy_direct = keras.backend.backend() == "tensorflow"
 
     def assign(value: Any) -> Any:
@@ -962,7 +963,7 @@ class DeferredArray:
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
         self.used = True
-        array = self._kept if self._kept is not None else read_aligned(self._dataset)
+        array = self._values()
         if dtype is not None:
             array = array.astype(dtype, copy=False)
         return array.copy() if copy and array is self._kept else array
@@ -975,7 +976,10 @@ class DeferredArray:
     def read_for_adoption(self) -> _Adoptable:
         """The values in a new array that only the variable taking it will hold."""
         self.used = True
-        return _Adoptable(self._kept if self._kept is not None else read_aligned(self._dataset))
+        return _Adoptable(self._values())
+
+    def _values(self) -> Any:
+        return self._kept if self._kept is not None else read_aligned(self._dataset)
 
 
 class _Adoptable:
