@@ -71,12 +71,12 @@ class TestKerasModelDataset:
         these small models takes that path: the weights, the optimizer state
         (an ordinary assign of a deferred array) and the variables' own tensor
         type must be as after a plain Keras load, and the model trains on."""
-        from kedro_keras import _formats
+        from kedro_keras import _keras_build
 
-        monkeypatch.setattr(_formats, "_ADOPT_MIN", 1)
+        monkeypatch.setattr(_keras_build, "_ADOPT_MIN", 1)
         adopted = []
-        adopt = _formats._adopt
-        monkeypatch.setattr(_formats, "_adopt", lambda *args: adopted.append(adopt(*args)) or adopted[-1])
+        adopt = _keras_build._adopt
+        monkeypatch.setattr(_keras_build, "_adopt", lambda *args: adopted.append(adopt(*args)) or adopted[-1])
         model = fit(build(), data)
         path = tmp_path / "model.keras"
         KerasModelDataset(filepath=str(path)).save(model)
@@ -98,16 +98,16 @@ class TestKerasModelDataset:
         the file shows in the variable (only this test holds the array; the
         store gives it to no layer). A TensorFlow that copied would fail here,
         and the load's peak memory would grow by the largest array."""
-        from kedro_keras import _formats
+        from kedro_keras import _keras_build
 
         handed_over = []
-        adoptable_init = _formats._Adoptable.__init__
+        adoptable_init = _keras_build._Adoptable.__init__
 
         def record(self, array):
             handed_over.append(array)
             adoptable_init(self, array)
 
-        monkeypatch.setattr(_formats._Adoptable, "__init__", record)
+        monkeypatch.setattr(_keras_build._Adoptable, "__init__", record)
         inputs = keras.Input((512,))
         model = keras.Model(inputs, keras.layers.Dense(1024, name="wide")(inputs))  # a 2 MB kernel
         path = tmp_path / "model.keras"
@@ -126,9 +126,9 @@ class TestKerasModelDataset:
     def test_a_value_a_layer_keeps_instead_of_assigning_is_read_before_the_file_closes(self, tmp_path, monkeypatch):
         """Some layers keep what the store gives them (a Discretization's
         summary): a deferred array must still hold its values afterwards."""
-        from kedro_keras import _formats
+        from kedro_keras import _keras_build
 
-        monkeypatch.setattr(_formats, "_ADOPT_MIN", 1)
+        monkeypatch.setattr(_keras_build, "_ADOPT_MIN", 1)
 
         class KeepsTable(keras.layers.Layer):
             def call(self, x):
@@ -257,7 +257,7 @@ class TestKerasModelDataset:
         "import_path, message",
         [
             ("keras_test_models.NoSuchLayer", "has no attribute 'NoSuchLayer'"),
-            ("no_such_module.Scale", "no module of that name"),
+            ("no_such_module.Scale", "there is no module 'no_such_module'"),
             ("__import__('os').system('true')", "not an import path"),
             ("keras_test_models.Scale; rm -rf", "not an import path"),
         ],
@@ -501,19 +501,19 @@ class TestKerasModelDatasetVersioned:
             KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=version).save(trained_model)
 
     def test_a_version_written_by_another_run_meanwhile_is_not_overwritten(self, tmp_path, data, monkeypatch):
-        from kedro_keras import _formats
+        from kedro_keras import _archive
 
         version = Version(None, "2026-01-01T00.00.00.000Z")
         theirs = fit(keras_test_models.build_functional(hidden=2), data)
         ours = fit(keras_test_models.build_functional(hidden=5), data)
-        write = _formats.write_keras_archive
+        write = _archive.write_keras_archive
 
         def write_while_another_run_saves(model, file, **kwargs):
-            monkeypatch.setattr(_formats, "write_keras_archive", write)
+            monkeypatch.setattr(_archive, "write_keras_archive", write)
             KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=version).save(theirs)
             write(model, file, **kwargs)
 
-        monkeypatch.setattr(_formats, "write_keras_archive", write_while_another_run_saves)
+        monkeypatch.setattr(_archive, "write_keras_archive", write_while_another_run_saves)
         with pytest.raises(DatasetError, match="was created by another run while this one was saving"):
             KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=version).save(ours)
         pinned = KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=Version(version.save, None))

@@ -105,7 +105,7 @@ class TestKerasTimestampedModelDataset:
         """Two saves that pick the same microsecond: the later one moves on."""
         from datetime import datetime, timezone
 
-        from kedro_keras import _formats, keras_timestamped_model_dataset
+        from kedro_keras import _archive, keras_timestamped_model_dataset
 
         class FrozenClock(datetime):
             @classmethod
@@ -114,7 +114,7 @@ class TestKerasTimestampedModelDataset:
 
         monkeypatch.setattr(keras_timestamped_model_dataset, "datetime", FrozenClock)
         first, second = models_of_width(data, 2, 3)
-        write = _formats.write_keras_archive
+        write = _archive.write_keras_archive
         raced = []
 
         def write_while_another_process_saves(model, file, **kwargs):
@@ -123,7 +123,7 @@ class TestKerasTimestampedModelDataset:
                 KerasTimestampedModelDataset(filepath=str(tmp_path / "h")).save(second)
             write(model, file, **kwargs)
 
-        monkeypatch.setattr(_formats, "write_keras_archive", write_while_another_process_saves)
+        monkeypatch.setattr(_archive, "write_keras_archive", write_while_another_process_saves)
         history = KerasTimestampedModelDataset(filepath=str(tmp_path / "h"))
         history.save(first)
 

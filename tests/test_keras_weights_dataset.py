@@ -99,14 +99,14 @@ class TestKerasWeightsDataset:
         dataset = KerasWeightsDataset(
             filepath=path, architecture="keras_test_models.build_functional", architecture_args={"hidden": 3}
         )
-        with pytest.raises(DatasetError, match=r"clf\.weights\.h5. do not fit .*shapes differ: the model has \(3,\), \(3, 1\), \(4, 3\) where the file has \(4, 8\), \(8,\), \(8, 1\)"):
+        with pytest.raises(DatasetError, match=r"clf\.weights\.h5. do not fit .*'layers/dense/0' has shape \(4, 3\) in the model but \(4, 8\) in the file; 'layers/dense/1' has shape \(3,\) in the model but \(8,\)"):
             dataset.load()
 
     def test_builder_with_other_layer_count_is_refused(self, tmp_path, trained_model):
         path = str(tmp_path / "clf.weights.h5")
         KerasWeightsDataset(filepath=path).save(trained_model)
         dataset = KerasWeightsDataset(filepath=path, architecture="keras_test_models.build_sequential")
-        with pytest.raises(DatasetError, match=r"the model has 8 weight arrays but the file holds 4"):
+        with pytest.raises(DatasetError, match=r"the file holds nothing for 'layers/batch_normalization' \(4 array\(s\) in the model\)"):
             dataset.load()
 
     def test_unbuilt_sublayers_are_refused_not_silently_skipped(self, tmp_path, data):
@@ -116,7 +116,7 @@ class TestKerasWeightsDataset:
         dataset = KerasWeightsDataset(
             filepath=path, architecture="keras_test_models.build_subclassed_unbuilt", architecture_args={"hidden": 5}
         )
-        with pytest.raises(DatasetError, match=r"has 0 weight arrays but the file holds 4\. Is every sublayer built"):
+        with pytest.raises(DatasetError, match=r"'dense' has no variables in the model but 2 array\(s\) in the file.*A layer without variables was never built"):
             dataset.load()
 
     @pytest.mark.parametrize(
@@ -426,7 +426,7 @@ class TestKerasWeightsDatasetSharded:
         index = tmp_path / "clf.weights.json"
         sharded(index).save(wide_model)
         dataset = KerasWeightsDataset(filepath=str(index), architecture="keras_test_models.build_functional")
-        with pytest.raises(DatasetError, match=r"clf\.weights\.json. do not fit .*shapes differ: the model has \(4, 8\)"):
+        with pytest.raises(DatasetError, match=r"clf\.weights\.json. do not fit .*has shape \(4, 8\) in the model but \(4, 64\) in the file"):
             dataset.load()
 
     def test_max_shard_size_needs_a_weights_json_file(self, tmp_path):

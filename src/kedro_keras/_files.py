@@ -2,7 +2,7 @@
 
 The datasets never care which filesystem a path lives on. Everything they need
 from one (opening for reading, publishing a finished file in one step,
-listing, removing) is here, so that the model formats in ``_formats`` only ever
+listing, removing) is here, so that the model formats (``_archive``, ``_legacy_h5``, ``_weights``, ``_sharded``) only ever
 see open file objects.
 """
 
@@ -12,6 +12,9 @@ import gc
 import io
 import mmap
 import os
+import shutil
+import tempfile
+import threading
 import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -83,6 +86,10 @@ class Location:
             return {PurePosixPath(entry).name for entry in self.fs.ls(directory, detail=False)}
         except FileNotFoundError:
             return set()
+
+    def head(self, path: str | PurePosixPath, size: int) -> bytes:
+        """The first ``size`` bytes of a file (one small ranged read remotely)."""
+        return self.fs.cat_file(str(path), start=0, end=size)
 
     def remove(self, path: str | PurePosixPath) -> None:
         self.fs.rm_file(str(path))
@@ -424,6 +431,11 @@ class RemoteReader(_SizedFile):
                 pass
 
 
+_gc_pause_lock = threading.Lock()
+_gc_pause_users = 0
+_gc_was_enabled = False
+
+
 @contextmanager
 def _garbage_collection_paused() -> Iterator[None]:
     """No garbage collection while this thread waits on the network.
@@ -433,14 +445,24 @@ def _garbage_collection_paused() -> Iterator[None]:
     collection meanwhile and frees an h5py object, that object's destructor
     waits for h5py's lock while holding the GIL: the event loop never runs
     again, and the read never finishes. Seen as a load frozen in the tests.
+
+    The switch is process-wide, so pauses are counted: with two remote loads
+    in threads (Kedro's ThreadRunner), the first to finish must not turn
+    collection back on under the other; the last one restores what it found.
     """
-    enabled = gc.isenabled()
-    gc.disable()
+    global _gc_pause_users, _gc_was_enabled
+    with _gc_pause_lock:
+        if _gc_pause_users == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pause_users += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _gc_pause_lock:
+            _gc_pause_users -= 1
+            if _gc_pause_users == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def _stream_opener(file: Any) -> Callable[[int], Any] | None:
@@ -645,3 +667,14 @@ def _single_put(fs: Any) -> Callable[[str, GatherBuffer, bool], None] | None:
         fs.invalidate_cache(path)
 
     return put
+
+
+@contextmanager
+def local_copy(suffix: str) -> Iterator[str]:
+    """A path in a fresh temporary folder, removed afterwards: where the
+    public-API fallbacks let Keras read or write a local file."""
+    folder = tempfile.mkdtemp(prefix="kedro-keras-")
+    try:
+        yield os.path.join(folder, f"model{suffix}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

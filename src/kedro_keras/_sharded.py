@@ -1,5 +1,5 @@
 """Keras's sharded weights on open file objects: a ``.weights.json`` index and
-``.weights.h5`` shards. The format half of the I/O layer, as ``_formats`` is
+``.weights.h5`` shards. The format half of the I/O layer, as ``_weights`` is
 for single files, whose HDF5 machinery (CRC-checked windows, the stores that
 read and write arrays) each shard goes through.
 
@@ -30,36 +30,29 @@ import os
 import shutil
 from typing import IO, TYPE_CHECKING, Any, Callable
 
-from kedro_keras._formats import (
+from kedro_keras import _keras_saving
+from kedro_keras._archive import kedro_keras_metadata
+from kedro_keras._files import local_copy
+from kedro_keras._h5 import (
+    CHUNK,
     OPTIMIZER_GROUP,
-    _CHUNK,
-    _MAX_JSON_MEMBER,
-    CorruptFileError,
-    _Window,
-    _h5_store,
-    _load_state_into,
-    _local_copy,
-    _one_copy_writes_store_class,
-    _private_saving_lib,
-    _quiet_unbuilt_optimizer,
-    _verify,
-    _without_optimizer_group,
-    _write_h5_image,
+    ShardReadError,
     h5_window,
-    kedro_keras_metadata,
-    save_state_into,
-    stored_weight_shapes,
-    to_numpy_once,
+    stored_variable_groups,
+    verify,
+    without_optimizer_group,
+    write_h5_image,
 )
+from kedro_keras._keras_build import build_optimizer
+from kedro_keras._keras_stores import shard_writer, sharded_read_store
+from kedro_keras._weights import Layout, quiet_absent_optimizer_state
 
 if TYPE_CHECKING:
     import keras
 
 SHARD_SUFFIX = ".weights.h5"
-_ROOT_ENTRY = "/vars"
-# Shards kept open while a load walks the model: a group that continues in
-# the next shard needs both; more would only hold more read buffers.
-_OPEN_SHARDS = 2
+# An index is JSON a few MB at most; beyond this it is not one.
+_MAX_INDEX_BYTES = 256 * 2**20
 
 
 class ShardedIndex:
@@ -101,9 +94,9 @@ def read_sharded_index(file: IO[bytes]) -> ShardedIndex:
         ValueError: it is not JSON, does not have Keras's shape, or names a
             shard that is not a plain file name beside the index.
     """
-    data = file.read(_MAX_JSON_MEMBER + 1)
-    if len(data) > _MAX_JSON_MEMBER:
-        raise ValueError(f"it holds over {_MAX_JSON_MEMBER} bytes, far more than an index of shards")
+    data = file.read(_MAX_INDEX_BYTES + 1)
+    if len(data) > _MAX_INDEX_BYTES:
+        raise ValueError(f"it holds over {_MAX_INDEX_BYTES} bytes, far more than an index of shards")
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -181,94 +174,16 @@ def write_sharded_weights(
     where Keras would refuse to save.
     """
     max_bytes = float(max_shard_size) * 1024**3  # Keras's GB
-    saving_lib = _private_saving_lib()
-    if saving_lib is None:
+    if not _keras_saving.available():
         return _write_sharded_weights_public(model, shard_name, open_shard, max_shard_size, include_optimizer)
-    store = _shard_writer_class(_one_copy_writes_store_class(saving_lib.H5IOStore))(max_bytes, shard_name, open_shard)
+    store = shard_writer(max_bytes, shard_name, open_shard)
     try:
-        save_state_into(saving_lib, model, store, None, include_optimizer)
+        _keras_saving.save_state(model, store, None, include_optimizer=include_optimizer)
     except BaseException:
         store.abandon()
         raise
     store.close()
     return {"metadata": {"total_size": store.total_size}, "weight_map": store.weight_map}
-
-
-_shard_writer_classes: dict[type, type] = {}
-
-
-def _shard_writer_class(store_class: type) -> type:
-    """A Keras ``H5IOStore`` that starts a new in-memory shard when one is full.
-
-    Keras's ``_save_state`` accepts only its own store types, hence a
-    subclass. Groups, their metadata and bfloat16 arrays are Keras's own
-    code; only where each array goes is ours, recorded in Keras's
-    ``weight_map`` format.
-    """
-    if store_class not in _shard_writer_classes:
-
-        class ShardWriter(store_class):  # type: ignore[misc, valid-type]
-            def __init__(
-                self, max_bytes: float, shard_name: Callable[[int], str], open_shard: Callable[[str], Any]
-            ) -> None:
-                self._max_bytes = max_bytes
-                self._shard_name = shard_name
-                self._open_shard = open_shard
-                self._index = 0
-                self._filled = 0  # array bytes in the current shard
-                self.total_size = 0.0
-                self.weight_map: dict[str, Any] = {}
-                self._buffer = io.BytesIO()
-                super().__init__(self._buffer, mode="w")
-
-            def __setitem__(self, key: str, value: Any) -> None:
-                value = to_numpy_once(value)
-                if self._filled and self._filled + value.nbytes > self._max_bytes:
-                    self._next_shard()
-                self._filled += value.nbytes
-                self.total_size += value.nbytes
-                super().__setitem__(key, value)
-                self._record(self._h5_entry_group.name, self._shard_name(self._index))
-
-            def _record(self, group: str, shard: str) -> None:
-                # As Keras's ShardedH5IOStore records it: a name, then a list
-                # once the group has a second array.
-                if group not in self.weight_map:
-                    self.weight_map[group] = shard
-                    return
-                if not isinstance(self.weight_map[group], list):
-                    self.weight_map[group] = [self.weight_map[group]]
-                if shard not in self.weight_map[group]:
-                    self.weight_map[group].append(shard)
-
-            def _next_shard(self) -> None:
-                import h5py
-
-                self._write_shard()
-                self._index += 1
-                self._filled = 0
-                self._buffer = io.BytesIO()
-                self.h5_file = h5py.File(self._buffer, mode="w")
-                self._h5_entry_initialized = False  # the group continues in the new shard
-
-            def _write_shard(self) -> None:
-                self.h5_file.close()
-                with self._open_shard(self._shard_name(self._index)) as file:
-                    _write_h5_image(file, self._buffer.getbuffer().toreadonly())
-                self._buffer = None  # the shard is written: free it before the next
-
-            def close(self) -> None:
-                self._write_shard()
-
-            def abandon(self) -> None:
-                try:
-                    self.h5_file.close()
-                except Exception:  # noqa: BLE001 - already failing; the shard is dropped
-                    pass
-                self._buffer = None
-
-        _shard_writer_classes[store_class] = ShardWriter
-    return _shard_writer_classes[store_class]
 
 
 def _write_sharded_weights_public(
@@ -281,7 +196,7 @@ def _write_sharded_weights_public(
     """Fallback: ``save_weights(max_shard_size=)`` to a temp folder, then each
     shard copied out under our name, with our trailer (and without the
     optimizer's group for ``include_optimizer=False``)."""
-    with _local_copy(".weights.json") as local_index:
+    with local_copy(".weights.json") as local_index:
         # Keras refuses a variable larger than a shard: raise the limit to the
         # largest variable (the fast path gives such a variable its own shard).
         largest = max((_variable_bytes(variable) for variable in model.weights), default=0)
@@ -301,10 +216,10 @@ def _write_sharded_weights_public(
             with open(os.path.join(os.path.dirname(local_index), name), "rb") as file:
                 data = file.read()
             if not include_optimizer:
-                data = _without_optimizer_group(data)
+                data = without_optimizer_group(data)
             renamed[name] = shard_name(position)
             with open_shard(renamed[name]) as file:
-                _write_h5_image(file, memoryview(data))
+                write_h5_image(file, memoryview(data))
             del data
     return {
         "metadata": index.get("metadata", {}),
@@ -340,38 +255,29 @@ def write_empty_shard(file: IO[bytes]) -> None:
     buffer = io.BytesIO()
     with h5py.File(buffer, mode="w"):
         pass
-    _write_h5_image(file, buffer.getbuffer().toreadonly())
+    write_h5_image(file, buffer.getbuffer().toreadonly())
 
 
-class ShardReadError(Exception):
-    """Reading one shard failed: ``shard`` names it, ``error`` says why."""
-
-    def __init__(self, shard: str, error: BaseException) -> None:
-        super().__init__(f"shard '{shard}': {error}")
-        self.shard = shard
-        self.error = error
-
-
-def stored_sharded_weight_shapes(
-    index: ShardedIndex, open_shard: Callable[[str], Any]
-) -> list[tuple[str, tuple[int, ...]]]:
-    """(path, shape) of every model array in the shards, as ``stored_weight_shapes``.
+def stored_sharded_variable_groups(index: ShardedIndex, open_shard: Callable[[str], Any]) -> Layout:
+    """The model's arrays in the shards, by variable path, as ``stored_variable_groups``.
 
     Only the shards holding model arrays are opened, and only their HDF5
-    headers are read.
+    headers are read. A group continuing into the next shard is merged.
     """
-    found: list[tuple[str, tuple[int, ...]]] = []
+    found: Layout = {}
     for name in index.model_shards:
         try:
             with open_shard(name) as file:
                 window = h5_window(file)
                 try:
-                    found += stored_weight_shapes(window)
+                    groups = stored_variable_groups(window)
                 except Exception as exc:
-                    _verify(window, cause=exc)
+                    verify(window, cause=exc)
                     raise
         except Exception as exc:
             raise ShardReadError(name, exc) from exc
+        for path, arrays in groups.items():
+            found.setdefault(path, {}).update(arrays)
     return found
 
 
@@ -393,185 +299,18 @@ def read_sharded_weights_into(
     """
     visited = set() if visited is None else visited
     verified = set() if verified is None else verified
-    saving_lib = _private_saving_lib()
-    if saving_lib is None:
+    build_optimizer(model)
+    if not _keras_saving.available():
         _read_sharded_weights_public(model, index, open_shard, verified)
         return
-    store = _sharded_read_store_class(saving_lib.H5IOStore)(saving_lib, index.weight_map, open_shard, verified)
+    store = sharded_read_store(index.weight_map, open_shard, verified)
     try:
-        with _quiet_unbuilt_optimizer():
-            _load_state_into(saving_lib, model, store, None, visited)
+        with quiet_absent_optimizer_state():
+            _keras_saving.load_state(model, store, None, visited)
     except Exception as exc:
         store.close_after(exc)
         raise
     store.close()
-
-
-class _OpenShard:
-    """One shard open for reading: its file, CRC window and Keras store."""
-
-    def __init__(self, stack: Any, window: _Window, store: Any) -> None:
-        self.stack, self.window, self.store = stack, window, store
-        self.entry: str | None = None  # the group the store is positioned at
-        self.read_values = False
-
-
-_sharded_read_store_classes: dict[type, type] = {}
-
-
-def _sharded_read_store_class(store_class: type) -> type:
-    """Keras's weights-store interface over the shards an index names.
-
-    Each shard gets the store a single ``.weights.h5`` file gets
-    (``_h5_store``: aligned reads, large arrays adopted by their variables); this one
-    routes each group and array to the shard holding it, opening shards as
-    the walk over the model reaches them and keeping at most two open.
-    """
-    if store_class not in _sharded_read_store_classes:
-
-        class ShardedReadStore(store_class):  # type: ignore[misc, valid-type]
-            def __init__(
-                self,
-                saving_lib: Any,
-                weight_map: dict[str, list[str]],
-                open_shard: Callable[[str], Any],
-                verified: set[str],
-            ) -> None:
-                from collections import OrderedDict
-
-                # H5IOStore.__init__ would open one file: shards open on demand.
-                self.mode = "r"
-                self._saving_lib = saving_lib
-                self._weight_map = weight_map
-                self._open_shard = open_shard
-                self._verified = verified
-                self._open: OrderedDict[str, _OpenShard] = OrderedDict()
-                self._opened: set[str] = set()  # in this pass, for blaming a shard after a failure
-                self._failed_open: ShardReadError | None = None
-                self._entry = ""
-                self._entry_shards: list[str] = []
-                self._entry_keys: dict[str, str] | None = None
-
-            def __bool__(self) -> bool:
-                return True
-
-            def get(self, path: str) -> Any:
-                self._entry = path
-                self._entry_shards = self._weight_map.get(f"/{path}/vars" if path else _ROOT_ENTRY, [])
-                self._entry_keys = None
-                return self
-
-            def has_path(self, path: str) -> bool:
-                # As Keras's ShardedH5IOStore answers it: from the index.
-                return any(entry == f"/{path}" or entry.startswith(f"/{path}/") for entry in self._weight_map)
-
-            def keys(self) -> list[str]:
-                return list(self._keys())
-
-            def __len__(self) -> int:
-                return len(self._keys())
-
-            def __contains__(self, key: object) -> bool:
-                return key in self._keys()
-
-            def __getitem__(self, key: str) -> Any:
-                name = self._keys().get(key)
-                if name is None:
-                    raise KeyError(f"Key '{key}' not found in any of the shards: {self._entry_shards}")
-                shard = self._shard(name)
-                shard.read_values = True
-                return shard.store[key]
-
-            def _keys(self) -> dict[str, str]:
-                if self._entry_keys is None:
-                    found: dict[str, str] = {}
-                    for name in self._entry_shards:
-                        for key in self._shard(name).store.keys():
-                            found.setdefault(key, name)
-                    self._entry_keys = found
-                return self._entry_keys
-
-            def _shard(self, name: str) -> _OpenShard:
-                """The open shard ``name``, positioned at the current group."""
-                shard = self._open.get(name)
-                if shard is None:
-                    while len(self._open) >= _OPEN_SHARDS:
-                        self._close_shard(next(iter(self._open)))
-                    shard = self._open[name] = self._open_new(name)
-                self._open.move_to_end(name)
-                if shard.entry != self._entry:
-                    shard.store.get(self._entry)
-                    shard.entry = self._entry
-                return shard
-
-            def _open_new(self, name: str) -> _OpenShard:
-                from contextlib import ExitStack
-
-                self._opened.add(name)
-                stack = ExitStack()
-                try:
-                    window = h5_window(stack.enter_context(self._open_shard(name)))
-                    store = _h5_store(self._saving_lib, window)
-                except Exception as exc:
-                    stack.close()
-                    # Keras records a layer's failure and carries on; the
-                    # shard's own error is what to report.
-                    self._failed_open = self._failed_open or ShardReadError(name, exc)
-                    raise self._failed_open from exc
-                return _OpenShard(stack, window, store)
-
-            def _close_shard(self, name: str) -> None:
-                shard = self._open.pop(name)
-                try:
-                    shard.store.close()  # reads what a layer kept but has not used
-                    if shard.read_values and name not in self._verified:
-                        try:
-                            shard.window.verify()
-                        except CorruptFileError as exc:
-                            raise ShardReadError(name, exc) from exc
-                        self._verified.add(name)
-                finally:
-                    shard.stack.close()
-
-            def close(self) -> None:
-                try:
-                    while self._open:
-                        self._close_shard(next(iter(self._open)))
-                finally:
-                    self._abandon_open()
-
-            def close_after(self, cause: BaseException) -> None:
-                """Close everything after a failed load; raise the shard to blame, if any.
-
-                A damaged shard most often shows as an HDF5 error or as a layer
-                finding the wrong number of arrays: each shard this pass opened
-                and has not yet checked is checked in full, so damage is
-                reported as such.
-                """
-                self._abandon_open()
-                for name in sorted(self._opened - self._verified):
-                    try:
-                        with self._open_shard(name) as file:
-                            h5_window(file).verify()
-                    except CorruptFileError as exc:
-                        raise ShardReadError(name, exc) from cause
-                    except Exception:  # noqa: BLE001 - missing or unreadable: reported below
-                        continue
-                if self._failed_open is not None:
-                    raise self._failed_open from cause
-
-            def _abandon_open(self) -> None:
-                while self._open:
-                    shard = self._open.popitem(last=False)[1]
-                    try:
-                        shard.store.close()
-                    except Exception:  # noqa: BLE001 - closing after a failure
-                        pass
-                    finally:
-                        shard.stack.close()
-
-        _sharded_read_store_classes[store_class] = ShardedReadStore
-    return _sharded_read_store_classes[store_class]
 
 
 def _read_sharded_weights_public(
@@ -579,14 +318,14 @@ def _read_sharded_weights_public(
 ) -> None:
     """Fallback: the index and its shards copied to a temp folder (each shard
     checked against its trailer on the way), then ``model.load_weights``."""
-    with _local_copy(".weights.json") as local_index:
+    with local_copy(".weights.json") as local_index:
         folder = os.path.dirname(local_index)
         for name in index.shards:
             try:
                 with open_shard(name) as file, open(os.path.join(folder, name), "wb") as local_file:
                     window = h5_window(file)
-                    shutil.copyfileobj(window, local_file, _CHUNK)
-                    _verify(window)
+                    shutil.copyfileobj(window, local_file, CHUNK)
+                    verify(window)
             except Exception as exc:
                 raise ShardReadError(name, exc) from exc
             verified.add(name)
@@ -597,5 +336,5 @@ def _read_sharded_weights_public(
                 write_empty_shard(file)
         with open(local_index, "w") as file:
             json.dump({**index.document, "weight_map": index.weight_map}, file)
-        with _quiet_unbuilt_optimizer():
+        with quiet_absent_optimizer_state():
             model.load_weights(local_index)

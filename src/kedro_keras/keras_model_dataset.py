@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _formats
+from kedro_keras import _archive, _imports, _legacy_h5
 from kedro_keras._files import Location
+from kedro_keras._h5 import HDF5_SIGNATURE, CorruptFileError
 
 if TYPE_CHECKING:
     import keras
@@ -95,8 +96,11 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
                 ``s3://``, ``gs://``, ``abfs://``, ``memory://``, ``file://``.
             load_args: ``custom_objects`` (names to classes, or to import-path
                 strings such as ``my_project.layers.Scale``, or a list of import
-                paths), ``compile`` (default True) and ``safe_mode`` (default
-                True: Lambda layers, whose code runs on load, are refused).
+                paths), ``compile`` (default True), ``safe_mode`` (default
+                True: Lambda layers, whose code runs on load, are refused) and
+                ``device`` (e.g. ``"cpu:0"``: where the variables are placed,
+                through ``keras.device``; kedro-datasets' ``tf_device`` is read
+                as this).
             save_args: ``include_optimizer`` (default True). False writes a
                 slim inference file without optimizer state.
             version: Set by Kedro for ``versioned: true`` entries.
@@ -118,7 +122,8 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         self.metadata = metadata
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
-        _check_args("load_args", self._load_args, {"custom_objects", "compile", "safe_mode"})
+        _take_migration_args(self._load_args, self._save_args, filepath)
+        _check_args("load_args", self._load_args, {"custom_objects", "compile", "safe_mode", "device"})
         _check_args("save_args", self._save_args, {"include_optimizer"})
 
         super().__init__(
@@ -175,24 +180,27 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         path = self._get_load_path()
         url = self._location.url(path)
         args = deepcopy(self._load_args)
+        device = args.pop("device", None)
         try:
-            args["custom_objects"] = _formats.resolve_custom_objects(args.get("custom_objects"))
+            args["custom_objects"] = _imports.resolve_custom_objects(args.get("custom_objects"))
         except (ValueError, ImportError) as exc:
             raise DatasetError(f"Cannot load the Keras model at '{url}': load_args.custom_objects: {exc}") from exc
-        read = _formats.read_legacy_h5 if self._legacy else _formats.read_keras_archive
+        legacy = self._legacy
         try:
-            if self._legacy:
-                _formats.probe_h5_in_child(self._location, str(path))
-            with self._location.open_read(path) as file:
+            legacy = self._stored_as_legacy(path, url)
+            if legacy:
+                _legacy_h5.probe_h5_in_child(self._location, str(path))
+            read = _legacy_h5.read_legacy_h5 if legacy else _archive.read_keras_archive
+            with self._location.open_read(path) as file, _device_scope(device):
                 model = read(file, **args)
-                saved_with = _formats.read_saved_with(file)
+                saved_with = _archive.read_saved_with(file)
         except Exception as exc:
             missing = _file_not_found_in(exc)
             if missing is not None:
                 # Also when the file vanished between opening and reading (a
                 # concurrent keep_last prune): zipfile reports that as BadZipFile.
                 raise DatasetError(f"No Keras model at '{url}': the file does not exist.") from missing
-            raise DatasetError(_load_failure(url, exc, legacy=self._legacy)) from exc
+            raise DatasetError(_load_failure(url, exc, legacy=legacy)) from exc
         origin = ""
         if saved_with:  # e.g. " (saved with Keras 3.15.1 on the jax backend)"
             origin = f" (saved with Keras {saved_with.get('keras_version', 'of an unrecorded version')}"
@@ -200,10 +208,34 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         logger.info("Loaded Keras model '%s' from %s%s", model.name, url, origin)
         return model
 
+    def _stored_as_legacy(self, path: PurePosixPath, url: str) -> bool:
+        """Whether the file holds legacy HDF5, by its first bytes, not its name.
+
+        Under Keras 3, kedro-datasets' ``TensorFlowModelDataset`` writes a
+        ``.keras`` archive under a ``.h5`` name; either kind is read whatever
+        the name says. A file that is neither is left to the reader its name
+        implies, whose error says what is wrong with it.
+        """
+        head = self._location.head(path, len(HDF5_SIGNATURE))
+        if head.startswith(_archive.ZIP_SIGNATURE):
+            legacy = False
+        elif head.startswith(HDF5_SIGNATURE):
+            legacy = True
+        else:
+            return self._legacy
+        if legacy != self._legacy:
+            logger.info(
+                "'%s' holds a %s although its name ends in '%s'; reading it as what it holds",
+                url,
+                "legacy HDF5 model" if legacy else ".keras archive",
+                PurePosixPath(str(path)).suffix,
+            )
+        return legacy
+
     def save(self, data: keras.Model) -> None:
         _check_is_model(data, self._location.url(self._filepath))
         path = self._get_save_path()
-        write = _formats.write_legacy_h5 if self._legacy else _formats.write_keras_archive
+        write = _legacy_h5.write_legacy_h5 if self._legacy else _archive.write_keras_archive
         for _ in range(_SAVE_ATTEMPTS):
             url = self._location.url(path)
             try:
@@ -256,6 +288,46 @@ def _check_args(kind: str, args: dict[str, Any], known: set[str]) -> None:
         )
 
 
+# Arguments kedro-datasets' TensorFlowModelDataset takes, for entries moved
+# over from it: what each becomes here.
+_IGNORED_SAVE_ARGS = {
+    "overwrite": "a save always replaces the file, in one step (and a versioned save writes a new version)",
+}
+
+
+def _take_migration_args(load_args: dict[str, Any], save_args: dict[str, Any], filepath: str) -> None:
+    """Accept the harmless arguments of ``tensorflow.TensorFlowModelDataset``
+    with a warning, and map ``tf_device`` to the backend-neutral ``device``."""
+    if "tf_device" in load_args:
+        device = load_args.pop("tf_device")
+        load_args.setdefault("device", device.replace("/", "").lower() if isinstance(device, str) else device)
+        warnings.warn(
+            f"'{filepath}': load_args.tf_device is TensorFlowModelDataset's name; it is read as "
+            f"load_args.device: {load_args['device']!r} (keras.device, every backend). Rename it.",
+            stacklevel=4,
+        )
+    for key, reason in _IGNORED_SAVE_ARGS.items():
+        if key in save_args:
+            save_args.pop(key)
+            warnings.warn(f"'{filepath}': save_args.{key} is not needed and is ignored: {reason}.", stacklevel=4)
+    if "save_format" in save_args:
+        raise DatasetError(
+            f"'{filepath}': save_args.save_format is not an option here: the format follows the file "
+            f"name ('{KERAS_SUFFIX}', or '{LEGACY_SUFFIXES[0]}' for legacy HDF5). Keras 3 no longer "
+            "saves TensorFlow SavedModel folders with model.save; remove save_format."
+        )
+
+
+def _device_scope(device: str | None) -> Any:
+    from contextlib import nullcontext
+
+    if device is None:
+        return nullcontext()
+    import keras
+
+    return keras.device(device)
+
+
 def _check_is_model(data: Any, url: str) -> None:
     import keras
 
@@ -276,7 +348,7 @@ def _file_not_found_in(exc: BaseException | None) -> FileNotFoundError | None:
 def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
     import zipfile
 
-    if isinstance(exc, _formats.CorruptFileError):
+    if isinstance(exc, CorruptFileError):
         return f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the model again."
     if isinstance(exc, zipfile.BadZipFile):
         return (

@@ -14,8 +14,9 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _formats, _sharded
+from kedro_keras import _imports, _keras_build, _sharded, _weights
 from kedro_keras._files import Location
+from kedro_keras._h5 import CorruptFileError, ShardReadError, stored_variable_groups
 from kedro_keras.keras_model_dataset import _check_args, _check_is_model
 
 if TYPE_CHECKING:
@@ -229,15 +230,15 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             try:
                 with self._location.open_read(weights_path) as file:
                     if not visited:  # the first pass; a second loads only the optimizer
-                        mismatch = _formats.describe_weight_mismatch(model, _formats.stored_weight_shapes(file))
+                        mismatch = _weights.describe_weight_mismatch(model, stored_variable_groups(file))
                         if mismatch:
                             raise DatasetError(
                                 f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}"
                             )
-                    _formats.read_weights_into(model, file, visited)
+                    _weights.read_weights_into(model, file, visited)
             except DatasetError:
                 raise
-            except _formats.CorruptFileError as exc:
+            except CorruptFileError as exc:
                 raise DatasetError(
                     f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the weights again."
                 ) from exc
@@ -252,7 +253,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         if self._architecture is not None:
             # A user's builder may call its model on data or set weights
             # itself: build it exactly as written.
-            model = _formats.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
+            model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
         else:
             model = self._rebuild_from_saved_architecture(weights_path, fill)
         logger.info("Loaded weights from %s into model '%s'", url, model.name)
@@ -264,7 +265,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         """Rebuild from ``embedded`` (the architecture a sharded index carries)
         or else from the ``.architecture.json`` beside the weights."""
         try:
-            custom_objects = _formats.resolve_custom_objects(self._load_args.get("custom_objects"))
+            custom_objects = _imports.resolve_custom_objects(self._load_args.get("custom_objects"))
         except (ValueError, ImportError) as exc:
             raise DatasetError(f"load_args.custom_objects: {exc}") from exc
         if embedded is not None:
@@ -272,7 +273,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         else:
             architecture, url = self._read_architecture_beside(weights_path)
         try:
-            return _formats.build_model_and_fill(
+            return _keras_build.build_model_and_fill(
                 architecture, fill, custom_objects=custom_objects, safe_mode=self._load_args["safe_mode"]
             )
         except DatasetError:
@@ -298,10 +299,10 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         name = builder if isinstance(builder, str) else getattr(builder, "__qualname__", repr(builder))
         try:
             if isinstance(builder, str):
-                builder = _formats.import_object(builder)
+                builder = _imports.import_object(builder)
             if not callable(builder):
                 raise ValueError(f"'{name}' is a {type(builder).__name__}, not a function or class")
-            return _formats.build_from_builder(builder, self._architecture_args)
+            return _keras_build.build_from_builder(builder, self._architecture_args)
         except Exception as exc:
             raise DatasetError(
                 f"The architecture builder '{name}' (args {self._architecture_args}) "
@@ -326,8 +327,8 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             with self._location.atomic_write(architecture_path) as architecture_file, self._location.atomic_write(
                 weights_path
             ) as weights_file:
-                architecture_file.write(_formats.architecture_json(data).encode())
-                _formats.write_weights(data, weights_file, **self._save_args)
+                architecture_file.write(_weights.architecture_json(data).encode())
+                _weights.write_weights(data, weights_file, **self._save_args)
         except Exception as exc:
             raise DatasetError(
                 f"Could not save the weights of model '{data.name}' to '{url}': {exc}. "
@@ -354,20 +355,20 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         def fill(model: keras.Model) -> None:
             try:
                 if not visited:  # the first pass; a second loads only the optimizer
-                    stored = _sharded.stored_sharded_weight_shapes(index, open_shard)
-                    mismatch = _formats.describe_weight_mismatch(model, stored)
+                    stored = _sharded.stored_sharded_variable_groups(index, open_shard)
+                    mismatch = _weights.describe_weight_mismatch(model, stored)
                     if mismatch:
                         raise DatasetError(f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}")
                 _sharded.read_sharded_weights_into(model, index, open_shard, visited, verified)
             except DatasetError:
                 raise
-            except _sharded.ShardReadError as exc:
+            except ShardReadError as exc:
                 raise self._shard_error(exc, directory, url) from exc
             except Exception as exc:
                 raise DatasetError(f"Cannot load the weights at '{url}' into model '{model.name}': {exc}") from exc
 
         if self._architecture is not None:
-            model = _formats.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
+            model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
         else:
             model = self._rebuild_from_saved_architecture(index_path, fill, index.architecture)
         logger.info("Loaded weights from %s (%d shards) into model '%s'", url, len(index.shards), model.name)
@@ -393,10 +394,10 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 "The files were moved or deleted: restore them or save the weights again."
             )
 
-    def _shard_error(self, exc: _sharded.ShardReadError, directory: PurePosixPath, url: str) -> DatasetError:
+    def _shard_error(self, exc: ShardReadError, directory: PurePosixPath, url: str) -> DatasetError:
         shard_url = self._location.url(directory / exc.shard)
         error = exc.error
-        if isinstance(error, _formats.CorruptFileError):
+        if isinstance(error, CorruptFileError):
             return DatasetError(
                 f"'{shard_url}' (a shard of '{url}') is corrupt: {error}. Restore it from a good "
                 "copy or save the weights again."
@@ -447,7 +448,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 max_shard_size=self._save_args["max_shard_size"],
                 include_optimizer=include_optimizer,
             )
-            architecture = _formats.architecture_json(data)
+            architecture = _weights.architecture_json(data)
             index_json = _sharded.sharded_index_json(index, architecture, include_optimizer=include_optimizer)
             replaced = self._shards_named_by(index_path)
             # Unless a shard of ours has that name, an empty file stands

@@ -1,0 +1,84 @@
+"""Import paths written in YAML: builders and ``custom_objects``.
+
+A catalog entry names classes and functions as strings. They are imported,
+never evaluated: only dotted Python names are accepted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any
+
+# Only dotted Python names, matched against the whole string (``re.fullmatch``:
+# a ``$`` would let a trailing newline through).
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
+
+
+def import_object(import_path: str) -> Any:
+    """Import ``package.module.Name`` (or ``package.module:Name``).
+
+    Raises:
+        ValueError: the string is not a dotted Python name, or nothing
+            importable is at that path.
+    """
+    if not isinstance(import_path, str) or not _IMPORT_PATH.fullmatch(import_path):
+        raise ValueError(
+            f"'{import_path}' is not an import path: expected dotted Python "
+            "names such as 'my_project.layers.Scale'"
+        )
+    if ":" in import_path:
+        module_name, attribute_path = import_path.split(":")
+        candidates = [(module_name, attribute_path.split("."))]
+    else:
+        parts = import_path.split(".")
+        # Longest importable module first: 'a.b.C.D' may be class D nested in C.
+        candidates = [
+            (".".join(parts[:i]), parts[i:]) for i in range(len(parts) - 1, 0, -1)
+        ]
+    missing_module = None  # the longest prefix that is not a module
+    for module_name, attributes in candidates:
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                missing_module = missing_module or exc.name
+                continue  # this prefix is not a module; try a shorter one
+            raise  # the module exists but one of its own imports failed
+        try:
+            for attribute in attributes:
+                obj = getattr(obj, attribute)
+        except AttributeError:
+            if missing_module and len(attributes) > 1:
+                # 'demo.modelz.build' with no module 'demo.modelz': the typo
+                # is in the module, not in an attribute of 'demo'.
+                raise ValueError(f"cannot import '{import_path}': there is no module '{missing_module}'") from None
+            raise ValueError(
+                f"cannot import '{import_path}': module '{module_name}' has no "
+                f"attribute '{'.'.join(attributes)}'"
+            ) from None
+        return obj
+    raise ValueError(f"cannot import '{import_path}': there is no module '{missing_module or import_path}'")
+
+
+def resolve_custom_objects(custom_objects: Any) -> dict[str, Any] | None:
+    """Turn a YAML-friendly ``custom_objects`` into what Keras expects.
+
+    Accepts a mapping whose values are objects or import-path strings, or a
+    list of import paths (each registered under its last name).
+    """
+    if custom_objects is None:
+        return None
+    if isinstance(custom_objects, (list, tuple)):
+        custom_objects = {
+            path.replace(":", ".").rsplit(".", 1)[-1]: path for path in custom_objects
+        }
+    if not isinstance(custom_objects, dict):
+        raise ValueError(
+            "custom_objects must be a mapping of names to classes or import "
+            f"paths, or a list of import paths; got {type(custom_objects).__name__}"
+        )
+    return {
+        name: import_object(value) if isinstance(value, str) else value
+        for name, value in custom_objects.items()
+    }

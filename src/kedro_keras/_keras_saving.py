@@ -1,0 +1,221 @@
+"""Keras's private saving functions: the one module that calls them.
+
+Keras's public ``save_model``/``load_model`` accept only local paths; its
+private ``saving_lib`` works on file objects, which lets a model go straight
+to any fsspec file with no temp-directory copy. Every private function is
+checked here, by name and by the parameters we pass (always by keyword), and
+``available()`` says whether the fast path may be used; otherwise the formats
+fall back to the public API through a local temporary file, so an unknown
+Keras version still works, only slower. ``KEDRO_KERAS_PUBLIC_API_ONLY=1``
+switches every Keras internal off (this module's, ``_keras_stores``' and
+``_keras_build``'s uninitialised build), and the tests run that way too.
+
+With ``_keras_stores`` (subclasses of Keras's ``H5IOStore``) and
+``_keras_build`` (variables created without a value), these are the only
+files to re-read when Keras changes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import tempfile
+import zipfile
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import keras
+
+_PUBLIC_API_ONLY_ENV = "KEDRO_KERAS_PUBLIC_API_ONLY"
+
+# What we call in keras.src.saving.saving_lib, and the parameters we pass.
+_SAVING_LIB = {
+    "_serialize_model_as_json": {"model"},
+    "_save_state": {"saveable", "weights_store", "assets_store", "inner_path", "visited_saveables"},
+    "_model_from_config": {"config_json", "custom_objects", "compile", "safe_mode"},
+    "_load_state": {
+        "saveable",
+        "weights_store",
+        "assets_store",
+        "inner_path",
+        "visited_saveables",
+        "failed_saveables",
+        "error_msgs",
+    },
+    "H5IOStore": {"path_or_io", "archive", "mode"},
+    "DiskIOStore": {"root_path", "archive", "mode"},
+}
+
+
+def public_api_only() -> bool:
+    """True when the user (or a test) switched every Keras internal off."""
+    return os.environ.get(_PUBLIC_API_ONLY_ENV, "").lower() in ("1", "true", "yes")
+
+
+def _has_parameters(target: Any, parameters: set[str]) -> bool:
+    try:
+        return parameters <= set(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return False
+
+
+def _saving_lib() -> Any | None:
+    if public_api_only():
+        return None
+    try:
+        from keras.src.saving import saving_lib
+    except ImportError:
+        return None
+    for name, parameters in _SAVING_LIB.items():
+        target = getattr(saving_lib, name, None)
+        if target is None or not _has_parameters(target, parameters):
+            return None
+    return saving_lib
+
+
+def available() -> bool:
+    """Whether the file-object fast path can be used with this Keras."""
+    return _saving_lib() is not None
+
+
+def _lib() -> Any:
+    saving_lib = _saving_lib()
+    if saving_lib is None:  # callers check available() first
+        raise RuntimeError("Keras's saving internals are not available")
+    return saving_lib
+
+
+def serialize_model(model: keras.Model) -> tuple[str, str]:
+    """The model's ``config.json`` and Keras's ``metadata.json``, as ``model.save`` writes them."""
+    return _lib()._serialize_model_as_json(model=model)
+
+
+def model_from_config(config_json: str, custom_objects: dict[str, Any] | None, safe_mode: bool) -> keras.Model:
+    """Keras's own rebuild from ``config.json`` (it also restores objects shared
+    between layers), never compiling: the caller compiles after the build."""
+    return _lib()._model_from_config(
+        config_json=config_json, custom_objects=custom_objects, compile=False, safe_mode=safe_mode
+    )
+
+
+def save_state(model: keras.Model, weights_store: Any, assets_store: Any, *, include_optimizer: bool) -> None:
+    """Keras's walk over the model's state, writing each array into ``weights_store``."""
+    _lib()._save_state(
+        saveable=model,
+        weights_store=weights_store,
+        assets_store=assets_store,
+        inner_path="",
+        visited_saveables=skipped_saveables(model, include_optimizer),
+    )
+
+
+def skipped_saveables(model: keras.Model, include_optimizer: bool) -> set[int]:
+    """The ``visited_saveables`` that make Keras leave the optimizer out."""
+    optimizer = getattr(model, "optimizer", None)
+    if include_optimizer or optimizer is None:
+        return set()
+    return {id(optimizer)}
+
+
+def load_state(model: keras.Model, weights_store: Any, assets_store: Any, visited: set[int]) -> None:
+    """Fill ``model`` from the stores; refuse a partial load as Keras does.
+
+    ``visited`` carries over between calls, so a second call after compiling
+    loads only what compiling added (the optimizer).
+    """
+    failed: set[int] = set()
+    errors: dict[int, Any] = {}
+    visited.discard(id(model))  # walk the model again; its loaded parts stay skipped
+    _lib()._load_state(
+        saveable=model,
+        weights_store=weights_store,
+        assets_store=assets_store,
+        inner_path="",
+        visited_saveables=visited,
+        failed_saveables=failed,
+        error_msgs=errors,
+    )
+    if failed:
+        saveable, error = next(iter(errors.values()))
+        raise ValueError(
+            f"{len(errors)} part(s) of the model could not be loaded; the first, "
+            f"{getattr(saveable, 'name', type(saveable).__name__)}, failed with: {error}"
+        )
+
+
+def h5_store_class() -> type:
+    """Keras's ``H5IOStore``, which ``_save_state``/``_load_state`` require."""
+    return _lib().H5IOStore
+
+
+def assets_writer(archive: zipfile.ZipFile) -> Any:
+    """Keras's asset store writing ``assets/`` members into ``archive``; close it to add them."""
+    return _lib().DiskIOStore(root_path="assets", archive=archive, mode="w")
+
+
+@contextmanager
+def assets_reader(archive: zipfile.ZipFile) -> Iterator[Any]:
+    """Keras's asset store over only the ``assets/`` members.
+
+    Keras's own loader extracts the whole archive, weights included, to a
+    temporary folder; assets are small (vocabularies), so we take just them.
+    """
+    assets = [info for info in archive.infolist() if info.filename.startswith("assets/") and not info.is_dir()]
+    if not assets:
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="kedro-keras-assets-")
+    try:
+        root = os.path.realpath(folder)
+        for info in assets:
+            target = os.path.realpath(os.path.join(root, info.filename))
+            if not target.startswith(root + os.sep):
+                raise ValueError(f"refusing archive member '{info.filename}': it points outside the archive")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with archive.open(info) as source, open(target, "wb") as destination:
+                shutil.copyfileobj(source, destination)
+        yield _lib().DiskIOStore(root_path=os.path.join(root, "assets"), mode="r")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def safe_mode_scope(safe_mode: bool) -> Any:
+    """Keras's scope that makes nested deserialisation honour ``safe_mode``
+    (compiling from a config deserialises losses and metrics)."""
+    try:
+        from keras.src.saving.serialization_lib import SafeModeScope
+    except ImportError:  # pragma: no cover - depends on the Keras version
+        return nullcontext()
+    return SafeModeScope(safe_mode)
+
+
+def safe_get_h5_dataset(group: Any, key: str) -> Any:
+    """Keras's checked dataset lookup (no external or virtual storage, no
+    shape declaring far more than the file stores), or None where this
+    Keras has none: the read is then left to Keras's own store code."""
+    saving_lib = _saving_lib()
+    safe_get = getattr(saving_lib, "safe_get_h5_dataset", None)
+    return None if safe_get is None else safe_get(group, key)
+
+
+def legacy_h5_format() -> Any | None:
+    """Keras's legacy HDF5 module, if it reads from an open h5py file and
+    honours ``safe_mode`` (Keras 3.11.3 on); None to use the public API."""
+    if public_api_only():
+        return None
+    try:
+        from keras.src.legacy.saving import legacy_h5_format as module
+    except ImportError:
+        return None
+    loads = getattr(module, "load_model_from_hdf5", None)
+    saves = getattr(module, "save_model_to_hdf5", None)
+    if not (
+        loads is not None
+        and saves is not None
+        and _has_parameters(loads, {"filepath", "custom_objects", "compile", "safe_mode"})
+        and _has_parameters(saves, {"model", "filepath", "include_optimizer"})
+    ):
+        return None
+    return module

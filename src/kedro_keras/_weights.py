@@ -1,0 +1,149 @@
+"""``.weights.h5`` files on open file objects, and the check that a model
+can take them.
+
+Keras's layout: one HDF5 group per object holding state
+(``layers/dense/vars``, ``optimizer/vars``), one array per key. The files we
+write end with our CRC-32 trailer, which Keras and h5py ignore.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import warnings
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, Any, Iterator
+
+from kedro_keras import _keras_saving
+from kedro_keras._files import local_copy
+from kedro_keras._h5 import CHUNK, h5_window, verify, without_optimizer_group, write_h5_image
+from kedro_keras._keras_build import build_optimizer
+from kedro_keras._keras_stores import h5_read_store, h5_write_store, variable_layout
+
+if TYPE_CHECKING:
+    import keras
+
+# Per-variable-group layout: {"layers/dense": {"0": (4, 8), "1": (8,)}}.
+Layout = dict[str, dict[str, tuple[int, ...]]]
+
+
+def weights_image(model: keras.Model, assets_store: Any, *, include_optimizer: bool) -> io.BytesIO:
+    """The model's state as an HDF5 file in memory.
+
+    HDF5 must seek while it writes, which a zip member or an object-store
+    upload cannot, so the weights are laid out in memory once (as Keras does)
+    and then streamed out without a second copy.
+    """
+    buffer = io.BytesIO()
+    store = h5_write_store(buffer)
+    try:
+        _keras_saving.save_state(model, store, assets_store, include_optimizer=include_optimizer)
+    finally:
+        store.close()
+    return buffer
+
+
+def write_weights(model: keras.Model, file: IO[bytes], *, include_optimizer: bool = True) -> None:
+    """Write the weights (and optimizer state) in Keras's ``.weights.h5`` layout."""
+    if _keras_saving.available():
+        image = weights_image(model, None, include_optimizer=include_optimizer)
+        write_h5_image(file, image.getbuffer().toreadonly())
+        return
+    with local_copy(".weights.h5") as local_path:
+        model.save_weights(local_path)
+        with open(local_path, "rb") as local_file:
+            data = local_file.read()
+    write_h5_image(file, memoryview(data if include_optimizer else without_optimizer_group(data)))
+
+
+def architecture_json(model: keras.Model) -> str:
+    return model.to_json()
+
+
+def describe_weight_mismatch(model: keras.Model, stored: Layout) -> str | None:
+    """Why ``model`` cannot take the stored weights, or None if it can.
+
+    The model's side is what saving it would write, by Keras's own walk, so
+    a layer that saves its own state (derived arrays, lookup tables) is
+    compared on what it saves, not on its variables. Only what would make
+    Keras load wrong or nothing is refused: a group the model writes that
+    the file lacks or holds otherwise. Groups the model does not write
+    (Keras 2's ``metrics/``) are ignored, as ``load_weights`` ignores them.
+    """
+    expected = variable_layout(model)
+    if expected is None:
+        return None
+    problems: list[str] = []
+    unbuilt: list[str] = []
+    for path, arrays in expected.items():
+        held = stored.get(path)
+        name = path or "the model itself"
+        if not arrays:
+            if held:
+                unbuilt.append(name)
+                problems.append(f"'{name}' has no variables in the model but {len(held)} array(s) in the file")
+        elif held is None:
+            problems.append(f"the file holds nothing for '{name}' ({len(arrays)} array(s) in the model)")
+        elif set(held) != set(arrays):
+            problems.append(f"'{name}' has {len(arrays)} array(s) in the model but {len(held)} in the file")
+        else:
+            problems += [
+                f"'{name}/{key}' has shape {arrays[key]} in the model but {held[key]} in the file"
+                for key in sorted(arrays)
+                if tuple(arrays[key]) != tuple(held[key])
+            ]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    message = "; ".join(problems[:3]) + more + "."
+    if unbuilt:
+        message += (
+            " A layer without variables was never built: call the model on a batch of data, "
+            "or build it with an input shape, inside the builder."
+        )
+    return message
+
+
+def read_weights_into(model: keras.Model, file: IO[bytes], visited: set[int] | None = None) -> None:
+    """Load the weights in an open ``.weights.h5`` file into a built model.
+
+    Pass the same ``visited`` set to a second call (after compiling) to load
+    only the optimizer state.
+    """
+    # The first pass checks the file's checksum; a second (the optimizer's
+    # state, after compiling) reads what the first already checked.
+    first_pass = not visited
+    build_optimizer(model)
+    window = h5_window(file)
+    if _keras_saving.available():
+        try:
+            store = h5_read_store(window)
+            try:
+                with quiet_absent_optimizer_state():
+                    _keras_saving.load_state(model, store, None, set() if visited is None else visited)
+            finally:
+                store.close()
+        except Exception as exc:
+            verify(window, cause=exc)
+            raise
+        if first_pass:
+            verify(window)
+        return
+    with local_copy(".weights.h5") as local_path:
+        with open(local_path, "wb") as local_file:
+            shutil.copyfileobj(window, local_file, CHUNK)  # checks the checksum on the way
+        verify(window)
+        with quiet_absent_optimizer_state():
+            model.load_weights(local_path)
+
+
+@contextmanager
+def quiet_absent_optimizer_state() -> Iterator[None]:
+    # A file saved with include_optimizer=False holds no optimizer state, and
+    # Keras warns that it skips it: expected. Any other skip (a real mismatch)
+    # still warns.
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Skipping variable loading for optimizer.*the saved optimizer has 0 variables"
+        )
+        yield

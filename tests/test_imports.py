@@ -1,0 +1,56 @@
+"""_imports: the import-path rules that make custom objects safe to write in YAML."""
+
+from __future__ import annotations
+
+import collections.abc
+
+import pytest
+
+import keras_test_models
+from kedro_keras import _imports
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("keras_test_models.Scale", keras_test_models.Scale),
+        ("keras_test_models:Scale", keras_test_models.Scale),
+        ("collections.abc.Mapping", collections.abc.Mapping),
+        ("keras_test_models.TwoLayerNet.from_config", keras_test_models.TwoLayerNet.from_config),
+    ],
+)
+def test_import_object(path, expected):
+    assert _imports.import_object(path) == expected
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["", "os.system('x')", "a..b", "1abc.d", "a.b;c", "a b", "a.b:c:d", "lambda: 0", "__import__('os')", "os.path\n"],
+)
+def test_only_dotted_names_are_imported(path):
+    with pytest.raises(ValueError, match="not an import path"):
+        _imports.import_object(path)
+
+
+def test_module_whose_own_import_fails_is_reported_as_such(tmp_path, monkeypatch):
+    (tmp_path / "broken_module.py").write_text("import no_such_dependency\nX = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency"):
+        _imports.import_object("broken_module.X")
+
+
+def test_resolve_custom_objects_forms():
+    assert _imports.resolve_custom_objects(None) is None
+    assert _imports.resolve_custom_objects(["keras_test_models.Scale"]) == {"Scale": keras_test_models.Scale}
+    assert _imports.resolve_custom_objects({"S": keras_test_models.Scale}) == {"S": keras_test_models.Scale}
+    with pytest.raises(ValueError, match="custom_objects must be a mapping"):
+        _imports.resolve_custom_objects("keras_test_models.Scale")
+
+
+def test_a_mistyped_module_is_named_as_the_missing_module():
+    with pytest.raises(ValueError, match=r"there is no module 'keras_test_modelz'"):
+        _imports.import_object("keras_test_modelz.Scale")
+    with pytest.raises(ValueError, match=r"there is no module 'keras_test_models\.layerz'"):
+        _imports.import_object("keras_test_models.layerz.Scale")
+    with pytest.raises(ValueError, match=r"module 'keras_test_models' has no attribute 'Scal'"):
+        _imports.import_object("keras_test_models.Scal")
