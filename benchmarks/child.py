@@ -266,12 +266,16 @@ def _count_s3_calls(fs):
 
 def _prepare(spec: dict, model) -> dict:
     """Write the input file of the load benchmarks with plain Keras (and upload it)."""
+    import tensorflow as tf
+
     local = spec["local_input"]
     model.save(local)
     info = {
         "params": model.count_params(),
         "checksum": model_checksum(model, spec["layers"]),
         "file_bytes": os.path.getsize(local),
+        # For the report's machine line: what the children compute on.
+        "gpus": len(tf.config.list_physical_devices("GPU")),
     }
     if spec.get("s3_input"):
         fs = _s3fs(spec["credentials"])

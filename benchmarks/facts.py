@@ -65,11 +65,12 @@ def machine_info() -> dict:
 
 
 def versions() -> dict:
-    tensorflow, _ = _version("tensorflow-cpu", "tensorflow")
+    tensorflow, tensorflow_dist = _version("tensorflow-cpu", "tensorflow")
     return {
         "kedro-keras": _version("kedro-keras")[0],
         "keras": _version("keras")[0],
         "tensorflow": tensorflow,
+        "tensorflow-distribution": tensorflow_dist,
         "kedro": _version("kedro")[0],
         "kedro-datasets": _version("kedro-datasets")[0],
         "fsspec": _version("fsspec")[0],

@@ -1,5 +1,6 @@
 """Results of a benchmark run: the summary (medians, ratios, targets) and its
-three outputs, results.json, the bar chart and the page (page.py)."""
+three outputs, results.json, the bar chart and the page rendered from
+performance.md.tmpl (see page.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _rows(runs, model: str, operation: str, contestant: str) -> tuple[list, list
 
 def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_facts) -> dict:
     """Everything results.json holds. ``run_facts``: what the harness learnt while
-    running (source fingerprint at the start, the S3 probe of the prepared input)."""
+    running (source fingerprint at the start, the prepared input, the --big part's time)."""
     weights_bytes = shape["weights_bytes"]
     summary = []
     medians: dict[tuple[str, str], dict] = {}
@@ -106,7 +107,7 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
             "date": started_at.strftime("%Y-%m-%d %H:%M UTC"),
             "command": command,
             "total_runtime_s": elapsed,
-            "machine": facts.machine_info(),
+            "machine": {**facts.machine_info(), "gpus": run_facts.get("gpus")},
             "versions": facts.versions(),
             "git_commit": facts.git("rev-parse", "--short", "HEAD"),
             "src_modified": bool(facts.git("status", "--porcelain", "--", "src")),
@@ -114,9 +115,11 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
             "src_changed_during_run": facts.src_fingerprint() != run_facts["src_fingerprint"],
             "public_api_only": facts.public_api_only(),
             "s3_probe": run_facts.get("s3_probe"),
+            "input_file_bytes": run_facts.get("input_file_bytes"),
             "quick": args.quick,
             "repeats": args.repeats,
             "big_repeats": args.big_repeats if args.big else 0,
+            "big_runtime_s": run_facts.get("big_runtime_s"),
         },
         "model": shape,
         "big_model": big_shape,

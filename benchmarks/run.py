@@ -13,7 +13,7 @@ peak memory is its own, and collects what each measured. Contestants are
 interleaved (round robin, starting contestant rotated each repeat) and the
 median over the repeats is reported (report.py).
 
-Writes a markdown report (docs/performance.md), a bar
+Writes a markdown report (docs/performance.md, from performance.md.tmpl), a bar
 chart (docs/img/benchmark.png) and machine-readable results
 (benchmarks/results.json); ``--quick`` writes them under benchmarks/.work/quick/
 instead so that it never overwrites the real numbers (``--out-dir`` chooses any
@@ -318,7 +318,11 @@ def main(argv=None) -> int:
             failures.append("prepare")
             raise SystemExit(1)
         common["checksum"] = prepared["checksum"]
-        run_facts["s3_probe"] = prepared.get("s3_probe")
+        run_facts.update(
+            s3_probe=prepared.get("s3_probe"),
+            input_file_bytes=prepared.get("file_bytes"),
+            gpus=prepared.get("gpus"),
+        )
 
         for repeat, operation, where, kind, contestant in jobs:
             if kind == "load":
@@ -344,7 +348,9 @@ def main(argv=None) -> int:
                 failures.append(f"{operation} / {contestant} / repeat {repeat + 1}")
 
         if args.big:
+            big_started = time.perf_counter()
             run_big(args, harness, run_dir, big_shape, runs, failures)
+            run_facts["big_runtime_s"] = time.perf_counter() - big_started
     except KeyboardInterrupt:
         failures.append("interrupted")
         if harness.current is not None:
