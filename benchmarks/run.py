@@ -191,6 +191,12 @@ def parse_args(argv=None):
         "local disk",
     )
     parser.add_argument(
+        "--big-size-mb",
+        type=float,
+        default=None,
+        help=f"size of the --big model in MB (default {BIG_PARAMS * 4 / MB:g}; smaller only to try the harness)",
+    )
+    parser.add_argument(
         "--big-repeats",
         type=int,
         default=DEFAULT_BIG_REPEATS,
@@ -270,7 +276,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     outputs = outputs_for(args)
     shape = model_shape(args.size_mb * MB / 4)
-    big_shape = model_shape(BIG_PARAMS) if args.big else None
+    big_params = BIG_PARAMS if args.big_size_mb is None else args.big_size_mb * MB / 4
+    big_shape = model_shape(big_params) if args.big else None
     run_dir = WORK_ROOT / f"run-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_dir.mkdir(parents=True)
     started = time.perf_counter()
