@@ -74,9 +74,9 @@ demo: $(STAMP)
 	cd examples/digits && $(CURDIR)/$(BIN)/kedro run
 	cd examples/digits && $(CURDIR)/$(BIN)/python show_results.py
 
-# Save/load benchmark against plain Keras and kedro-datasets, about 8 min
-# (BENCH_ARGS=--big adds the 4 GB model). Rewrites docs/performance.md,
-# docs/img/benchmark.png and benchmarks/results.json.
+# Save/load benchmark against plain Keras and kedro-datasets (BENCH_ARGS=--big
+# adds a ~4 GB model; docs/performance.md says how long its last run took).
+# Rewrites docs/performance.md, docs/img/benchmark.png and benchmarks/results.json.
 bench: export KEDRO_DISABLE_TELEMETRY = 1
 bench: $(STAMP) benchmarks/requirements.txt
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt

@@ -1,0 +1,323 @@
+"""The processes the harness (run.py) starts.
+
+    python benchmarks/child.py SPEC.json      # one measured save or load, or the input file
+    python benchmarks/child.py --moto-server  # the S3 server, until its stdin closes
+
+A measuring child imports everything any contestant needs, builds the model
+for a save (or prepares to load a file written once beforehand by plain
+Keras), measures its resident memory, and only then times the single save or
+load call while tracking peak resident memory. It writes what it measured to
+the spec's ``result_file``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from plan import BUCKET, SAMPLE_INTERVAL_S
+
+# ==========================================================================
+# The model
+# ==========================================================================
+
+
+def build_model(width: int, layers: int):
+    """A deterministic functional model: seeded initializers, no training.
+
+    Not compiled, so the file holds the architecture and the float32 weights
+    only (no optimizer state)."""
+    import keras
+
+    inputs = keras.Input((width,), name="x")
+    hidden = inputs
+    for i in range(layers):
+        hidden = keras.layers.Dense(
+            width,
+            name=f"dense_{i}",
+            kernel_initializer=keras.initializers.RandomUniform(-0.02, 0.02, seed=1 + i),
+            bias_initializer=keras.initializers.RandomUniform(-0.02, 0.02, seed=1001 + i),
+        )(hidden)
+    return keras.Model(inputs, hidden, name="bench_model")
+
+
+def model_checksum(model, layers: int) -> float:
+    import numpy as np
+
+    total = 0.0
+    for name in ("dense_0", f"dense_{layers - 1}"):
+        total += float(np.asarray(model.get_layer(name).kernel).sum(dtype=np.float64))
+    return total
+
+
+# ==========================================================================
+# Memory
+# ==========================================================================
+
+
+def _read_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_free_memory() -> None:
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:  # hand freed heap pages back, so the baseline is what is really in use
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak RSS during a block: the kernel's VmHWM (reset at the start) and a
+    psutil sampling thread (every SAMPLE_INTERVAL_S) as a cross-check / fallback."""
+
+    def __init__(self, interval: float = SAMPLE_INTERVAL_S) -> None:
+        import threading
+
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.sampled_peak = 0
+        self.samples = 0
+        self.hwm_peak: int | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            rss = self._process.memory_info().rss
+            self.sampled_peak = max(self.sampled_peak, rss)
+            self.samples += 1
+            self._stop.wait(self._interval)
+
+    def __enter__(self):
+        self._hwm_reset = _reset_peak_rss()
+        self.sampled_peak = self._process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sampled_peak = max(self.sampled_peak, self._process.memory_info().rss)
+        if self._hwm_reset:
+            hwm = _read_status_kb("VmHWM")
+            self.hwm_peak = hwm * 1024 if hwm is not None else None
+
+    @property
+    def peak(self) -> int:
+        return max(self.sampled_peak, self.hwm_peak or 0)
+
+
+# ==========================================================================
+# One measured operation
+# ==========================================================================
+
+
+def _s3fs(credentials):
+    import s3fs
+
+    return s3fs.S3FileSystem(**credentials)
+
+
+def child_main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    result: dict = {"ok": False}
+    try:
+        result.update(_child_run(spec))
+        result["ok"] = True
+    except BaseException as exc:  # noqa: BLE001  (report anything, even an interrupt; never hide)
+        import traceback
+
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()
+    Path(spec["result_file"]).write_text(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+def _child_run(spec: dict) -> dict:
+    import logging
+
+    logging.disable(logging.WARNING)
+
+    # Everything any contestant needs is imported before the baseline, by every
+    # contestant alike, so imports are never part of a measurement.
+    import keras
+    import numpy as np
+    import tensorflow  # noqa: F401  (Keras's backend; TensorFlowModelDataset's too)
+    from kedro_datasets.tensorflow import TensorFlowModelDataset
+
+    import kedro_keras
+
+    role, contestant, kind = spec["role"], spec.get("contestant"), spec.get("kind")
+    width, layers = spec["width"], spec["layers"]
+    target = spec["target"]  # local path or s3:// URL
+    credentials = spec.get("credentials")
+    is_s3 = target.startswith("s3://")
+
+    if role == "prepare":
+        return _prepare(spec, build_model(width, layers))
+
+    model = build_model(width, layers) if kind == "save" else None
+    if contestant == "ours":
+        dataset = kedro_keras.KerasModelDataset(filepath=target, credentials=credentials)
+    elif contestant == "kd":
+        dataset = TensorFlowModelDataset(filepath=target, credentials=credentials)
+    else:
+        dataset = None
+    s3_calls = None
+    if is_s3:
+        # Connect (botocore session, service model, event loop) before the
+        # baseline: that one-off cost is the same for any S3 client.
+        dataset._fs.ls("")
+        dataset._fs.invalidate_cache()
+        s3_calls = _count_s3_calls(dataset._fs)
+
+    if contestant == "keras":
+        operation = (
+            (lambda: model.save(target)) if kind == "save" else (lambda: keras.saving.load_model(target))
+        )
+    elif kind == "save":
+        operation = lambda: dataset.save(model)
+    else:
+        operation = dataset.load
+
+    _release_free_memory()
+    baseline = _read_status_kb("VmRSS") * 1024
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        loaded = operation()
+        elapsed = time.perf_counter() - start
+
+    out = {
+        "time_s": elapsed,
+        "baseline_bytes": baseline,
+        "peak_bytes": memory.peak,
+        "peak_extra_bytes": memory.peak - baseline,
+        "sampled_peak_extra_bytes": memory.sampled_peak - baseline,
+        "hwm_peak_extra_bytes": None if memory.hwm_peak is None else memory.hwm_peak - baseline,
+        "samples": memory.samples,
+    }
+    if s3_calls is not None:
+        out["s3_requests"] = dict(s3_calls)
+
+    # Check the result (not timed): a load gives the prepared model back, a
+    # save leaves a whole file, which is then removed.
+    if kind == "load":
+        if loaded.count_params() != spec["params"]:
+            raise AssertionError(f"loaded {loaded.count_params()} parameters, expected {spec['params']}")
+        checksum = model_checksum(loaded, layers)
+        if not np.isclose(checksum, spec["checksum"], rtol=1e-9, atol=1e-6):
+            raise AssertionError(f"loaded weights differ: checksum {checksum} != {spec['checksum']}")
+    else:
+        if is_s3:
+            fs = _s3fs(credentials)
+            fs.invalidate_cache()
+            size = fs.info(target)["size"]
+            fs.rm(target)
+        else:
+            size = os.path.getsize(target)
+            os.remove(target)
+        out["file_bytes"] = size
+        if size < spec["weights_bytes"]:
+            raise AssertionError(
+                f"saved file has {size} bytes, fewer than the weights' {spec['weights_bytes']}"
+            )
+    return out
+
+
+def _count_s3_calls(fs):
+    """Count the S3 API calls made through this s3fs filesystem's client."""
+    from collections import Counter
+
+    calls: Counter = Counter()
+
+    def count(model=None, **_):
+        if model is not None:
+            calls[model.name] += 1
+
+    fs.s3.meta.events.register("before-call.s3", count)
+    return calls
+
+
+def _prepare(spec: dict, model) -> dict:
+    """Write the input file of the load benchmarks with plain Keras (and upload it)."""
+    import tensorflow as tf
+
+    local = spec["local_input"]
+    model.save(local)
+    info = {
+        "params": model.count_params(),
+        "checksum": model_checksum(model, spec["layers"]),
+        "file_bytes": os.path.getsize(local),
+        # For the report's machine line: what the children compute on.
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+    }
+    if spec.get("s3_input"):
+        fs = _s3fs(spec["credentials"])
+        if not fs.exists(BUCKET):
+            fs.mkdir(BUCKET)
+        fs.put_file(local, spec["s3_input"])
+        fs.invalidate_cache()
+        if fs.info(spec["s3_input"])["size"] != info["file_bytes"]:
+            raise AssertionError("uploaded input file has the wrong size")
+        # How this S3 server prices requests on this object (see the report).
+        timings = {}
+        for name, kwargs in (("full_get_s", {}), ("range_get_1_byte_s", {"start": 0, "end": 1})):
+            best = float("inf")
+            for _ in range(2):
+                start = time.perf_counter()
+                fs.cat_file(spec["s3_input"], **kwargs)
+                best = min(best, time.perf_counter() - start)
+            timings[name] = best
+        info["s3_probe"] = timings
+    return info
+
+
+# ==========================================================================
+# The moto server (its own process, so it never shares a GIL with anyone)
+# ==========================================================================
+
+
+def moto_main() -> int:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    print(f"http://{host}:{port}", flush=True)
+    sys.stdin.read()  # runs until the harness closes our stdin
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] == "--moto-server":
+        sys.exit(moto_main())
+    if len(sys.argv) == 2:
+        sys.exit(child_main(sys.argv[1]))
+    sys.exit(f"usage: {sys.argv[0]} SPEC.json | --moto-server (started by benchmarks/run.py)")

@@ -1,0 +1,316 @@
+"""docs/performance.md from performance.md.tmpl and a run's results (the dict
+results.json holds). Every figure on the page comes from the results, from the
+machine at run time or from plan.py's constants; the template holds prose only.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+
+from plan import (
+    BIG_PARAMS,
+    CHILD_ENV,
+    DEFAULT_REPEATS,
+    DEFAULT_SIZE_MB,
+    MB,
+    QUICK_REPEATS,
+    QUICK_SIZE_MB,
+    REPO,
+    SAMPLE_INTERVAL_S,
+    SHORT_NAMES,
+    model_shape,
+)
+
+TEMPLATE = Path(__file__).resolve().parent / "performance.md.tmpl"
+
+
+def rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def _fmt_ratio(value) -> str:
+    return f"{value:.2f}x" if value is not None else "–"
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:,.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / MB:,.0f} MB"
+
+
+def markdown_table(summary) -> str:
+    lines = [
+        "| Operation | Contestant | Median time (s) | Time vs reference | Peak extra memory (MB) | Memory / weights |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in summary:
+        name = SHORT_NAMES[row["contestant"]]
+        if row["contestant"] == "ours":
+            name = f"**{name}**"
+        if row["status"] == "n/a":
+            lines.append(f"| {row['operation']} | {name} | n/a | n/a | n/a | n/a |")
+            continue
+        if "median_time_s" not in row:
+            lines.append(f"| {row['operation']} | {name} | error | – | – | – |")
+            continue
+        ratio = _fmt_ratio(row.get("time_ratio"))
+        if row["contestant"] == row["reference"]:
+            ratio += " (ref)"
+        time_cell = f"{row['median_time_s']:.2f}"
+        if row["status"] == "error":
+            time_cell += " (some repeats failed)"
+        lines.append(
+            f"| {row['operation']} | {name} | {time_cell} | {ratio} | "
+            f"{row['median_peak_extra_bytes'] / MB:,.0f} | {row['memory_ratio']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def big_table(rows, big_shape) -> str:
+    lines = [
+        (
+            f"| Operation ({_size(big_shape['weights_bytes'])} model) | Contestant | Median time (s) | "
+            "Peak extra memory (MB) | Memory / weights |"
+        ),
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        if "median_time_s" not in row:
+            lines.append(f"| {row['operation']} | **kedro-keras** | error | – | – |")
+            continue
+        lines.append(
+            f"| {row['operation']} | **kedro-keras** | {row['median_time_s']:.2f} | "
+            f"{row['median_peak_extra_bytes'] / MB:,.0f} | {row['memory_ratio']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def _row(report, operation: str, contestant: str) -> dict:
+    return next(
+        (r for r in report["summary"] if r["operation"] == operation and r["contestant"] == contestant), {}
+    )
+
+
+def _times(row: dict) -> str:
+    """A row's measured times: median and the fastest to slowest repeat."""
+    if "median_time_s" not in row:
+        return "not measured"
+    if row["repeats"] == 1:
+        return f"{row['median_time_s']:.2f} s (1 repeat)"
+    return (
+        f"{row['median_time_s']:.2f} s median, {row['min_time_s']:.2f}-{row['max_time_s']:.2f} s over "
+        f"{row['repeats']} repeats"
+    )
+
+
+def _notices(report) -> str:
+    meta = report["meta"]
+    text = ""
+    if meta["quick"]:
+        text += (
+            f"\n> **Quick mode** (`--quick`): {_size(report['model']['weights_bytes'])} of weights and "
+            f"{meta['repeats']} repeat(s) per row, to check that the harness works. "
+            "These numbers are not the project's benchmark.\n"
+        )
+    if report["failures"]:
+        text += "\n**Some operations failed in this run:** " + ", ".join(report["failures"])
+        text += ". See the harness output.\n"
+    if meta["src_changed_during_run"]:
+        text += (
+            "\n**`src/` changed while this benchmark ran**: the rows may mix two implementations of kedro-keras. "
+            "Rerun it.\n"
+        )
+    return text
+
+
+def _file_sizes(report) -> str:
+    meta = report["meta"]
+    saved = [r["file_bytes"] for r in report["runs"] if r.get("model") == "main" and r.get("file_bytes")]
+    if meta.get("input_file_bytes"):
+        text = f"the `.keras` file plain Keras wrote as the load input is {_size(meta['input_file_bytes'])}"
+    else:
+        text = "the size of the load input file was not recorded"
+    if saved:
+        low, high = _size(min(saved)), _size(max(saved))
+        text += f", and the saves wrote {low}" if low == high else f", and the saves wrote {low} to {high}"
+    return text + "."
+
+
+def _s3_section(report, weights_mb: float) -> str:
+    meta = report["meta"]
+    request_rows = [r for r in report["summary"] if r.get("s3_requests")]
+    if not (request_rows or meta["s3_probe"]):
+        return ""
+    text = "\n### S3 requests\n\n"
+    if meta["s3_probe"]:
+        probe = meta["s3_probe"]
+        size = _size(meta["input_file_bytes"]) if meta.get("input_file_bytes") else f"{weights_mb:,.0f} MB"
+        text += (
+            f"The moto server, on the {size} input object in this run: a whole-object GET took "
+            f"{probe['full_get_s']:.2f} s and a 1-byte ranged GET {probe['range_get_1_byte_s']:.2f} s. moto reads "
+            "the whole object for every GET and then slices the range, so each ranged GET of a large object "
+            "costs a large fixed amount here that real S3 does not charge (there a request costs a round trip "
+            "plus the bytes asked for). A loader that reads with many ranged GETs is penalised on this benchmark; "
+            "read the S3 load row together with the request counts below.\n\n"
+        )
+    if request_rows:
+        text += (
+            "S3 API calls per operation (median over the repeats), counted on the s3fs client of each "
+            "dataset's filesystem:\n\n| Operation | Contestant | Requests |\n| --- | --- | --- |\n"
+        )
+        for row in request_rows:
+            calls = ", ".join(f"{name} {count:g}" for name, count in row["s3_requests"].items())
+            text += f"| {row['operation']} | {SHORT_NAMES[row['contestant']]} | {calls} |\n"
+    return text
+
+
+def _big_section(report) -> str:
+    big_shape, rows = report["big_model"], report["big_summary"]
+    if not rows:
+        return ""
+    return f"""
+### A {_size(big_shape["weights_bytes"])} model (`--big`)
+
+{big_shape["layers"]} x `Dense({big_shape["width"]})`, {big_shape["params"]:,} float32 parameters
+({big_shape["weights_bytes"] / MB:,.0f} MB of weights), local disk, kedro-keras only; the load input was written
+by `model.save`. Median of {report["meta"]["big_repeats"]} run(s).
+
+{big_table(rows, big_shape)}
+"""
+
+
+def _spread(report) -> str:
+    spreads = [
+        (row["max_time_s"] - row["min_time_s"]) / row["median_time_s"]
+        for row in report["summary"]
+        if row.get("median_time_s") and row.get("repeats", 0) > 1
+    ]
+    if not spreads:
+        return "one repeat per row says nothing about the spread."
+    return (
+        f"in this run the slowest repeat of a row was up to {max(spreads):.0%} of its median slower than the fastest "
+        "(the min-max bars in the chart)."
+    )
+
+
+def _load_memory(report) -> str:
+    parts = [
+        f"{_fmt_ratio(row['memory_ratio'])} the weights {where}"
+        for where, row in (
+            ("on local disk", _row(report, "local load", "ours")),
+            ("on S3", _row(report, "S3 load", "ours")),
+        )
+        if "memory_ratio" in row
+    ]
+    if not parts:
+        return "This run did not measure kedro-keras's load memory."
+    return f"In this run kedro-keras's load peaked at {' and '.join(parts)} (median peak extra memory)."
+
+
+def _commands(report) -> str:
+    default = model_shape(DEFAULT_SIZE_MB * MB / 4)["weights_bytes"]
+    quick = model_shape(QUICK_SIZE_MB * MB / 4)["weights_bytes"]
+    big = model_shape(BIG_PARAMS)["weights_bytes"]
+    lines = [
+        ("make bench", "installs benchmarks/requirements.txt, then runs benchmarks/run.py $(BENCH_ARGS)"),
+        ("python benchmarks/run.py", f"{_size(default)} model, {DEFAULT_REPEATS} repeats"),
+        ("python benchmarks/run.py --big", f"adds a {_size(big)} model, kedro-keras only"),
+        (
+            "python benchmarks/run.py --quick",
+            f"{_size(quick)}, {QUICK_REPEATS} repeat; writes to benchmarks/.work/quick/, not here",
+        ),
+        ("python benchmarks/run.py --size-mb 200 --repeats 5 --skip-s3", ""),
+    ]
+    width = max(len(command) for command, comment in lines if comment) + 2
+    return "\n".join(f"{command:<{width}}# {comment}" if comment else command for command, comment in lines)
+
+
+def _big_runtime(report) -> str:
+    meta = report["meta"]
+    if not meta.get("big_runtime_s"):
+        return ""
+    text = f"; the `--big` part took {meta['big_runtime_s'] / 60:.1f} min"
+    peaks = [r["peak_bytes"] for r in report["runs"] if r.get("model") == "big" and r.get("peak_bytes")]
+    if peaks:
+        text += f" and its largest measured process peaked at {_size(max(peaks))} resident"
+    return text
+
+
+def _gpus(count) -> str:
+    if count is None:
+        return "GPUs not recorded"
+    return "no GPU visible to TensorFlow" if count == 0 else f"{count} GPU(s) visible to TensorFlow"
+
+
+def render(report, outputs) -> str:
+    meta, shape = report["meta"], report["model"]
+    machine, versions = meta["machine"], meta["versions"]
+    weights_mb = shape["weights_bytes"] / MB
+    src_state = ", with uncommitted changes under `src/`" if meta["src_modified"] else ""
+    src_state += f", source fingerprint `{meta['src_fingerprint']}`"
+    public_api = (
+        f"\n`KEDRO_KERAS_PUBLIC_API_ONLY={meta['public_api_only']}` was set: kedro-keras used its public-API fallback.\n"
+        if meta["public_api_only"]
+        else ""
+    )
+    status = {True: "met", False: "not met", None: "not measured"}
+    targets = "\n".join(
+        f"| {t['label']} | {_fmt_ratio(t['value'])} | {status[t['met']]} |" for t in report["targets"]
+    )
+    local_load_times = (
+        f"in this run kedro-keras took {_times(_row(report, 'local load', 'ours'))}; plain Keras took "
+        f"{_times(_row(report, 'local load', 'keras'))}."
+    )
+    values = {
+        "notices": _notices(report),
+        "image": os.path.relpath(outputs["png"], outputs["doc"].parent),
+        "layers": shape["layers"],
+        "width": shape["width"],
+        "params": f"{shape['params']:,}",
+        "weights_mb": f"{weights_mb:,.0f}",
+        "file_sizes": _file_sizes(report),
+        "repeats": meta["repeats"],
+        "date": meta["date"],
+        "commit": meta["git_commit"],
+        "src_state": src_state,
+        "public_api": public_api,
+        "results_table": markdown_table(report["summary"]),
+        "s3_section": _s3_section(report, weights_mb),
+        "big_section": _big_section(report),
+        "targets_table": targets,
+        "local_load_times": local_load_times,
+        "load_memory": _load_memory(report),
+        "child_env": ", ".join(f"`{k}={CHILD_ENV[k]}`" for k in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")),
+        "sample_ms": f"{SAMPLE_INTERVAL_S * 1000:g}",
+        "input_mb": _size(meta["input_file_bytes"]) if meta.get("input_file_bytes") else "size not recorded",
+        "ram": machine["ram"],
+        "cores": machine["cores"],
+        "spread": _spread(report),
+        "cpu": machine["cpu"],
+        "gpus": _gpus(machine.get("gpus")),
+        "platform": machine["platform"],
+        "python": machine["python"],
+        "tensorflow_distribution": versions.get("tensorflow-distribution") or "distribution not recorded",
+        "runtime_min": f"{meta['total_runtime_s'] / 60:.1f}",
+        "commands": _commands(report),
+        "command": meta["command"],
+        "big_runtime": _big_runtime(report),
+        "json_path": rel(outputs["json"]),
+    }
+    for name in (
+        "kedro-keras",
+        "keras",
+        "tensorflow",
+        "kedro",
+        "kedro-datasets",
+        "fsspec",
+        "s3fs",
+        "moto",
+        "h5py",
+        "numpy",
+    ):
+        values["v_" + name.replace("-", "_")] = versions[name]
+    return string.Template(TEMPLATE.read_text()).substitute(values)

@@ -1,0 +1,105 @@
+"""What the benchmark measures: contestants, operations, targets, the model's
+shape, the defaults of the command line and the order of the measured runs.
+
+Shared by the harness (run.py), the measuring child (child.py) and the report
+(report.py); imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+WORK_ROOT = BENCH_DIR / ".work"  # same disk as the repository; removed after each run
+
+DEFAULT_DOC = REPO / "docs" / "performance.md"
+DEFAULT_PNG = REPO / "docs" / "img" / "benchmark.png"
+DEFAULT_JSON = BENCH_DIR / "results.json"
+QUICK_OUT_DIR = WORK_ROOT / "quick"
+
+MB = 1_000_000  # reported megabytes are 10**6 bytes
+
+# Command-line defaults (the report's "Reproducing" section prints these).
+DEFAULT_SIZE_MB = 400.0
+DEFAULT_REPEATS = 5
+QUICK_SIZE_MB = 40.0
+QUICK_REPEATS = 1
+BIG_PARAMS = 1_000_000_000  # --big: ~4 GB of float32 weights
+DEFAULT_BIG_REPEATS = 1
+
+BUCKET = "kedro-keras-bench"
+N_LAYERS = 6  # Dense(width) x 6, input width wide: ~ 6 * width**2 parameters
+
+# Peak memory: a psutil thread samples RSS this often, next to the kernel's VmHWM.
+SAMPLE_INTERVAL_S = 0.005
+
+# Set in every child process, on top of the harness's own environment.
+CHILD_ENV = {
+    "KERAS_BACKEND": "tensorflow",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "KEDRO_DISABLE_TELEMETRY": "1",
+    # moto and s3fs: nothing talks to real AWS
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+CONTESTANTS = {
+    "ours": "kedro_keras KerasModelDataset",
+    "keras": "plain Keras (model.save / keras.saving.load_model)",
+    "kd": "kedro-datasets TensorFlowModelDataset",
+}
+SHORT_NAMES = {"ours": "kedro-keras", "keras": "plain Keras", "kd": "kedro-datasets"}
+
+# (operation, where, kind, contestants, reference contestant)
+OPERATIONS = [
+    ("local save", "local", "save", ["ours", "keras", "kd"], "keras"),
+    ("local load", "local", "load", ["ours", "keras", "kd"], "keras"),
+    ("S3 save", "s3", "save", ["ours", "kd"], "kd"),
+    ("S3 load", "s3", "load", ["ours", "kd"], "kd"),
+]
+
+# (label, operation, metric, threshold): metric "time" is ours / reference
+# median time, "memory" is ours' peak extra memory / weights bytes. The label
+# gets the threshold through "{}", so the two cannot disagree.
+TARGETS = [
+    ("local load time <= {}x plain Keras", "local load", "time", 0.5),
+    ("local load peak extra memory <= {}x weights", "local load", "memory", 1.25),
+    ("local save time <= {}x model.save", "local save", "time", 1.05),
+    ("S3 save time <= {}x kedro-datasets", "S3 save", "time", 0.7),
+    ("S3 load time <= {}x kedro-datasets", "S3 load", "time", 0.6),
+    ("S3 save peak extra memory <= {}x weights", "S3 save", "memory", 1.25),
+    ("S3 load peak extra memory <= {}x weights", "S3 load", "memory", 1.25),
+]
+
+
+def target_label(label: str, threshold: float) -> str:
+    return label.format(f"{threshold:g}")
+
+
+def model_shape(n_params: float) -> dict[str, int]:
+    """Width and depth of a stack of square Dense layers with ~n_params weights."""
+    width = max(64, round(math.sqrt(n_params / N_LAYERS) / 64) * 64)
+    params = N_LAYERS * (width * width + width)
+    return {"width": width, "layers": N_LAYERS, "params": params, "weights_bytes": 4 * params}
+
+
+def operations(skip_s3: bool) -> list[tuple]:
+    return [op for op in OPERATIONS if not (skip_s3 and op[1] == "s3")]
+
+
+def plan(args) -> list[tuple]:
+    """The measured runs of the main model, in order: (repeat, operation, where, kind, contestant).
+
+    Within each repeat every operation runs every contestant in turn, the
+    starting contestant rotating from repeat to repeat."""
+    jobs = []
+    for repeat in range(args.repeats):
+        for operation, where, kind, contestants, _ in operations(args.skip_s3):
+            shift = repeat % len(contestants)
+            for contestant in contestants[shift:] + contestants[:shift]:
+                jobs.append((repeat, operation, where, kind, contestant))
+    return jobs

@@ -1,0 +1,240 @@
+"""Results of a benchmark run: the summary (medians, ratios, targets) and its
+three outputs, results.json, the bar chart and the page rendered from
+performance.md.tmpl (see page.py)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import facts
+import page
+from plan import MB, SHORT_NAMES, TARGETS, operations, target_label
+
+
+def _rows(runs, model: str, operation: str, contestant: str) -> tuple[list, list]:
+    mine = [
+        r
+        for r in runs
+        if r["model"] == model and r["operation"] == operation and r["contestant"] == contestant
+    ]
+    return mine, [r for r in mine if r.get("ok")]
+
+
+def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_facts) -> dict:
+    """Everything results.json holds. ``run_facts``: what the harness learnt while
+    running (source fingerprint at the start, the prepared input, the --big part's time)."""
+    weights_bytes = shape["weights_bytes"]
+    summary = []
+    medians: dict[tuple[str, str], dict] = {}
+    for operation, _where, _kind, contestants, reference in operations(args.skip_s3):
+        for contestant in ["ours", "keras", "kd"]:
+            row = {"operation": operation, "contestant": contestant, "reference": reference}
+            if contestant not in contestants:
+                row["status"] = "n/a"
+                summary.append(row)
+                continue
+            mine, ok = _rows(runs, "main", operation, contestant)
+            row["repeats"] = len(ok)
+            row["status"] = "error" if not ok or len(ok) < len(mine) else "ok"
+            if ok:
+                times = [r["time_s"] for r in ok]
+                extras = [r["peak_extra_bytes"] for r in ok]
+                row.update(
+                    median_time_s=statistics.median(times),
+                    min_time_s=min(times),
+                    max_time_s=max(times),
+                    median_peak_extra_bytes=statistics.median(extras),
+                    min_peak_extra_bytes=min(extras),
+                    max_peak_extra_bytes=max(extras),
+                    memory_ratio=statistics.median(extras) / weights_bytes,
+                )
+                requests = [r["s3_requests"] for r in ok if r.get("s3_requests")]
+                if requests:
+                    names = sorted({name for counts in requests for name in counts})
+                    row["s3_requests"] = {
+                        name: statistics.median(counts.get(name, 0) for counts in requests) for name in names
+                    }
+                medians[(operation, contestant)] = row
+            summary.append(row)
+    for row in summary:
+        ref = medians.get((row["operation"], row["reference"]))
+        if "median_time_s" in row and ref:
+            row["time_ratio"] = row["median_time_s"] / ref["median_time_s"]
+
+    targets = []
+    for label, operation, metric, threshold in TARGETS:
+        label = target_label(label, threshold)
+        row = medians.get((operation, "ours"))
+        value = None
+        if row is not None:
+            value = row.get("time_ratio") if metric == "time" else row.get("memory_ratio")
+        if value is None:
+            targets.append(
+                {"label": label, "value": None, "threshold": threshold, "met": None, "text": "not measured"}
+            )
+        else:
+            targets.append(
+                {
+                    "label": label,
+                    "value": value,
+                    "threshold": threshold,
+                    "met": value <= threshold,
+                    "text": f"{value:.2f}x (target <= {threshold}x)",
+                }
+            )
+
+    big_rows = []
+    if big_shape is not None:
+        for operation in ("local save", "local load"):
+            mine, ok = _rows(runs, "big", operation, "ours")
+            row = {"operation": operation, "contestant": "ours", "repeats": len(ok)}
+            row["status"] = "ok" if ok and len(ok) == len(mine) else "error"
+            if ok:
+                extras = [r["peak_extra_bytes"] for r in ok]
+                row.update(
+                    median_time_s=statistics.median(r["time_s"] for r in ok),
+                    median_peak_extra_bytes=statistics.median(extras),
+                    memory_ratio=statistics.median(extras) / big_shape["weights_bytes"],
+                )
+            big_rows.append(row)
+
+    command = "python benchmarks/run.py" + "".join(f" {a}" for a in sys.argv[1:])
+    return {
+        "meta": {
+            "date": started_at.strftime("%Y-%m-%d %H:%M UTC"),
+            "command": command,
+            "total_runtime_s": elapsed,
+            "machine": {**facts.machine_info(), "gpus": run_facts.get("gpus")},
+            "versions": facts.versions(),
+            "git_commit": facts.git("rev-parse", "--short", "HEAD"),
+            "src_modified": bool(facts.git("status", "--porcelain", "--", "src")),
+            "src_fingerprint": run_facts["src_fingerprint"],
+            "src_changed_during_run": facts.src_fingerprint() != run_facts["src_fingerprint"],
+            "public_api_only": facts.public_api_only(),
+            "s3_probe": run_facts.get("s3_probe"),
+            "input_file_bytes": run_facts.get("input_file_bytes"),
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "big_repeats": args.big_repeats if args.big else 0,
+            "big_runtime_s": run_facts.get("big_runtime_s"),
+        },
+        "model": shape,
+        "big_model": big_shape,
+        "summary": summary,
+        "big_summary": big_rows,
+        "targets": targets,
+        "failures": failures,
+        "runs": [{k: v for k, v in r.items() if k != "log_tail"} for r in runs],
+    }
+
+
+def plot(report, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = report["summary"]
+    operations = list(dict.fromkeys(row["operation"] for row in summary))
+    contestants = ["ours", "keras", "kd"]
+    colours = {"ours": "#d1495b", "keras": "#8d99ae", "kd": "#2e86ab"}
+    weights_mb = report["model"]["weights_bytes"] / MB
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    bar = 0.26
+    for ax, key, low, high, scale, title in (
+        (axes[0], "median_time_s", "min_time_s", "max_time_s", 1.0, "Median time (s), lower is better"),
+        (
+            axes[1],
+            "median_peak_extra_bytes",
+            "min_peak_extra_bytes",
+            "max_peak_extra_bytes",
+            MB,
+            "Peak extra memory (MB), lower is better",
+        ),
+    ):
+        for i, contestant in enumerate(contestants):
+            xs, ys, errs = [], [], [[], []]
+            for j, operation in enumerate(operations):
+                row = next(
+                    (r for r in summary if r["operation"] == operation and r["contestant"] == contestant),
+                    None,
+                )
+                if row is None or key not in row:
+                    if row is not None:
+                        label = "n/a" if row["status"] == "n/a" else "error"
+                        ax.annotate(
+                            label,
+                            (j + (i - 1) * bar, 0),
+                            xytext=(0, 2),
+                            textcoords="offset points",
+                            ha="center",
+                            va="bottom",
+                            fontsize=7,
+                            color="grey",
+                        )
+                    continue
+                x = j + (i - 1) * bar
+                y = row[key] / scale
+                xs.append(x)
+                ys.append(y)
+                errs[0].append(y - row[low] / scale)
+                errs[1].append(row[high] / scale - y)
+                ax.annotate(
+                    (f"{y:.2f}" if y < 10 else f"{y:.1f}") if scale == 1.0 else f"{y:,.0f}",
+                    (x, row[high] / scale),  # above the error bar
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+            if xs:
+                ax.bar(
+                    xs,
+                    ys,
+                    bar,
+                    yerr=errs,
+                    capsize=2,
+                    color=colours[contestant],
+                    label=SHORT_NAMES[contestant],
+                )
+        ax.set_xticks(range(len(operations)), operations)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    axes[1].axhline(weights_mb, color="black", lw=0.8, ls=":", label="1x weights")
+    for threshold in sorted({t for _, _, metric, t in TARGETS if metric == "memory"}):
+        axes[1].axhline(
+            threshold * weights_mb, color="black", lw=0.8, ls="--", label=f"{threshold:g}x weights (target)"
+        )
+    handles, labels = axes[0].get_legend_handles_labels()
+    more_handles, more_labels = axes[1].get_legend_handles_labels()
+    for handle, label in zip(more_handles, more_labels):
+        if label not in labels:
+            handles.append(handle)
+            labels.append(label)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    meta = report["meta"]
+    fig.suptitle(
+        f"Saving and loading a {weights_mb:.0f} MB Keras model ({report['model']['params'] / 1e6:.0f}M float32 params), "
+        f"median of {meta['repeats']} (bars: min-max); S3 = moto on loopback",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(report, outputs) -> None:
+    outputs["json"].parent.mkdir(parents=True, exist_ok=True)
+    outputs["json"].write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        plot(report, outputs["png"])
+    except ImportError as exc:
+        print(f"no plot ({exc}); pip install -r benchmarks/requirements.txt", file=sys.stderr)
+    outputs["doc"].parent.mkdir(parents=True, exist_ok=True)
+    outputs["doc"].write_text(page.render(report, outputs))
