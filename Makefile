@@ -22,7 +22,7 @@ TORCH_VERSION := 2.13.0
 # every backend).
 DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*"
 
-.PHONY: test test-tensorflow test-jax test-torch test-cross-backend demo bench fuzz clean
+.PHONY: lint test test-tensorflow test-jax test-torch test-cross-backend demo bench fuzz clean
 
 $(STAMP): pyproject.toml examples/digits/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,9 +46,17 @@ $(TORCH_VENV)/.installed: pyproject.toml
 	$(TORCH_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" -e ".[torch,s3,test]"
 	touch $@
 
-# Everything, under every backend: the dataset suite under each, the real
-# Kedro projects under TensorFlow, then files moved between the backends.
-test: test-tensorflow test-jax test-torch test-cross-backend
+# Everything, under every backend: lint first (seconds), the dataset suite
+# under each backend, the real Kedro projects under TensorFlow, then files
+# moved between the backends.
+test: lint test-tensorflow test-jax test-torch test-cross-backend
+
+LINTED := src tests benchmarks examples
+
+# ruff: pyflakes, pycodestyle, import order, bugbear, and the formatter's check.
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 test-tensorflow: export KERAS_BACKEND = tensorflow
 test-tensorflow: $(STAMP)

@@ -202,7 +202,10 @@ def _child_run(spec: dict) -> dict:
             (lambda: model.save(target)) if kind == "save" else (lambda: keras.saving.load_model(target))
         )
     elif kind == "save":
-        operation = lambda: dataset.save(model)
+
+        def operation():
+            return dataset.save(model)
+
     else:
         operation = dataset.load
 

@@ -212,7 +212,7 @@ def plot(report, png: Path) -> None:
         )
     handles, labels = axes[0].get_legend_handles_labels()
     more_handles, more_labels = axes[1].get_legend_handles_labels()
-    for handle, label in zip(more_handles, more_labels):
+    for handle, label in zip(more_handles, more_labels, strict=True):
         if label not in labels:
             handles.append(handle)
             labels.append(label)

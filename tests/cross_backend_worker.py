@@ -24,10 +24,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
-
-import keras_test_models
 from kedro.io import DatasetError
 
+import keras_test_models
 from kedro_keras import KerasModelDataset, KerasTimestampedModelDataset, KerasWeightsDataset
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -77,7 +76,12 @@ def build_mixed():
 def build_sequence():
     """Sequential: Conv1D and LSTM, whose kernels each backend computes its own way."""
     return keras.Sequential(
-        [keras.Input((6, 3)), keras.layers.Conv1D(4, 3, activation="tanh"), keras.layers.LSTM(5), keras.layers.Dense(1)],
+        [
+            keras.Input((6, 3)),
+            keras.layers.Conv1D(4, 3, activation="tanh"),
+            keras.layers.LSTM(5),
+            keras.layers.Dense(1),
+        ],
         name="sequence",
     )
 

@@ -48,7 +48,12 @@ def python_of(backend: str) -> Path:
 
 
 def run_worker(backend: str, *args: str) -> None:
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "KEDRO_DISABLE_TELEMETRY": "1"}
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "KEDRO_DISABLE_TELEMETRY": "1",
+    }
     env.pop("KEDRO_KERAS_PUBLIC_API_ONLY", None)
     command = [str(python_of(backend)), str(WORKER), *args]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
@@ -75,7 +80,10 @@ def saved(tmp_path_factory):
     def get(backend: str) -> tuple[Path, Run]:
         if backend not in cache:
             folder = tmp_path_factory.mktemp(f"saved-{backend}")
-            cache[backend] = run_once(lambda: run_worker(backend, "save", str(folder))) or (folder, Run(folder))
+            cache[backend] = run_once(lambda: run_worker(backend, "save", str(folder))) or (
+                folder,
+                Run(folder),
+            )
         return result_of(cache[backend])
 
     return get
@@ -137,17 +145,27 @@ def test_predictions_and_state_survive_the_move(loaded, pair):
             )
         # The numbers themselves move bit for bit; only the arithmetic differs.
         weights = sorted(k.rsplit("/", 1)[1] for k in before.arrays if k.startswith(f"{name}/weight/"))
-        assert weights and len(weights) == len([k for k in after.arrays if k.startswith(f"{name}/model/weight/")])
+        assert weights and len(weights) == len(
+            [k for k in after.arrays if k.startswith(f"{name}/model/weight/")]
+        )
         for i in weights:
-            np.testing.assert_array_equal(after.arrays[f"{name}/model/weight/{i}"], before.arrays[f"{name}/weight/{i}"])
+            np.testing.assert_array_equal(
+                after.arrays[f"{name}/model/weight/{i}"], before.arrays[f"{name}/weight/{i}"]
+            )
         # Iterations, learning rate, then Adam's two slots per weight, in order.
-        saved_optimizer = {k.rsplit("/", 1)[1]: v for k, v in before.arrays.items() if k.startswith(f"{name}/optimizer/")}
+        saved_optimizer = {
+            k.rsplit("/", 1)[1]: v for k, v in before.arrays.items() if k.startswith(f"{name}/optimizer/")
+        }
         loaded_optimizer = {
-            k.rsplit("/", 1)[1]: v for k, v in after.arrays.items() if k.startswith(f"{name}/model/optimizer/")
+            k.rsplit("/", 1)[1]: v
+            for k, v in after.arrays.items()
+            if k.startswith(f"{name}/model/optimizer/")
         }
         assert len(saved_optimizer) > 2 and sorted(loaded_optimizer) == sorted(saved_optimizer), name
         for i, value in saved_optimizer.items():
-            np.testing.assert_array_equal(loaded_optimizer[i], value, err_msg=f"{name}: optimizer variable {i}")
+            np.testing.assert_array_equal(
+                loaded_optimizer[i], value, err_msg=f"{name}: optimizer variable {i}"
+            )
 
 
 @pytest.mark.parametrize("pair", PAIRS)

@@ -68,7 +68,9 @@ def test_location_pickles_with_s3(s3_bucket, s3_credentials):
 
 
 def test_open_args_are_split_from_filesystem_args(tmp_path):
-    location = Location(str(tmp_path / "m.keras"), fs_args={"open_args_load": {"block_size": 1024}, "open_args_save": {}})
+    location = Location(
+        str(tmp_path / "m.keras"), fs_args={"open_args_load": {"block_size": 1024}, "open_args_save": {}}
+    )
     assert location.open_args_load == {"block_size": 1024}
 
 
@@ -105,7 +107,8 @@ MB = 2**20
 def _count_get_requests(location):
     calls = []
     location.fs.s3.meta.events.register(
-        "before-call.s3.GetObject", lambda **kwargs: calls.append(kwargs["params"].get("headers", {}).get("Range"))
+        "before-call.s3.GetObject",
+        lambda **kwargs: calls.append(kwargs["params"].get("headers", {}).get("Range")),
     )
     return calls
 

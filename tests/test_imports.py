@@ -25,7 +25,18 @@ def test_import_object(path, expected):
 
 @pytest.mark.parametrize(
     "path",
-    ["", "os.system('x')", "a..b", "1abc.d", "a.b;c", "a b", "a.b:c:d", "lambda: 0", "__import__('os')", "os.path\n"],
+    [
+        "",
+        "os.system('x')",
+        "a..b",
+        "1abc.d",
+        "a.b;c",
+        "a b",
+        "a.b:c:d",
+        "lambda: 0",
+        "__import__('os')",
+        "os.path\n",
+    ],
 )
 def test_only_dotted_names_are_imported(path):
     with pytest.raises(ValueError, match="not an import path"):

@@ -11,11 +11,11 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from conftest import assert_same_predictions, fit
 from kedro.io import DataCatalog, DatasetError
 from kedro.io.core import Version
 
 import keras_test_models
+from conftest import assert_same_predictions, fit
 from kedro_keras import KerasModelDataset
 
 
@@ -25,8 +25,11 @@ def flip_weights_byte(path, where):
         info = archive.getinfo("model.weights.h5")
     data = bytearray(path.read_bytes())
     header = info.header_offset
-    start = header + 30 + int.from_bytes(data[header + 26 : header + 28], "little") + int.from_bytes(
-        data[header + 28 : header + 30], "little"
+    start = (
+        header
+        + 30
+        + int.from_bytes(data[header + 26 : header + 28], "little")
+        + int.from_bytes(data[header + 28 : header + 30], "little")
     )
     data[start + int(info.file_size * where)] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -44,8 +47,10 @@ class TestKerasModelDataset:
 
         assert_same_predictions(reloaded, trained_model, data[0])
         assert iterations(reloaded) == iterations(trained_model)
-        for ours, theirs in zip(reloaded.optimizer.variables, trained_model.optimizer.variables):
-            np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
+        for ours, theirs in zip(reloaded.optimizer.variables, trained_model.optimizer.variables, strict=True):
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs)
+            )
 
     def test_loaded_variables_hold_the_backends_own_tensors(self, tmp_path, trained_model, keras_api):
         """As after keras.saving.load_model: e.g. JAX arrays under JAX, not NumPy arrays."""
@@ -86,7 +91,9 @@ class TestKerasModelDataset:
 
         assert_same_predictions(ours, model, data[0])
         # (weights, not variables: Keras saves no random-seed state, so a Dropout's differs on every load)
-        for a, b in zip(ours.weights + ours.optimizer.variables, theirs.weights + theirs.optimizer.variables, strict=True):
+        for a, b in zip(
+            ours.weights + ours.optimizer.variables, theirs.weights + theirs.optimizer.variables, strict=True
+        ):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
             assert type(a.value) is type(b.value)
         fit(ours, data, epochs=1)  # and it trains on
@@ -115,7 +122,9 @@ class TestKerasModelDataset:
         loaded = KerasModelDataset(filepath=str(path)).load()
 
         kernel = loaded.get_layer("wide").kernel
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(kernel), keras.ops.convert_to_numpy(model.get_layer("wide").kernel))
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(kernel), keras.ops.convert_to_numpy(model.get_layer("wide").kernel)
+        )
         if keras.backend.backend() != "tensorflow":
             assert handed_over == []  # JAX and PyTorch take the aligned array from the store
             return
@@ -123,7 +132,9 @@ class TestKerasModelDataset:
         handed_over[0][3, 5] = 1234.5
         assert keras.ops.convert_to_numpy(kernel)[3, 5] == 1234.5
 
-    def test_a_value_a_layer_keeps_instead_of_assigning_is_read_before_the_file_closes(self, tmp_path, monkeypatch):
+    def test_a_value_a_layer_keeps_instead_of_assigning_is_read_before_the_file_closes(
+        self, tmp_path, monkeypatch
+    ):
         """Some layers keep what the store gives them (a Discretization's
         summary): a deferred array must still hold its values afterwards."""
         from kedro_keras import _keras_build
@@ -144,9 +155,13 @@ class TestKerasModelDataset:
         model = keras.Model(inputs, KeepsTable(name="keeps")(inputs))
         path = tmp_path / "model.keras"
         KerasModelDataset(filepath=str(path)).save(model)
-        loaded = KerasModelDataset(filepath=str(path), load_args={"custom_objects": {"KeepsTable": KeepsTable}}).load()
+        loaded = KerasModelDataset(
+            filepath=str(path), load_args={"custom_objects": {"KeepsTable": KeepsTable}}
+        ).load()
 
-        np.testing.assert_array_equal(np.asarray(loaded.get_layer("keeps").table), np.arange(12.0).reshape(3, 4))
+        np.testing.assert_array_equal(
+            np.asarray(loaded.get_layer("keeps").table), np.arange(12.0).reshape(3, 4)
+        )
 
     def test_bfloat16_weights_keep_kerass_dtype_tag(self, tmp_path):
         """Arrays NumPy has no native type for go through Keras's own store
@@ -162,13 +177,18 @@ class TestKerasModelDataset:
         path = tmp_path / "model.keras"
         KerasModelDataset(filepath=str(path)).save(model)
 
-        with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights:
+        with (
+            zipfile.ZipFile(path) as archive,
+            h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights,
+        ):
             assert weights["layers/dense/vars/0"].attrs["dtype"] == "bfloat16"  # (layers are stored by class)
         expected = keras.ops.convert_to_numpy(keras.ops.cast(layer.kernel, "float32"))
         for loaded in (KerasModelDataset(filepath=str(path)).load(), keras.saving.load_model(path)):
             kernel = loaded.get_layer("half").kernel
             assert kernel.dtype == "bfloat16"
-            np.testing.assert_array_equal(keras.ops.convert_to_numpy(keras.ops.cast(kernel, "float32")), expected)
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(keras.ops.cast(kernel, "float32")), expected
+            )
 
     def test_training_resumes_from_loaded_optimizer_state(self, tmp_path, data):
         """Two epochs, save, load, one more == three epochs straight."""
@@ -215,11 +235,15 @@ class TestKerasModelDataset:
         dataset = KerasModelDataset(filepath=str(tmp_path / "model.keras"))
         dataset.save(model)
         with zipfile.ZipFile(tmp_path / "model.keras") as archive:
-            assert [n for n in archive.namelist() if n.startswith("assets/")] == ["assets/layers/position_in/vocabulary.txt"]
+            assert [n for n in archive.namelist() if n.startswith("assets/")] == [
+                "assets/layers/position_in/vocabulary.txt"
+            ]
         reloaded = dataset.load()
         assert reloaded.get_layer("colour").vocabulary == [3, 5, 7]  # from the asset alone
         np.testing.assert_allclose(
-            reloaded.predict([numbers, words], verbose=0), model.predict([numbers, words], verbose=0), rtol=1e-6
+            reloaded.predict([numbers, words], verbose=0),
+            model.predict([numbers, words], verbose=0),
+            rtol=1e-6,
         )
 
     @pytest.mark.skipif(
@@ -238,7 +262,9 @@ class TestKerasModelDataset:
         with zipfile.ZipFile(tmp_path / "model.keras") as archive:
             assert "assets/layers/integer_lookup/vocabulary.txt" in archive.namelist()
         reloaded = dataset.load()
-        np.testing.assert_allclose(reloaded.predict(words, verbose=0), model.predict(words, verbose=0), rtol=1e-6)
+        np.testing.assert_allclose(
+            reloaded.predict(words, verbose=0), model.predict(words, verbose=0), rtol=1e-6
+        )
         assert reloaded.get_layer("colour").get_vocabulary() == model.get_layer("colour").get_vocabulary()
 
     def test_custom_layer_by_import_path(self, tmp_path, data):
@@ -246,9 +272,15 @@ class TestKerasModelDataset:
         path = str(tmp_path / "model.keras")
         KerasModelDataset(filepath=path).save(model)
 
-        with pytest.raises(DatasetError, match=r"model\.keras.*uses .Scale., which Keras cannot find.*custom_objects"):
+        with pytest.raises(
+            DatasetError, match=r"model\.keras.*uses .Scale., which Keras cannot find.*custom_objects"
+        ):
             KerasModelDataset(filepath=path).load()
-        for custom_objects in ({"Scale": "keras_test_models.Scale"}, ["keras_test_models.Scale"], {"Scale": keras_test_models.Scale}):
+        for custom_objects in (
+            {"Scale": "keras_test_models.Scale"},
+            ["keras_test_models.Scale"],
+            {"Scale": keras_test_models.Scale},
+        ):
             reloaded = KerasModelDataset(filepath=path, load_args={"custom_objects": custom_objects}).load()
             assert_same_predictions(reloaded, model, data[0])
             assert isinstance(reloaded.layers[1], keras_test_models.Scale)
@@ -281,7 +313,9 @@ class TestKerasModelDataset:
         reloaded = KerasModelDataset(filepath=path, load_args={"safe_mode": False}).load()
         assert_same_predictions(reloaded, model, data[0])
 
-    def test_include_optimizer_false_writes_a_slim_file(self, tmp_path, trained_model, data, keras_api, recwarn):
+    def test_include_optimizer_false_writes_a_slim_file(
+        self, tmp_path, trained_model, data, keras_api, recwarn
+    ):
         full, slim = tmp_path / "full.keras", tmp_path / "slim.keras"
         KerasModelDataset(filepath=str(full)).save(trained_model)
         KerasModelDataset(filepath=str(slim), save_args={"include_optimizer": False}).save(trained_model)
@@ -310,7 +344,9 @@ class TestKerasModelDataset:
         assert metadata["kedro_keras"]["keras_version"] == keras.version()
         assert metadata["kedro_keras"]["include_optimizer"] is False
 
-    def test_load_logs_the_keras_version_and_backend_it_was_saved_with(self, tmp_path, trained_model, caplog, keras_api):
+    def test_load_logs_the_keras_version_and_backend_it_was_saved_with(
+        self, tmp_path, trained_model, caplog, keras_api
+    ):
         path = tmp_path / "model.keras"
         KerasModelDataset(filepath=str(path)).save(trained_model)
         with caplog.at_level(logging.INFO, logger="kedro_keras"):
@@ -325,7 +361,10 @@ class TestKerasModelDataset:
             KerasModelDataset(filepath=str(tmp_path / "plain.keras")).load()
         assert caplog.messages[-1].endswith(f"plain.keras (saved with Keras {keras.version()})")
         # A .keras archive with no metadata.json at all still loads, and says nothing.
-        with zipfile.ZipFile(tmp_path / "plain.keras") as source, zipfile.ZipFile(tmp_path / "bare.keras", "w") as bare:
+        with (
+            zipfile.ZipFile(tmp_path / "plain.keras") as source,
+            zipfile.ZipFile(tmp_path / "bare.keras", "w") as bare,
+        ):
             for info in source.infolist():
                 if info.filename != "metadata.json":
                     bare.writestr(info, source.read(info))
@@ -352,7 +391,9 @@ class TestKerasModelDataset:
     def test_missing_file(self, tmp_path):
         dataset = KerasModelDataset(filepath=str(tmp_path / "absent.keras"))
         assert not dataset.exists()
-        with pytest.raises(DatasetError, match=r"No Keras model at '.*absent\.keras': the file does not exist"):
+        with pytest.raises(
+            DatasetError, match=r"No Keras model at '.*absent\.keras': the file does not exist"
+        ):
             dataset.load()
 
     def test_truncated_file(self, tmp_path, trained_model):
@@ -367,7 +408,9 @@ class TestKerasModelDataset:
         path = tmp_path / "model.keras"
         KerasModelDataset(filepath=str(path)).save(trained_model)
         flip_weights_byte(path, where)
-        with pytest.raises(DatasetError, match=r"model\.keras' is corrupt: the weights do not match their checksum"):
+        with pytest.raises(
+            DatasetError, match=r"model\.keras' is corrupt: the weights do not match their checksum"
+        ):
             KerasModelDataset(filepath=str(path)).load()
 
     def test_checksum_is_checked_on_s3_too(self, s3_bucket, s3_credentials, trained_model, tmp_path):
@@ -411,7 +454,10 @@ class TestKerasModelDataset:
 
         broken = fit(Unsaveable(4), data)
         broken(data[0][:1])
-        with pytest.raises(DatasetError, match=r"Could not save .*model\.keras': cannot describe myself\. Any model previously saved there is unchanged"):
+        with pytest.raises(
+            DatasetError,
+            match=r"Could not save .*model\.keras': cannot describe myself\. Any model previously saved there is unchanged",
+        ):
             dataset.save(broken)
         assert path.read_bytes() == before
         assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
@@ -491,7 +537,10 @@ class TestKerasModelDatasetVersioned:
         assert latest.load().layers[1].units == 4
         pinned = KerasModelDataset(filepath=path, version=Version("2026-01-01T00.00.00.000Z", None))
         assert pinned.load().layers[1].units == 8
-        assert latest.list_versions(full_path=False) == ["2026-01-02T00.00.00.000Z", "2026-01-01T00.00.00.000Z"]
+        assert latest.list_versions(full_path=False) == [
+            "2026-01-02T00.00.00.000Z",
+            "2026-01-01T00.00.00.000Z",
+        ]
         assert (tmp_path / "model.keras" / "2026-01-01T00.00.00.000Z" / "model.keras").is_file()
 
     def test_saving_an_existing_version_is_refused(self, tmp_path, trained_model):
@@ -526,7 +575,13 @@ class TestKerasModelDatasetVersioned:
             dataset.load()
 
     def test_catalog_config_versioned_and_load_version(self, tmp_path, data):
-        config = {"model": {"type": "kedro_keras.KerasModelDataset", "filepath": str(tmp_path / "m.keras"), "versioned": True}}
+        config = {
+            "model": {
+                "type": "kedro_keras.KerasModelDataset",
+                "filepath": str(tmp_path / "m.keras"),
+                "versioned": True,
+            }
+        }
         catalog = DataCatalog.from_config(config)
         first = fit(keras_test_models.build_functional(hidden=3), data)
         catalog.save("model", first)
@@ -566,21 +621,27 @@ class TestKerasModelDatasetS3:
             s3fs.S3FileSystem(**s3_credentials).put(str(tmp_path / "big.keras"), path)
         dataset = KerasModelDataset(filepath=path, credentials=s3_credentials)
         requests = []
-        dataset._fs.s3.meta.events.register("before-call.s3.GetObject", lambda **kwargs: requests.append(kwargs))
+        dataset._fs.s3.meta.events.register(
+            "before-call.s3.GetObject", lambda **kwargs: requests.append(kwargs)
+        )
 
         loaded = dataset.load()
 
         assert len(requests) == 2
         for ours, theirs in zip(loaded.weights, model.weights, strict=True):
-            np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs)
+            )
 
     def test_versioned(self, s3_bucket, s3_credentials, data):
         path = f"{s3_bucket}/model.keras"
         small = fit(keras_test_models.build_functional(hidden=2), data)
-        KerasModelDataset(filepath=path, credentials=s3_credentials, version=Version(None, "2026-01-01T00.00.00.000Z")).save(small)
-        KerasModelDataset(filepath=path, credentials=s3_credentials, version=Version(None, "2026-01-02T00.00.00.000Z")).save(
-            fit(keras_test_models.build_functional(hidden=6), data)
-        )
+        KerasModelDataset(
+            filepath=path, credentials=s3_credentials, version=Version(None, "2026-01-01T00.00.00.000Z")
+        ).save(small)
+        KerasModelDataset(
+            filepath=path, credentials=s3_credentials, version=Version(None, "2026-01-02T00.00.00.000Z")
+        ).save(fit(keras_test_models.build_functional(hidden=6), data))
         latest = KerasModelDataset(filepath=path, credentials=s3_credentials, version=Version(None, None))
         assert latest.load().layers[1].units == 6
         assert latest.list_versions(full_path=False)[-1] == "2026-01-01T00.00.00.000Z"

@@ -6,11 +6,11 @@ import pickle
 import re
 
 import pytest
-from conftest import assert_same_predictions, fit
 from kedro.io import DataCatalog, DatasetError
 from kedro.io.core import Version
 
 import keras_test_models
+from conftest import assert_same_predictions, fit
 from kedro_keras import KerasTimestampedModelDataset
 
 NAME = re.compile(r"^model_\d{4}-\d{2}-\d{2}T\d{2}\.\d{2}\.\d{2}\.\d{6}Z\.keras$")
@@ -82,8 +82,13 @@ class TestKerasTimestampedModelDataset:
 
     def test_pinned_version_that_does_not_exist(self, tmp_path, trained_model):
         KerasTimestampedModelDataset(filepath=str(tmp_path / "h")).save(trained_model)
-        pinned = KerasTimestampedModelDataset(filepath=str(tmp_path / "h"), load_version="2001-01-01T00.00.00.000000Z")
-        with pytest.raises(DatasetError, match=r"Version '2001-01-01T00\.00\.00\.000000Z' is not in .*Newest versions there: \d{4}"):
+        pinned = KerasTimestampedModelDataset(
+            filepath=str(tmp_path / "h"), load_version="2001-01-01T00.00.00.000000Z"
+        )
+        with pytest.raises(
+            DatasetError,
+            match=r"Version '2001-01-01T00\.00\.00\.000000Z' is not in .*Newest versions there: \d{4}",
+        ):
             pinned.load()
 
     @pytest.mark.parametrize("bad", ["latest", "../../etc/passwd", "2026-01-01"])
@@ -128,8 +133,13 @@ class TestKerasTimestampedModelDataset:
         history.save(first)
 
         newer, older = history.versions()
-        assert older == "2026-11-21T12.00.00.123456Z" and "2026-11-21T12.00.00.123457Z" <= newer <= "2026-11-21T12.00.00.124456Z"
-        pinned = KerasTimestampedModelDataset(filepath=str(tmp_path / "h"), load_version="2026-11-21T12.00.00.123456Z")
+        assert (
+            older == "2026-11-21T12.00.00.123456Z"
+            and "2026-11-21T12.00.00.123457Z" <= newer <= "2026-11-21T12.00.00.124456Z"
+        )
+        pinned = KerasTimestampedModelDataset(
+            filepath=str(tmp_path / "h"), load_version="2026-11-21T12.00.00.123456Z"
+        )
         assert pinned.load().layers[1].units == 3  # the other process's model is intact
         assert history.load().layers[1].units == 2
 
@@ -155,11 +165,16 @@ class TestKerasTimestampedModelDatasetVersioned:
 
         assert catalog.load("history").layers[1].units == 3
         assert catalog.load("history", version=oldest).layers[1].units == 2
-        assert DataCatalog.from_config(config, load_versions={"history": oldest}).load("history").layers[1].units == 2
+        assert (
+            DataCatalog.from_config(config, load_versions={"history": oldest}).load("history").layers[1].units
+            == 2
+        )
         assert catalog["history"].list_versions(full_path=False) == catalog["history"].versions()
 
     def test_works_without_versioned_flag_in_catalog(self, tmp_path, trained_model):
-        config = {"history": {"type": "kedro_keras.KerasTimestampedModelDataset", "filepath": str(tmp_path / "h")}}
+        config = {
+            "history": {"type": "kedro_keras.KerasTimestampedModelDataset", "filepath": str(tmp_path / "h")}
+        }
         catalog = DataCatalog.from_config(config)
         catalog.save("history", trained_model)
         assert catalog.load("history").name == trained_model.name
@@ -167,7 +182,9 @@ class TestKerasTimestampedModelDatasetVersioned:
 
 class TestKerasTimestampedModelDatasetS3:
     def test_history_keep_last_and_pickle(self, s3_bucket, s3_credentials, data):
-        history = KerasTimestampedModelDataset(filepath=f"{s3_bucket}/h", keep_last=2, credentials=s3_credentials)
+        history = KerasTimestampedModelDataset(
+            filepath=f"{s3_bucket}/h", keep_last=2, credentials=s3_credentials
+        )
         for model in models_of_width(data, 2, 3, 4):
             pickle.loads(pickle.dumps(history)).save(model)
         assert len(history.versions()) == 2

@@ -10,17 +10,17 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import assert_same_predictions, fit
 from kedro.io import DataCatalog, DatasetError
 from kedro.io.core import Version
 
 import keras_test_models
+from conftest import assert_same_predictions, fit
 from kedro_keras import KerasWeightsDataset
 
 
 def assert_same_weights(a, b):
     assert len(a.weights) == len(b.weights)
-    for ours, theirs in zip(a.get_weights(), b.get_weights()):
+    for ours, theirs in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(ours, theirs)
 
 
@@ -54,7 +54,9 @@ class TestKerasWeightsDataset:
         path = str(tmp_path / "clf.weights.h5")
         KerasWeightsDataset(filepath=path).save(trained_model)
         (tmp_path / "clf.architecture.json").unlink()  # the builder needs no saved architecture
-        reloaded = KerasWeightsDataset(filepath=path, architecture=architecture, architecture_args=args).load()
+        reloaded = KerasWeightsDataset(
+            filepath=path, architecture=architecture, architecture_args=args
+        ).load()
         assert_same_predictions(reloaded, trained_model, data[0])
 
     def test_rebuild_a_model_class(self, tmp_path, data):
@@ -81,7 +83,9 @@ class TestKerasWeightsDataset:
         model = fit(keras_test_models.build_with_custom_layer(), data)
         path = str(tmp_path / "scaled.weights.h5")
         KerasWeightsDataset(filepath=path).save(model)
-        reloaded = KerasWeightsDataset(filepath=path, load_args={"custom_objects": ["keras_test_models.Scale"]}).load()
+        reloaded = KerasWeightsDataset(
+            filepath=path, load_args={"custom_objects": ["keras_test_models.Scale"]}
+        ).load()
         assert_same_predictions(reloaded, model, data[0])
 
     def test_lambda_in_saved_architecture_needs_safe_mode_off(self, tmp_path, data):
@@ -99,14 +103,20 @@ class TestKerasWeightsDataset:
         dataset = KerasWeightsDataset(
             filepath=path, architecture="keras_test_models.build_functional", architecture_args={"hidden": 3}
         )
-        with pytest.raises(DatasetError, match=r"clf\.weights\.h5. do not fit .*'layers/dense/0' has shape \(4, 3\) in the model but \(4, 8\) in the file; 'layers/dense/1' has shape \(3,\) in the model but \(8,\)"):
+        with pytest.raises(
+            DatasetError,
+            match=r"clf\.weights\.h5. do not fit .*'layers/dense/0' has shape \(4, 3\) in the model but \(4, 8\) in the file; 'layers/dense/1' has shape \(3,\) in the model but \(8,\)",
+        ):
             dataset.load()
 
     def test_builder_with_other_layer_count_is_refused(self, tmp_path, trained_model):
         path = str(tmp_path / "clf.weights.h5")
         KerasWeightsDataset(filepath=path).save(trained_model)
         dataset = KerasWeightsDataset(filepath=path, architecture="keras_test_models.build_sequential")
-        with pytest.raises(DatasetError, match=r"the file holds nothing for 'layers/batch_normalization' \(4 array\(s\) in the model\)"):
+        with pytest.raises(
+            DatasetError,
+            match=r"the file holds nothing for 'layers/batch_normalization' \(4 array\(s\) in the model\)",
+        ):
             dataset.load()
 
     def test_unbuilt_sublayers_are_refused_not_silently_skipped(self, tmp_path, data):
@@ -114,9 +124,14 @@ class TestKerasWeightsDataset:
         path = str(tmp_path / "net.weights.h5")
         KerasWeightsDataset(filepath=path).save(model)
         dataset = KerasWeightsDataset(
-            filepath=path, architecture="keras_test_models.build_subclassed_unbuilt", architecture_args={"hidden": 5}
+            filepath=path,
+            architecture="keras_test_models.build_subclassed_unbuilt",
+            architecture_args={"hidden": 5},
         )
-        with pytest.raises(DatasetError, match=r"'dense' has no variables in the model but 2 array\(s\) in the file.*A layer without variables was never built"):
+        with pytest.raises(
+            DatasetError,
+            match=r"'dense' has no variables in the model but 2 array\(s\) in the file.*A layer without variables was never built",
+        ):
             dataset.load()
 
     @pytest.mark.parametrize(
@@ -138,7 +153,9 @@ class TestKerasWeightsDataset:
         path = str(tmp_path / "clf.weights.h5")
         KerasWeightsDataset(filepath=path).save(trained_model)
         dataset = KerasWeightsDataset(
-            filepath=path, architecture="keras_test_models.build_functional", architecture_args={"colour": "red"}
+            filepath=path,
+            architecture="keras_test_models.build_functional",
+            architecture_args={"colour": "red"},
         )
         with pytest.raises(DatasetError, match=r"build_functional.*TypeError.*colour"):
             dataset.load()
@@ -146,7 +163,10 @@ class TestKerasWeightsDataset:
     def test_no_architecture_anywhere(self, tmp_path, trained_model):
         path = tmp_path / "clf.weights.h5"
         trained_model.save_weights(path)  # plain Keras writes no architecture
-        with pytest.raises(DatasetError, match=r"no architecture was saved at '.*clf\.architecture\.json'.*architecture: <import path"):
+        with pytest.raises(
+            DatasetError,
+            match=r"no architecture was saved at '.*clf\.architecture\.json'.*architecture: <import path",
+        ):
             KerasWeightsDataset(filepath=str(path)).load()
 
     @pytest.mark.parametrize("filepath", ["clf.h5", "clf.keras", "clf.json", "clf_weights.h5"])
@@ -182,12 +202,14 @@ class TestKerasWeightsDataset:
         import h5py
 
         KerasWeightsDataset(filepath=str(tmp_path / "a.weights.h5")).save(trained_model)
-        KerasWeightsDataset(filepath=str(tmp_path / "b.weights.h5"), save_args={"include_optimizer": False}).save(
-            trained_model
-        )
+        KerasWeightsDataset(
+            filepath=str(tmp_path / "b.weights.h5"), save_args={"include_optimizer": False}
+        ).save(trained_model)
         with h5py.File(tmp_path / "a.weights.h5") as full, h5py.File(tmp_path / "b.weights.h5") as slim:
             assert "optimizer" in full and "optimizer" not in slim
-        assert_same_weights(KerasWeightsDataset(filepath=str(tmp_path / "b.weights.h5")).load(), trained_model)
+        assert_same_weights(
+            KerasWeightsDataset(filepath=str(tmp_path / "b.weights.h5")).load(), trained_model
+        )
 
     def test_describe(self, tmp_path):
         text = repr(
@@ -201,12 +223,18 @@ class TestKerasWeightsDataset:
 class TestKerasWeightsDatasetVersioned:
     def test_versions_keep_weights_and_architecture_together(self, tmp_path, data):
         config = {
-            "weights": {"type": "kedro_keras.KerasWeightsDataset", "filepath": str(tmp_path / "w.weights.h5"), "versioned": True}
+            "weights": {
+                "type": "kedro_keras.KerasWeightsDataset",
+                "filepath": str(tmp_path / "w.weights.h5"),
+                "versioned": True,
+            }
         }
         small = fit(keras_test_models.build_functional(hidden=2), data)
         DataCatalog.from_config(config).save("weights", small)
         first = DataCatalog.from_config(config)["weights"].list_versions(full_path=False)[0]
-        DataCatalog.from_config(config).save("weights", fit(keras_test_models.build_functional(hidden=7), data))
+        DataCatalog.from_config(config).save(
+            "weights", fit(keras_test_models.build_functional(hidden=7), data)
+        )
 
         assert DataCatalog.from_config(config).load("weights").layers[1].units == 7
         assert DataCatalog.from_config(config).load("weights", version=first).layers[1].units == 2
@@ -243,7 +271,11 @@ def index_of(path):
 
 def shard_names(index_path):
     """The shard files an index names, in order."""
-    names = [name for names in index_of(index_path)["weight_map"].values() for name in ([names] if isinstance(names, str) else names)]
+    names = [
+        name
+        for names in index_of(index_path)["weight_map"].values()
+        for name in ([names] if isinstance(names, str) else names)
+    ]
     return list(dict.fromkeys(names))
 
 
@@ -274,9 +306,11 @@ def wide_model(data):
 
 
 def assert_same_optimizer_state(a, b):
-    assert int(keras.ops.convert_to_numpy(a.optimizer.iterations)) == int(keras.ops.convert_to_numpy(b.optimizer.iterations))
+    assert int(keras.ops.convert_to_numpy(a.optimizer.iterations)) == int(
+        keras.ops.convert_to_numpy(b.optimizer.iterations)
+    )
     assert len(a.optimizer.variables) == len(b.optimizer.variables)
-    for ours, theirs in zip(a.optimizer.variables, b.optimizer.variables):
+    for ours, theirs in zip(a.optimizer.variables, b.optimizer.variables, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
 
 
@@ -289,7 +323,9 @@ class TestKerasWeightsDatasetSharded:
         assert len(names) >= 4
         assert all(re.fullmatch(r"clf_[0-9a-f]{8}_\d{5}\.weights\.h5", name) for name in names)
         # Beside them: the architecture, and the empty first shard plain Keras opens first.
-        assert names_in(tmp_path) == sorted([*names, "clf.architecture.json", "clf.weights.json", "clf_00000.weights.h5"])
+        assert names_in(tmp_path) == sorted(
+            [*names, "clf.architecture.json", "clf.weights.json", "clf_00000.weights.h5"]
+        )
         assert index_of(index)["kedro_keras"]["architecture"]["class_name"] == "Functional"
 
         reloaded = sharded(index).load()
@@ -310,7 +346,9 @@ class TestKerasWeightsDatasetSharded:
         assert len(shard_names(index)) >= 4 and "clf_00000.weights.h5" in shard_names(index)
 
         from_builder = KerasWeightsDataset(
-            filepath=str(index), architecture="keras_test_models.build_functional", architecture_args={"hidden": 64}
+            filepath=str(index),
+            architecture="keras_test_models.build_functional",
+            architecture_args={"hidden": 64},
         ).load()
         assert_same_predictions(from_builder, wide_model, data[0])
         (tmp_path / "clf.architecture.json").write_text(wide_model.to_json())
@@ -326,7 +364,9 @@ class TestKerasWeightsDatasetSharded:
         sharded(index).save(wide_model)
         second = shard_names(index)
         assert not set(first) & set(second)
-        assert names_in(tmp_path) == sorted([*second, "clf.architecture.json", "clf.weights.json", "clf_00000.weights.h5"])
+        assert names_in(tmp_path) == sorted(
+            [*second, "clf.architecture.json", "clf.weights.json", "clf_00000.weights.h5"]
+        )
         assert_same_predictions(sharded(index).load(), wide_model, data[0])
 
     def test_overwrite_of_plain_keras_shards(self, tmp_path, wide_model, data):
@@ -348,13 +388,18 @@ class TestKerasWeightsDatasetSharded:
         assert_same_predictions(plain, wide_model, data[0])
         assert_same_predictions(sharded(index).load(), wide_model, data[0])
 
-    def test_save_that_fails_half_way_leaves_the_previous_weights(self, tmp_path, wide_model, data, keras_api):
+    def test_save_that_fails_half_way_leaves_the_previous_weights(
+        self, tmp_path, wide_model, data, keras_api
+    ):
         index = tmp_path / "clf.weights.json"
         sharded(index).save(wide_model)
         before = {name: (tmp_path / name).read_bytes() for name in names_in(tmp_path)}
 
         failing = fit(keras_test_models.build_failing_to_save(), data)
-        with pytest.raises(DatasetError, match=r"Could not save .*clf\.weights\.json.*no space left.*previously saved there are unchanged"):
+        with pytest.raises(
+            DatasetError,
+            match=r"Could not save .*clf\.weights\.json.*no space left.*previously saved there are unchanged",
+        ):
             sharded(index).save(failing)
 
         # Every file as it was, and nothing left behind by the failed save.
@@ -380,8 +425,14 @@ class TestKerasWeightsDatasetSharded:
         assert_same_predictions(sharded(index).load(), wide_model, data[0])
 
     def test_versioned(self, tmp_path, data):
-        config = {"weights": {"type": "kedro_keras.KerasWeightsDataset", "filepath": str(tmp_path / "w.weights.json"),
-                              "versioned": True, "save_args": {"max_shard_size": SHARD_GB}}}
+        config = {
+            "weights": {
+                "type": "kedro_keras.KerasWeightsDataset",
+                "filepath": str(tmp_path / "w.weights.json"),
+                "versioned": True,
+                "save_args": {"max_shard_size": SHARD_GB},
+            }
+        }
         small = fit(keras_test_models.build_functional(hidden=2), data)
         DataCatalog.from_config(config).save("weights", small)
         first = DataCatalog.from_config(config)["weights"].list_versions(full_path=False)[0]
@@ -389,7 +440,9 @@ class TestKerasWeightsDatasetSharded:
         DataCatalog.from_config(config).save("weights", wide)
 
         assert_same_predictions(DataCatalog.from_config(config).load("weights"), wide, data[0])
-        assert_same_predictions(DataCatalog.from_config(config).load("weights", version=first), small, data[0])
+        assert_same_predictions(
+            DataCatalog.from_config(config).load("weights", version=first), small, data[0]
+        )
         # A version's folder holds everything, under Keras's own shard names.
         (second,) = set(DataCatalog.from_config(config)["weights"].list_versions(full_path=False)) - {first}
         folder = tmp_path / "w.weights.json" / second
@@ -426,17 +479,26 @@ class TestKerasWeightsDatasetSharded:
         index = tmp_path / "clf.weights.json"
         sharded(index).save(wide_model)
         dataset = KerasWeightsDataset(filepath=str(index), architecture="keras_test_models.build_functional")
-        with pytest.raises(DatasetError, match=r"clf\.weights\.json. do not fit .*has shape \(4, 8\) in the model but \(4, 64\) in the file"):
+        with pytest.raises(
+            DatasetError,
+            match=r"clf\.weights\.json. do not fit .*has shape \(4, 8\) in the model but \(4, 64\) in the file",
+        ):
             dataset.load()
 
     def test_max_shard_size_needs_a_weights_json_file(self, tmp_path):
-        with pytest.raises(DatasetError, match=r"max_shard_size is for sharded weights, but '.*clf\.weights\.h5' is one"):
+        with pytest.raises(
+            DatasetError, match=r"max_shard_size is for sharded weights, but '.*clf\.weights\.h5' is one"
+        ):
             KerasWeightsDataset(filepath=str(tmp_path / "clf.weights.h5"), save_args={"max_shard_size": 1})
 
     @pytest.mark.parametrize("value", [0, -1, "1GB", True, float("inf")])
     def test_max_shard_size_must_be_a_positive_number(self, tmp_path, value):
-        with pytest.raises(DatasetError, match=r"max_shard_size for '.*clf\.weights\.json' must be a positive number"):
-            KerasWeightsDataset(filepath=str(tmp_path / "clf.weights.json"), save_args={"max_shard_size": value})
+        with pytest.raises(
+            DatasetError, match=r"max_shard_size for '.*clf\.weights\.json' must be a positive number"
+        ):
+            KerasWeightsDataset(
+                filepath=str(tmp_path / "clf.weights.json"), save_args={"max_shard_size": value}
+            )
 
 
 class TestKerasWeightsDatasetShardedDamage:
@@ -445,7 +507,9 @@ class TestKerasWeightsDatasetShardedDamage:
         sharded(index).save(wide_model)
         gone = shard_names(index)[2]
         (tmp_path / gone).unlink()
-        with pytest.raises(DatasetError, match=rf"clf\.weights\.json' names shards that do not exist: '.*{gone}'"):
+        with pytest.raises(
+            DatasetError, match=rf"clf\.weights\.json' names shards that do not exist: '.*{gone}'"
+        ):
             sharded(index).load()
 
     def test_flipped_byte_in_a_shard_is_detected(self, tmp_path, wide_model, keras_api):
@@ -453,7 +517,9 @@ class TestKerasWeightsDatasetShardedDamage:
         sharded(index).save(wide_model)
         holder = index_of(index)["weight_map"]["/layers/dense/vars"][0]
         flip_byte_in_array(tmp_path / holder, "layers/dense/vars/0")
-        with pytest.raises(DatasetError, match=rf"{holder}' \(a shard of '.*clf\.weights\.json'\) is corrupt: .*checksum"):
+        with pytest.raises(
+            DatasetError, match=rf"{holder}' \(a shard of '.*clf\.weights\.json'\) is corrupt: .*checksum"
+        ):
             sharded(index).load()
 
     def test_flipped_byte_in_an_optimizer_shard_is_detected(self, tmp_path, wide_model):
@@ -473,7 +539,9 @@ class TestKerasWeightsDatasetShardedDamage:
         sharded(index).save(wide_model)
         shard = tmp_path / shard_names(index)[0]
         shard.write_bytes(shard.read_bytes()[:800])
-        with pytest.raises(DatasetError, match=rf"{shard.name}' \(a shard of .*\) is not a valid \.weights\.h5 file"):
+        with pytest.raises(
+            DatasetError, match=rf"{shard.name}' \(a shard of .*\) is not a valid \.weights\.h5 file"
+        ):
             sharded(index).load()
 
     @pytest.mark.parametrize(
@@ -482,7 +550,10 @@ class TestKerasWeightsDatasetShardedDamage:
             (b"\x89HDF\r\n", r"is not a valid sharded-weights index: it is not JSON"),
             (b"[1, 2]", r"expected a JSON object with a 'weight_map' object"),
             (b'{"weight_map": ["a.weights.h5"]}', r"expected a JSON object with a 'weight_map' object"),
-            (b'{"weight_map": {"/vars": 3}}', r"weight_map\['/vars'\] must be a shard's file name or a list of them; got 3"),
+            (
+                b'{"weight_map": {"/vars": 3}}',
+                r"weight_map\['/vars'\] must be a shard's file name or a list of them; got 3",
+            ),
             (b'{"weight_map": {"/vars": []}}', r"weight_map\['/vars'\] must be a shard's file name"),
         ],
     )
@@ -510,8 +581,13 @@ class TestKerasWeightsDatasetShardedDamage:
         folder.mkdir()
         trained_model.save_weights(tmp_path / "outside.weights.h5")
         index = folder / "clf.weights.json"
-        index.write_text(json.dumps({"weight_map": {"/layers/dense/vars": [name], "/layers/dense_1/vars": name}}))
-        with pytest.raises(DatasetError, match=rf"clf\.weights\.json' is not a valid sharded-weights index: refusing shard '{re.escape(name)}': a shard must be a plain file name"):
+        index.write_text(
+            json.dumps({"weight_map": {"/layers/dense/vars": [name], "/layers/dense_1/vars": name}})
+        )
+        with pytest.raises(
+            DatasetError,
+            match=rf"clf\.weights\.json' is not a valid sharded-weights index: refusing shard '{re.escape(name)}': a shard must be a plain file name",
+        ):
             sharded(index, architecture=keras_test_models.build_functional).load()
 
     def test_save_over_a_hostile_index_removes_nothing_outside(self, tmp_path, wide_model, data, caplog):
@@ -550,9 +626,17 @@ class TestKerasWeightsDatasetShardedS3:
         fs.invalidate_cache()
         objects = sorted(key.rsplit("/", 1)[-1] for key in fs.ls(f"{s3_bucket}/models"))
         index = json.loads(fs.cat(path))
-        names = list(dict.fromkeys(n for names in index["weight_map"].values() for n in ([names] if isinstance(names, str) else names)))
+        names = list(
+            dict.fromkeys(
+                n
+                for names in index["weight_map"].values()
+                for n in ([names] if isinstance(names, str) else names)
+            )
+        )
         assert len(names) >= 4  # the first save's shards are gone
-        assert objects == sorted([*names, "clf.architecture.json", "clf.weights.json", "clf_00000.weights.h5"])
+        assert objects == sorted(
+            [*names, "clf.architecture.json", "clf.weights.json", "clf_00000.weights.h5"]
+        )
 
     def test_versioned_and_corrupt_shard(self, s3_bucket, s3_credentials, wide_model, data):
         import s3fs
@@ -570,5 +654,7 @@ class TestKerasWeightsDatasetShardedS3:
         data_bytes = bytearray(fs.cat(f"{version}/{holder}"))
         data_bytes[-100] ^= 0xFF  # inside the last array, before our trailer
         fs.pipe(f"{version}/{holder}", bytes(data_bytes))
-        with pytest.raises(DatasetError, match=rf"s3://.*/{holder}' \(a shard of 's3://.*clf\.weights\.json'\) is corrupt"):
+        with pytest.raises(
+            DatasetError, match=rf"s3://.*/{holder}' \(a shard of 's3://.*clf\.weights\.json'\) is corrupt"
+        ):
             sharded(path, credentials=s3_credentials, version=Version(None, None)).load()

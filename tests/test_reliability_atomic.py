@@ -27,11 +27,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+
+from kedro_keras import KerasModelDataset, KerasTimestampedModelDataset
 from reliability_helpers import TEMP_NAME, file_layer_only_once
 from reliability_helpers.faulty_proxy import FaultyProxy
 from reliability_helpers.workers import ForkServer
-
-from kedro_keras import KerasModelDataset, KerasTimestampedModelDataset
 
 pytestmark = file_layer_only_once()
 
@@ -53,7 +53,9 @@ def build_large_model() -> keras.Model:
     model = keras.Model(inputs, outputs, name="large")
     model.compile(optimizer="adam", loss="mse")
     rng = np.random.default_rng(7)
-    model.fit(rng.normal(size=(32, 64)).astype("float32"), rng.normal(size=(32, 1)).astype("float32"), verbose=0)
+    model.fit(
+        rng.normal(size=(32, 64)).astype("float32"), rng.normal(size=(32, 1)).astype("float32"), verbose=0
+    )
     return model
 
 
@@ -89,13 +91,19 @@ class Reference:
         bias = weights[self.bias_index]
         generation = int(bias.flat[0])
         assert np.all(bias == generation), f"{what}: the marker bias is not one generation: {bias}"
-        assert generation in allowed, f"{what} holds generation {generation}; only {sorted(allowed)} may be there"
-        for index, (ours, theirs) in enumerate(zip(weights, self.weights)):
+        assert generation in allowed, (
+            f"{what} holds generation {generation}; only {sorted(allowed)} may be there"
+        )
+        for index, (ours, theirs) in enumerate(zip(weights, self.weights, strict=True)):
             if index != self.bias_index:
-                assert np.array_equal(ours, theirs), f"{what}: weight array {index} differs from the saved one"
+                assert np.array_equal(ours, theirs), (
+                    f"{what}: weight array {index} differs from the saved one"
+                )
         assert int(keras.ops.convert_to_numpy(loaded.optimizer.iterations)) == self.iterations, what
         predicted = keras.ops.convert_to_numpy(loaded(self.x, training=False))
-        np.testing.assert_allclose(predicted, self.predictions(generation), rtol=1e-5, atol=1e-5, err_msg=what)
+        np.testing.assert_allclose(
+            predicted, self.predictions(generation), rtol=1e-5, atol=1e-5, err_msg=what
+        )
         return generation
 
 
@@ -136,7 +144,9 @@ class KillLoop:
         time.sleep(self.rng.uniform(0.0, max_delay))
         os.kill(pid, signal.SIGKILL)  # the saver we forked, by its pid
         status = self.server.reap(pid)
-        assert status == -signal.SIGKILL, f"saver {pid} ended by itself ({status}):\n{self.server.stderr_tail()}"
+        assert status == -signal.SIGKILL, (
+            f"saver {pid} ended by itself ({status}):\n{self.server.stderr_tail()}"
+        )
         return self.server.lines(output)[1:]
 
     def close(self) -> None:
@@ -246,7 +256,11 @@ def test_kill_9_while_saving_sharded_weights(tmp_path, large_model_files, capsys
 
     def verify(progress: Progress, reference: Reference) -> int:
         index = json.loads(target.read_text())
-        named = {name for names in index["weight_map"].values() for name in ([names] if isinstance(names, str) else names)}
+        named = {
+            name
+            for names in index["weight_map"].values()
+            for name in ([names] if isinstance(names, str) else names)
+        }
         assert len(named) > 3, named
         names = set(os.listdir(folder))
         assert named <= names, f"the published index names missing shards: {sorted(named - names)}"
@@ -274,7 +288,9 @@ def test_kill_9_while_saving_sharded_weights(tmp_path, large_model_files, capsys
     assert stats["saves_completed"] + stats["killed_mid_write"] > 0, "no kill ever landed during a save"
 
 
-def test_kill_9_while_saving_to_s3(s3_bucket, s3_credentials, s3_endpoint, large_model_files, tmp_path, capsys):
+def test_kill_9_while_saving_to_s3(
+    s3_bucket, s3_credentials, s3_endpoint, large_model_files, tmp_path, capsys
+):
     import s3fs
 
     base, reference = large_model_files
@@ -282,7 +298,9 @@ def test_kill_9_while_saving_to_s3(s3_bucket, s3_credentials, s3_endpoint, large
     bucket = s3_bucket.removeprefix("s3://")
     target, history = f"{s3_bucket}/kill/model.keras", f"{s3_bucket}/kill/history"
     KerasModelDataset(filepath=target, credentials=s3_credentials).save(reference.model)
-    KerasTimestampedModelDataset(filepath=history, keep_last=2, credentials=s3_credentials).save(reference.model)
+    KerasTimestampedModelDataset(filepath=history, keep_last=2, credentials=s3_credentials).save(
+        reference.model
+    )
 
     def pending_uploads() -> int:
         return len(fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", []))
@@ -348,7 +366,9 @@ def test_kill_9_while_saving_to_s3(s3_bucket, s3_credentials, s3_endpoint, large
         proxy.close()
         # Free the loopback server's memory: objects and the uploads the kills left pending.
         for upload in fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", []):
-            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            fs.call_s3(
+                "abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
         fs.rm(f"{bucket}/kill", recursive=True)
     report(capsys, "S3 (moto on loopback)", stats, seed)
     assert stats["kills"] >= MIN_KILLS

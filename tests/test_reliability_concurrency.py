@@ -20,10 +20,10 @@ import time
 import keras
 import numpy as np
 import pytest
-from reliability_helpers import file_layer_only_once
-from reliability_helpers.workers import ForkServer
 
 from kedro_keras import KerasTimestampedModelDataset
+from reliability_helpers import file_layer_only_once
+from reliability_helpers.workers import ForkServer
 
 pytestmark = file_layer_only_once()
 
@@ -40,7 +40,9 @@ def build_marked_model() -> keras.Model:
     model = keras.Model(inputs, outputs, name="marked")
     model.compile(optimizer="adam", loss="mse")
     rng = np.random.default_rng(5)
-    model.fit(rng.normal(size=(16, 16)).astype("float32"), rng.normal(size=(16, 1)).astype("float32"), verbose=0)
+    model.fit(
+        rng.normal(size=(16, 16)).astype("float32"), rng.normal(size=(16, 1)).astype("float32"), verbose=0
+    )
     marker = model.get_layer("marker")
     marker.bias.assign(np.zeros(tuple(marker.bias.shape), dtype="float32"))
     return model
@@ -67,7 +69,7 @@ def generation_of(model: keras.Model, reference: keras.Model) -> int:
     weights, expected = model.get_weights(), reference.get_weights()
     bias_index = [v.path for v in reference.weights].index(reference.get_layer("marker").bias.path)
     assert len(weights) == len(expected)
-    for index, (ours, theirs) in enumerate(zip(weights, expected)):
+    for index, (ours, theirs) in enumerate(zip(weights, expected, strict=True)):
         if index != bias_index:
             np.testing.assert_array_equal(ours, theirs)
     generation = int(weights[bias_index].flat[0])
@@ -75,11 +77,18 @@ def generation_of(model: keras.Model, reference: keras.Model) -> int:
     return generation
 
 
-def save_at_once(server: ForkServer, base_path, history: str, barrier, endpoint=None, frozen_clock=False) -> None:
+def save_at_once(
+    server: ForkServer, base_path, history: str, barrier, endpoint=None, frozen_clock=False
+) -> None:
     jobs = [
         server.fork(
-            "barrier_saver", base=str(base_path), history=history, generation=index + 1, barrier=str(barrier),
-            endpoint=endpoint, frozen_clock=frozen_clock,
+            "barrier_saver",
+            base=str(base_path),
+            history=history,
+            generation=index + 1,
+            barrier=str(barrier),
+            endpoint=endpoint,
+            frozen_clock=frozen_clock,
         )
         for index in range(SAVERS)
     ]
@@ -113,21 +122,29 @@ def test_eight_processes_save_into_one_local_history_at_once(frozen_clock, base,
     if frozen_clock:
         # All picked the same first timestamp; exclusive creation moved each on.
         assert min(versions) == "2026-11-21T12.00.00.500000Z"
-    assert not [p.name for p in (tmp_path / "history").iterdir() if p.name.startswith(".")], "temporary files left"
+    assert not [p.name for p in (tmp_path / "history").iterdir() if p.name.startswith(".")], (
+        "temporary files left"
+    )
     with capsys.disabled():
-        print(f"\n[concurrency] {SAVERS} processes saved into one local history at once "
-              f"({'frozen' if frozen_clock else 'real'} clock): {len(versions)} distinct versions, "
-              f"all loadable ({time.monotonic() - start:.1f} s)")
+        print(
+            f"\n[concurrency] {SAVERS} processes saved into one local history at once "
+            f"({'frozen' if frozen_clock else 'real'} clock): {len(versions)} distinct versions, "
+            f"all loadable ({time.monotonic() - start:.1f} s)"
+        )
 
 
-def test_eight_processes_save_into_one_s3_history_at_once(base, server, tmp_path, s3_bucket, s3_credentials, s3_endpoint):
+def test_eight_processes_save_into_one_s3_history_at_once(
+    base, server, tmp_path, s3_bucket, s3_credentials, s3_endpoint
+):
     base_path, reference = base
     history = f"{s3_bucket}/history"
     save_at_once(server, base_path, history, tmp_path / "go", endpoint=s3_endpoint)
     check_history(history, reference, credentials=s3_credentials)
 
 
-def race(server: ForkServer, base_path, history: str, stop, fresh: bool, endpoint=None) -> tuple[list[str], list[str]]:
+def race(
+    server: ForkServer, base_path, history: str, stop, fresh: bool, endpoint=None
+) -> tuple[list[str], list[str]]:
     writer_pid, writer_out = server.fork(
         "pruning_writer", base=str(base_path), history=history, seconds=RACE_SECONDS, endpoint=endpoint
     )
@@ -155,15 +172,21 @@ def test_pruning_never_breaks_a_load_of_the_newest(fresh, base, server, tmp_path
     assert set(loads) <= set(saves)
     assert KerasTimestampedModelDataset(filepath=str(tmp_path / "history")).versions().__len__() == 2
     with capsys.disabled():
-        print(f"\n[concurrency] keep_last=2 pruning vs a reader ({'fresh dataset' if fresh else 'one dataset'}, "
-              f"local): {len(saves)} saves, {len(loads)} loads, 0 failed; "
-              f"{len(set(loads))} distinct generations read")
+        print(
+            f"\n[concurrency] keep_last=2 pruning vs a reader ({'fresh dataset' if fresh else 'one dataset'}, "
+            f"local): {len(saves)} saves, {len(loads)} loads, 0 failed; "
+            f"{len(set(loads))} distinct generations read"
+        )
 
 
 @pytest.mark.parametrize("fresh", [True, False], ids=["a new dataset per load", "one dataset for all loads"])
-def test_pruning_never_breaks_a_load_of_the_newest_on_s3(fresh, base, server, tmp_path, s3_bucket, s3_endpoint, capsys):
+def test_pruning_never_breaks_a_load_of_the_newest_on_s3(
+    fresh, base, server, tmp_path, s3_bucket, s3_endpoint, capsys
+):
     base_path, _ = base
-    writer, reader = race(server, base_path, f"{s3_bucket}/history", tmp_path / "stop", fresh, endpoint=s3_endpoint)
+    writer, reader = race(
+        server, base_path, f"{s3_bucket}/history", tmp_path / "stop", fresh, endpoint=s3_endpoint
+    )
     saves = [int(line.split()[1]) for line in writer if line.startswith("saved")]
     failures = [line for line in reader if line.startswith("failed")]
     loads = [int(line.split()[1]) for line in reader if line.startswith("loaded")]
@@ -171,5 +194,7 @@ def test_pruning_never_breaks_a_load_of_the_newest_on_s3(fresh, base, server, tm
     assert len(saves) > 5 and len(loads) > 5, (len(saves), len(loads))
     assert set(loads) <= set(saves)
     with capsys.disabled():
-        print(f"\n[concurrency] keep_last=2 pruning vs a reader ({'fresh dataset' if fresh else 'one dataset'}, "
-              f"S3): {len(saves)} saves, {len(loads)} loads, 0 failed")
+        print(
+            f"\n[concurrency] keep_last=2 pruning vs a reader ({'fresh dataset' if fresh else 'one dataset'}, "
+            f"S3): {len(saves)} saves, {len(loads)} loads, 0 failed"
+        )

@@ -23,10 +23,10 @@ import keras
 import numpy as np
 import pytest
 from kedro.io import DatasetError
-from reliability_helpers import file_layer_only_once, weights_digest
-from reliability_helpers.faulty_proxy import FaultyProxy
 
 from kedro_keras import KerasModelDataset, KerasWeightsDataset
+from reliability_helpers import file_layer_only_once, weights_digest
+from reliability_helpers.faulty_proxy import FaultyProxy
 
 pytestmark = file_layer_only_once()
 
@@ -41,7 +41,9 @@ def build_model(units: int, seed: int) -> keras.Model:
     model = keras.Model(inputs, keras.layers.Dense(1)(x), name=f"m{seed}")
     model.compile(optimizer="adam", loss="mse")
     rng = np.random.default_rng(seed)
-    model.fit(rng.normal(size=(16, 32)).astype("float32"), rng.normal(size=(16, 1)).astype("float32"), verbose=0)
+    model.fit(
+        rng.normal(size=(16, 32)).astype("float32"), rng.normal(size=(16, 1)).astype("float32"), verbose=0
+    )
     return model
 
 
@@ -112,7 +114,9 @@ def arm(proxy: FaultyProxy, fault: dict, bucket: str) -> None:
 
 
 @pytest.mark.parametrize("size", ["small", "large"])
-def test_a_save_cut_off_by_the_network_keeps_the_previous_model(size, models, proxy, through_proxy, s3_bucket, s3_credentials, capsys):
+def test_a_save_cut_off_by_the_network_keeps_the_previous_model(
+    size, models, proxy, through_proxy, s3_bucket, s3_credentials, capsys
+):
     import s3fs
 
     old, new = models[size]
@@ -145,7 +149,9 @@ def test_a_save_cut_off_by_the_network_keeps_the_previous_model(size, models, pr
         if saved:
             outcomes.succeeded += 1
             reloaded = KerasModelDataset(filepath=path, credentials=s3_credentials).load()
-            assert weights_digest(reloaded, optimizer=True) == new_digest, f"{name}: the saved model is not the new one"
+            assert weights_digest(reloaded, optimizer=True) == new_digest, (
+                f"{name}: the saved model is not the new one"
+            )
         else:
             outcomes.failed += 1
             assert stored == old_bytes, f"{name}: a failed save changed the model at the path"
@@ -168,7 +174,9 @@ LOAD_FAULTS = [
 
 
 @pytest.mark.parametrize("kind", ["keras", "weights"])
-def test_a_load_cut_off_by_the_network_returns_the_model_or_fails(kind, models, proxy, through_proxy, s3_bucket, s3_credentials, capsys):
+def test_a_load_cut_off_by_the_network_returns_the_model_or_fails(
+    kind, models, proxy, through_proxy, s3_bucket, s3_credentials, capsys
+):
     import s3fs
 
     _, model = models["large"]
@@ -200,15 +208,21 @@ def test_a_load_cut_off_by_the_network_returns_the_model_or_fails(kind, models, 
             result = "DatasetError"
         armed = proxy.armed
         proxy.heal()
-        notes.append(f"{name}: {result} in {time.monotonic() - start:.1f} s{' (fault not reached)' if armed else ''}")
+        notes.append(
+            f"{name}: {result} in {time.monotonic() - start:.1f} s{' (fault not reached)' if armed else ''}"
+        )
         direct.invalidate_cache()
-        assert {p: direct.cat(p) for p in direct.find(f"{bucket}/faults")} == before, f"{name}: a load changed the bucket"
+        assert {p: direct.cat(p) for p in direct.find(f"{bucket}/faults")} == before, (
+            f"{name}: a load changed the bucket"
+        )
 
     with capsys.disabled():
         print(f"\n[faults / load, {kind}] {outcomes.line()}:\n  " + "\n  ".join(notes))
 
 
-def test_an_unreachable_store_fails_fast_and_changes_nothing(models, proxy, through_proxy, s3_bucket, s3_credentials):
+def test_an_unreachable_store_fails_fast_and_changes_nothing(
+    models, proxy, through_proxy, s3_bucket, s3_credentials
+):
     """Every connection refused: save and load fail with DatasetError in bounded time."""
     import s3fs
 
@@ -223,9 +237,13 @@ def test_an_unreachable_store_fails_fast_and_changes_nothing(models, proxy, thro
     proxy.refuse(10**6)
     start = time.monotonic()
     with pytest.raises(DatasetError, match=r"s3://.*model\.keras"):
-        KerasModelDataset(filepath=path, credentials=credentials, fs_args={"skip_instance_cache": True}).save(new)
+        KerasModelDataset(filepath=path, credentials=credentials, fs_args={"skip_instance_cache": True}).save(
+            new
+        )
     with pytest.raises(DatasetError, match=r"s3://.*model\.keras"):
-        KerasModelDataset(filepath=path, credentials=credentials, fs_args={"skip_instance_cache": True}).load()
+        KerasModelDataset(
+            filepath=path, credentials=credentials, fs_args={"skip_instance_cache": True}
+        ).load()
     seconds = time.monotonic() - start
     proxy.heal()
     direct.invalidate_cache()

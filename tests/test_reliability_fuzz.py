@@ -38,14 +38,14 @@ from pathlib import Path
 
 import keras
 import pytest
-from conftest import fit
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import weights_digest
-from reliability_helpers.workers import LoadWorker, WorkerDied
 
 import keras_test_models
+from conftest import fit
 from kedro_keras import KerasModelDataset, KerasWeightsDataset
+from reliability_helpers import weights_digest
+from reliability_helpers.workers import LoadWorker, WorkerDied
 
 # Fewer under the other backends' runs of the suite: the parsers are the same.
 _DEFAULT_EXAMPLES = "400" if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" else "150"
@@ -71,7 +71,11 @@ settings.register_profile(
     # worker that stops answering altogether.
     deadline=(CASE_TIMEOUT + 60) * 1000,
     database=None,  # nothing written into the repository
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
     # No shrinking: a failing input is saved as it is, and shrinking a hang
     # costs a worker restart per attempt.
     phases=[Phase.explicit, Phase.generate],
@@ -185,7 +189,9 @@ def apply(data: bytes, steps: list[tuple], donors: list[bytes]) -> bytes:
 
 def donors_for(originals, kind: str) -> list[tuple[str, bytes]]:
     """Donor files for splices: the same format of model b first, then the others of model a."""
-    return [("b", originals["b"][kind])] + [("a", originals["a"][other]) for other in FILE_NAMES if other != kind]
+    return [("b", originals["b"][kind])] + [
+        ("a", originals["a"][other]) for other in FILE_NAMES if other != kind
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -272,7 +278,9 @@ def fuzz_totals():
 
 
 @pytest.mark.parametrize("kind", list(FILE_NAMES))
-def test_damaged_files_load_or_raise_dataset_error(kind, originals, worker, undamaged_digests, tmp_path, fuzz_totals, capsys):
+def test_damaged_files_load_or_raise_dataset_error(
+    kind, originals, worker, undamaged_digests, tmp_path, fuzz_totals, capsys
+):
     fuzzer = Fuzzer(kind, originals, worker, undamaged_digests, tmp_path / "case", ARTIFACTS)
     size = len(originals["a"][kind])
     steps_strategy = st.lists(mutation(size, len(fuzzer.donors)), min_size=1, max_size=3)

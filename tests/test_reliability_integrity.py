@@ -22,8 +22,8 @@ refused in each format, bad import paths) is not repeated here. Added:
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import struct
 import sys
 import uuid
@@ -34,14 +34,14 @@ from pathlib import Path
 import h5py
 import keras
 import pytest
-from conftest import fit
 from kedro.io import DatasetError
+
+import keras_test_models
+from conftest import fit
+from kedro_keras import KerasModelDataset, KerasTimestampedModelDataset, KerasWeightsDataset
 from reliability_helpers import archives, file_layer_only_once
 from reliability_helpers.archives import Member, build_zip, member_span, members_of
 from reliability_helpers.workers import LoadWorker
-
-import keras_test_models
-from kedro_keras import KerasModelDataset, KerasTimestampedModelDataset, KerasWeightsDataset
 
 FILE_NAMES = {"keras": "model.keras", "h5": "model.h5", "weights": "model.weights.h5"}
 
@@ -106,7 +106,12 @@ def h5_array_offset(data: bytes, tmp_path: Path) -> int:
     found = []
 
     def visit(name, item):
-        if isinstance(item, h5py.Dataset) and item.size > 8 and want(name) and not name.startswith("optimizer"):
+        if (
+            isinstance(item, h5py.Dataset)
+            and item.size > 8
+            and want(name)
+            and not name.startswith("optimizer")
+        ):
             offset = item.id.get_offset()
             if offset is not None:
                 found.append((name, offset, item.id.get_storage_size()))
@@ -196,7 +201,9 @@ def test_damaged_or_foreign_file_is_a_dataset_error_naming_it(case, files, tmp_p
 
 def test_spliced_weights_are_reported_as_corrupt(files, tmp_path):
     path = place(tmp_path, "keras", keras_weights_from_other_model(files, tmp_path))
-    with pytest.raises(DatasetError, match=r"model\.keras' is corrupt: the weights do not match their checksum"):
+    with pytest.raises(
+        DatasetError, match=r"model\.keras' is corrupt: the weights do not match their checksum"
+    ):
         dataset_for("keras", path).load()
 
 
@@ -332,13 +339,19 @@ def test_import_paths_are_never_evaluated(tmp_path, files):
     history.save(files["model"])
     for payload in evaluating_payloads(marker):
         attempts = [
-            lambda: KerasModelDataset(filepath=str(keras_path), load_args={"custom_objects": {"Scale": payload}}).load(),
-            lambda: KerasModelDataset(filepath=str(keras_path), load_args={"custom_objects": [payload]}).load(),
-            lambda: KerasTimestampedModelDataset(
+            lambda payload=payload: KerasModelDataset(
+                filepath=str(keras_path), load_args={"custom_objects": {"Scale": payload}}
+            ).load(),
+            lambda payload=payload: KerasModelDataset(
+                filepath=str(keras_path), load_args={"custom_objects": [payload]}
+            ).load(),
+            lambda payload=payload: KerasTimestampedModelDataset(
                 filepath=str(tmp_path / "h"), load_args={"custom_objects": {"Scale": payload}}
             ).load(),
-            lambda: KerasWeightsDataset(filepath=str(weights_path), architecture=payload).load(),
-            lambda: KerasWeightsDataset(
+            lambda payload=payload: KerasWeightsDataset(
+                filepath=str(weights_path), architecture=payload
+            ).load(),
+            lambda payload=payload: KerasWeightsDataset(
                 filepath=str(weights_path), load_args={"custom_objects": {"Scale": payload}}
             ).load(),
         ]
@@ -375,7 +388,10 @@ def point_config_at(config: dict, module: str, how: str) -> dict:
         dense.update(module=module, class_name="Evil", registered_name=f"{module}>Evil")
     else:
         dense["config"]["activation"] = {
-            "module": module, "class_name": "function", "config": "payload", "registered_name": f"{module}>payload"
+            "module": module,
+            "class_name": "function",
+            "config": "payload",
+            "registered_name": f"{module}>payload",
         }
     return config
 
@@ -399,7 +415,12 @@ def test_modules_named_in_a_file_are_not_imported(kind, how, files, tmp_path, mo
             h5_file.attrs["model_config"] = json.dumps(point_config_at(config, module, how))
     else:
         config = json.loads(files["a"]["architecture"])
-        place(tmp_path, "weights", files["a"]["weights"], json.dumps(point_config_at(config, module, how)).encode())
+        place(
+            tmp_path,
+            "weights",
+            files["a"]["weights"],
+            json.dumps(point_config_at(config, module, how)).encode(),
+        )
 
     with pytest.raises(DatasetError) as error:
         dataset_for(kind, path).load()
@@ -458,7 +479,9 @@ def test_zip_bomb_is_refused_without_inflating_it(case, api, files, tmp_path, wo
     assert worker.temp_leftovers() == leftovers, "the load left temporary files behind"
     assert result["outcome"] == "dataset_error", result
     assert str(path) in result["message"]
-    assert result["rss_delta"] < MAX_EXTRA_MEMORY, f"loading took {result['rss_delta'] / 2**20:.0f} MB more memory"
+    assert result["rss_delta"] < MAX_EXTRA_MEMORY, (
+        f"loading took {result['rss_delta'] / 2**20:.0f} MB more memory"
+    )
     assert result["written"] < MAX_WRITTEN, f"loading wrote {result['written'] / 2**20:.0f} MB"
     assert sorted(os.listdir(tmp_path)) == ["model.keras"]
 

@@ -11,9 +11,9 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import fit
 
 import keras_test_models
+from conftest import fit
 from kedro_keras import _sharded
 
 
@@ -46,7 +46,10 @@ def test_sharded_layout_is_keras_own(tmp_path, data):
 
     shards = InMemoryShards()
     ours = _sharded.write_sharded_weights(
-        model, shard_name=lambda i: f"ours_{i:05}.weights.h5", open_shard=shards.open_for_write, max_shard_size=1e-6
+        model,
+        shard_name=lambda i: f"ours_{i:05}.weights.h5",
+        open_shard=shards.open_for_write,
+        max_shard_size=1e-6,
     )
     renamed = json.loads(json.dumps(ours["weight_map"]).replace("ours_", "m_"))
     assert renamed == theirs["weight_map"] and len(shards.files) == 5
@@ -60,7 +63,10 @@ def test_sharded_reader_opens_each_shard_at_most_twice(data):
     model = fit(keras_test_models.build_functional(hidden=64), data)
     shards = InMemoryShards()
     index = _sharded.write_sharded_weights(
-        model, shard_name=lambda i: f"m_{i:05}.weights.h5", open_shard=shards.open_for_write, max_shard_size=1e-6
+        model,
+        shard_name=lambda i: f"m_{i:05}.weights.h5",
+        open_shard=shards.open_for_write,
+        max_shard_size=1e-6,
     )
     index = _sharded.read_sharded_index(io.BytesIO(json.dumps(index).encode()))
 
@@ -70,13 +76,23 @@ def test_sharded_reader_opens_each_shard_at_most_twice(data):
     _sharded.read_sharded_weights_into(clone, index, shards.open_for_read)
 
     assert set(shards.opens) == set(shards.files) and max(shards.opens.values()) <= 2
-    for ours, theirs in zip(clone.weights + clone.optimizer.variables, model.weights + model.optimizer.variables):
+    for ours, theirs in zip(
+        clone.weights + clone.optimizer.variables, model.weights + model.optimizer.variables, strict=True
+    ):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
 
 
 @pytest.mark.parametrize(
     "name",
-    ["../x.weights.h5", "/abs/x.weights.h5", "s3://b/x.weights.h5", "a\\x.weights.h5", "..", "x.h5", "x\x00.weights.h5"],
+    [
+        "../x.weights.h5",
+        "/abs/x.weights.h5",
+        "s3://b/x.weights.h5",
+        "a\\x.weights.h5",
+        "..",
+        "x.h5",
+        "x\x00.weights.h5",
+    ],
 )
 def test_shard_names_must_be_plain_file_names(name):
     with pytest.raises(ValueError, match="a shard must be a plain file name"):

@@ -60,7 +60,9 @@ def main() -> None:
         catalog = session.load_context().catalog
         metrics = catalog.load("metrics")
         print()
-        print(f"Test accuracy on {metrics['test_images']} held-out digits, each model loaded back through the catalog:")
+        print(
+            f"Test accuracy on {metrics['test_images']} held-out digits, each model loaded back through the catalog:"
+        )
         for name in MODELS:
             print(f"  {name:<20} {metrics['accuracy'][name]:.4f}   {shorten(where(catalog, name))}")
         print(f"Metrics: {shorten(catalog.get('metrics')._describe()['filepath'])}")

@@ -161,7 +161,10 @@ def read_saved_with(file: IO[bytes]) -> dict[str, str]:
         if zipfile.is_zipfile(file):
             metadata = read_archive_metadata(file)
             ours = metadata.get("kedro_keras") or {}
-            found = {"keras_version": ours.get("keras_version", metadata.get("keras_version")), "backend": ours.get("backend")}
+            found = {
+                "keras_version": ours.get("keras_version", metadata.get("keras_version")),
+                "backend": ours.get("backend"),
+            }
         else:
             import h5py
 
@@ -171,7 +174,9 @@ def read_saved_with(file: IO[bytes]) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - a log detail must not fail a load
         return {}
     return {
-        key: value.decode() if isinstance(value, bytes) else str(value) for key, value in found.items() if value
+        key: value.decode() if isinstance(value, bytes) else str(value)
+        for key, value in found.items()
+        if value
     }
 
 
@@ -194,7 +199,9 @@ def read_keras_archive(
         missing = {CONFIG_MEMBER, WEIGHTS_MEMBER} - names
         if missing:
             raise ValueError(f"not a Keras model archive: it has no {', '.join(sorted(missing))}")
-        metadata = json.loads(_read_small_member(archive, METADATA_MEMBER)) if METADATA_MEMBER in names else {}
+        metadata = (
+            json.loads(_read_small_member(archive, METADATA_MEMBER)) if METADATA_MEMBER in names else {}
+        )
         slim = metadata.get("kedro_keras", {}).get("include_optimizer") is False
 
         with warnings.catch_warnings():
@@ -205,16 +212,19 @@ def read_keras_archive(
             if not _keras_saving.available():
                 return _read_keras_archive_public(file, custom_objects, compile, safe_mode)
             config_json = _read_small_member(archive, CONFIG_MEMBER)
-            with _member_reader(archive, file, WEIGHTS_MEMBER) as weights, _keras_saving.assets_reader(
-                archive
-            ) as assets_store:
+            with (
+                _member_reader(archive, file, WEIGHTS_MEMBER) as weights,
+                _keras_saving.assets_reader(archive) as assets_store,
+            ):
                 visited: set[int] = set()
                 try:
                     weights_store = h5_read_store(weights)
                     try:
                         model = build_model_and_fill(
                             config_json,
-                            lambda model: _keras_saving.load_state(model, weights_store, assets_store, visited),
+                            lambda model: _keras_saving.load_state(
+                                model, weights_store, assets_store, visited
+                            ),
                             custom_objects=custom_objects,
                             compile=compile,
                             safe_mode=safe_mode,
@@ -248,7 +258,9 @@ def _refuse_hostile_members(archive: zipfile.ZipFile) -> None:
             )
 
 
-def _read_keras_archive_public(file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool) -> keras.Model:  # noqa: A002
+def _read_keras_archive_public(
+    file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool
+) -> keras.Model:  # noqa: A002
     import keras
 
     with zipfile.ZipFile(file) as archive:
@@ -297,7 +309,9 @@ def _member_reader(archive: zipfile.ZipFile, file: IO[bytes], name: str) -> Iter
         return
     # Not written by Keras (it stores members uncompressed): inflate it.
     if info.file_size > 100 * max(info.compress_size, 1) and info.file_size > _MAX_JSON_MEMBER:
-        raise ValueError(f"refusing to inflate '{name}': {info.compress_size} bytes claim to hold {info.file_size}")
+        raise ValueError(
+            f"refusing to inflate '{name}': {info.compress_size} bytes claim to hold {info.file_size}"
+        )
     yield io.BytesIO(archive.read(info))
 
 

@@ -55,9 +55,7 @@ class Location:
         self.protocol, path = get_protocol_and_path(filepath, version)
         if self.protocol == "file":
             fs_args.setdefault("auto_mkdir", True)
-        self.fs: fsspec.AbstractFileSystem = fsspec.filesystem(
-            self.protocol, **credentials, **fs_args
-        )
+        self.fs: fsspec.AbstractFileSystem = fsspec.filesystem(self.protocol, **credentials, **fs_args)
         self.path = PurePosixPath(path)
 
     @property
@@ -342,7 +340,11 @@ class RemoteReader(_SizedFile):
         for start in [*self._held, *self._small]:
             if position < start < limit:
                 limit = start
-        if self._open_stream is not None and self._stream is not None and position < self._stream_position < limit:
+        if (
+            self._open_stream is not None
+            and self._stream is not None
+            and position < self._stream_position < limit
+        ):
             limit = self._stream_position
         return limit - position
 
@@ -408,7 +410,9 @@ class RemoteReader(_SizedFile):
                     raise
                 continue
             if not count:
-                raise EOFError(f"{self._file.path} ended early at byte {self._stream_position} of {self.size}")
+                raise EOFError(
+                    f"{self._file.path} ended early at byte {self._stream_position} of {self.size}"
+                )
             done += count
             self._stream_position += count
 
@@ -482,7 +486,13 @@ def _stream_opener(file: Any) -> Callable[[int], Any] | None:
 
     def open_at(position: int) -> _S3Stream:
         response = sync(
-            fs.loop, fs._call_s3, "get_object", Bucket=file.bucket, Key=file.key, Range=f"bytes={position}-", **extra
+            fs.loop,
+            fs._call_s3,
+            "get_object",
+            Bucket=file.bucket,
+            Key=file.key,
+            Range=f"bytes={position}-",
+            **extra,
         )
         return _S3Stream(fs.loop, response["Body"])
 
@@ -622,7 +632,9 @@ class GatherBuffer(_SizedFile):
 _PUT_ATTEMPTS = 3
 
 
-async def _put_object(fs: Any, bucket: str, key: str, gathered: GatherBuffer, conditions: dict[str, str]) -> None:
+async def _put_object(
+    fs: Any, bucket: str, key: str, gathered: GatherBuffer, conditions: dict[str, str]
+) -> None:
     """PutObject with the body rewound before every attempt.
 
     s3fs's own retry loop would call again with the body already read to its
@@ -642,7 +654,12 @@ async def _put_object(fs: Any, bucket: str, key: str, gathered: GatherBuffer, co
             return
         except Exception as exc:  # noqa: BLE001 - sorted below
             code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            transient = not code or code in {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"}
+            transient = not code or code in {
+                "SlowDown",
+                "InternalError",
+                "ServiceUnavailable",
+                "RequestTimeout",
+            }
             if attempt == _PUT_ATTEMPTS or not transient or code == "PreconditionFailed":
                 raise
             await asyncio.sleep(0.2 * attempt)

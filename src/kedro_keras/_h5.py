@@ -302,7 +302,9 @@ def stored_variable_groups(file: IO[bytes]) -> dict[str, dict[str, tuple[int, ..
                 raise ValueError(f"group '{path}/{name}' is reached twice: the file is damaged")
             seen.add(address)
             if name == "vars":
-                arrays = {key: tuple(value.shape) for key, value in item.items() if isinstance(value, h5py.Dataset)}
+                arrays = {
+                    key: tuple(value.shape) for key, value in item.items() if isinstance(value, h5py.Dataset)
+                }
                 found.setdefault(path.replace(_KERAS_2_13_LAYERS, "layers"), {}).update(arrays)
             else:
                 walk(item, f"{path}/{name}" if path else name, depth + 1)

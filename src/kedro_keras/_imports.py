@@ -33,9 +33,7 @@ def import_object(import_path: str) -> Any:
     else:
         parts = import_path.split(".")
         # Longest importable module first: 'a.b.C.D' may be class D nested in C.
-        candidates = [
-            (".".join(parts[:i]), parts[i:]) for i in range(len(parts) - 1, 0, -1)
-        ]
+        candidates = [(".".join(parts[:i]), parts[i:]) for i in range(len(parts) - 1, 0, -1)]
     missing_module = None  # the longest prefix that is not a module
     for module_name, attributes in candidates:
         try:
@@ -52,7 +50,9 @@ def import_object(import_path: str) -> Any:
             if missing_module and len(attributes) > 1:
                 # 'demo.modelz.build' with no module 'demo.modelz': the typo
                 # is in the module, not in an attribute of 'demo'.
-                raise ValueError(f"cannot import '{import_path}': there is no module '{missing_module}'") from None
+                raise ValueError(
+                    f"cannot import '{import_path}': there is no module '{missing_module}'"
+                ) from None
             raise ValueError(
                 f"cannot import '{import_path}': module '{module_name}' has no "
                 f"attribute '{'.'.join(attributes)}'"
@@ -70,9 +70,7 @@ def resolve_custom_objects(custom_objects: Any) -> dict[str, Any] | None:
     if custom_objects is None:
         return None
     if isinstance(custom_objects, (list, tuple)):
-        custom_objects = {
-            path.replace(":", ".").rsplit(".", 1)[-1]: path for path in custom_objects
-        }
+        custom_objects = {path.replace(":", ".").rsplit(".", 1)[-1]: path for path in custom_objects}
     if not isinstance(custom_objects, dict):
         raise ValueError(
             "custom_objects must be a mapping of names to classes or import "

@@ -45,11 +45,16 @@ def build_model_and_fill(
     def build() -> keras.Model:
         if _keras_saving.available():  # also restores objects shared between layers
             return _keras_saving.model_from_config(json.dumps(config), custom_objects, safe_mode)
-        return keras.saving.deserialize_keras_object(config, custom_objects=custom_objects, safe_mode=safe_mode)
+        return keras.saving.deserialize_keras_object(
+            config, custom_objects=custom_objects, safe_mode=safe_mode
+        )
 
     def prepare(model: keras.Model) -> None:
         if compile_config:
-            with keras.saving.custom_object_scope(custom_objects or {}), _keras_saving.safe_mode_scope(safe_mode):
+            with (
+                keras.saving.custom_object_scope(custom_objects or {}),
+                _keras_saving.safe_mode_scope(safe_mode),
+            ):
                 model.compile_from_config(compile_config)
             build_optimizer(model)
 
@@ -200,7 +205,10 @@ def _uninitialized_variable_registry() -> Callable[[], list[Any]] | None:
         from keras.src.backend.common import global_state
     except ImportError:  # pragma: no cover - depends on the Keras version
         return None
-    if not all(hasattr(keras.Variable, name) for name in ("_initialize", "_deferred_initialize", "_convert_to_tensor")):
+    if not all(
+        hasattr(keras.Variable, name)
+        for name in ("_initialize", "_deferred_initialize", "_convert_to_tensor")
+    ):
         return None
     return lambda: global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True)
 
@@ -216,9 +224,7 @@ def build_from_builder(builder: Callable[..., Any], builder_args: dict[str, Any]
 
     model = builder(**builder_args)
     if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"the architecture builder returned {type(model).__name__}, not a keras.Model"
-        )
+        raise ValueError(f"the architecture builder returned {type(model).__name__}, not a keras.Model")
     return model
 
 

@@ -92,7 +92,9 @@ def serialize_model(model: keras.Model) -> tuple[str, str]:
     return _lib()._serialize_model_as_json(model=model)
 
 
-def model_from_config(config_json: str, custom_objects: dict[str, Any] | None, safe_mode: bool) -> keras.Model:
+def model_from_config(
+    config_json: str, custom_objects: dict[str, Any] | None, safe_mode: bool
+) -> keras.Model:
     """Keras's own rebuild from ``config.json`` (it also restores objects shared
     between layers), never compiling: the caller compiles after the build."""
     return _lib()._model_from_config(
@@ -162,7 +164,9 @@ def assets_reader(archive: zipfile.ZipFile) -> Iterator[Any]:
     Keras's own loader extracts the whole archive, weights included, to a
     temporary folder; assets are small (vocabularies), so we take just them.
     """
-    assets = [info for info in archive.infolist() if info.filename.startswith("assets/") and not info.is_dir()]
+    assets = [
+        info for info in archive.infolist() if info.filename.startswith("assets/") and not info.is_dir()
+    ]
     if not assets:
         yield None
         return

@@ -39,7 +39,9 @@ def to_numpy_once(value: Any) -> Any:
 
 
 def _knows_write_store_layout(store: Any) -> bool:
-    return all(hasattr(store, name) for name in ("_h5_entry_initialized", "_h5_entry_path", "_create_h5_group"))
+    return all(
+        hasattr(store, name) for name in ("_h5_entry_initialized", "_h5_entry_path", "_create_h5_group")
+    )
 
 
 _one_copy_store_classes: dict[type, type] = {}
@@ -88,7 +90,8 @@ def _keras_loaders() -> frozenset[Any]:
         import keras
 
         owners = [
-            getattr(keras.layers, name, None) for name in ("Layer", "Dense", "EinsumDense", "Embedding", "Conv1D")
+            getattr(keras.layers, name, None)
+            for name in ("Layer", "Dense", "EinsumDense", "Embedding", "Conv1D")
         ] + [getattr(keras.optimizers, "Optimizer", None)]
         methods = [getattr(owner, "load_own_variables", None) for owner in owners if owner is not None]
         _LOADERS = frozenset(method.__code__ for method in methods if hasattr(method, "__code__"))
@@ -296,7 +299,9 @@ def _shard_writer_class(store_class: type) -> type:
 def shard_writer(max_bytes: float, shard_name: Callable[[int], str], open_shard: Callable[[str], Any]) -> Any:
     """A store that writes a model's arrays as shards of at most ``max_bytes``
     of arrays each (``weight_map`` and ``total_size`` say where they went)."""
-    return _shard_writer_class(_one_copy_writes_store_class(h5_store_class()))(max_bytes, shard_name, open_shard)
+    return _shard_writer_class(_one_copy_writes_store_class(h5_store_class()))(
+        max_bytes, shard_name, open_shard
+    )
 
 
 # Shards kept open while a load walks the model: a group that continues in

@@ -38,7 +38,9 @@ def write_legacy_h5(model: keras.Model, file: IO[bytes], *, include_optimizer: b
         warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\\(\\)`")
         if legacy_h5_format is not None:
             with h5py.File(buffer, "w") as h5_file:
-                legacy_h5_format.save_model_to_hdf5(model=model, filepath=h5_file, include_optimizer=include_optimizer)
+                legacy_h5_format.save_model_to_hdf5(
+                    model=model, filepath=h5_file, include_optimizer=include_optimizer
+                )
         else:
             with local_copy(".h5") as local_path:
                 model.save(local_path, include_optimizer=include_optimizer)
@@ -69,15 +71,15 @@ def read_legacy_h5(
     return model
 
 
-def _read_legacy_h5_image(file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool) -> keras.Model:  # noqa: A002
+def _read_legacy_h5_image(
+    file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool
+) -> keras.Model:  # noqa: A002
     import h5py
 
     with h5py.File(file, "r") as h5_file:
         model_config = h5_file.attrs.get("model_config")
         if model_config is None:
-            raise ValueError(
-                "not a Keras HDF5 model: it has no model_config (is it a weights-only file?)"
-            )
+            raise ValueError("not a Keras HDF5 model: it has no model_config (is it a weights-only file?)")
         if safe_mode:
             _refuse_lambda_layers(json.loads(model_config))
         try:
@@ -97,7 +99,11 @@ def _read_legacy_h5_image(file: IO[bytes], custom_objects: Any, compile: bool, s
 
 
 def _load_legacy_h5(
-    h5_file: Any, file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool  # noqa: A002
+    h5_file: Any,
+    file: IO[bytes],
+    custom_objects: Any,
+    compile: bool,
+    safe_mode: bool,  # noqa: A002
 ) -> keras.Model:
     legacy_h5_format = _keras_saving.legacy_h5_format()
     if legacy_h5_format is None:  # Keras's public loader, through a local copy
@@ -171,17 +177,26 @@ def probe_h5_in_child(location: Any, path: str, timeout: float | None = None) ->
     child = subprocess.Popen(
         # -I: isolated, so no module beside the model (the current folder),
         # user site or PYTHON* variable can change what the child imports.
-        [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        [sys.executable, "-I", "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         child.stdin.write(request)
         child.stdin.close()
         with selectors.DefaultSelector() as selector:
             selector.register(child.stdout, selectors.EVENT_READ)
-            started = selector.select(_H5_PROBE_STARTUP_SECONDS) and child.stdout.readline() == _H5_PROBE_READY
+            started = (
+                selector.select(_H5_PROBE_STARTUP_SECONDS) and child.stdout.readline() == _H5_PROBE_READY
+            )
         if not started:
             if child.poll() is None:
-                logger.warning("The HDF5 check of '%s' did not start in %d s; loading without it", path, _H5_PROBE_STARTUP_SECONDS)
+                logger.warning(
+                    "The HDF5 check of '%s' did not start in %d s; loading without it",
+                    path,
+                    _H5_PROBE_STARTUP_SECONDS,
+                )
             return
         try:
             returncode = child.wait(timeout=timeout)
@@ -192,7 +207,9 @@ def probe_h5_in_child(location: Any, path: str, timeout: float | None = None) ->
                 "large and remote, raise KEDRO_KERAS_H5_PROBE_SECONDS)"
             ) from None
         if returncode < 0:
-            raise ValueError(f"reading the file's headers crashed HDF5 (signal {-returncode}): the file is corrupt")
+            raise ValueError(
+                f"reading the file's headers crashed HDF5 (signal {-returncode}): the file is corrupt"
+            )
     finally:
         if child.poll() is None:
             child.kill()

@@ -81,7 +81,9 @@ def describe_weight_mismatch(model: keras.Model, stored: Layout) -> str | None:
         if not arrays:
             if held:
                 unbuilt.append(name)
-                problems.append(f"'{name}' has no variables in the model but {len(held)} array(s) in the file")
+                problems.append(
+                    f"'{name}' has no variables in the model but {len(held)} array(s) in the file"
+                )
         elif held is None:
             problems.append(f"the file holds nothing for '{name}' ({len(arrays)} array(s) in the model)")
         elif set(held) != set(arrays):

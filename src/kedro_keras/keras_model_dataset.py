@@ -184,7 +184,9 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         try:
             args["custom_objects"] = _imports.resolve_custom_objects(args.get("custom_objects"))
         except (ValueError, ImportError) as exc:
-            raise DatasetError(f"Cannot load the Keras model at '{url}': load_args.custom_objects: {exc}") from exc
+            raise DatasetError(
+                f"Cannot load the Keras model at '{url}': load_args.custom_objects: {exc}"
+            ) from exc
         legacy = self._legacy
         try:
             legacy = self._stored_as_legacy(path, url)
@@ -252,7 +254,9 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
                     "Any model previously saved there is unchanged."
                 ) from exc
         else:
-            raise DatasetError(f"Could not save Keras model '{data.name}': every version tried already existed.")
+            raise DatasetError(
+                f"Could not save Keras model '{data.name}': every version tried already existed."
+            )
         self._location.invalidate_cache(path)
         logger.info("Saved Keras model '%s' to %s", data.name, url)
         self._after_save(path)
@@ -283,9 +287,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
 def _check_args(kind: str, args: dict[str, Any], known: set[str]) -> None:
     unknown = set(args) - known
     if unknown:
-        raise DatasetError(
-            f"Unknown {kind} {sorted(unknown)}; the ones understood are {sorted(known)}."
-        )
+        raise DatasetError(f"Unknown {kind} {sorted(unknown)}; the ones understood are {sorted(known)}.")
 
 
 # Arguments kedro-datasets' TensorFlowModelDataset takes, for entries moved
@@ -309,7 +311,9 @@ def _take_migration_args(load_args: dict[str, Any], save_args: dict[str, Any], f
     for key, reason in _IGNORED_SAVE_ARGS.items():
         if key in save_args:
             save_args.pop(key)
-            warnings.warn(f"'{filepath}': save_args.{key} is not needed and is ignored: {reason}.", stacklevel=4)
+            warnings.warn(
+                f"'{filepath}': save_args.{key} is not needed and is ignored: {reason}.", stacklevel=4
+            )
     if "save_format" in save_args:
         raise DatasetError(
             f"'{filepath}': save_args.save_format is not an option here: the format follows the file "
@@ -332,9 +336,7 @@ def _check_is_model(data: Any, url: str) -> None:
     import keras
 
     if not isinstance(data, keras.Model):
-        raise DatasetError(
-            f"Cannot save {type(data).__name__} to '{url}': expected a keras.Model."
-        )
+        raise DatasetError(f"Cannot save {type(data).__name__} to '{url}': expected a keras.Model.")
 
 
 def _file_not_found_in(exc: BaseException | None) -> FileNotFoundError | None:
@@ -365,5 +367,7 @@ def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
             "with @keras.saving.register_keras_serializable() in a module that is imported."
         )
     if legacy and isinstance(exc, OSError):
-        return f"'{url}' is not a valid HDF5 file ({exc}): the file is truncated, corrupt, or in another format."
+        return (
+            f"'{url}' is not a valid HDF5 file ({exc}): the file is truncated, corrupt, or in another format."
+        )
     return f"Cannot load the Keras model at '{url}': {type(exc).__name__}: {exc}"

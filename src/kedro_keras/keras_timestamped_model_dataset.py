@@ -100,7 +100,9 @@ class KerasTimestampedModelDataset(KerasModelDataset):
         if keep_last is not None and (
             isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
         ):
-            raise DatasetError(f"keep_last must be a whole number of at least 1 (or null); got {keep_last!r}.")
+            raise DatasetError(
+                f"keep_last must be a whole number of at least 1 (or null); got {keep_last!r}."
+            )
         for pinned in (load_version, version.load if version else None):
             if pinned is not None:
                 _check_version_string(pinned)

@@ -248,7 +248,9 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                     "corrupt, or in another format."
                 ) from exc
             except Exception as exc:
-                raise DatasetError(f"Cannot load the weights at '{url}' into model '{model.name}': {exc}") from exc
+                raise DatasetError(
+                    f"Cannot load the weights at '{url}' into model '{model.name}': {exc}"
+                ) from exc
 
         if self._architecture is not None:
             # A user's builder may call its model on data or set weights
@@ -324,9 +326,10 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         architecture_path = _architecture_path(weights_path)
         try:
             # Both files are published only if both were written in full.
-            with self._location.atomic_write(architecture_path) as architecture_file, self._location.atomic_write(
-                weights_path
-            ) as weights_file:
+            with (
+                self._location.atomic_write(architecture_path) as architecture_file,
+                self._location.atomic_write(weights_path) as weights_file,
+            ):
                 architecture_file.write(_weights.architecture_json(data).encode())
                 _weights.write_weights(data, weights_file, **self._save_args)
         except Exception as exc:
@@ -358,14 +361,18 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                     stored = _sharded.stored_sharded_variable_groups(index, open_shard)
                     mismatch = _weights.describe_weight_mismatch(model, stored)
                     if mismatch:
-                        raise DatasetError(f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}")
+                        raise DatasetError(
+                            f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}"
+                        )
                 _sharded.read_sharded_weights_into(model, index, open_shard, visited, verified)
             except DatasetError:
                 raise
             except ShardReadError as exc:
                 raise self._shard_error(exc, directory, url) from exc
             except Exception as exc:
-                raise DatasetError(f"Cannot load the weights at '{url}' into model '{model.name}': {exc}") from exc
+                raise DatasetError(
+                    f"Cannot load the weights at '{url}' into model '{model.name}': {exc}"
+                ) from exc
 
         if self._architecture is not None:
             model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
@@ -493,7 +500,10 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             logger.warning(
                 "Saved the weights of model '%s' to %s, but not its architecture to %s (%s); the "
                 "dataset rebuilds the model from the copy in the index.",
-                data.name, url, self._location.url(architecture_path), exc,
+                data.name,
+                url,
+                self._location.url(architecture_path),
+                exc,
             )
         first = f"{_base_name(index_path)}_00000{_sharded.SHARD_SUFFIX}"
         if empty_first:

@@ -41,7 +41,9 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, *, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], cwd: Path, *, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run a command; on failure, fail the test with the end of its output."""
     result = subprocess.run(
         args, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
@@ -88,7 +90,9 @@ def copy_example(target: Path) -> Path:
     shutil.copytree(
         EXAMPLE,
         target,
-        ignore=shutil.ignore_patterns("data", "credentials.yml", "__pycache__", "*.egg-info", ".ipynb_checkpoints"),
+        ignore=shutil.ignore_patterns(
+            "data", "credentials.yml", "__pycache__", "*.egg-info", ".ipynb_checkpoints"
+        ),
     )
     return target
 
@@ -98,13 +102,7 @@ def read_json(path: Path) -> Any:
 
 
 def s3_credentials_yaml(name: str, endpoint: str) -> str:
-    return (
-        f"{name}:\n"
-        "  key: testing\n"
-        "  secret: testing\n"
-        "  client_kwargs:\n"
-        f"    endpoint_url: {endpoint}\n"
-    )
+    return f"{name}:\n  key: testing\n  secret: testing\n  client_kwargs:\n    endpoint_url: {endpoint}\n"
 
 
 @pytest.fixture(scope="session")

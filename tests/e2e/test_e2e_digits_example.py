@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 # new_bucket and s3fs_client are fixtures, used by name.
 from e2e_support import (  # noqa: F401
     NOTEBOOK,
@@ -95,7 +96,9 @@ def test_notebook_loads_all_three_entries_in_a_jupyter_kernel(digits, checkout):
         for output in cell.outputs
         if output.output_type == "stream"
     )
-    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    errors = [
+        o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert not errors
 
     labels = re.search(r"^true labels\s+([\d ]+)$", text, re.M).group(1).split()
@@ -111,7 +114,9 @@ def test_notebook_loads_all_three_entries_in_a_jupyter_kernel(digits, checkout):
     assert re.search(r"classifier_history versions, newest first: \['\d{4}-\d\d-\d\dT[\d.]+Z'\]", text)
 
 
-def test_env_s3_writes_the_models_to_s3_with_credentials_by_name(tmp_path, s3_endpoint, new_bucket, s3fs_client):
+def test_env_s3_writes_the_models_to_s3_with_credentials_by_name(
+    tmp_path, s3_endpoint, new_bucket, s3fs_client
+):
     """What examples/digits/README.md says to do for S3: credentials.yml from
     the example file, a bucket in conf/s3/globals.yml, `kedro run --env s3`.
     ParallelRunner, too: every node in its own process."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 # new_bucket and s3fs_client are fixtures, used by name.
 from e2e_support import (  # noqa: F401
     OVERLAY,
@@ -143,8 +144,13 @@ def test_load_versions_pins_a_timestamped_history_entry(project):
 
     # A version that is not there is refused, naming the ones that are.
     missing = kedro(
-        project, "run", "--pipeline", "pinned_evaluate", "--load-versions",
-        "pinned_history:2001-01-01T00.00.00.000000Z", check=False,
+        project,
+        "run",
+        "--pipeline",
+        "pinned_evaluate",
+        "--load-versions",
+        "pinned_history:2001-01-01T00.00.00.000000Z",
+        check=False,
     )
     assert missing.returncode != 0
     assert oldest in missing.stdout + missing.stderr
@@ -203,7 +209,11 @@ def test_kedro_session_catalog_loads_every_entry(project, runs, session_catalog)
     for name, model in loaded.items():
         trained = newest["trained_tiny" if name.startswith("sub") else "trained_dense"]
         assert fingerprint(model, x)["weight_sum"] == trained["weight_sum"], name
-    for a, b in [("reg_model", "reg_weights"), ("reg_model", "reg_history"), ("sub_model", "sub_weights_json")]:
+    for a, b in [
+        ("reg_model", "reg_weights"),
+        ("reg_model", "reg_history"),
+        ("sub_model", "sub_weights_json"),
+    ]:
         for wa, wb in zip(loaded[a].get_weights(), loaded[b].get_weights(), strict=True):
             np.testing.assert_array_equal(wa, wb)
 
@@ -227,7 +237,9 @@ def test_parallel_runner_on_local_disk(project, runs):
     assert len(after) == len(before) + 1 and after[:-1] == before
 
     fp = read_json(project / "data" / "08_reporting" / "fingerprints.json")
-    assert fp["trained_dense"]["weight_sum"] not in {run["fingerprints"]["trained_dense"]["weight_sum"] for run in runs}
+    assert fp["trained_dense"]["weight_sum"] not in {
+        run["fingerprints"]["trained_dense"]["weight_sum"] for run in runs
+    }
     for name in LOCAL_DENSE:
         assert fp[name]["weight_sum"] == fp["trained_dense"]["weight_sum"], name
     for name in LOCAL_TINY:
@@ -241,7 +253,16 @@ def test_parallel_runner_on_s3_with_credentials_from_conf_local(project, bucket,
     bucket = bucket.removeprefix("s3://")
     trained = []
     for seed in (31, 32):
-        kedro(project, "run", "--pipeline", "remote", "--runner", "ParallelRunner", "--params", f"train.seed={seed}")
+        kedro(
+            project,
+            "run",
+            "--pipeline",
+            "remote",
+            "--runner",
+            "ParallelRunner",
+            "--params",
+            f"train.seed={seed}",
+        )
         fp = read_json(project / "data" / "08_reporting" / "remote_fingerprints.json")
         for name in REMOTE:
             assert fp[name]["weight_sum"] == fp["trained_dense"]["weight_sum"], name

@@ -36,12 +36,39 @@ def build_zip(members: list[Member]) -> bytes:
         crc = zlib.crc32(member.payload) if member.crc is None else member.crc
         offset = len(out)
         out += struct.pack(
-            "<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, member.method, 0, 0x21, crc, len(member.payload), size, len(name), 0
+            "<4sHHHHHIIIHH",
+            b"PK\x03\x04",
+            20,
+            0,
+            member.method,
+            0,
+            0x21,
+            crc,
+            len(member.payload),
+            size,
+            len(name),
+            0,
         )
         out += name + member.payload
         central += struct.pack(
             "<4sHHHHHHIIIHHHHHII",
-            b"PK\x01\x02", 20, 20, 0, member.method, 0, 0x21, crc, len(member.payload), size, len(name), 0, 0, 0, 0, 0, offset,
+            b"PK\x01\x02",
+            20,
+            20,
+            0,
+            member.method,
+            0,
+            0x21,
+            crc,
+            len(member.payload),
+            size,
+            len(name),
+            0,
+            0,
+            0,
+            0,
+            0,
+            offset,
         )
         central += name
     start = len(out)

@@ -35,7 +35,9 @@ def _wait_for(path: str, timeout: float = 120) -> None:
         time.sleep(0.0005)
 
 
-def kill_saver(say: Say, base: str, target: str, history: str, generation: int, endpoint: str | None = None) -> None:
+def kill_saver(
+    say: Say, base: str, target: str, history: str, generation: int, endpoint: str | None = None
+) -> None:
     """Save the model again and again until killed (the kill -9 test).
 
     Loads the reference model ``base`` (a local ``.keras`` written by plain
@@ -96,7 +98,13 @@ def _freeze_clock() -> None:
 
 
 def barrier_saver(
-    say: Say, base: str, history: str, generation: int, barrier: str, endpoint: str | None = None, frozen_clock: bool = False
+    say: Say,
+    base: str,
+    history: str,
+    generation: int,
+    barrier: str,
+    endpoint: str | None = None,
+    frozen_clock: bool = False,
 ) -> None:
     """Save one model into a shared history at the moment ``barrier`` appears.
 
@@ -118,14 +126,18 @@ def barrier_saver(
     say("saved")
 
 
-def pruning_writer(say: Say, base: str, history: str, seconds: float, keep_last: int = 2, endpoint: str | None = None) -> None:
+def pruning_writer(
+    say: Say, base: str, history: str, seconds: float, keep_last: int = 2, endpoint: str | None = None
+) -> None:
     """Save generation 1, 2, ... into ``history`` with ``keep_last`` for ``seconds``."""
     import keras
 
     from kedro_keras import KerasTimestampedModelDataset
 
     model = keras.saving.load_model(base)
-    dataset = KerasTimestampedModelDataset(filepath=history, keep_last=keep_last, credentials=_credentials(endpoint))
+    dataset = KerasTimestampedModelDataset(
+        filepath=history, keep_last=keep_last, credentials=_credentials(endpoint)
+    )
     say("ready")
     deadline = time.monotonic() + seconds
     generation = 1
@@ -166,13 +178,23 @@ def newest_reader(
             model = dataset.load()
         except Exception as exc:  # noqa: BLE001 - reported to the test
             cause = exc.__cause__
-            say(f"failed {type(exc).__name__}: {exc} (cause: {type(cause).__name__}: {cause})".replace("\n", " "))
+            say(
+                f"failed {type(exc).__name__}: {exc} (cause: {type(cause).__name__}: {cause})".replace(
+                    "\n", " "
+                )
+            )
             return
         weights = model.get_weights()
         generation = int(weights[bias_index].flat[0])
-        complete = len(weights) == len(expected) and all(
-            np.array_equal(ours, theirs) for index, (ours, theirs) in enumerate(zip(weights, expected)) if index != bias_index
-        ) and bool(np.all(weights[bias_index] == generation))
+        complete = (
+            len(weights) == len(expected)
+            and all(
+                np.array_equal(ours, theirs)
+                for index, (ours, theirs) in enumerate(zip(weights, expected, strict=True))
+                if index != bias_index
+            )
+            and bool(np.all(weights[bias_index] == generation))
+        )
         if not complete:
             say(f"failed incomplete model (generation {generation})")
             return

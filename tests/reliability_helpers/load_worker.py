@@ -90,11 +90,10 @@ def main() -> None:
     logging.disable(logging.WARNING)
 
     import keras  # noqa: F401 - imported once, before the first request
-
     from kedro.io import DatasetError
-    from reliability_helpers import weights_digest
 
     from kedro_keras import KerasModelDataset, KerasWeightsDataset
+    from reliability_helpers import weights_digest
 
     answers.write(json.dumps({"ready": True}) + "\n")
     loads = 0

@@ -53,7 +53,9 @@ class LoadWorker:
             self._stderr.close()
             self.proc = None
 
-    def load(self, kind: str, path: str | Path, *, public_api: bool = False, timeout: float | None = None, **extra) -> dict:
+    def load(
+        self, kind: str, path: str | Path, *, public_api: bool = False, timeout: float | None = None, **extra
+    ) -> dict:
         if self.proc is None:
             self._start()
         request = {"kind": kind, "path": str(path), "public_api": public_api, **extra}
@@ -63,7 +65,9 @@ class LoadWorker:
             line = self.reader.readline(timeout=timeout or self.timeout)
         except TimeoutError:
             self._stop()
-            raise WorkerDied(f"loading {path} ({kind}) did not finish within {timeout or self.timeout} s") from None
+            raise WorkerDied(
+                f"loading {path} ({kind}) did not finish within {timeout or self.timeout} s"
+            ) from None
         if line is None:
             self.proc.wait(timeout=30)
             code = self.proc.returncode

@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-
 from kk_e2e.layers import Scale
 
 N_FEATURES = 4

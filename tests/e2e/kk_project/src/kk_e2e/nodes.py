@@ -31,7 +31,6 @@ def _fit(model, x, y, epochs):
 
 def train_dense(x, y, train):
     import keras
-
     from kk_e2e.models import build_dense
 
     keras.utils.set_random_seed(train["seed"])
@@ -46,7 +45,6 @@ def train_dense_once(x, y, train):
 
 def train_tiny(x, y, train):
     import keras
-
     from kk_e2e.models import build_tiny
 
     keras.utils.set_random_seed(train["seed"] + 1000)

@@ -1,5 +1,4 @@
 from kedro.pipeline import Node, Pipeline
-
 from kk_e2e.nodes import collect, fingerprint, make_data, train_dense, train_dense_once, train_tiny
 
 LOCAL_DENSE = ["reg_model", "reg_weights", "reg_history"]
@@ -23,7 +22,9 @@ def fingerprints(entries, output, extra=()):
 def register_pipelines():
     train_local = Pipeline(
         [
-            Node(train_dense, ["x", "y", "params:train"], ["trained_dense", *LOCAL_DENSE], name="train_dense"),
+            Node(
+                train_dense, ["x", "y", "params:train"], ["trained_dense", *LOCAL_DENSE], name="train_dense"
+            ),
             Node(train_tiny, ["x", "y", "params:train"], ["trained_tiny", *LOCAL_TINY], name="train_tiny"),
         ]
     )
@@ -31,13 +32,22 @@ def register_pipelines():
         [Node(train_dense, ["x", "y", "params:train"], ["trained_dense", *REMOTE], name="train_remote")]
     )
     train_pinned = Pipeline(
-        [Node(train_dense_once, ["x", "y", "params:train"], ["trained_dense", "pinned_history"], name="train_pinned")]
+        [
+            Node(
+                train_dense_once,
+                ["x", "y", "params:train"],
+                ["trained_dense", "pinned_history"],
+                name="train_pinned",
+            )
+        ]
     )
     trained = ("trained_dense", "trained_tiny")
     return {
         "__default__": data() + train_local + fingerprints(LOCAL_DENSE + LOCAL_TINY, "fingerprints", trained),
         "evaluate": data() + fingerprints(LOCAL_DENSE + LOCAL_TINY, "eval_fingerprints"),
         "remote": data() + train_remote + fingerprints(REMOTE, "remote_fingerprints", ["trained_dense"]),
-        "pinned": data() + train_pinned + fingerprints(["pinned_history"], "pinned_fingerprints", ["trained_dense"]),
+        "pinned": data()
+        + train_pinned
+        + fingerprints(["pinned_history"], "pinned_fingerprints", ["trained_dense"]),
         "pinned_evaluate": data() + fingerprints(["pinned_history"], "pinned_eval_fingerprints"),
     }
