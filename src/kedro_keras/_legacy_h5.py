@@ -15,7 +15,8 @@ import logging
 import os
 import shutil
 import warnings
-from typing import IO, TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from kedro_keras import _keras_saving
 from kedro_keras._files import local_copy
@@ -33,7 +34,7 @@ def write_legacy_h5(model: keras.Model, file: IO[bytes], *, include_optimizer: b
 
     legacy_h5_format = _keras_saving.legacy_h5_format()
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _compile_config_kept(model):
         # We warn once, at construction, about the legacy format.
         warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\\(\\)`")
         if legacy_h5_format is not None:
@@ -47,6 +48,23 @@ def write_legacy_h5(model: keras.Model, file: IO[bytes], *, include_optimizer: b
                 with open(local_path, "rb") as local_file:
                     shutil.copyfileobj(local_file, buffer)
     write_h5_image(file, buffer.getbuffer().toreadonly())
+
+
+@contextmanager
+def _compile_config_kept(model: keras.Model) -> Iterator[None]:
+    """Keras's legacy writer pops 'optimizer' out of the model's own compile
+    config (``saving_utils.model_metadata``): a later ``.keras`` save of the
+    same model would then record no optimizer, and its reload would get
+    Keras's default RMSprop with none of the saved Adam state. Plain
+    ``model.save`` has the same flaw; a save must not change what it saves."""
+    kept = getattr(model, "_compile_config", None)
+    config = getattr(kept, "config", None)
+    copy = dict(config) if isinstance(config, dict) else None
+    try:
+        yield
+    finally:
+        if copy is not None:
+            kept.config = copy
 
 
 def read_legacy_h5(

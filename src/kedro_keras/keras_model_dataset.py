@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+import zipfile
 from copy import deepcopy
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 KERAS_SUFFIX = ".keras"
 LEGACY_SUFFIXES = (".h5", ".hdf5")
 _SAVE_ATTEMPTS = 100
+# Kedro's version folder names: 2026-11-20T09.15.02.114Z
+_VERSION_NAME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}\.\d{2}\.\d{2}\.\d{3,6}Z")
 
 
 class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
@@ -189,19 +192,25 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             ) from exc
         legacy = self._legacy
         try:
-            legacy = self._stored_as_legacy(path, url)
-            if legacy:
-                _legacy_h5.probe_h5_in_child(self._location, str(path))
-            read = _legacy_h5.read_legacy_h5 if legacy else _archive.read_keras_archive
-            with self._location.open_read(path) as file, _device_scope(device):
-                model = read(file, **args)
-                saved_with = _archive.read_saved_with(file)
+            if legacy:  # checked before the HDF5 probe, which costs a child process
+                legacy = self._stored_as_legacy(path, url)
+            try:
+                model, saved_with = self._read(path, legacy, args, device)
+            except zipfile.BadZipFile:
+                # Named .keras but not a zip: legacy HDF5 under that name?
+                if legacy or not self._stored_as_legacy(path, url):
+                    raise
+                legacy = True
+                model, saved_with = self._read(path, legacy, args, device)
         except Exception as exc:
             missing = _file_not_found_in(exc)
             if missing is not None:
                 # Also when the file vanished between opening and reading (a
                 # concurrent keep_last prune): zipfile reports that as BadZipFile.
                 raise DatasetError(f"No Keras model at '{url}': the file does not exist.") from missing
+            folder = self._describe_folder(path, url)
+            if folder:
+                raise DatasetError(folder) from exc
             raise DatasetError(_load_failure(url, exc, legacy=legacy)) from exc
         origin = ""
         if saved_with:  # e.g. " (saved with Keras 3.15.1 on the jax backend)"
@@ -209,6 +218,38 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             origin += f" on the {saved_with['backend']} backend)" if "backend" in saved_with else ")"
         logger.info("Loaded Keras model '%s' from %s%s", model.name, url, origin)
         return model
+
+    def _read(
+        self, path: PurePosixPath, legacy: bool, args: dict[str, Any], device: str | None
+    ) -> tuple[keras.Model, dict[str, str]]:
+        if legacy:
+            _legacy_h5.probe_h5_in_child(self._location, str(path))
+        read = _legacy_h5.read_legacy_h5 if legacy else _archive.read_keras_archive
+        with self._location.open_read(path) as file, _device_scope(device):
+            return read(file, **args), _archive.read_saved_with(file)
+
+    def _describe_folder(self, path: PurePosixPath, url: str) -> str | None:
+        """What a folder at the model's path is, and what to do, if it is one
+        (asked only after a load failed)."""
+        try:
+            if not self._location.fs.isdir(str(path)):
+                return None
+            names = self._location.names_in(path)
+        except Exception:  # noqa: BLE001 - only a better message is at stake
+            return None
+        if "saved_model.pb" in names:
+            return (
+                f"'{url}' is a TensorFlow SavedModel folder (what TensorFlowModelDataset and Keras 2 "
+                "wrote), which Keras 3 cannot load as a Keras model. Load it once with Keras 2 "
+                "(pip install tf-keras; TF_USE_LEGACY_KERAS=1) and save it as .h5 or .keras; see "
+                "docs/migrating.md."
+            )
+        if self._version is None and any(_VERSION_NAME.fullmatch(name) for name in names):
+            return (
+                f"'{url}' is a folder of versions (written with versioned: true). Add versioned: true "
+                "to the catalog entry to load the newest, or point filepath at one version's file."
+            )
+        return f"'{url}' is a folder, not a model file."
 
     def _stored_as_legacy(self, path: PurePosixPath, url: str) -> bool:
         """Whether the file holds legacy HDF5, by its first bytes, not its name.
@@ -302,7 +343,7 @@ def _take_migration_args(load_args: dict[str, Any], save_args: dict[str, Any], f
     with a warning, and map ``tf_device`` to the backend-neutral ``device``."""
     if "tf_device" in load_args:
         device = load_args.pop("tf_device")
-        load_args.setdefault("device", device.replace("/", "").lower() if isinstance(device, str) else device)
+        load_args.setdefault("device", device.lstrip("/") if isinstance(device, str) else device)
         warnings.warn(
             f"'{filepath}': load_args.tf_device is TensorFlowModelDataset's name; it is read as "
             f"load_args.device: {load_args['device']!r} (keras.device, every backend). Rename it.",
@@ -314,12 +355,23 @@ def _take_migration_args(load_args: dict[str, Any], save_args: dict[str, Any], f
             warnings.warn(
                 f"'{filepath}': save_args.{key} is not needed and is ignored: {reason}.", stacklevel=4
             )
-    if "save_format" in save_args:
-        raise DatasetError(
-            f"'{filepath}': save_args.save_format is not an option here: the format follows the file "
-            f"name ('{KERAS_SUFFIX}', or '{LEGACY_SUFFIXES[0]}' for legacy HDF5). Keras 3 no longer "
-            "saves TensorFlow SavedModel folders with model.save; remove save_format."
+    save_format = save_args.pop("save_format", None)
+    if save_format is None:
+        return
+    named = "h5" if filepath.lower().endswith(LEGACY_SUFFIXES) else "keras"
+    if str(save_format).lower() in (named, "hdf5" if named == "h5" else named):
+        warnings.warn(
+            f"'{filepath}': save_args.save_format is not needed and is ignored: the format follows "
+            "the file name.",
+            stacklevel=4,
         )
+        return
+    raise DatasetError(
+        f"'{filepath}': save_args.save_format: {save_format!r} does not match the file name, which "
+        f"decides the format here ('{KERAS_SUFFIX}', or '{LEGACY_SUFFIXES[0]}' for legacy HDF5). "
+        "Keras 3 no longer saves TensorFlow SavedModel folders with model.save; remove save_format "
+        "and name the file for the format you want."
+    )
 
 
 def _device_scope(device: str | None) -> Any:
@@ -348,8 +400,6 @@ def _file_not_found_in(exc: BaseException | None) -> FileNotFoundError | None:
 
 
 def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
-    import zipfile
-
     if isinstance(exc, CorruptFileError):
         return f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the model again."
     if isinstance(exc, zipfile.BadZipFile):
