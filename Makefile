@@ -12,6 +12,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JAX_VENV := .venv-jax
 TORCH_VENV := .venv-torch
+# The lowest Keras that pyproject.toml allows, under TensorFlow: the dataset
+# suite runs there too, so the floor we claim is one we test.
+FLOOR_VENV := .venv-keras-floor
+KERAS_FLOOR := 3.12.3
 # Exactly this version: these machines have its CPU build in pip's local
 # find-links folder. An open range would pull the newest CUDA build (GBs).
 TORCH_VERSION := 2.13.0
@@ -22,7 +26,7 @@ TORCH_VERSION := 2.13.0
 # every backend).
 DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py
 
-.PHONY: lint test test-tensorflow test-jax test-torch test-cross-backend demo bench fuzz clean
+.PHONY: lint test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo bench fuzz clean
 
 $(STAMP): pyproject.toml examples/digits/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +47,13 @@ $(JAX_VENV)/.installed: pyproject.toml
 	$(JAX_VENV)/bin/python -m pip install --quiet -e ".[jax,s3,test]"
 	touch $@
 
+$(FLOOR_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	# One resolver call, so tensorflow-cpu cannot lift keras off the floor.
+	$(FLOOR_VENV)/bin/python -m pip install --quiet tensorflow-cpu -e ".[s3,test]" "keras==$(KERAS_FLOOR)"
+	touch $@
+
 $(TORCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install --quiet --upgrade pip
@@ -52,7 +63,7 @@ $(TORCH_VENV)/.installed: pyproject.toml
 # Everything, under every backend: lint first (seconds), the dataset suite
 # under each backend, the real Kedro projects under TensorFlow, then files
 # moved between the backends.
-test: lint test-tensorflow test-jax test-torch test-cross-backend
+test: lint test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend
 
 LINTED := src tests benchmarks examples
 
@@ -72,6 +83,18 @@ test-jax: $(JAX_VENV)/.installed
 test-torch: export KERAS_BACKEND = torch
 test-torch: $(TORCH_VENV)/.installed
 	$(TORCH_VENV)/bin/python -m pytest $(DATASET_SUITE)
+
+# The dataset suite under the lowest Keras we allow (the newest is the other runs').
+test-keras-floor: export KERAS_BACKEND = tensorflow
+test-keras-floor: $(FLOOR_VENV)/.installed
+	$(FLOOR_VENV)/bin/python -m pytest $(DATASET_SUITE)
+
+# The dataset suite with every Keras internal switched off: the public-API
+# fallback, as a future Keras without them would run (JAX: the quickest).
+test-public-api: export KERAS_BACKEND = jax
+test-public-api: export KEDRO_KERAS_PUBLIC_API_ONLY = 1
+test-public-api: $(JAX_VENV)/.installed
+	$(JAX_VENV)/bin/python -m pytest $(DATASET_SUITE)
 
 # Saved under each backend, loaded under each other one (subprocesses in each venv).
 test-cross-backend: $(STAMP) $(JAX_VENV)/.installed $(TORCH_VENV)/.installed
@@ -100,4 +123,4 @@ fuzz: $(STAMP)
 	$(BIN)/python -m pytest tests/test_reliability_fuzz.py
 
 clean:
-	rm -rf $(VENV) $(JAX_VENV) $(TORCH_VENV)
+	rm -rf $(VENV) $(JAX_VENV) $(TORCH_VENV) $(FLOOR_VENV)

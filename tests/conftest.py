@@ -73,9 +73,23 @@ def keras_api(request, monkeypatch):
     public-API fallback used for Keras versions we do not know."""
     if request.param == "public":
         monkeypatch.setenv("KEDRO_KERAS_PUBLIC_API_ONLY", "1")
-    else:
+    elif not PUBLIC_API_ONLY_RUN:
         monkeypatch.delenv("KEDRO_KERAS_PUBLIC_API_ONLY", raising=False)
     return request.param
+
+
+# `make test-public-api` sets KEDRO_KERAS_PUBLIC_API_ONLY for the whole run:
+# then every test goes through the fallback, and the tests marked
+# `private_api` (they assert what only the fast path does) are deselected.
+PUBLIC_API_ONLY_RUN = os.environ.get("KEDRO_KERAS_PUBLIC_API_ONLY", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not PUBLIC_API_ONLY_RUN:
+        return
+    kept = [item for item in items if item.get_closest_marker("private_api") is None]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,7 @@ class TestKerasModelDataset:
             keras_test_models.build_subclassed,
         ],
     )
+    @pytest.mark.private_api
     def test_arrays_become_their_variables_as_read(self, tmp_path, data, build, monkeypatch):
         """Under TensorFlow, an array HDF5 reads is handed to its new variable
         through ``__array__``, which TensorFlow adopts without a copy (it
@@ -100,6 +101,7 @@ class TestKerasModelDataset:
         # The path is TensorFlow's; other backends adopt the aligned array itself.
         assert (adopted and all(adopted)) if keras.backend.backend() == "tensorflow" else not adopted
 
+    @pytest.mark.private_api
     def test_an_adopted_array_is_the_variables_memory(self, tmp_path, monkeypatch):
         """The point of adopting: no copy. Writing into the array read from
         the file shows in the variable (only this test holds the array; the
@@ -409,7 +411,9 @@ class TestKerasModelDataset:
         KerasModelDataset(filepath=str(path)).save(trained_model)
         flip_weights_byte(path, where)
         with pytest.raises(
-            DatasetError, match=r"model\.keras' is corrupt: the weights do not match their checksum"
+            DatasetError,
+            # ours, or zipfile's own check on the public-API path
+            match=r"model\.keras' is corrupt: (the weights do not match their checksum|Bad CRC-32)",
         ):
             KerasModelDataset(filepath=str(path)).load()
 

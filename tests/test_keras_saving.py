@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
+
 from kedro_keras import _keras_build, _keras_saving
 
 
+@pytest.mark.private_api
 def test_private_api_detection(monkeypatch):
     assert _keras_saving.available()
     assert _keras_saving.legacy_h5_format() is not None

@@ -97,6 +97,7 @@ class TestKerasWeightsDataset:
         reloaded = KerasWeightsDataset(filepath=path, load_args={"safe_mode": False}).load()
         assert_same_predictions(reloaded, model, data[0])
 
+    @pytest.mark.private_api
     def test_builder_with_other_shapes_is_refused(self, tmp_path, trained_model):
         path = str(tmp_path / "clf.weights.h5")
         KerasWeightsDataset(filepath=path).save(trained_model)
@@ -109,6 +110,7 @@ class TestKerasWeightsDataset:
         ):
             dataset.load()
 
+    @pytest.mark.private_api
     def test_builder_with_other_layer_count_is_refused(self, tmp_path, trained_model):
         path = str(tmp_path / "clf.weights.h5")
         KerasWeightsDataset(filepath=path).save(trained_model)
@@ -119,6 +121,7 @@ class TestKerasWeightsDataset:
         ):
             dataset.load()
 
+    @pytest.mark.private_api
     def test_unbuilt_sublayers_are_refused_not_silently_skipped(self, tmp_path, data):
         model = fit(keras_test_models.build_subclassed(hidden=5), data)
         path = str(tmp_path / "net.weights.h5")
@@ -409,6 +412,7 @@ class TestKerasWeightsDatasetSharded:
         plain.load_weights(index)
         assert_same_predictions(plain, wide_model, data[0])
 
+    @pytest.mark.private_api
     def test_interrupted_save_leaves_the_previous_weights(self, tmp_path, wide_model, data):
         # KeyboardInterrupt skips the clean-up, as a killed process would:
         # the shards written so far stay, named by no index.
@@ -460,6 +464,7 @@ class TestKerasWeightsDatasetSharded:
         assert len(shard_names(tmp_path / "clf.weights.json")) == 1
         assert_same_predictions(dataset.load(), wide_model, data[0])
 
+    @pytest.mark.private_api
     def test_a_variable_larger_than_a_shard_gets_its_own(self, tmp_path, wide_model, data):
         index = tmp_path / "clf.weights.json"
         sharded(index, save_args={"max_shard_size": 1e-9}).save(wide_model)  # 1 byte
@@ -475,6 +480,7 @@ class TestKerasWeightsDatasetSharded:
         assert_same_predictions(reloaded, wide_model, data[0])
         assert int(keras.ops.convert_to_numpy(reloaded.optimizer.iterations)) == 0
 
+    @pytest.mark.private_api
     def test_builder_that_does_not_fit(self, tmp_path, wide_model):
         index = tmp_path / "clf.weights.json"
         sharded(index).save(wide_model)

@@ -25,7 +25,7 @@ from zlib_ng.zlib_ng import crc32
 
 from kedro_keras import _keras_saving
 from kedro_keras._files import local_copy
-from kedro_keras._h5 import CHUNK, Window, verify, without_optimizer_group
+from kedro_keras._h5 import CHUNK, Window, check_all_datasets, verify, without_optimizer_group
 from kedro_keras._keras_build import build_model_and_fill, portable_compile_config
 from kedro_keras._keras_stores import h5_read_store
 from kedro_keras._weights import weights_image
@@ -264,6 +264,8 @@ def _read_keras_archive_public(
     import keras
 
     with zipfile.ZipFile(file) as archive:
+        with _member_reader(archive, file, WEIGHTS_MEMBER) as weights:
+            check_all_datasets(weights)  # before Keras reads (and allocates) anything
         config = json.loads(_read_small_member(archive, CONFIG_MEMBER))
         compile_config = config.get("compile_config")
         portable = portable_compile_config(compile_config) if compile else compile_config

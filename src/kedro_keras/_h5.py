@@ -326,3 +326,71 @@ class ShardReadError(Exception):
         super().__init__(f"shard '{shard}': {error}")
         self.shard = shard
         self.error = error
+
+
+# A dataset may declare far more than the file stores (an unwritten dataset
+# reads as zeros): a 7 KB file could make a load allocate gigabytes. Keras's
+# files store every array uncompressed, so declared and stored sizes match.
+_BOMB_FLOOR = 2**20
+_MAX_EXPANSION = 16
+
+
+def checked_dataset(group: Any, key: str) -> Any:
+    """The dataset ``key`` of ``group``, refused unless it is plain data in
+    this file: no link, no external or virtual storage, and no declared
+    size far beyond what the file stores. Checked before anything is
+    allocated, whatever Keras version is installed (Keras's own
+    ``safe_get_h5_dataset`` is missing from several)."""
+    import h5py
+
+    link = group.get(key, getlink=True)
+    if link is None:
+        raise KeyError(key)
+    if not isinstance(link, h5py.HardLink):
+        raise ValueError(f"refusing '{key}': it is a {type(link).__name__}, not data in this file")
+    dataset = group[key]
+    if not isinstance(dataset, h5py.Dataset):
+        raise ValueError(f"refusing '{key}': expected an array, found a {type(dataset).__name__}")
+    if dataset.is_virtual or dataset.external:
+        raise ValueError(f"refusing '{key}': its data lives outside this file")
+    declared = dataset.size * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    if declared > _BOMB_FLOOR and declared > _MAX_EXPANSION * stored:
+        raise ValueError(
+            f"refusing '{key}': it declares {declared} bytes ({dataset.shape}) but the file stores "
+            f"{stored}: the file is damaged or built to exhaust memory"
+        )
+    return dataset
+
+
+def check_all_datasets(file: IO[bytes]) -> None:
+    """``checked_dataset`` on every array of an HDF5 image (headers only).
+
+    For the paths where Keras's own code reads the arrays (the public-API
+    fallback, legacy ``.h5``): a file that declares more than it stores, or
+    keeps its data elsewhere, is refused before Keras allocates anything.
+    """
+    import h5py
+
+    seen: set[Any] = set()
+
+    def walk(group: Any, depth: int) -> None:
+        if depth > MAX_GROUP_DEPTH:
+            raise ValueError(f"the file's groups nest more than {MAX_GROUP_DEPTH} deep: it is damaged")
+        for name in group:
+            link = group.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                checked_dataset(group, name)  # refuses it, naming the kind of link
+            item = group[name]
+            if isinstance(item, h5py.Group):
+                info = h5py.h5o.get_info(item.id)
+                address = getattr(info, "token", None) or info.addr
+                if address not in seen:
+                    seen.add(address)
+                    walk(item, depth + 1)
+            else:
+                checked_dataset(group, name)
+
+    with h5py.File(file, "r") as h5_file:
+        walk(h5_file, 0)
+    file.seek(0)

@@ -147,8 +147,12 @@ def _build_and_fill_uninitialised(
     finally:
         for variable in created:
             variable.__dict__.pop("assign", None)
-            if variable._value is None:
-                variable._deferred_initialize()
+    # Only now, and only after a fill that succeeded: a file refused for the
+    # sizes it declares must not make us allocate (and randomly initialise)
+    # those sizes anyway.
+    for variable in created:
+        if variable._value is None:
+            variable._deferred_initialize()
     return model
 
 

@@ -195,15 +195,6 @@ def safe_mode_scope(safe_mode: bool) -> Any:
     return SafeModeScope(safe_mode)
 
 
-def safe_get_h5_dataset(group: Any, key: str) -> Any:
-    """Keras's checked dataset lookup (no external or virtual storage, no
-    shape declaring far more than the file stores), or None where this
-    Keras has none: the read is then left to Keras's own store code."""
-    saving_lib = _saving_lib()
-    safe_get = getattr(saving_lib, "safe_get_h5_dataset", None)
-    return None if safe_get is None else safe_get(group, key)
-
-
 def legacy_h5_format() -> Any | None:
     """Keras's legacy HDF5 module, if it reads from an open h5py file and
     honours ``safe_mode`` (Keras 3.11.3 on); None to use the public API."""

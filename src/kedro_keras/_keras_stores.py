@@ -17,9 +17,17 @@ from collections import OrderedDict
 from contextlib import ExitStack
 from typing import Any, Callable
 
-from kedro_keras._h5 import CorruptFileError, ShardReadError, Window, h5_window, read_aligned, write_h5_image
+from kedro_keras._h5 import (
+    CorruptFileError,
+    ShardReadError,
+    Window,
+    checked_dataset,
+    h5_window,
+    read_aligned,
+    write_h5_image,
+)
 from kedro_keras._keras_build import offer_for_adoption
-from kedro_keras._keras_saving import available, h5_store_class, safe_get_h5_dataset, save_state
+from kedro_keras._keras_saving import available, h5_store_class, save_state
 
 
 def to_numpy_once(value: Any) -> Any:
@@ -126,20 +134,11 @@ def _aligned_reads_store_class(store_class: type) -> type:
                 import h5py
 
                 group = self._h5_entry_group
-                # Anything unusual (links, which Keras refuses, tagged types
-                # such as bfloat16, nested names) goes through Keras's own code.
-                plain = (
-                    isinstance(group, h5py.Group)
-                    and "/" not in key
-                    and isinstance(group.get(key, getlink=True), h5py.HardLink)
-                )
-                dataset = safe_get_h5_dataset(group, key) if plain else None
-                if (
-                    not isinstance(dataset, h5py.Dataset)
-                    or "dtype" in dataset.attrs
-                    or dataset.dtype.kind not in "biuf"
-                ):
+                if not isinstance(group, h5py.Group) or "/" in key:  # an absent group, nested names
                     return super().__getitem__(key)
+                dataset = checked_dataset(group, key)
+                if "dtype" in dataset.attrs or dataset.dtype.kind not in "biuf":
+                    return super().__getitem__(key)  # tagged types (bfloat16): Keras's own code
                 array = read_aligned(dataset)
                 if adoptable:
                     offer_for_adoption(array)

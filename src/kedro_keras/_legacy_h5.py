@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from kedro_keras import _keras_saving
 from kedro_keras._files import local_copy
-from kedro_keras._h5 import h5_window, read_all_headers, verify, write_h5_image
+from kedro_keras._h5 import check_all_datasets, h5_window, read_all_headers, verify, write_h5_image
 
 if TYPE_CHECKING:
     import keras
@@ -81,6 +81,7 @@ def read_legacy_h5(
     """
     window = h5_window(file)
     try:
+        check_all_datasets(window)  # Keras's legacy loader reads arrays as it finds them
         model = _read_legacy_h5_image(window, custom_objects, compile, safe_mode)
     except Exception as exc:
         verify(window, cause=exc)

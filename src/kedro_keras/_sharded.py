@@ -37,6 +37,7 @@ from kedro_keras._h5 import (
     CHUNK,
     OPTIMIZER_GROUP,
     ShardReadError,
+    check_all_datasets,
     h5_window,
     stored_variable_groups,
     verify,
@@ -324,6 +325,7 @@ def _read_sharded_weights_public(
             try:
                 with open_shard(name) as file, open(os.path.join(folder, name), "wb") as local_file:
                     window = h5_window(file)
+                    check_all_datasets(window)
                     shutil.copyfileobj(window, local_file, CHUNK)
                     verify(window)
             except Exception as exc:

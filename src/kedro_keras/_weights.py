@@ -16,7 +16,14 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from kedro_keras import _keras_saving
 from kedro_keras._files import local_copy
-from kedro_keras._h5 import CHUNK, h5_window, verify, without_optimizer_group, write_h5_image
+from kedro_keras._h5 import (
+    CHUNK,
+    check_all_datasets,
+    h5_window,
+    verify,
+    without_optimizer_group,
+    write_h5_image,
+)
 from kedro_keras._keras_build import build_optimizer
 from kedro_keras._keras_stores import h5_read_store, h5_write_store, variable_layout
 
@@ -131,6 +138,7 @@ def read_weights_into(model: keras.Model, file: IO[bytes], visited: set[int] | N
         if first_pass:
             verify(window)
         return
+    check_all_datasets(window)
     with local_copy(".weights.h5") as local_path:
         with open(local_path, "wb") as local_file:
             shutil.copyfileobj(window, local_file, CHUNK)  # checks the checksum on the way

@@ -402,6 +402,9 @@ def _file_not_found_in(exc: BaseException | None) -> FileNotFoundError | None:
 def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
     if isinstance(exc, CorruptFileError):
         return f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the model again."
+    if isinstance(exc, zipfile.BadZipFile) and "Bad CRC-32" in str(exc):
+        # zipfile's own check, on the public-API path: the same damage as ours finds.
+        return f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the model again."
     if isinstance(exc, zipfile.BadZipFile):
         return (
             f"'{url}' is not a valid .keras archive ({exc}): the file is truncated, "
