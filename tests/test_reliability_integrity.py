@@ -33,6 +33,7 @@ from pathlib import Path
 
 import h5py
 import keras
+import numpy as np
 import pytest
 from kedro.io import DatasetError
 
@@ -178,11 +179,9 @@ DAMAGE = {
     "keras: weights spliced from another model": ("keras", keras_weights_from_other_model),
     "keras: a region of the weights duplicated": ("keras", keras_region_duplicated),
     "keras: the central directory's CRC-32 flipped": ("keras", keras_central_crc_flipped),
-    "keras: a legacy .h5 under a .keras name": ("keras", lambda f, t: f["a"]["h5"]),
     "h5: empty file": ("h5", lambda f, t: b""),
     "h5: HDF5 signature flipped": ("h5", h5_superblock_flipped),
     "h5: a weights-only file under a model name": ("h5", lambda f, t: f["a"]["weights"]),
-    "h5: a .keras archive under an .h5 name": ("h5", lambda f, t: f["a"]["keras"]),
     "weights: empty file": ("weights", lambda f, t: b""),
     "weights: HDF5 signature flipped": ("weights", weights_superblock_flipped),
     "weights: a .keras archive under a .weights.h5 name": ("weights", lambda f, t: f["a"]["keras"]),
@@ -197,6 +196,18 @@ def test_damaged_or_foreign_file_is_a_dataset_error_naming_it(case, files, tmp_p
     with pytest.raises(DatasetError) as error:
         dataset_for(kind, path).load()
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("kind, holds", [("keras", "h5"), ("h5", "keras")])
+def test_a_whole_model_under_the_other_model_name_loads_as_what_it_holds(
+    kind, holds, files, tmp_path, keras_api
+):
+    """Content, not the name, decides how a model file is read (a .keras
+    archive under a .h5 name is what TensorFlowModelDataset writes)."""
+    path = place(tmp_path, kind, files["a"][holds])
+    loaded = dataset_for(kind, path).load()
+    for ours, theirs in zip(loaded.get_weights(), files["model"].get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_spliced_weights_are_reported_as_corrupt(files, tmp_path):

@@ -1,0 +1,404 @@
+"""Remote files read and written the way object stores like: the fsspec
+half of the I/O layer that is about bytes in flight.
+
+``RemoteReader`` serves a model read (almost front to back) from one
+streaming GET; ``GatherBuffer`` holds a file to upload mostly by reference
+to the caller's buffers. The s3fs internals they use are in ``_s3``.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import mmap
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from kedro_keras._s3 import stream_opener
+
+# --------------------------------------------------------------------------
+# Remote reads
+# --------------------------------------------------------------------------
+
+# A read this far past the stream is served by a ranged request instead of
+# holding everything in between (the zip directory at the end of the file).
+_HOLD_LIMIT = 1024 * 2**20
+
+
+# Skipped or small stretches of the stream kept for HDF5's look-backs.
+_SMALL = 2**20
+
+
+# Skipped stretches are held in pieces of this size (see _skip_stream_to).
+_HOLD_PIECE = 4 * 2**20
+
+
+_SMALL_CACHE_BYTES = 16 * 2**20
+
+
+# Reads past the stream and block cache are made in pieces this large.
+_RANGE_PIECE = 64 * 2**20
+
+
+_STREAM_PIECE = 8 * 2**20
+
+
+_STREAM_ATTEMPTS = 3
+
+
+class _SizedFile(io.RawIOBase):
+    """A seekable binary file of ``size`` bytes whose reads go through ``readinto``."""
+
+    size: int
+    _position: int
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        self._position = max(0, base + position)
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.size - self._position
+        buffer = bytearray(max(0, min(size, self.size - self._position)))
+        return bytes(memoryview(buffer)[: self.readinto(buffer)])
+
+
+class FileChangedError(OSError):
+    """The object was replaced between two reads of one load."""
+
+
+class RemoteReader(_SizedFile):
+    """A remote fsspec file read as one stream where the reads allow it.
+
+    A model file is read almost front to back: the zip directory at the end
+    first, then the config, then the weights, with HDF5 peeking a little
+    ahead (at the header after an array) before it reads the array. On object
+    stores each ranged request costs a round trip, so reads at or ahead of the
+    stream are served by a single streaming GET: skipped stretches are kept
+    (small ones in an LRU cache, a large one, the array HDF5 peeked past,
+    until it is read), and bytes are copied straight into the caller's
+    buffer. Anything else falls back to the file's ordinary ranged reads.
+    Filesystems without a streaming read use ranged reads only.
+    """
+
+    def __init__(self, file: Any) -> None:
+        super().__init__()
+        self._file = file
+        self.size: int = file.size
+        self._position = 0
+        self._open_stream = stream_opener(file)
+        self._stream: Any = None
+        self._stream_position = 0  # the next byte the stream gives
+        self._small: OrderedDict[int, bytes] = OrderedDict()
+        self._small_bytes = 0
+        self._held: dict[int, memoryview] = {}
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        view = view[: max(0, min(view.nbytes, self.size - self._position))]
+        with _garbage_collection_paused():
+            self._read_at(self._position, view)
+        self._position += view.nbytes
+        return view.nbytes
+
+    def close(self) -> None:
+        self._close_stream()
+        self._held.clear()
+        self._small.clear()
+        super().close()
+
+    # Where each byte comes from ------------------------------------------
+
+    def _read_at(self, start: int, view: memoryview) -> None:
+        position, end = start, start + view.nbytes
+        while position < end:
+            target = view[position - start :]
+            done = self._from_memory(position, target)
+            if not done and self._may_stream_to(position):
+                self._skip_stream_to(position)
+                done = self._from_stream(target)
+            if not done:
+                done = self._from_ranged_reads(position, target[: self._ranged_read_size(position, end)])
+            position += done
+
+    def _may_stream_to(self, position: int) -> bool:
+        if self._open_stream is None or position < self._stream_position:
+            return False
+        gap = position - self._stream_position
+        if self._stream is None and self._stream_position == 0:
+            return gap <= _SMALL  # start at the front, not at the zip directory
+        if gap <= _SMALL:
+            return True
+        # Holding a skipped stretch costs memory; the stretch is an array
+        # HDF5 is about to read anyway, but all held stretches together never
+        # exceed a share of the file (a walk over the headers alone skips
+        # every array and reads none).
+        held = sum(data.nbytes for data in self._held.values())
+        return held + gap <= min(_HOLD_LIMIT, max(_RANGE_PIECE, self.size // 4))
+
+    def _from_memory(self, position: int, target: memoryview) -> int:
+        for start, data in self._held.items():
+            if start <= position < start + data.nbytes:
+                count = min(target.nbytes, start + data.nbytes - position)
+                target[:count] = data[position - start : position - start + count]
+                if count <= _SMALL:  # metadata inside the stretch; HDF5 may look again
+                    self._remember_small(position, bytes(target[:count]))
+                if position + count == start + data.nbytes:
+                    del self._held[start]  # read to its end: HDF5 reads an array once
+                return count
+        for start, data in self._small.items():
+            if start <= position < start + len(data):
+                self._small.move_to_end(start)
+                count = min(target.nbytes, start + len(data) - position)
+                target[:count] = memoryview(data)[position - start : position - start + count]
+                return count
+        return 0
+
+    def _ranged_read_size(self, position: int, end: int) -> int:
+        """Up to the next byte held in memory or the stream, so those are not read twice."""
+        limit = end
+        for start in [*self._held, *self._small]:
+            if position < start < limit:
+                limit = start
+        if (
+            self._open_stream is not None
+            and self._stream is not None
+            and position < self._stream_position < limit
+        ):
+            limit = self._stream_position
+        return limit - position
+
+    def _from_ranged_reads(self, position: int, target: memoryview) -> int:
+        done = 0
+        while done < target.nbytes:
+            first = position + done
+            if target.nbytes - done >= _SMALL:
+                # Past the block cache, which suits small reads only.
+                piece = self._file._fetch_range(first, first + min(_RANGE_PIECE, target.nbytes - done))
+            else:
+                self._file.seek(first)
+                piece = self._file.read(target.nbytes - done)
+            if not piece:
+                raise EOFError(f"{self._file.path} ended early at byte {first} of {self.size}")
+            target[done : done + len(piece)] = piece
+            done += len(piece)
+        return done
+
+    # The stream ------------------------------------------------------------
+
+    def _skip_stream_to(self, position: int) -> None:
+        gap = position - self._stream_position
+        if gap <= 0:
+            return
+        if gap <= _SMALL:
+            start, data = self._stream_position, bytearray(gap)
+            self._fill_from_stream(memoryview(data))
+            self._remember_small(start, bytes(data))
+            return
+        # Held in pieces, each freed once read: the array HDF5 then reads out
+        # of the stretch grows as the stretch shrinks, instead of both being
+        # whole at once. The pieces are anonymous maps, unmapped when dropped:
+        # malloc would keep freed pieces of this size in its heap.
+        for start in range(self._stream_position, position, _HOLD_PIECE):
+            data = memoryview(mmap.mmap(-1, min(_HOLD_PIECE, position - start)))
+            self._fill_from_stream(data)
+            self._held[start] = data
+
+    def _from_stream(self, target: memoryview) -> int:
+        count = min(target.nbytes, self.size - self._stream_position)
+        start = self._stream_position
+        self._fill_from_stream(target[:count])
+        if count <= _SMALL:
+            self._remember_small(start, bytes(target[:count]))
+        return count
+
+    def _fill_from_stream(self, target: memoryview) -> None:
+        done = 0
+        failures = 0
+        while done < target.nbytes:
+            try:
+                if self._stream is None:
+                    self._stream = self._open_stream(self._stream_position)
+                count = self._stream.readinto(target[done : done + _STREAM_PIECE])
+                failures = 0  # a stream that moves on is healthy again
+            except Exception as exc:  # a dropped connection: resume where it stopped
+                self._close_stream()
+                if "pre-condition" in str(exc):  # If-Match failed: not the object we started
+                    raise FileChangedError(f"{self._file.path} was replaced while it was being read") from exc
+                failures += 1
+                if failures >= _STREAM_ATTEMPTS:
+                    raise
+                continue
+            if not count:
+                raise EOFError(
+                    f"{self._file.path} ended early at byte {self._stream_position} of {self.size}"
+                )
+            done += count
+            self._stream_position += count
+
+    def _remember_small(self, start: int, data: bytes) -> None:
+        previous = self._small.pop(start, None)
+        if previous is not None:
+            self._small_bytes -= len(previous)
+        self._small[start] = data
+        self._small_bytes += len(data)
+        while self._small_bytes > _SMALL_CACHE_BYTES and len(self._small) > 1:
+            _, dropped = self._small.popitem(last=False)
+            self._small_bytes -= len(dropped)
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+
+_gc_pause_lock = threading.Lock()
+
+
+_gc_pause_users = 0
+
+
+_gc_was_enabled = False
+
+
+@contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """No garbage collection while this thread waits on the network.
+
+    h5py holds its global lock while it calls back into our reads. If another
+    thread (the event loop's, one the server or a proxy starts) runs a
+    collection meanwhile and frees an h5py object, that object's destructor
+    waits for h5py's lock while holding the GIL: the event loop never runs
+    again, and the read never finishes. Seen as a load frozen in the tests.
+
+    The switch is process-wide, so pauses are counted: with two remote loads
+    in threads (Kedro's ThreadRunner), the first to finish must not turn
+    collection back on under the other; the last one restores what it found.
+    """
+    global _gc_pause_users, _gc_was_enabled
+    with _gc_pause_lock:
+        if _gc_pause_users == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pause_users += 1
+    try:
+        yield
+    finally:
+        with _gc_pause_lock:
+            _gc_pause_users -= 1
+            if _gc_pause_users == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+# --------------------------------------------------------------------------
+# Remote writes
+# --------------------------------------------------------------------------
+
+# Up to this size an object goes up in one PUT: all or nothing by itself, one
+# request, and no orphaned parts (which stay billed) if the process dies
+# mid-upload. Beyond it, a multipart upload's parallel parts win.
+SINGLE_PUT_LIMIT = 512 * 2**20
+
+
+# Writes at least this large are kept by reference when the buffer is read-only.
+_BY_REFERENCE = 2**20
+
+
+class GatherBuffer(_SizedFile):
+    """A seekable in-memory file that keeps large read-only writes by reference.
+
+    Writing a model's archive copies its small parts (zip headers, config)
+    and only references the weights' read-only buffer, so sending the file
+    needs no second copy of the model in memory.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pieces: list[bytes | bytearray | memoryview] = []
+        self._starts: list[int] = []
+        self.size = 0
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if self._position < self.size:
+            self._overwrite(view)  # zipfile rewrites a member's local header
+            return view.nbytes
+        if self._position > self.size:
+            self.write_zeros(self._position - self.size)
+        if isinstance(data, bytes) or (view.readonly and view.nbytes >= _BY_REFERENCE):
+            self._append(view)
+        elif self._pieces and isinstance(self._pieces[-1], bytearray):
+            self._pieces[-1] += view
+            self.size += view.nbytes
+        else:
+            self._append(bytearray(view))
+        self._position = self.size
+        return view.nbytes
+
+    def write_zeros(self, count: int) -> None:
+        self._position = self.size
+        self.write(bytearray(count))
+
+    def _append(self, piece: Any) -> None:
+        self._pieces.append(piece)
+        self._starts.append(self.size)
+        self.size += len(piece) if not isinstance(piece, memoryview) else piece.nbytes
+        self._position = self.size
+
+    def _overwrite(self, view: memoryview) -> None:
+        end = self._position + view.nbytes
+        if end > self.size:
+            raise io.UnsupportedOperation("a rewrite may not extend the file")
+        for index, start in enumerate(self._starts):
+            piece = self._pieces[index]
+            piece_end = start + (piece.nbytes if isinstance(piece, memoryview) else len(piece))
+            if piece_end <= self._position or start >= end:
+                continue
+            if not isinstance(piece, bytearray):
+                piece = self._pieces[index] = bytearray(piece)  # rare: small pieces only
+            lo, hi = max(start, self._position), min(piece_end, end)
+            piece[lo - start : hi - start] = view[lo - self._position : hi - self._position]
+        self._position = end
+
+    def pieces(self) -> Iterator[memoryview]:
+        """The file's bytes, in order, without copying them."""
+        for piece in self._pieces:
+            yield memoryview(piece)
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        done = 0
+        for index in range(self._piece_at(self._position), len(self._pieces)):
+            if done == target.nbytes:
+                break
+            piece = memoryview(self._pieces[index])
+            offset = self._position - self._starts[index]
+            count = min(target.nbytes - done, piece.nbytes - offset)
+            target[done : done + count] = piece[offset : offset + count]
+            done += count
+            self._position += count
+        return done
+
+    def _piece_at(self, position: int) -> int:
+        import bisect
+
+        return max(0, bisect.bisect_right(self._starts, position) - 1)
