@@ -65,3 +65,24 @@ def test_a_mistyped_module_is_named_as_the_missing_module():
         _imports.import_object("keras_test_models.layerz.Scale")
     with pytest.raises(ValueError, match=r"module 'keras_test_models' has no attribute 'Scal'"):
         _imports.import_object("keras_test_models.Scal")
+
+
+@pytest.mark.parametrize(
+    "path, named",
+    [
+        ("os.system", "os"),
+        ("builtins.eval", "builtins"),
+        ("subprocess:Popen", "subprocess"),
+        ("importlib.import_module", "importlib"),
+        ("shutil.rmtree", "shutil"),
+        ("keras_test_models.os", "os"),  # a module model code imports
+        ("keras_test_models_reexports.system", "posix"),  # os.system imported into a project module
+    ],
+)
+def test_paths_into_modules_that_are_never_model_code_are_refused(path, named, tmp_path, monkeypatch):
+    (tmp_path / "keras_test_models_reexports.py").write_text("from os import system\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        ValueError, match=rf"refusing '{path}': it is (a module|\(or comes from\) module '{named}')"
+    ):
+        _imports.import_object(path)

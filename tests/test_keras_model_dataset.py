@@ -682,3 +682,30 @@ class TestKerasModelDatasetS3:
         fs.invalidate_cache()
         assert fs.cat(path) == before
         assert fs.ls(s3_bucket, detail=False) == [path.removeprefix("s3://")]
+
+
+def test_text_from_a_file_cannot_forge_a_log_line(tmp_path, caplog):
+    """metadata.json's keras_version is the file's to choose: a newline in it
+    must not start a line of its own in our log."""
+    import logging
+    import zipfile
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    path = tmp_path / "model.keras"
+    KerasModelDataset(filepath=str(path)).save(model)
+    forged = tmp_path / "forged.keras"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(forged, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata["kedro_keras"]["keras_version"] = "3.15.1\nINFO kedro.framework: all checks passed"
+                data = json.dumps(metadata).encode()
+            target.writestr(info, data)
+    with caplog.at_level(logging.INFO, logger="kedro_keras"):
+        KerasModelDataset(filepath=str(forged)).load()
+    (line,) = [
+        record.getMessage() for record in caplog.records if "Loaded Keras model" in record.getMessage()
+    ]
+    assert "\n" not in line and "3.15.1\\nINFO kedro.framework" in line

@@ -609,6 +609,24 @@ class TestKerasWeightsDatasetShardedDamage:
         assert "unreadable, so the shards it named (if any) are left in place" in caplog.text
         assert_same_predictions(sharded(index).load(), wide_model, data[0])
 
+    def test_a_planted_index_cannot_make_a_save_delete_another_models_file(
+        self, tmp_path, wide_model, data, caplog
+    ):
+        """An index naming a file beside it that is not one of its shards (another
+        model's weights): the save replaces the index and leaves that file alone."""
+        other = tmp_path / "other_model.weights.h5"
+        other.write_bytes(b"another model's weights")
+        index = tmp_path / "clf.weights.json"
+        index.write_text(json.dumps({"weight_map": {"/vars": "other_model.weights.h5"}}))
+
+        sharded(index).save(wide_model)
+        assert other.read_bytes() == b"another model's weights"
+        assert (
+            "named files that are not its shards (other_model.weights.h5); they are left in place"
+            in caplog.text
+        )
+        assert_same_predictions(sharded(index).load(), wide_model, data[0])
+
     def test_index_beside_no_architecture(self, tmp_path, wide_model):
         index = tmp_path / "clf.weights.json"
         wide_model.save_weights(index, max_shard_size=SHARD_GB)  # plain Keras: no architecture anywhere

@@ -174,10 +174,18 @@ def read_saved_with(file: IO[bytes]) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - a log detail must not fail a load
         return {}
     return {
-        key: value.decode() if isinstance(value, bytes) else str(value)
+        key: printable(value.decode(errors="replace") if isinstance(value, bytes) else str(value))
         for key, value in found.items()
         if value
     }
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text read from a file, safe to put in a log line or message: control
+    characters (a newline that would forge a log line, terminal escapes)
+    shown escaped, and at most ``limit`` characters."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 def read_keras_archive(

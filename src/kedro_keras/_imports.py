@@ -7,12 +7,45 @@ never evaluated: only dotted Python names are accepted.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from typing import Any
 
 # Only dotted Python names, matched against the whole string (``re.fullmatch``:
 # a ``$`` would let a trailing newline through).
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
+
+
+# Modules that are never model code. An import path into one (or to an object
+# defined in one, re-exported elsewhere) would give a model file's config, which
+# can name any custom object, a way to run commands, touch files or the network,
+# or change the process: refused whatever safe_mode says.
+_NEVER_MODEL_CODE = frozenset(
+    {
+        "_thread", "asyncio", "builtins", "code", "codeop", "ctypes", "dill", "fcntl", "fileinput",
+        "ftplib", "gc", "glob", "http", "importlib", "inspect", "io", "marshal", "mmap", "multiprocessing",
+        "nt", "os", "pathlib", "pdb", "pickle", "pkgutil", "posix", "pty", "pwd", "requests", "resource",
+        "runpy", "select", "selectors", "shelve", "shutil", "signal", "site", "smtplib", "socket",
+        "sqlite3", "subprocess", "sys", "sysconfig", "tarfile", "telnetlib", "tempfile", "threading",
+        "urllib", "webbrowser", "zipfile", "zipimport", "cloudpickle", "joblib", "fsspec", "s3fs",
+    }
+)  # fmt: skip
+
+
+def _refuse_never_model_code(import_path: str, obj: Any = None) -> None:
+    modules = [import_path.replace(":", ".")]
+    if obj is not None:
+        modules.append(
+            getattr(obj, "__name__", "") if inspect.ismodule(obj) else getattr(obj, "__module__", "") or ""
+        )
+    for module in (name.split(".")[0] for name in modules):
+        if module in _NEVER_MODEL_CODE:
+            raise ValueError(
+                f"refusing '{import_path}': it is (or comes from) module '{module}', which is never model "
+                "code; name the class or function of your own project that the model uses"
+            )
+    if inspect.ismodule(obj):
+        raise ValueError(f"refusing '{import_path}': it is a module; name a class or function in it")
 
 
 def import_object(import_path: str) -> Any:
@@ -27,6 +60,7 @@ def import_object(import_path: str) -> Any:
             f"'{import_path}' is not an import path: expected dotted Python "
             "names such as 'my_project.layers.Scale'"
         )
+    _refuse_never_model_code(import_path)
     if ":" in import_path:
         module_name, attribute_path = import_path.split(":")
         candidates = [(module_name, attribute_path.split("."))]
@@ -57,6 +91,7 @@ def import_object(import_path: str) -> Any:
                 f"cannot import '{import_path}': module '{module_name}' has no "
                 f"attribute '{'.'.join(attributes)}'"
             ) from None
+        _refuse_never_model_code(import_path, obj)
         return obj
     raise ValueError(f"cannot import '{import_path}': there is no module '{missing_module or import_path}'")
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 from typing import IO, TYPE_CHECKING, Any, Callable
 
@@ -118,6 +119,14 @@ def read_sharded_index(file: IO[bytes]) -> ShardedIndex:
             check_shard_name(name)
         checked[entry] = names
     return ShardedIndex(document, checked)
+
+
+def is_shard_name_of(name: str, base: str) -> bool:
+    """Whether ``name`` is one a save of ``<base>.weights.json`` gives a shard:
+    ``<base>_00000.weights.h5`` (Keras's names, and ours in a version folder)
+    or ``<base>_<8 hex>_00000.weights.h5`` (ours beside an older index)."""
+    pattern = rf"{re.escape(base)}_([0-9a-f]{{8}}_)?\d{{5}}{re.escape(SHARD_SUFFIX)}"
+    return re.fullmatch(pattern, name) is not None
 
 
 def check_shard_name(name: str) -> None:

@@ -412,7 +412,7 @@ def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
         )
     missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(exc))
     if missing:
-        name = missing.group(1)
+        name = _archive.printable(missing.group(1), limit=80)
         return (
             f"Cannot load the Keras model at '{url}': it uses '{name}', which Keras "
             "cannot find. Give it in load_args, e.g. custom_objects: "

@@ -524,11 +524,21 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         none, None if it cannot be read."""
         try:
             with self._location.open_read(index_path) as file:
-                return set(_sharded.read_sharded_index(file).shards)
+                named = _sharded.read_sharded_index(file).shards
         except FileNotFoundError:
             return set()
         except Exception:  # noqa: BLE001 - a damaged index names nothing we can trust
             return None
+        # Only names a save of this index gives its shards: an index planted
+        # beside it cannot make a save delete another model's file.
+        ours = {name for name in named if _sharded.is_shard_name_of(name, _base_name(index_path))}
+        if len(ours) < len(named):
+            logger.warning(
+                "The index %s named files that are not its shards (%s); they are left in place.",
+                self._location.url(index_path),
+                ", ".join(sorted(set(named) - ours)),
+            )
+        return ours
 
     def _write_empty_shard(self, path: PurePosixPath) -> None:
         with self._location.atomic_write(path) as file:
