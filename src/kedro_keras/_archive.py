@@ -248,10 +248,39 @@ def read_keras_archive(
                 return model
 
 
+# What the members we inflate (everything but the stored weights: config,
+# metadata, assets such as vocabularies) may declare in all.
+_MAX_INFLATED_TOTAL = 1024 * 2**20
+
+
 def _refuse_hostile_members(archive: zipfile.ZipFile) -> None:
-    """Refuse names that point outside the archive and decompression bombs,
-    before either load path touches a member."""
-    for info in archive.infolist():
+    """Refuse names that point outside the archive, repeated names, entries
+    that share their bytes (a few bytes of directory listing one large
+    member many times) and decompression bombs, before either load path
+    touches a member."""
+    members = archive.infolist()
+    names = [info.filename for info in members]
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"refusing the archive: it lists {', '.join(map(repr, repeated))} more than once")
+    by_offset = sorted(members, key=lambda info: info.header_offset)
+    for info, following in zip(by_offset, by_offset[1:], strict=False):
+        # A member's local header (30 bytes and its name) and data come before the next member's.
+        if (
+            info.header_offset + 30 + len(info.filename.encode()) + info.compress_size
+            > following.header_offset
+        ):
+            raise ValueError(
+                f"refusing the archive: members '{info.filename}' and '{following.filename}' overlap "
+                "(one stored member listed under several names is a decompression bomb)"
+            )
+    inflated = sum(info.file_size for info in members if info.compress_type != zipfile.ZIP_STORED)
+    if inflated > _MAX_INFLATED_TOTAL:
+        raise ValueError(
+            f"refusing the archive: its compressed members declare {inflated} bytes in all, more than "
+            f"the {_MAX_INFLATED_TOTAL} a Keras model's config and assets could need"
+        )
+    for info in members:
         name = info.filename
         if name.startswith("/") or "\\" in name or ".." in name.split("/") or re.match(r"^[A-Za-z]:", name):
             raise ValueError(f"refusing archive member '{name}': it points outside the archive")
