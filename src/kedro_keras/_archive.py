@@ -28,6 +28,7 @@ from kedro_keras._files import local_copy
 from kedro_keras._h5 import CHUNK, Window, check_all_datasets, verify, without_optimizer_group
 from kedro_keras._keras_build import build_model_and_fill, portable_compile_config
 from kedro_keras._keras_stores import h5_read_store
+from kedro_keras._safe_configs import printable, refuse_unsafe_config
 from kedro_keras._weights import weights_image
 
 if TYPE_CHECKING:
@@ -180,14 +181,6 @@ def read_saved_with(file: IO[bytes]) -> dict[str, str]:
     }
 
 
-def printable(text: str, limit: int = 200) -> str:
-    """Text read from a file, safe to put in a log line or message: control
-    characters (a newline that would forge a log line, terminal escapes)
-    shown escaped, and at most ``limit`` characters."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return shown + ("..." if len(text) > limit else "")
-
-
 def read_keras_archive(
     file: IO[bytes],
     *,
@@ -211,6 +204,9 @@ def read_keras_archive(
             json.loads(_read_small_member(archive, METADATA_MEMBER)) if METADATA_MEMBER in names else {}
         )
         slim = metadata.get("kedro_keras", {}).get("include_optimizer") is False
+        config_json = _read_small_member(archive, CONFIG_MEMBER)
+        if safe_mode:  # before Keras deserialises anything, on either path
+            refuse_unsafe_config(json.loads(config_json), custom_objects)
 
         with warnings.catch_warnings():
             if slim:
@@ -219,7 +215,6 @@ def read_keras_archive(
                 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             if not _keras_saving.available():
                 return _read_keras_archive_public(file, custom_objects, compile, safe_mode)
-            config_json = _read_small_member(archive, CONFIG_MEMBER)
             with (
                 _member_reader(archive, file, WEIGHTS_MEMBER) as weights,
                 _keras_saving.assets_reader(archive) as assets_store,

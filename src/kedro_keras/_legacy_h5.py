@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 from kedro_keras import _keras_saving
 from kedro_keras._files import local_copy
 from kedro_keras._h5 import check_all_datasets, h5_window, read_all_headers, verify, write_h5_image
+from kedro_keras._safe_configs import refuse_unsafe_config
 
 if TYPE_CHECKING:
     import keras
@@ -99,8 +100,12 @@ def _read_legacy_h5_image(
         model_config = h5_file.attrs.get("model_config")
         if model_config is None:
             raise ValueError("not a Keras HDF5 model: it has no model_config (is it a weights-only file?)")
-        if safe_mode:
-            _refuse_lambda_layers(json.loads(model_config))
+        if safe_mode:  # Keras's legacy loader checks less, and only from Keras 3.11.3
+            training_config = h5_file.attrs.get("training_config")
+            refuse_unsafe_config(
+                [json.loads(model_config), json.loads(training_config) if training_config else None],
+                custom_objects,
+            )
         try:
             return _load_legacy_h5(h5_file, file, custom_objects, compile, safe_mode)
         except Exception as exc:
@@ -138,22 +143,6 @@ def _load_legacy_h5(
     return legacy_h5_format.load_model_from_hdf5(
         filepath=h5_file, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
     )
-
-
-def _refuse_lambda_layers(config: Any) -> None:
-    """Raise if a (nested) Keras config holds a Lambda layer."""
-    if isinstance(config, dict):
-        if config.get("class_name") == "Lambda":
-            raise ValueError(
-                "the model contains a Lambda layer, whose code runs when the "
-                "model is loaded; refused because safe_mode is on. Load it with "
-                "load_args: {safe_mode: false} only if you trust the file"
-            )
-        for value in config.values():
-            _refuse_lambda_layers(value)
-    elif isinstance(config, list):
-        for value in config:
-            _refuse_lambda_layers(value)
 
 
 # libhdf5 can loop forever, holding the GIL, on some damaged attributes

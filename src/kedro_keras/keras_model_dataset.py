@@ -17,6 +17,7 @@ from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 from kedro_keras import _archive, _imports, _legacy_h5
 from kedro_keras._files import Location
 from kedro_keras._h5 import HDF5_SIGNATURE, CorruptFileError
+from kedro_keras._safe_configs import UnsafeConfigError, printable
 
 if TYPE_CHECKING:
     import keras
@@ -400,6 +401,8 @@ def _file_not_found_in(exc: BaseException | None) -> FileNotFoundError | None:
 
 
 def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
+    if isinstance(exc, UnsafeConfigError):
+        return f"Refusing the Keras model at '{url}': {exc}."
     if isinstance(exc, CorruptFileError):
         return f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the model again."
     if isinstance(exc, zipfile.BadZipFile) and "Bad CRC-32" in str(exc):
@@ -412,7 +415,7 @@ def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
         )
     missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(exc))
     if missing:
-        name = _archive.printable(missing.group(1), limit=80)
+        name = printable(missing.group(1), limit=80)
         return (
             f"Cannot load the Keras model at '{url}': it uses '{name}', which Keras "
             "cannot find. Give it in load_args, e.g. custom_objects: "

@@ -4,6 +4,7 @@ named in the catalog or from the architecture saved beside them."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
@@ -17,6 +18,7 @@ from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 from kedro_keras import _imports, _keras_build, _sharded, _weights
 from kedro_keras._files import Location
 from kedro_keras._h5 import CorruptFileError, ShardReadError, stored_variable_groups
+from kedro_keras._safe_configs import UnsafeConfigError, refuse_unsafe_config
 from kedro_keras.keras_model_dataset import _check_args, _check_is_model
 
 if TYPE_CHECKING:
@@ -275,11 +277,15 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         else:
             architecture, url = self._read_architecture_beside(weights_path)
         try:
+            if self._load_args["safe_mode"]:
+                refuse_unsafe_config(json.loads(architecture), custom_objects)
             return _keras_build.build_model_and_fill(
                 architecture, fill, custom_objects=custom_objects, safe_mode=self._load_args["safe_mode"]
             )
         except DatasetError:
             raise
+        except UnsafeConfigError as exc:
+            raise DatasetError(f"Refusing the architecture at '{url}': {exc}.") from exc
         except Exception as exc:
             raise DatasetError(f"Cannot rebuild the model from the architecture at '{url}': {exc}") from exc
 

@@ -1,0 +1,198 @@
+"""What a model file may make us call with ``safe_mode`` on: model building
+blocks, and nothing else.
+
+Keras's own safe mode refuses marshalled bytecode (a ``lambda``'s code) and
+a short denylist of non-modelling functions. A config can still name any
+other public Keras function (``keras.config.set_floatx``,
+``keras.utils.set_random_seed``, ``keras.datasets.mnist.load_data``) as a
+``Lambda``'s function, which then runs with arguments the file chose. So
+every configuration we deserialise (``config.json`` with its compile
+config, the architecture JSON of weights files, the architecture inside a
+sharded index, a legacy ``.h5``'s ``model_config`` and ``training_config``)
+is walked here first, and every function it names must be on an allowlist:
+activations, losses, metrics, initializers, regularizers, constraints and
+``keras.ops`` math, or an object of the entry's own ``custom_objects`` (or
+registered with ``keras.saving.register_keras_serializable``: the project's
+own code). Keras layers that read files or run stored graphs are refused by
+name, however the config spells the name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any
+
+# Public Keras modules whose functions may appear in a layer, loss or metric config.
+_MODELLING_MODULES = (
+    "activations",
+    "losses",
+    "metrics",
+    "initializers",
+    "regularizers",
+    "constraints",
+    "ops",
+    "ops.nn",
+    "ops.numpy",
+    "ops.linalg",
+    "ops.image",
+)
+# keras.ops functions that take and call other functions, or build graphs: a
+# config could hand them anything.
+_OPS_THAT_CALL = frozenset(
+    {
+        "associative_scan",
+        "cond",
+        "custom_gradient",
+        "fori_loop",
+        "map",
+        "scan",
+        "switch",
+        "vectorized_map",
+        "while_loop",
+    }
+)
+# Keras layers that read a path the config chooses (a SavedModel, a torch or
+# JAX program) or run a stored graph: code, whatever safe mode says.
+_REFUSED_CLASSES = frozenset({"TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer"})
+_FUNCTION_CLASSES = frozenset({"function", "__lambda__"})
+_allowed_ids: frozenset[int] | None = None
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text read from a file, safe to put in a log line or message: control
+    characters (a newline that would forge a log line, terminal escapes)
+    shown escaped, and at most ``limit`` characters."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
+class UnsafeConfigError(ValueError):
+    """A configuration names something that is not a model building block."""
+
+
+def _allowed_functions() -> frozenset[int]:
+    global _allowed_ids
+    if _allowed_ids is None:
+        import keras
+
+        found = set()
+        for name in _MODELLING_MODULES:
+            module = keras
+            for part in name.split("."):
+                module = getattr(module, part, None)
+            for attribute, value in vars(module or object()).items():
+                if callable(value) and not isinstance(value, type) and attribute not in _OPS_THAT_CALL:
+                    found.add(id(value))
+        _allowed_ids = frozenset(found)
+    return _allowed_ids
+
+
+def _last_name(name: Any) -> str:
+    """``Lambda`` for 'Lambda', 'layers.Lambda', 'keras.layers.Lambda' or 'keras>Lambda'."""
+    return re.split(r"[.>:]", str(name))[-1] if name else ""
+
+
+def refuse_unsafe_config(config: Any, custom_objects: dict[str, Any] | None) -> None:
+    """Raise ``UnsafeConfigError`` if ``config`` names a function that is not
+    a model building block, or a layer that reads files or runs stored code.
+
+    The message names the layer and the function, and ``safe_mode: false``
+    as the only way through.
+    """
+    custom = dict(custom_objects or {})
+    _walk(config, custom, layer="the model")
+
+
+def _walk(item: Any, custom: dict[str, Any], layer: str) -> None:
+    if isinstance(item, list):
+        for value in item:
+            _walk(value, custom, layer)
+        return
+    if not isinstance(item, dict):
+        return
+    class_names = {_last_name(item.get("class_name")), _last_name(item.get("registered_name"))}
+    inner = item.get("config")
+    if isinstance(inner, dict) and isinstance(inner.get("name"), str) and item.get("class_name"):
+        layer = f"'{printable(inner['name'], 80)}' ({printable(str(item.get('class_name')), 80)})"
+    if item.get("class_name") in _FUNCTION_CLASSES:
+        _check_function(item, custom, layer)
+        return
+    refused = class_names & _REFUSED_CLASSES
+    if refused and not (class_names & set(custom)):
+        raise UnsafeConfigError(
+            f"layer {layer} is a {refused.pop()}, which loads a program from a path the file chooses"
+            + _WAY_THROUGH
+        )
+    if "Lambda" in class_names and isinstance(inner, dict):
+        _check_legacy_lambda(inner, custom, layer)
+    for value in item.values():
+        _walk(value, custom, layer)
+
+
+_WAY_THROUGH = (
+    "; refused because safe_mode is on. Load the file with load_args: {safe_mode: false} only if "
+    "you trust where it came from: loading it then can run any code it names"
+)
+
+
+def _check_function(item: dict[str, Any], custom: dict[str, Any], layer: str) -> None:
+    name = item.get("config")
+    shown = f"{printable(str(item.get('module') or ''), 80)}.{printable(str(name), 80)}".lstrip(".")
+    if item.get("class_name") == "__lambda__" or not isinstance(name, str):
+        raise UnsafeConfigError(f"layer {layer} holds Python code (a lambda's bytecode)" + _WAY_THROUGH)
+    if _is_users_own(name, custom) or _is_users_own(item.get("registered_name"), custom):
+        return
+    function = _resolve(item.get("module"), name)
+    if function is None or id(function) not in _allowed_functions():
+        raise UnsafeConfigError(
+            f"layer {layer} calls '{shown}', which is not a model building block (allowed: functions "
+            "of keras.activations, losses, metrics, initializers, regularizers, constraints and "
+            "keras.ops, and the entry's custom_objects)" + _WAY_THROUGH
+        )
+
+
+def _check_legacy_lambda(config: dict[str, Any], custom: dict[str, Any], layer: str) -> None:
+    """Keras 2's Lambda config (legacy .h5): the function as bytecode, or by module and name."""
+    kind = config.get("function_type")
+    if kind in ("lambda", "raw"):
+        raise UnsafeConfigError(f"layer {layer} holds Python code (a lambda's bytecode)" + _WAY_THROUGH)
+    if kind == "function":
+        _check_function(
+            {"class_name": "function", "module": config.get("module"), "config": config.get("function")},
+            custom,
+            layer,
+        )
+
+
+def _is_users_own(name: Any, custom: dict[str, Any]) -> bool:
+    if not isinstance(name, str) or not name or name == "function":
+        return False
+    if name in custom:
+        return True
+    import keras
+
+    return name in keras.saving.get_custom_objects()
+
+
+def _resolve(module: Any, name: str) -> Any:
+    """The Keras function a config names, found as Keras finds it: by its
+    module (only Keras's own modules are imported), else by its bare name in
+    Keras's built-in modules (what Keras does for module 'builtins')."""
+    import keras
+
+    if isinstance(module, str) and (module == "keras" or module.startswith("keras.")):
+        try:
+            found = importlib.import_module(module)
+            for part in name.split("."):
+                found = getattr(found, part)
+            return found
+        except (ImportError, AttributeError):
+            return None
+    for module_name in _MODELLING_MODULES:
+        found = keras
+        for part in module_name.split("."):
+            found = getattr(found, part, None)
+        if found is not None and hasattr(found, name):
+            return getattr(found, name)
+    return None
