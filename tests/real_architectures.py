@@ -47,8 +47,12 @@ class OwnVariables(keras.layers.Layer):
         self.units = units
 
     def build(self, input_shape):
-        self.project = self.add_weight(shape=(input_shape[-1], TABLE_ROWS), initializer="glorot_uniform", name="project")
-        self.table = self.add_weight(shape=(TABLE_ROWS, TABLE_COLS), initializer="glorot_uniform", name="table")
+        self.project = self.add_weight(
+            shape=(input_shape[-1], TABLE_ROWS), initializer="glorot_uniform", name="project"
+        )
+        self.table = self.add_weight(
+            shape=(TABLE_ROWS, TABLE_COLS), initializer="glorot_uniform", name="table"
+        )
         self.out = self.add_weight(shape=(TABLE_COLS, self.units), initializer="glorot_uniform", name="out")
 
     def call(self, inputs):
@@ -97,7 +101,9 @@ class DerivedArrays(keras.layers.Layer):
         self.units = units
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel")
+        self.kernel = self.add_weight(
+            shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel"
+        )
         self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
 
     def call(self, inputs):
@@ -132,7 +138,9 @@ class PackedArrays(keras.layers.Layer):
         self.units = units
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel")
+        self.kernel = self.add_weight(
+            shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel"
+        )
         self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
 
     def call(self, inputs):
@@ -185,7 +193,9 @@ class AddPositions(keras.layers.Layer):
     """A learned position embedding added to a sequence."""
 
     def build(self, input_shape):
-        self.positions = self.add_weight(shape=tuple(input_shape[1:]), initializer="random_normal", name="positions")
+        self.positions = self.add_weight(
+            shape=tuple(input_shape[1:]), initializer="random_normal", name="positions"
+        )
 
     def call(self, inputs):
         return inputs + self.positions
@@ -352,7 +362,8 @@ def adapted_preprocessing():
     # Bin boundaries from the data's quartiles (Discretization.adapt itself
     # needs TensorFlow installed, whatever the backend).
     discretization = layers.Discretization(
-        bin_boundaries=[float(q) for q in np.quantile(sample[:, :2], [0.25, 0.5, 0.75])], name="discretization"
+        bin_boundaries=[float(q) for q in np.quantile(sample[:, :2], [0.25, 0.5, 0.75])],
+        name="discretization",
     )
     scale = StateOutsideVariables(name="scale")
     scale.adapt(sample)
@@ -411,7 +422,8 @@ def nested_shared():
     h = layers.Dense(8, activation="relu", name="encoder_dense")(encoder_in)
     encoder = keras.Model(encoder_in, layers.BatchNormalization(name="encoder_bn")(h), name="encoder")
     head = keras.Sequential(
-        [keras.Input((16,)), layers.Dense(8, name="head_dense"), layers.LayerNormalization(name="head_norm")], name="head"
+        [keras.Input((16,)), layers.Dense(8, name="head_dense"), layers.LayerNormalization(name="head_norm")],
+        name="head",
     )
     a = keras.Input((6,), name="a")
     b = keras.Input((6,), name="b")
@@ -453,10 +465,18 @@ def hub_bert_backbone():
     import keras_hub
 
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=60, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-        max_sequence_length=12, name="bert_backbone",
+        vocabulary_size=60,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=12,
+        name="bert_backbone",
     )
-    inputs = {name: keras.Input((12,), dtype="int32", name=name) for name in ("token_ids", "segment_ids", "padding_mask")}
+    inputs = {
+        name: keras.Input((12,), dtype="int32", name=name)
+        for name in ("token_ids", "segment_ids", "padding_mask")
+    }
     return _hub_head(inputs, backbone(inputs)["pooled_output"], "hub_bert")
 
 
@@ -464,8 +484,14 @@ def hub_gemma_backbone():
     import keras_hub
 
     backbone = keras_hub.models.GemmaBackbone(
-        vocabulary_size=64, num_layers=2, num_query_heads=2, num_key_value_heads=1, hidden_dim=16,
-        intermediate_dim=32, head_dim=8, name="gemma_backbone",
+        vocabulary_size=64,
+        num_layers=2,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=16,
+        intermediate_dim=32,
+        head_dim=8,
+        name="gemma_backbone",
     )
     inputs = {name: keras.Input((12,), dtype="int32", name=name) for name in ("token_ids", "padding_mask")}
     pooled = keras.layers.GlobalAveragePooling1D(name="pool")(backbone(inputs))
@@ -476,9 +502,14 @@ def hub_resnet_backbone():
     import keras_hub
 
     backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 16],
-        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
-        image_shape=(32, 32, 3), name="resnet_backbone",
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 16],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="basic_block",
+        image_shape=(32, 32, 3),
+        name="resnet_backbone",
     )
     inputs = keras.Input((32, 32, 3), name="image")
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inputs))
@@ -491,10 +522,17 @@ def hub_bert_classifier():
     import keras_hub
 
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=60, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-        max_sequence_length=12, name="bert_backbone",
+        vocabulary_size=60,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=12,
+        name="bert_backbone",
     )
-    return keras_hub.models.BertTextClassifier(backbone=backbone, num_classes=3, preprocessor=None, name="bert_classifier")
+    return keras_hub.models.BertTextClassifier(
+        backbone=backbone, num_classes=3, preprocessor=None, name="bert_classifier"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -563,7 +601,9 @@ MODELS: dict[str, Spec] = {
     "string_lookup": Spec(
         string_lookup,
         lambda rng: {
-            "words": np.array([["red", "blue", "mauve"], ["cyan", "red", "red"], ["green", "x", "blue"], ["red"] * 3]),
+            "words": np.array(
+                [["red", "blue", "mauve"], ["cyan", "red", "red"], ["green", "x", "blue"], ["red"] * 3]
+            ),
             "codes": np.array([[3, 5], [7, 9], [11, 3], [5, 5]], dtype="int64"),
         },
         _classes(2),
@@ -573,7 +613,9 @@ MODELS: dict[str, Spec] = {
         tf_idf,
         lambda rng: {
             "text": np.array(["the cat sat", "a dog", "mat on mat", "unknown words here"]),
-            "tags": np.array([["red", "blue", "red"], ["green", "x", "blue"], ["cyan", "cyan", "red"], ["blue"] * 3]),
+            "tags": np.array(
+                [["red", "blue", "red"], ["green", "x", "blue"], ["cyan", "cyan", "red"], ["blue"] * 3]
+            ),
         },
         _classes(2),
         needs_tensorflow=True,
@@ -581,7 +623,9 @@ MODELS: dict[str, Spec] = {
     "adapted_preprocessing": Spec(adapted_preprocessing, _numbers(6), _numbers(1), loss="mse"),
     "mixed_float16": Spec(mixed_float16, _numbers(8, 8, 3), _classes(3)),
     "bfloat16": Spec(bfloat16, _numbers(8), _numbers(1), loss="mse"),
-    "nested_shared": Spec(nested_shared, lambda rng: {"a": _numbers(6)(rng), "b": _numbers(6)(rng)}, _numbers(1), loss="mse"),
+    "nested_shared": Spec(
+        nested_shared, lambda rng: {"a": _numbers(6)(rng), "b": _numbers(6)(rng)}, _numbers(1), loss="mse"
+    ),
     **{
         f"own_variables_{how}": Spec(_own_variables(how), _numbers(8), _classes(4))
         for how in ("slice", "reshape", "astype", "multiply")
@@ -596,7 +640,9 @@ if HAS_KERAS_HUB:
                 hub_gemma_backbone, _hub_text(12, 64, segments=False), _classes(2), keras_hub=True
             ),
             "hub_resnet_backbone": Spec(hub_resnet_backbone, _images(32), _classes(2), keras_hub=True),
-            "hub_bert_classifier": Spec(hub_bert_classifier, _hub_text(12, 60), _classes(3), loss=None, keras_hub=True),
+            "hub_bert_classifier": Spec(
+                hub_bert_classifier, _hub_text(12, 60), _classes(3), loss=None, keras_hub=True
+            ),
         }
     )
 

@@ -60,7 +60,9 @@ def state_of(model: keras.Model, optimizer: bool = True) -> list[Entry]:
     if optimizer:
         # The optimizer's own name comes first in its variables' paths, and
         # Keras numbers it anew in each model (adam, adam_1, ...).
-        entries += [Entry("optimizer", v.path.split("/", 1)[-1], _numpy(v)) for v in model.optimizer.variables]
+        entries += [
+            Entry("optimizer", v.path.split("/", 1)[-1], _numpy(v)) for v in model.optimizer.variables
+        ]
     return entries
 
 
@@ -107,7 +109,7 @@ def assert_same_state(expected: list[Entry], loaded: keras.Model, optimizer: boo
                 f"{sorted({e.path for e in ours} - {e.path for e in theirs})[:3]}"
             )
             continue
-        for saved, back in zip(ours, theirs):
+        for saved, back in zip(ours, theirs, strict=True):
             if not _same_place(saved.path, back.path):
                 problems.append(f"{kind} variable {saved.path!r} came back in the place of {back.path!r}")
             elif saved.value.dtype != back.value.dtype or saved.value.shape != back.value.shape:
@@ -136,7 +138,9 @@ def trained(name: str) -> Trained:
     inputs, targets = real_architectures.training_data(name)
     model.train_on_batch(inputs, targets)
     state = state_of(model)
-    assert int(_numpy(model.optimizer.iterations)) == 1, "the training step was skipped (a loss-scale overflow?)"
+    assert int(_numpy(model.optimizer.iterations)) == 1, (
+        "the training step was skipped (a loss-scale overflow?)"
+    )
     return Trained(name, model, inputs, state, predictions(model, inputs))
 
 
@@ -160,7 +164,13 @@ def _keras(where: Where, trained: Trained) -> keras.Model:
 
 
 def _keras_versioned(where: Where, trained: Trained) -> keras.Model:
-    config = {"model": {"type": "kedro_keras.KerasModelDataset", "filepath": f"{where.root}/model.keras", "versioned": True}}
+    config = {
+        "model": {
+            "type": "kedro_keras.KerasModelDataset",
+            "filepath": f"{where.root}/model.keras",
+            "versioned": True,
+        }
+    }
     DataCatalog.from_config(config).save("model", trained.model)
     assert len(DataCatalog.from_config(config)["model"].list_versions()) == 1
     return DataCatalog.from_config(config).load("model")
@@ -192,10 +202,16 @@ def _sharded(builder: bool) -> Callable[[Where, Trained], keras.Model]:
         # several shards, whatever its size.
         total = sum(entry.value.nbytes for entry in trained.state)
         save_args = {"max_shard_size": total / 4 / 1e9}
-        KerasWeightsDataset(filepath=path, credentials=where.credentials, save_args=save_args).save(trained.model)
+        KerasWeightsDataset(filepath=path, credentials=where.credentials, save_args=save_args).save(
+            trained.model
+        )
         fs, fs_path = fsspec.core.url_to_fs(path, **_fs_args(where))
         index = json.loads(fs.cat_file(fs_path))
-        shards = {name for names in index["weight_map"].values() for name in ([names] if isinstance(names, str) else names)}
+        shards = {
+            name
+            for names in index["weight_map"].values()
+            for name in ([names] if isinstance(names, str) else names)
+        }
         assert len(shards) >= 3, f"not sharded: {sorted(shards)}"
         args = {"architecture": BUILDER, "architecture_args": {"name": trained.name}} if builder else {}
         return KerasWeightsDataset(filepath=path, credentials=where.credentials, **args).load()
@@ -207,14 +223,19 @@ def _timestamped(where: Where, trained: Trained) -> keras.Model:
     history = KerasTimestampedModelDataset(filepath=f"{where.root}/history", credentials=where.credentials)
     history.save(trained.model)
     assert len(history.versions()) == 1
-    return KerasTimestampedModelDataset(filepath=f"{where.root}/history", credentials=where.credentials).load()
+    return KerasTimestampedModelDataset(
+        filepath=f"{where.root}/history", credentials=where.credentials
+    ).load()
 
 
 def _fs_args(where: Where) -> dict[str, Any]:
     if not where.credentials:
         return {}
-    return {"key": where.credentials["key"], "secret": where.credentials["secret"],
-            "client_kwargs": where.credentials["client_kwargs"]}
+    return {
+        "key": where.credentials["key"],
+        "secret": where.credentials["secret"],
+        "client_kwargs": where.credentials["client_kwargs"],
+    }
 
 
 ROUTES: dict[str, Callable[[Where, Trained], keras.Model]] = {
@@ -285,7 +306,14 @@ def _models() -> list[str]:
 # ("Table not initialized" at the first call; plain model_from_json plus
 # load_weights gives the same). A builder adapts them again.
 HOLD_ASSETS = {"string_lookup", "tf_idf"}
-WEIGHTS_WITHOUT_BUILDER = {"weights", "sharded", "memory_weights", "memory_sharded", "s3_weights", "s3_sharded"}
+WEIGHTS_WITHOUT_BUILDER = {
+    "weights",
+    "sharded",
+    "memory_weights",
+    "memory_sharded",
+    "s3_weights",
+    "s3_sharded",
+}
 
 
 def _cases() -> list[Any]:
@@ -312,7 +340,9 @@ def where(request, tmp_path) -> Where:
         yield Where(root)
         fsspec.filesystem("memory").rm(root.removeprefix("memory://"), recursive=True)
     elif route.startswith("s3_"):
-        yield Where(f"{request.getfixturevalue('s3_bucket')}/models", request.getfixturevalue("s3_credentials"))
+        yield Where(
+            f"{request.getfixturevalue('s3_bucket')}/models", request.getfixturevalue("s3_credentials")
+        )
     else:
         yield Where(str(tmp_path))
 

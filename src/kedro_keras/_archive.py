@@ -26,7 +26,7 @@ from zlib_ng.zlib_ng import crc32
 from kedro_keras import _keras_saving
 from kedro_keras._files import local_copy
 from kedro_keras._h5 import CHUNK, Window, check_all_datasets, verify, without_optimizer_group
-from kedro_keras._keras_build import build_model_and_fill, portable_compile_config
+from kedro_keras._keras_build import build_model_and_fill, build_optimizer, portable_compile_config
 from kedro_keras._keras_stores import h5_read_store
 from kedro_keras._safe_configs import printable, refuse_unsafe_config
 from kedro_keras._weights import weights_image
@@ -225,9 +225,7 @@ def read_keras_archive(
                     try:
                         model = build_model_and_fill(
                             config_json,
-                            lambda model: _keras_saving.load_state(
-                                model, weights_store, assets_store, visited
-                            ),
+                            lambda model: _fill(model, weights_store, assets_store, visited),
                             custom_objects=custom_objects,
                             compile=compile,
                             safe_mode=safe_mode,
@@ -246,6 +244,13 @@ def read_keras_archive(
 # What the members we inflate (everything but the stored weights: config,
 # metadata, assets such as vocabularies) may declare in all.
 _MAX_INFLATED_TOTAL = 1024 * 2**20
+
+
+def _fill(model: keras.Model, weights_store: Any, assets_store: Any, visited: set[int]) -> None:
+    # A model whose constructor compiles it (KerasHub's tasks) has an unbuilt
+    # optimizer already: built first, its state loads with the layers'.
+    build_optimizer(model)
+    _keras_saving.load_state(model, weights_store, assets_store, visited)
 
 
 def _refuse_hostile_members(archive: zipfile.ZipFile) -> None:

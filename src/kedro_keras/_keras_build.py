@@ -180,8 +180,20 @@ def _first_assign(variable: Any) -> Callable[[Any], Any]:
     # itself as the value, so convert for them.
     numpy_direct = keras.backend.backend() == "tensorflow"
 
+    # PyTorch keeps a tensor's memory layout through assign, and an orthogonal
+    # initialiser's output is a transposed view: Keras's own load (initialise,
+    # then assign) leaves such a kernel column-major, and torch's matmul takes
+    # another path for it, a last-bit difference in a recurrent layer's output.
+    # Small (units x units), so initialised the usual way to keep that layout.
+    keep_layout = keras.backend.backend() == "torch" and isinstance(
+        getattr(variable, "_initializer", None), keras.initializers.Orthogonal
+    )
+
     def assign(value: Any) -> Any:
         del variable.assign  # later assigns are ordinary ones
+        if keep_layout:
+            variable._deferred_initialize()
+            return variable.assign(value)
         if _adopt(variable, value):
             variable._initializer = None
             return variable.value
