@@ -31,6 +31,9 @@ GADGETS = {
     "set_floatx": ("keras.config", "set_floatx"),
     "set_random_seed": ("keras.utils", "set_random_seed"),
     "load_data": ("keras.datasets.mnist", "load_data"),
+    # Already refused by Keras's own denylist; refused here before Keras sees them.
+    "get_file": ("keras.utils", "get_file"),
+    "enable_unsafe_deserialization": ("keras.config", "enable_unsafe_deserialization"),
 }
 
 
