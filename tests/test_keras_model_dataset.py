@@ -16,7 +16,7 @@ from kedro.io.core import Version
 
 import keras_test_models
 from conftest import assert_same_predictions, fit
-from kedro_keras import KerasModelDataset
+from kedro_keras import KerasModelDataset, KerasWeightsDataset
 
 
 def flip_weights_byte(path, where):
@@ -275,9 +275,17 @@ class TestKerasModelDataset:
         KerasModelDataset(filepath=path).save(model)
 
         with pytest.raises(
-            DatasetError, match=r"model\.keras.*uses .Scale., which Keras cannot find.*custom_objects"
+            DatasetError,
+            match=r"model\.keras.*uses 'Scale' \(the file records it in module 'keras_test_models'\), which "
+            r"Keras cannot find.*custom_objects: \{Scale: keras_test_models\.Scale\}",
         ):
             KerasModelDataset(filepath=path).load()
+        weights = str(tmp_path / "model.weights.h5")
+        KerasWeightsDataset(filepath=weights).save(model)
+        with pytest.raises(DatasetError) as error:  # the same message when rebuilt from the architecture
+            KerasWeightsDataset(filepath=weights).load()
+        assert "custom_objects: {Scale: keras_test_models.Scale}" in str(error.value)
+        assert "Full object config" not in str(error.value)
         for custom_objects in (
             {"Scale": "keras_test_models.Scale"},
             ["keras_test_models.Scale"],
@@ -711,3 +719,20 @@ def test_text_from_a_file_cannot_forge_a_log_line(tmp_path, caplog):
         record.getMessage() for record in caplog.records if "Loaded Keras model" in record.getMessage()
     ]
     assert "\n" not in line and "3.15.1\\nINFO kedro.framework" in line
+
+
+def test_a_save_over_a_folder_says_so_and_leaves_it(tmp_path):
+    folder = tmp_path / "model.keras"
+    (folder / "inside").mkdir(parents=True)
+    inputs = keras.Input((3,))
+    with pytest.raises(DatasetError, match=r"model\.keras' is a folder; a model is saved as a file"):
+        KerasModelDataset(filepath=str(folder)).save(keras.Model(inputs, keras.layers.Dense(1)(inputs)))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]  # no temporary file left beside it
+    assert (folder / "inside").is_dir()
+
+
+def test_a_missing_bucket_is_named(s3_credentials):
+    with pytest.raises(
+        DatasetError, match=r"No Keras model at .*: the bucket 'no-such-bucket-9c2d' does not exist"
+    ):
+        KerasModelDataset(filepath="s3://no-such-bucket-9c2d/model.keras", credentials=s3_credentials).load()

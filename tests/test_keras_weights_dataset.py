@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import uuid
 from pathlib import Path
 
 import keras
@@ -682,3 +683,35 @@ class TestKerasWeightsDatasetShardedS3:
             DatasetError, match=rf"s3://.*/{holder}' \(a shard of 's3://.*clf\.weights\.json'\) is corrupt"
         ):
             sharded(path, credentials=s3_credentials, version=Version(None, None)).load()
+
+
+class TestMistakes:
+    """Each mistake named by its true cause (and nothing written or lost)."""
+
+    def test_a_weights_path_that_is_a_folder(self, tmp_path, trained_model):
+        path = tmp_path / "clf.weights.h5"
+        KerasWeightsDataset(filepath=str(path), version=Version(None, None)).save(trained_model)
+        with pytest.raises(
+            DatasetError, match=r"clf\.weights\.h5' is a folder, not a weights file .*versioned: true"
+        ):
+            KerasWeightsDataset(filepath=str(path)).load()
+
+    def test_a_keras_2_weights_file_with_metrics_arrays_loads(self, tmp_path, trained_model, data):
+        """tf-keras's save_weights also stores its metrics' state under metrics/;
+        plain Keras 3 load_weights skips it, and so do we."""
+        import h5py
+
+        path = tmp_path / "clf.weights.h5"
+        trained_model.save_weights(path)
+        with h5py.File(path, "a") as file:
+            file.create_group("metrics/mean/vars")["0"] = np.float32(3.0)
+            file["metrics/mean/vars"]["1"] = np.float32(7.0)
+        reloaded = KerasWeightsDataset(
+            filepath=str(path), architecture="keras_test_models.build_functional"
+        ).load()
+        assert_same_weights(reloaded, trained_model)
+
+    def test_a_missing_bucket_is_named(self, s3_credentials):
+        path = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/clf.weights.h5"
+        with pytest.raises(DatasetError, match=r"the bucket 'no-such-bucket-\w+' does not exist"):
+            KerasWeightsDataset(filepath=path, credentials=s3_credentials).load()

@@ -90,6 +90,25 @@ class Location:
         """The first ``size`` bytes of a file (one small ranged read remotely)."""
         return self.fs.cat_file(str(path), start=0, end=size)
 
+    def kind(self, path: str | PurePosixPath) -> str | None:
+        """ "file", "directory", or None if nothing is at ``path`` (one request)."""
+        try:
+            return self.fs.info(str(path)).get("type")
+        except FileNotFoundError:
+            return None
+
+    def missing_bucket(self, path: str | PurePosixPath) -> str | None:
+        """On an object store, the bucket of ``path`` if it does not exist (asked
+        only after a path was not found, to say which of the two is missing)."""
+        if self.is_local or not str(path):
+            return None
+        bucket = str(path).split("/", 1)[0]
+        try:
+            self.fs.invalidate_cache(bucket)
+            return None if self.fs.exists(bucket) else bucket
+        except Exception:  # noqa: BLE001 - only a better message is at stake
+            return None
+
     def remove(self, path: str | PurePosixPath) -> None:
         self.fs.rm_file(str(path))
 
@@ -182,6 +201,8 @@ def _local_atomic_write(path: str, exclusive: bool = False) -> Iterator[IO[bytes
     # one filesystem and is atomic; its dot-name keeps it out of our globs.
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    if os.path.isdir(path):  # said now, not as a failed rename of our temporary file
+        raise IsADirectoryError(f"'{path}' is a folder; a model is saved as a file")
     temp_path = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(temp_path, "wb") as file:

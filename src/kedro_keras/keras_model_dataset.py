@@ -208,7 +208,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             if missing is not None:
                 # Also when the file vanished between opening and reading (a
                 # concurrent keep_last prune): zipfile reports that as BadZipFile.
-                raise DatasetError(f"No Keras model at '{url}': the file does not exist.") from missing
+                raise DatasetError(f"No Keras model at '{url}': {self._what_is_missing(path)}.") from missing
             folder = self._describe_folder(path, url)
             if folder:
                 raise DatasetError(folder) from exc
@@ -228,6 +228,12 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         read = _legacy_h5.read_legacy_h5 if legacy else _archive.read_keras_archive
         with self._location.open_read(path) as file, _device_scope(device):
             return read(file, **args), _archive.read_saved_with(file)
+
+    def _what_is_missing(self, path: PurePosixPath) -> str:
+        bucket = self._location.missing_bucket(path)
+        if bucket:
+            return f"the bucket '{bucket}' does not exist (check its name and the endpoint)"
+        return "the file does not exist"
 
     def _describe_folder(self, path: PurePosixPath, url: str) -> str | None:
         """What a folder at the model's path is, and what to do, if it is one
@@ -400,6 +406,31 @@ def _file_not_found_in(exc: BaseException | None) -> FileNotFoundError | None:
     return None
 
 
+def unknown_class_hint(exc: BaseException) -> str | None:
+    """For Keras's "could not locate" / "could not be deserialized" errors: the
+    class or function it could not find, and the custom_objects line to add,
+    with the module the file records for it."""
+    text = str(exc)
+    found = re.search(r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'", text)
+    if not found:
+        return None
+    name = printable(found.group(1), limit=80)
+    # The config Keras quotes after the name is that object's own.
+    module = re.search(r"['\"]module['\"]: ['\"]([\w.]+)['\"]", text[found.end() :])
+    where = (
+        printable(module.group(1), limit=120)
+        if module and module.group(1).split(".")[0] not in ("keras", "builtins")
+        else None
+    )
+    path = f"{where}.{name}" if where else f"<your module>.{name}"
+    recorded = f" (the file records it in module '{where}')" if where else ""
+    return (
+        f"it uses '{name}'{recorded}, which Keras cannot find. Give it in load_args, e.g. "
+        f"custom_objects: {{{name}: {path}}} (an import path), or decorate it with "
+        "@keras.saving.register_keras_serializable() in a module that is imported."
+    )
+
+
 def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
     if isinstance(exc, UnsafeConfigError):
         return f"Refusing the Keras model at '{url}': {exc}."
@@ -413,15 +444,11 @@ def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
             f"'{url}' is not a valid .keras archive ({exc}): the file is truncated, "
             "corrupt, or in another format."
         )
-    missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(exc))
-    if missing:
-        name = printable(missing.group(1), limit=80)
-        return (
-            f"Cannot load the Keras model at '{url}': it uses '{name}', which Keras "
-            "cannot find. Give it in load_args, e.g. custom_objects: "
-            f"{{{name}: my_project.layers.{name}}} (an import path), or decorate it "
-            "with @keras.saving.register_keras_serializable() in a module that is imported."
-        )
+    unknown = unknown_class_hint(exc)
+    if unknown:
+        return f"Cannot load the Keras model at '{url}': {unknown}"
+    if isinstance(exc, PermissionError):
+        return f"Cannot read '{url}': permission denied ({exc}). Check the file's permissions or the credentials."
     if legacy and isinstance(exc, OSError):
         return (
             f"'{url}' is not a valid HDF5 file ({exc}): the file is truncated, corrupt, or in another format."

@@ -171,15 +171,32 @@ class KerasTimestampedModelDataset(KerasModelDataset):
         if self._cached_load_version is None:
             found = self._get_versions()
             if not found:
+                self._refuse_a_file_as_folder()
+                url = self._location.url(self._filepath)
+                bucket = self._location.missing_bucket(self._filepath)
+                if bucket:
+                    raise VersionNotFoundError(
+                        f"Cannot load from '{url}': the bucket '{bucket}' does not exist "
+                        "(check its name and the endpoint)."
+                    )
                 raise VersionNotFoundError(
-                    f"No model has been saved in '{self._location.url(self._filepath)}' "
+                    f"No model has been saved in '{url}' "
                     f"yet: the folder holds no '{FILE_PREFIX}<timestamp>{KERAS_SUFFIX}' files."
                 )
             self._cached_load_version = _version_of(found[0])
         return self._cached_load_version
 
+    def _refuse_a_file_as_folder(self) -> None:
+        if self._location.fs.isfile(str(self._filepath)):
+            raise DatasetError(
+                f"'{self._location.url(self._filepath)}' is a file, but KerasTimestampedModelDataset's "
+                "filepath is the folder that holds the history (model_<timestamp>.keras files). Point "
+                "filepath at a folder, or use KerasModelDataset for one model file."
+            )
+
     def _fetch_latest_save_version(self) -> str:
         if self._cached_save_version is None:
+            self._refuse_a_file_as_folder()
             now = datetime.now(tz=timezone.utc)
             version = now.strftime(VERSION_FORMAT)
             # Two saves in the same microsecond would collide; move on by one.

@@ -19,7 +19,7 @@ from kedro_keras import _imports, _keras_build, _sharded, _weights
 from kedro_keras._files import Location
 from kedro_keras._h5 import CorruptFileError, ShardReadError, stored_variable_groups
 from kedro_keras._safe_configs import UnsafeConfigError, refuse_unsafe_config
-from kedro_keras.keras_model_dataset import _check_args, _check_is_model
+from kedro_keras.keras_model_dataset import _check_args, _check_is_model, unknown_class_hint
 
 if TYPE_CHECKING:
     import keras
@@ -223,8 +223,20 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             return self._load_sharded()
         weights_path = self._get_load_path()
         url = self._location.url(weights_path)
-        if not self._location.exists(weights_path):
-            raise DatasetError(f"No Keras weights at '{url}': the file does not exist.")
+        kind = self._location.kind(weights_path)
+        if kind is None:
+            bucket = self._location.missing_bucket(weights_path)
+            cause = f"the bucket '{bucket}' does not exist" if bucket else "the file does not exist"
+            raise DatasetError(f"No Keras weights at '{url}': {cause}.")
+        if kind == "directory":
+            raise DatasetError(
+                f"'{url}' is a folder, not a weights file"
+                + (
+                    " (a folder of versions: add versioned: true to the catalog entry)."
+                    if self._version is None
+                    else "."
+                )
+            )
 
         visited: set[int] = set()
 
@@ -244,6 +256,8 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 raise DatasetError(
                     f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the weights again."
                 ) from exc
+            except PermissionError as exc:
+                raise DatasetError(f"Cannot read '{url}': permission denied ({exc}).") from exc
             except OSError as exc:
                 raise DatasetError(
                     f"'{url}' is not a valid .weights.h5 file ({exc}): the file is truncated, "
@@ -287,7 +301,8 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         except UnsafeConfigError as exc:
             raise DatasetError(f"Refusing the architecture at '{url}': {exc}.") from exc
         except Exception as exc:
-            raise DatasetError(f"Cannot rebuild the model from the architecture at '{url}': {exc}") from exc
+            cause = unknown_class_hint(exc) or exc
+            raise DatasetError(f"Cannot rebuild the model from the architecture at '{url}': {cause}") from exc
 
     def _read_architecture_beside(self, weights_path: PurePosixPath) -> tuple[bytes, str]:
         architecture_path = _architecture_path(weights_path)
