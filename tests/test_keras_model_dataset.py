@@ -295,22 +295,35 @@ class TestKerasModelDataset:
             assert_same_predictions(reloaded, model, data[0])
             assert isinstance(reloaded.layers[1], keras_test_models.Scale)
 
+    def test_a_missing_attribute_in_a_custom_object_path_fails_at_load(self, tmp_path, trained_model):
+        dataset = KerasModelDataset(
+            filepath=str(tmp_path / "model.keras"),
+            load_args={"custom_objects": {"Scale": "keras_test_models.NoSuchLayer"}},
+        )
+        dataset.save(trained_model)
+        with pytest.raises(DatasetError, match=r"model\.keras.*has no attribute 'NoSuchLayer'"):
+            dataset.load()
+
     @pytest.mark.parametrize(
         "import_path, message",
         [
-            ("keras_test_models.NoSuchLayer", "has no attribute 'NoSuchLayer'"),
             ("no_such_module.Scale", "there is no module 'no_such_module'"),
+            ("keras_test_models.layerz.Scale", r"there is no module 'keras_test_models\.layerz'"),
             ("__import__('os').system('true')", "not an import path"),
             ("keras_test_models.Scale; rm -rf", "not an import path"),
         ],
     )
-    def test_bad_custom_object_import_path(self, tmp_path, trained_model, import_path, message):
-        dataset = KerasModelDataset(
-            filepath=str(tmp_path / "model.keras"), load_args={"custom_objects": {"Scale": import_path}}
-        )
-        dataset.save(trained_model)
+    def test_a_bad_custom_object_path_fails_when_the_catalog_is_built(self, tmp_path, import_path, message):
+        """Before any training: the module is looked for, not imported."""
+        config = {
+            "model": {
+                "type": "kedro_keras.KerasModelDataset",
+                "filepath": str(tmp_path / "model.keras"),
+                "load_args": {"custom_objects": {"Scale": import_path}},
+            }
+        }
         with pytest.raises(DatasetError, match=message) as error:
-            dataset.load()
+            DataCatalog.from_config(config)["model"]
         assert "model.keras" in str(error.value)
 
     def test_lambda_refused_by_default_loaded_with_safe_mode_off(self, tmp_path, data):

@@ -143,7 +143,6 @@ class TestKerasWeightsDataset:
         [
             ("keras_test_models.not_a_model", "returned str, not a keras.Model"),
             ("keras_test_models.no_such_builder", "has no attribute 'no_such_builder'"),
-            ("os.system('ls')", "not an import path"),
         ],
     )
     def test_bad_builder(self, tmp_path, trained_model, architecture, message):
@@ -152,6 +151,20 @@ class TestKerasWeightsDataset:
         with pytest.raises(DatasetError, match=message) as error:
             KerasWeightsDataset(filepath=path, architecture=architecture).load()
         assert "architecture builder" in str(error.value)
+
+    @pytest.mark.parametrize(
+        "architecture, message",
+        [
+            ("os.system('ls')", "not an import path"),
+            ("keras_test_modelz.build_functional", "there is no module 'keras_test_modelz'"),
+            ("keras_test_models.buildz.build_functional", r"there is no module 'keras_test_models\.buildz'"),
+            ("subprocess.run", "module 'subprocess', which is never model code"),
+        ],
+    )
+    def test_a_bad_builder_path_fails_when_the_catalog_is_built(self, tmp_path, architecture, message):
+        """Before the training and the save: not only at load."""
+        with pytest.raises(DatasetError, match=rf"clf\.weights\.h5': architecture: .*{message}"):
+            KerasWeightsDataset(filepath=str(tmp_path / "clf.weights.h5"), architecture=architecture)
 
     def test_builder_that_raises(self, tmp_path, trained_model):
         path = str(tmp_path / "clf.weights.h5")

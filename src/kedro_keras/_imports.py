@@ -7,8 +7,10 @@ never evaluated: only dotted Python names are accepted.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import re
+import sys
 from typing import Any
 
 # Only dotted Python names, matched against the whole string (``re.fullmatch``:
@@ -48,13 +50,10 @@ def _refuse_never_model_code(import_path: str, obj: Any = None) -> None:
         raise ValueError(f"refusing '{import_path}': it is a module; name a class or function in it")
 
 
-def import_object(import_path: str) -> Any:
-    """Import ``package.module.Name`` (or ``package.module:Name``).
-
-    Raises:
-        ValueError: the string is not a dotted Python name, or nothing
-            importable is at that path.
-    """
+def _candidates(import_path: Any) -> list[tuple[str, list[str]]]:
+    """The (module, attributes) an import path may mean, longest module first
+    ('a.b.C.D' may be class D nested in C), once it is checked to be a dotted
+    name outside the modules that are never model code."""
     if not isinstance(import_path, str) or not _IMPORT_PATH.fullmatch(import_path):
         raise ValueError(
             f"'{import_path}' is not an import path: expected dotted Python "
@@ -63,11 +62,58 @@ def import_object(import_path: str) -> Any:
     _refuse_never_model_code(import_path)
     if ":" in import_path:
         module_name, attribute_path = import_path.split(":")
-        candidates = [(module_name, attribute_path.split("."))]
+        return [(module_name, attribute_path.split("."))]
+    parts = import_path.split(".")
+    return [(".".join(parts[:i]), parts[i:]) for i in range(len(parts) - 1, 0, -1)]
+
+
+def check_import_path(import_path: Any) -> None:
+    """Check an import path when the catalog is built, before any training:
+    well formed, allowed, and naming a module that exists. The module itself
+    is not imported (it may import Keras); its parent packages are.
+
+    Raises:
+        ValueError: as ``import_object`` would, for these causes.
+    """
+    missing = None
+    for module_name, attributes in _candidates(import_path):
+        try:
+            if importlib.util.find_spec(module_name) is not None:
+                # Imported already as the parent of a longer candidate that is
+                # no module: then its next name must be an attribute of it.
+                module = sys.modules.get(module_name)
+                if missing and module is not None and not hasattr(module, attributes[0]):
+                    break
+                return
+        except ModuleNotFoundError as exc:  # a parent package is missing
+            missing = missing or exc.name
+            continue
+        except Exception:  # noqa: BLE001 - a parent that fails to import: reported in full at load
+            return
+        missing = missing or module_name
+    raise ValueError(f"cannot import '{import_path}': there is no module '{missing}'")
+
+
+def check_custom_objects(custom_objects: Any) -> None:
+    """``check_import_path`` on each import path of a ``custom_objects`` value."""
+    if isinstance(custom_objects, (list, tuple)):
+        paths = list(custom_objects)
+    elif isinstance(custom_objects, dict):
+        paths = [value for value in custom_objects.values() if isinstance(value, str)]
     else:
-        parts = import_path.split(".")
-        # Longest importable module first: 'a.b.C.D' may be class D nested in C.
-        candidates = [(".".join(parts[:i]), parts[i:]) for i in range(len(parts) - 1, 0, -1)]
+        return  # its type is reported at load, with the forms it may take
+    for path in paths:
+        check_import_path(path)
+
+
+def import_object(import_path: str) -> Any:
+    """Import ``package.module.Name`` (or ``package.module:Name``).
+
+    Raises:
+        ValueError: the string is not a dotted Python name, or nothing
+            importable is at that path.
+    """
+    candidates = _candidates(import_path)
     missing_module = None  # the longest prefix that is not a module
     for module_name, attributes in candidates:
         try:

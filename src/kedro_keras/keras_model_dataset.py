@@ -129,6 +129,10 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         _take_migration_args(self._load_args, self._save_args, filepath)
         _check_args("load_args", self._load_args, {"custom_objects", "compile", "safe_mode", "device"})
         _check_args("save_args", self._save_args, {"include_optimizer"})
+        try:  # a typo fails when the catalog is built, not after training
+            _imports.check_custom_objects(self._load_args.get("custom_objects"))
+        except ValueError as exc:
+            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from exc
 
         super().__init__(
             filepath=self._location.path,

@@ -174,6 +174,16 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         _check_args("load_args", self._load_args, {"custom_objects", "safe_mode"})
+        # A typo fails when the catalog is built, not after the training.
+        try:
+            if isinstance(architecture, str):
+                _imports.check_import_path(architecture)
+        except ValueError as exc:
+            raise DatasetError(f"'{filepath}': architecture: {exc}.") from exc
+        try:
+            _imports.check_custom_objects(self._load_args.get("custom_objects"))
+        except ValueError as exc:
+            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from exc
         if self._sharded:
             self._save_args.setdefault("max_shard_size", DEFAULT_MAX_SHARD_SIZE)
             _check_args("save_args", self._save_args, {"include_optimizer", "max_shard_size"})
