@@ -24,13 +24,20 @@ from fsspec.spec import AbstractBufferedFile
 from kedro.io.core import Version, get_protocol_and_path
 
 from kedro_keras._remote import SINGLE_PUT_LIMIT, FileChangedError, GatherBuffer, RemoteReader
-from kedro_keras._s3 import single_put
+from kedro_keras._s3 import bound_retries, single_put
 
 __all__ = ["FileChangedError", "GatherBuffer", "Location", "local_copy"]
 
 # Object stores whose files upload on ``commit()`` and can be ``discard()``ed:
 # writing to them with ``autocommit=False`` is all-or-nothing with no extra copy.
 _DEFERRED_COMMIT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl"}
+
+# Bounded waits on S3, unless the entry says otherwise (fs_args or
+# credentials' config_kwargs): botocore's defaults (60 s, and s3fs's retries
+# on top) let a load of a server that never answers run for minutes.
+_S3_CONFIG_DEFAULTS = {"connect_timeout": 10, "read_timeout": 30, "retries": {"max_attempts": 3}}
+# A transfer that moves no byte for this long is abandoned (fs_args.stall_timeout).
+DEFAULT_STALL_SECONDS = 60.0
 
 
 class Location:
@@ -53,10 +60,18 @@ class Location:
         self.open_args_save: dict[str, Any] = fs_args.pop("open_args_save", {})
         credentials = deepcopy(credentials) or {}
 
+        self.stall_seconds = float(fs_args.pop("stall_timeout", DEFAULT_STALL_SECONDS))
+
         self.protocol, path = get_protocol_and_path(filepath, version)
         if self.protocol == "file":
             fs_args.setdefault("auto_mkdir", True)
+        if self.protocol in ("s3", "s3a"):
+            given = {**(credentials.get("config_kwargs") or {}), **(fs_args.get("config_kwargs") or {})}
+            fs_args["config_kwargs"] = {**_S3_CONFIG_DEFAULTS, **given}
+            credentials.pop("config_kwargs", None)
         self.fs: fsspec.AbstractFileSystem = fsspec.filesystem(self.protocol, **credentials, **fs_args)
+        if self.protocol in ("s3", "s3a"):
+            bound_retries(self.fs)
         self.path = PurePosixPath(path)
 
     @property
@@ -135,7 +150,7 @@ class Location:
             if not isinstance(file, AbstractBufferedFile):  # memory://, sftp, ...: its own reads
                 yield file
                 return
-            with RemoteReader(file) as reader:
+            with RemoteReader(file, self.stall_seconds) as reader:
                 yield reader
 
     @contextmanager
@@ -171,7 +186,7 @@ class Location:
         self._refuse_existing(path, exclusive)
         put = single_put(self.fs)
         if put is not None and gathered.size <= SINGLE_PUT_LIMIT and not self.open_args_save:
-            put(path, gathered, exclusive)
+            put(path, gathered, exclusive, self.stall_seconds)
             return
         file = self.fs.open(path, mode="wb", autocommit=False, **self.open_args_save)
         try:

@@ -93,12 +93,12 @@ class RemoteReader(_SizedFile):
     Filesystems without a streaming read use ranged reads only.
     """
 
-    def __init__(self, file: Any) -> None:
+    def __init__(self, file: Any, stall_seconds: float) -> None:
         super().__init__()
         self._file = file
         self.size: int = file.size
         self._position = 0
-        self._open_stream = stream_opener(file)
+        self._open_stream = stream_opener(file, stall_seconds)
         self._stream: Any = None
         self._stream_position = 0  # the next byte the stream gives
         self._small: OrderedDict[int, bytes] = OrderedDict()

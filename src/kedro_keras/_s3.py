@@ -6,14 +6,42 @@ fsspec's ordinary reads and uploads) if s3fs changes.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from kedro_keras._remote import GatherBuffer
 
 
-def stream_opener(file: Any) -> Callable[[int], Any] | None:
-    """How to open one streaming GET from a byte onwards, if the filesystem has one."""
+class StalledError(ConnectionError):
+    """No byte moved to or from the object store for longer than allowed.
+
+    Not a ``TimeoutError``: fsspec's ``sync`` replaces those with an empty
+    ``FSTimeoutError``, losing what stalled and where."""
+
+
+# s3fs retries some errors itself (read timeouts among them) on top of
+# botocore's own attempts: bounded, so config_kwargs' retries mean what they say.
+_S3FS_RETRIES = 2
+
+
+def bound_retries(fs: Any) -> None:
+    """Let s3fs retry at most ``_S3FS_RETRIES`` times (its default is 5)."""
+    if isinstance(getattr(fs, "retries", None), int):
+        fs.retries = min(fs.retries, _S3FS_RETRIES)
+
+
+def endpoint_of(fs: Any) -> str:
+    """The S3 endpoint a filesystem talks to, for messages."""
+    endpoint = (getattr(fs, "client_kwargs", None) or {}).get("endpoint_url") or getattr(
+        fs, "endpoint_url", None
+    )
+    return str(endpoint or "AWS S3")
+
+
+def stream_opener(file: Any, stall_seconds: float) -> Callable[[int], Any] | None:
+    """How to open one streaming GET from a byte onwards, if the filesystem has
+    one. A stream that delivers no byte for ``stall_seconds`` raises ``StalledError``."""
     fs = file.fs
     if not (callable(getattr(fs, "_call_s3", None)) and hasattr(file, "bucket") and hasattr(file, "key")):
         return None
@@ -37,7 +65,7 @@ def stream_opener(file: Any) -> Callable[[int], Any] | None:
             Range=f"bytes={position}-",
             **extra,
         )
-        return _S3Stream(fs.loop, response["Body"])
+        return _S3Stream(fs.loop, response["Body"], stall_seconds, endpoint_of(fs))
 
     return open_at
 
@@ -45,8 +73,9 @@ def stream_opener(file: Any) -> Callable[[int], Any] | None:
 class _S3Stream:
     """The body of one GET, read synchronously from s3fs's event loop."""
 
-    def __init__(self, loop: Any, body: Any) -> None:
+    def __init__(self, loop: Any, body: Any, stall_seconds: float, endpoint: str) -> None:
         self._loop, self._body = loop, body
+        self._stall_seconds, self._endpoint = stall_seconds, endpoint
 
     def readinto(self, target: memoryview) -> int:
         from fsspec.asyn import sync
@@ -58,7 +87,15 @@ class _S3Stream:
         # whole piece per trip to the event loop's thread.
         done = 0
         while done < target.nbytes:
-            chunk = await self._body.read(target.nbytes - done)
+            try:
+                # A server that keeps the connection open but sends nothing
+                # would hold the read forever: no socket timeout covers it.
+                chunk = await asyncio.wait_for(self._body.read(target.nbytes - done), self._stall_seconds)
+            except asyncio.TimeoutError:
+                raise StalledError(
+                    f"the S3 endpoint {self._endpoint} sent no byte for {self._stall_seconds:g} s in the "
+                    "middle of the model"
+                ) from None
             if not chunk:
                 break
             target[done : done + len(chunk)] = chunk
@@ -79,7 +116,7 @@ _PUT_ATTEMPTS = 3
 
 
 async def _put_object(
-    fs: Any, bucket: str, key: str, gathered: GatherBuffer, conditions: dict[str, str]
+    fs: Any, bucket: str, key: str, gathered: GatherBuffer, conditions: dict[str, str], stall_seconds: float
 ) -> None:
     """PutObject with the body rewound before every attempt.
 
@@ -96,8 +133,10 @@ async def _put_object(
     for attempt in range(1, _PUT_ATTEMPTS + 1):
         gathered.seek(0)
         try:
-            await client.put_object(**kwargs)
+            await _unless_stalled(client.put_object(**kwargs), gathered, stall_seconds, endpoint_of(fs))
             return
+        except StalledError:
+            raise  # the bound is the bound: no retry on top of it
         except Exception as exc:  # noqa: BLE001 - sorted below
             code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
             transient = not code or code in {
@@ -111,18 +150,49 @@ async def _put_object(
             await asyncio.sleep(0.2 * attempt)
 
 
-def single_put(fs: Any) -> Callable[[str, GatherBuffer, bool], None] | None:
+async def _unless_stalled(request: Any, gathered: GatherBuffer, stall_seconds: float, endpoint: str) -> Any:
+    """Await ``request`` (an upload of ``gathered``), cancelled once no byte
+    of the body has been taken for ``stall_seconds`` while some is left.
+
+    A server that accepts the connection but never reads (or never says
+    "100 Continue") blocks the upload in a socket write, which botocore's
+    read and connect timeouts do not cover: an upload would wait forever.
+    Once the whole body is handed over, the wait for the answer is
+    botocore's ``read_timeout`` (the socket's buffers may still be draining
+    to a slow server: that silence is not a stall).
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(request)
+    sent, moved_at = gathered.tell(), loop.time()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=min(1.0, stall_seconds))
+            if done:
+                return task.result()
+            if gathered.tell() != sent:
+                sent, moved_at = gathered.tell(), loop.time()
+            elif sent < gathered.size and loop.time() - moved_at > stall_seconds:
+                raise StalledError(
+                    f"the S3 endpoint {endpoint} took no byte of the model for {stall_seconds:g} s "
+                    f"({sent} of {gathered.size} bytes sent)"
+                )
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def single_put(fs: Any) -> Callable[[str, GatherBuffer, bool, float], None] | None:
     """One PutObject of a gathered file, if the filesystem is s3fs."""
     needed = ("_call_s3", "split_path", "set_session", "get_s3", "_get_s3_method_kwargs")
     if not all(callable(getattr(fs, name, None)) for name in needed):
         return None
     from fsspec.asyn import sync
 
-    def put(path: str, gathered: GatherBuffer, exclusive: bool) -> None:
+    def put(path: str, gathered: GatherBuffer, exclusive: bool, stall_seconds: float) -> None:
         bucket, key, _ = fs.split_path(path)
         conditions = {"IfNoneMatch": "*"} if exclusive else {}  # atomic where the store supports it
         try:
-            sync(fs.loop, _put_object, fs, bucket, key, gathered, conditions)
+            sync(fs.loop, _put_object, fs, bucket, key, gathered, conditions, stall_seconds)
         except Exception as exc:
             if exclusive and ("PreconditionFailed" in str(exc) or "pre-condition" in str(exc)):
                 raise FileExistsError(path) from exc

@@ -9,6 +9,10 @@
     proxy.lose_response(b"POST /bucket/key?uploadId=")
                                     # the server gets that request whole and answers;
                                     # the answer is lost (the connection is reset)
+    proxy.cut_after(10**5, direction="down", how="stall", times=10)
+                                    # stop passing bytes on that connection, and keep
+                                    # it open: a server that stalls mid-body
+    proxy.throttle(4 * 10**6)       # pass on at most 4 MB/s each way, steadily
     proxy.heal()                    # forward everything from now on
     proxy.wait_idle()               # every connection finished (server side too)
 
@@ -67,6 +71,8 @@ class FaultyProxy:
         self.cuts = 0
         self.refused = 0
         self.bytes = {"up": 0, "down": 0}
+        self._rate: float | None = None
+        self._released = threading.Event()  # stalled connections wait for it
 
     # -- control -------------------------------------------------------------
 
@@ -81,7 +87,7 @@ class FaultyProxy:
         or ``any``. ``how``: ``reset`` (RST) or ``close`` (FIN). After a cut the
         count starts again, ``times`` cuts in all.
         """
-        assert direction in ("up", "down", "any") and how in ("reset", "close")
+        assert direction in ("up", "down", "any") and how in ("reset", "close", "stall")
         with self._lock:
             self._fault = _Fault(nbytes, direction, how, times)
 
@@ -96,9 +102,14 @@ class FaultyProxy:
         with self._lock:
             self._lose = [request_start] * times
 
+    def throttle(self, bytes_per_second: float | None) -> None:
+        """Pass bytes on at about this rate in each direction (None: at full speed)."""
+        with self._lock:
+            self._rate = bytes_per_second
+
     def heal(self) -> None:
         with self._lock:
-            self._fault, self._refuse, self._lose = None, 0, []
+            self._fault, self._refuse, self._lose, self._rate = None, 0, [], None
 
     @property
     def armed(self) -> bool:
@@ -127,6 +138,7 @@ class FaultyProxy:
 
     def close(self) -> None:
         self._closed = True
+        self._released.set()
         _close(self._listener)
 
     # -- forwarding ----------------------------------------------------------
@@ -210,6 +222,17 @@ class _Connection:
                     self._break("reset")  # the server has done the work; its answer is lost
                     return
                 allowed, how = self.proxy._allowance(direction, len(data))
+                if how == "stall":
+                    if target_alive and allowed:
+                        try:
+                            target.sendall(data[:allowed])
+                        except OSError:
+                            pass
+                    self.proxy._released.wait()  # the connection stays open, silent
+                    self._break("close")
+                    return
+                if self.proxy._rate:
+                    time.sleep(len(data) / self.proxy._rate)
                 if target_alive and allowed:
                     try:
                         target.sendall(data[:allowed])

@@ -1,0 +1,145 @@
+"""Nothing hangs: against an S3 endpoint that accepts and never answers, one
+that stalls in the middle of a model, and one that is slow but steady, a save
+or load ends within its bound, and the first two with a DatasetError that
+names the endpoint and leaves the previous model as it was.
+
+Real sockets on loopback: a server that accepts and never reads, and
+``FaultyProxy`` in front of the moto server. The bounds are the entry's own
+(``fs_args.stall_timeout`` and botocore's ``config_kwargs``), set small here.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import keras
+import numpy as np
+import pytest
+from kedro.io.core import DatasetError
+
+from kedro_keras import KerasModelDataset
+from reliability_helpers.faulty_proxy import FaultyProxy
+
+STALL = 2.0
+# What an entry writes to bound every wait: no byte for STALL seconds, and
+# botocore's own connect/read timeouts with one attempt.
+TIGHT = {"config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 1}}}
+
+
+def model_of(megabytes: int, seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((256,))
+    outputs = keras.layers.Dense(megabytes * 2**20 // 1024)(inputs)
+    return keras.Model(inputs, outputs)
+
+
+class SilentServer:
+    """Accepts connections and then neither reads nor answers."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                continue
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            self._accepted.append(connection)
+
+    def close(self) -> None:
+        self._stop.set()
+        for connection in self._accepted:
+            connection.close()
+        self._listener.close()
+
+
+@pytest.fixture
+def silent():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def proxy(s3_endpoint):
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    proxy = FaultyProxy((host, int(port))).start()
+    yield proxy
+    proxy.close()
+
+
+def dataset(path, endpoint, s3_credentials, **fs_args):
+    credentials = {**s3_credentials, "client_kwargs": {"endpoint_url": endpoint}}
+    return KerasModelDataset(
+        filepath=path,
+        credentials=credentials,
+        fs_args={"skip_instance_cache": True, "stall_timeout": STALL, **TIGHT, **fs_args},
+    )
+
+
+def timed(action):
+    start = time.monotonic()
+    try:
+        action()
+    except DatasetError as exc:
+        return time.monotonic() - start, exc
+    return time.monotonic() - start, None
+
+
+def test_a_save_to_a_server_that_never_answers_ends_and_says_so(silent, s3_bucket, s3_credentials):
+    seconds, error = timed(
+        lambda: dataset(f"{s3_bucket}/model.keras", silent.endpoint, s3_credentials).save(model_of(4))
+    )
+    assert error is not None and seconds < 10 * STALL, seconds
+    message = str(error)
+    assert silent.endpoint in message and f"took no byte of the model for {STALL:g} s" in message
+    assert "Any model previously saved there is unchanged" in message
+
+
+def test_a_load_from_a_server_that_never_answers_ends_and_names_it(silent, s3_bucket, s3_credentials):
+    seconds, error = timed(
+        lambda: dataset(f"{s3_bucket}/model.keras", silent.endpoint, s3_credentials).load()
+    )
+    assert error is not None and seconds < 30, seconds
+    assert silent.endpoint in str(error) or silent.endpoint.removeprefix("http://") in str(error)
+
+
+def test_a_load_that_stalls_in_the_middle_ends_and_the_model_stays(proxy, s3_bucket, s3_credentials):
+    path = f"{s3_bucket}/model.keras"
+    dataset(path, proxy.endpoint, s3_credentials).save(model_of(4))
+    proxy.cut_after(2**20, direction="down", how="stall", times=100)  # every connection stalls after 1 MB
+
+    seconds, error = timed(lambda: dataset(path, proxy.endpoint, s3_credentials).load())
+
+    assert error is not None and seconds < 10 * STALL, seconds
+    assert f"the S3 endpoint {proxy.endpoint} sent no byte for {STALL:g} s in the middle of the model" in str(
+        error
+    )
+    proxy.heal()
+    reloaded = dataset(path, proxy.endpoint, s3_credentials).load()  # nothing was lost
+    assert reloaded.count_params() == model_of(4).count_params()
+
+
+def test_a_slow_but_steady_server_is_waited_for(proxy, s3_bucket, s3_credentials):
+    """4 MB at 2 MB/s takes longer than the stall bound, and must succeed.
+    (botocore's read timeout must outlast the socket buffers draining to the
+    slow server after the body is handed over: 10 s here.)"""
+    path = f"{s3_bucket}/model.keras"
+    model = model_of(4, seed=1)
+    proxy.throttle(2 * 10**6)
+    patient = {"config_kwargs": {"connect_timeout": 1, "read_timeout": 10, "retries": {"max_attempts": 1}}}
+    start = time.monotonic()
+    dataset(path, proxy.endpoint, s3_credentials, **patient).save(model)
+    reloaded = dataset(path, proxy.endpoint, s3_credentials, **patient).load()
+    assert time.monotonic() - start > STALL  # the bound was on silence, not on the transfer
+    x = np.ones((2, 256), dtype="float32")
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
