@@ -749,3 +749,24 @@ def test_a_missing_bucket_is_named(s3_credentials):
         DatasetError, match=r"No Keras model at .*: the bucket 'no-such-bucket-9c2d' does not exist"
     ):
         KerasModelDataset(filepath="s3://no-such-bucket-9c2d/model.keras", credentials=s3_credentials).load()
+
+
+def test_access_denied_names_the_stores_error_code():
+    """s3fs turns a refused request into PermissionError('Forbidden'); the
+    store's own code (wrong key, bad signature, no access) is in its cause."""
+    from kedro_keras.keras_model_dataset import _load_failure
+
+    class ClientError(Exception):
+        response = {"Error": {"Code": "InvalidAccessKeyId", "Message": "The key you gave does not exist"}}
+
+    try:
+        try:
+            raise ClientError("InvalidAccessKeyId")
+        except ClientError as cause:
+            raise PermissionError("Forbidden") from cause
+    except PermissionError as error:
+        message = _load_failure("s3://bucket/model.keras", error, legacy=False)
+    assert message == (
+        "Cannot read 's3://bucket/model.keras': access denied (the store answered InvalidAccessKeyId). "
+        "Check the credentials and the file's permissions."
+    )

@@ -435,6 +435,19 @@ def unknown_class_hint(exc: BaseException) -> str | None:
     )
 
 
+def _service_error_code(exc: BaseException | None) -> str | None:
+    """The object store's own error code (AccessDenied, InvalidAccessKeyId,
+    SignatureDoesNotMatch, ...) from anywhere in the cause chain."""
+    while exc is not None:
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):
+            code = (response.get("Error") or {}).get("Code")
+            if code:
+                return printable(str(code), limit=60)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
     if isinstance(exc, UnsafeConfigError):
         return f"Refusing the Keras model at '{url}': {exc}."
@@ -452,7 +465,11 @@ def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
     if unknown:
         return f"Cannot load the Keras model at '{url}': {unknown}"
     if isinstance(exc, PermissionError):
-        return f"Cannot read '{url}': permission denied ({exc}). Check the file's permissions or the credentials."
+        code = _service_error_code(exc)
+        said = f"the store answered {code}" if code else str(exc)
+        return (
+            f"Cannot read '{url}': access denied ({said}). Check the credentials and the file's permissions."
+        )
     if legacy and isinstance(exc, OSError):
         return (
             f"'{url}' is not a valid HDF5 file ({exc}): the file is truncated, corrupt, or in another format."
