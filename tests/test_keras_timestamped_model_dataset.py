@@ -171,6 +171,26 @@ class TestKerasTimestampedModelDatasetVersioned:
         )
         assert catalog["history"].list_versions(full_path=False) == catalog["history"].versions()
 
+    @pytest.mark.parametrize("flag", [{}, {"versioned": True}])
+    def test_load_versions_and_version_behave_alike_with_or_without_the_flag(self, tmp_path, data, flag):
+        """--load-versions used to be ignored without versioned: true (the
+        newest loaded instead), while catalog.load(version=...) pinned."""
+        config = {
+            "history": {
+                "type": "kedro_keras.KerasTimestampedModelDataset",
+                "filepath": str(tmp_path / "h"),
+                **flag,
+            }
+        }
+        for model in models_of_width(data, 2, 3):
+            DataCatalog.from_config(config).save("history", model)
+        oldest = DataCatalog.from_config(config)["history"].versions()[-1]
+
+        pinned_for_the_run = DataCatalog.from_config(config, load_versions={"history": oldest})
+        assert pinned_for_the_run.load("history").layers[1].units == 2
+        assert DataCatalog.from_config(config).load("history", version=oldest).layers[1].units == 2
+        assert DataCatalog.from_config(config).load("history").layers[1].units == 3
+
     def test_works_without_versioned_flag_in_catalog(self, tmp_path, trained_model):
         config = {
             "history": {"type": "kedro_keras.KerasTimestampedModelDataset", "filepath": str(tmp_path / "h")}

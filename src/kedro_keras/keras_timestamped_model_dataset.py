@@ -41,8 +41,7 @@ class KerasTimestampedModelDataset(KerasModelDataset):
         classifier_history:
           type: kedro_keras.KerasTimestampedModelDataset
           filepath: data/06_models/classifier_history   # a folder
-          keep_last: 5
-          versioned: true    # optional: lets `kedro run --load-versions` pin one
+          keep_last: 5       # `kedro run --load-versions` pins one, versioned: true or not
 
     Example usage for the
     `Python API <https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/>`_:
@@ -60,6 +59,11 @@ class KerasTimestampedModelDataset(KerasModelDataset):
         2
         >>> newest = history.load()
     """
+
+    # A history is versioned by nature: Kedro reads this class attribute as
+    # `versioned: true` on every entry, so `kedro run --load-versions` and
+    # `catalog.load(name, version=...)` pin a file with or without the flag.
+    versioned = True
 
     # Kedro wraps ``save`` once more in every subclass of a versioned dataset,
     # which would make each save pick two timestamps; inherit the bare one.
