@@ -734,16 +734,6 @@ def test_text_from_a_file_cannot_forge_a_log_line(tmp_path, caplog):
     assert "\n" not in line and "3.15.1\\nINFO kedro.framework" in line
 
 
-def test_a_save_over_a_folder_says_so_and_leaves_it(tmp_path):
-    folder = tmp_path / "model.keras"
-    (folder / "inside").mkdir(parents=True)
-    inputs = keras.Input((3,))
-    with pytest.raises(DatasetError, match=r"model\.keras' is a folder; a model is saved as a file"):
-        KerasModelDataset(filepath=str(folder)).save(keras.Model(inputs, keras.layers.Dense(1)(inputs)))
-    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]  # no temporary file left beside it
-    assert (folder / "inside").is_dir()
-
-
 def test_a_missing_bucket_is_named(s3_credentials):
     with pytest.raises(
         DatasetError, match=r"No Keras model at .*: the bucket 'no-such-bucket-9c2d' does not exist"

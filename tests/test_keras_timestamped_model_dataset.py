@@ -216,16 +216,6 @@ class TestKerasTimestampedModelDatasetS3:
         assert pinned.load().layers[1].units == 3
 
 
-def test_a_filepath_that_is_a_file_is_named_as_such(tmp_path, trained_model):
-    file = tmp_path / "history"
-    file.write_bytes(b"a file, not a folder")
-    history = KerasTimestampedModelDataset(filepath=str(file))
-    for action in (history.load, lambda: history.save(trained_model)):
-        with pytest.raises(DatasetError, match=r"history' is a file, but .*filepath is the folder"):
-            action()
-    assert file.read_bytes() == b"a file, not a folder"
-
-
 def test_a_missing_bucket_is_named(s3_credentials):
     history = KerasTimestampedModelDataset(
         filepath="s3://no-such-bucket-4e1f/history", credentials=s3_credentials

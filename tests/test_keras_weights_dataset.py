@@ -701,14 +701,6 @@ class TestKerasWeightsDatasetShardedS3:
 class TestMistakes:
     """Each mistake named by its true cause (and nothing written or lost)."""
 
-    def test_a_weights_path_that_is_a_folder(self, tmp_path, trained_model):
-        path = tmp_path / "clf.weights.h5"
-        KerasWeightsDataset(filepath=str(path), version=Version(None, None)).save(trained_model)
-        with pytest.raises(
-            DatasetError, match=r"clf\.weights\.h5' is a folder, not a weights file .*versioned: true"
-        ):
-            KerasWeightsDataset(filepath=str(path)).load()
-
     def test_a_keras_2_weights_file_with_metrics_arrays_loads(self, tmp_path, trained_model, data):
         """tf-keras's save_weights also stores its metrics' state under metrics/;
         plain Keras 3 load_weights skips it, and so do we."""

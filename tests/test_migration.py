@@ -113,10 +113,3 @@ def test_a_savedmodel_folder_is_named_as_such_with_the_way_forward(tmp_path):
         DatasetError, match=r"is a TensorFlow SavedModel folder.*Keras 3 cannot load.*tf-keras"
     ):
         dataset.load()
-
-
-def test_version_folders_without_versioned_true_get_the_hint(tmp_path, model):
-    path = str(tmp_path / "classifier.keras")
-    KerasModelDataset(filepath=path, version=Version(None, None)).save(model)
-    with pytest.raises(DatasetError, match=r"is a folder of versions .*Add versioned: true"):
-        KerasModelDataset(filepath=path).load()
