@@ -698,8 +698,8 @@ class TestKerasWeightsDatasetShardedS3:
             sharded(path, credentials=s3_credentials, version=Version(None, None)).load()
 
 
-class TestMistakes:
-    """Each mistake named by its true cause (and nothing written or lost)."""
+class TestFilesFromElsewhere:
+    """Files other tools wrote, and places that are not what the entry expects."""
 
     def test_a_keras_2_weights_file_with_metrics_arrays_loads(self, tmp_path, trained_model, data):
         """tf-keras's save_weights also stores its metrics' state under metrics/;
