@@ -143,3 +143,63 @@ def test_a_slow_but_steady_server_is_waited_for(proxy, s3_bucket, s3_credentials
     assert time.monotonic() - start > STALL  # the bound was on silence, not on the transfer
     x = np.ones((2, 256), dtype="float32")
     np.testing.assert_array_equal(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    """Multipart uploads of 16 MiB parts from 16 MiB on, as a model over
+    512 MB would be sent, without making one. (Parts larger than loopback's
+    socket buffers, so that a stalled part is seen as one.)"""
+    import kedro_keras._files
+    import kedro_keras._s3
+
+    monkeypatch.setattr(kedro_keras._files, "SINGLE_PUT_LIMIT", 16 * 2**20)
+    monkeypatch.setattr(kedro_keras._s3, "PART_SIZE", 16 * 2**20)
+
+
+def uploads_in_progress(bucket, s3_credentials):
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_credentials["client_kwargs"]["endpoint_url"],
+        aws_access_key_id=s3_credentials["key"],
+        aws_secret_access_key=s3_credentials["secret"],
+        region_name="us-east-1",
+    )
+    return client.list_multipart_uploads(Bucket=bucket.removeprefix("s3://")).get("Uploads", [])
+
+
+def test_a_large_model_goes_up_in_parts(small_parts, proxy, s3_bucket, s3_credentials):
+    import s3fs
+
+    path = f"{s3_bucket}/model.keras"
+    model = model_of(40, seed=2)
+    dataset(path, proxy.endpoint, s3_credentials).save(model)
+
+    fs = s3fs.S3FileSystem(**s3_credentials, skip_instance_cache=True)
+    assert fs.info(path)["ETag"].strip('"').endswith("-3")  # three parts: 16 + 16 + the rest
+    reloaded = dataset(path, proxy.endpoint, s3_credentials).load()
+    x = np.ones((2, 256), dtype="float32")
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_a_multipart_save_that_stalls_ends_and_leaves_the_model(
+    small_parts, proxy, s3_bucket, s3_credentials
+):
+    path = f"{s3_bucket}/model.keras"
+    dataset(path, proxy.endpoint, s3_credentials).save(model_of(40, seed=3))
+    before = dataset(path, proxy.endpoint, s3_credentials).load().get_weights()
+    proxy.cut_after(20 * 2**20, direction="up", how="stall")  # 4 MB into the second part
+
+    seconds, error = timed(lambda: dataset(path, proxy.endpoint, s3_credentials).save(model_of(40, seed=4)))
+
+    assert error is not None and seconds < 10 * STALL, seconds
+    message = str(error)
+    assert f"took no byte of the model for {STALL:g} s" in message and proxy.endpoint in message
+    assert "Any model previously saved there is unchanged" in message
+    proxy.heal()
+    after = dataset(path, proxy.endpoint, s3_credentials).load().get_weights()
+    for old, new in zip(before, after, strict=True):
+        np.testing.assert_array_equal(old, new)
+    assert uploads_in_progress(s3_bucket, s3_credentials) == []  # the parts were aborted, not left billed

@@ -24,7 +24,7 @@ from fsspec.spec import AbstractBufferedFile
 from kedro.io.core import Version, get_protocol_and_path
 
 from kedro_keras._remote import SINGLE_PUT_LIMIT, FileChangedError, GatherBuffer, RemoteReader
-from kedro_keras._s3 import bound_retries, single_put
+from kedro_keras._s3 import bound_retries, multipart_put, single_put
 
 __all__ = ["FileChangedError", "GatherBuffer", "Location", "local_copy"]
 
@@ -184,8 +184,8 @@ class Location:
         gathered = GatherBuffer()
         yield gathered
         self._refuse_existing(path, exclusive)
-        put = single_put(self.fs)
-        if put is not None and gathered.size <= SINGLE_PUT_LIMIT and not self.open_args_save:
+        put = (single_put if gathered.size <= SINGLE_PUT_LIMIT else multipart_put)(self.fs)
+        if put is not None and not self.open_args_save:
             put(path, gathered, exclusive, self.stall_seconds)
             return
         file = self.fs.open(path, mode="wb", autocommit=False, **self.open_args_save)

@@ -384,21 +384,47 @@ class GatherBuffer(_SizedFile):
         for piece in self._pieces:
             yield memoryview(piece)
 
+    def part(self, start: int, size: int) -> _Part:
+        """Bytes ``start`` to ``start + size`` as a file of their own, with its
+        own position (an upload's parts may be read concurrently)."""
+        return _Part(self, start, size)
+
     def readinto(self, buffer: Any) -> int:
+        count = self.read_at(self._position, buffer)
+        self._position += count
+        return count
+
+    def read_at(self, position: int, buffer: Any) -> int:
+        """Fill ``buffer`` from ``position`` on, leaving the file's position alone."""
         target = memoryview(buffer).cast("B")
         done = 0
-        for index in range(self._piece_at(self._position), len(self._pieces)):
+        for index in range(self._piece_at(position), len(self._pieces)):
             if done == target.nbytes:
                 break
             piece = memoryview(self._pieces[index])
-            offset = self._position - self._starts[index]
+            offset = position - self._starts[index]
             count = min(target.nbytes - done, piece.nbytes - offset)
             target[done : done + count] = piece[offset : offset + count]
             done += count
-            self._position += count
+            position += count
         return done
 
     def _piece_at(self, position: int) -> int:
         import bisect
 
         return max(0, bisect.bisect_right(self._starts, position) - 1)
+
+
+class _Part(_SizedFile):
+    """A stretch of a ``GatherBuffer``, read without copying the rest."""
+
+    def __init__(self, whole: GatherBuffer, start: int, size: int) -> None:
+        super().__init__()
+        self._whole, self._start, self.size = whole, start, size
+        self._position = 0
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")[: max(0, self.size - self._position)]
+        count = self._whole.read_at(self._start + self._position, target)
+        self._position += count
+        return count

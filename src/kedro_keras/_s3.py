@@ -1,6 +1,7 @@
 """The only code that uses s3fs's internals: one streaming GET from a byte
-onwards (``stream_opener``) and one PutObject of a gathered file
-(``single_put``). Each is checked for and skipped (the caller falls back to
+onwards (``stream_opener``), and one PutObject (``single_put``) or one
+multipart upload (``multipart_put``) of a gathered file. Each is checked
+for and skipped (the caller falls back to
 fsspec's ordinary reads and uploads) if s3fs changes.
 """
 
@@ -114,27 +115,69 @@ class _S3Stream:
 
 _PUT_ATTEMPTS = 3
 
+# Parts of a multipart upload: S3 takes at most 10,000, each at least 5 MiB.
+PART_SIZE = 64 * 2**20
+_MAX_PARTS = 10_000
+
+
+async def _client_for(fs: Any, bucket: str) -> Any:
+    await fs.set_session()
+    return await fs.get_s3(bucket)
+
 
 async def _put_object(
     fs: Any, bucket: str, key: str, gathered: GatherBuffer, conditions: dict[str, str], stall_seconds: float
 ) -> None:
-    """PutObject with the body rewound before every attempt.
-
-    s3fs's own retry loop would call again with the body already read to its
-    end; botocore's retries (inside one call) do rewind it.
-    """
-    import asyncio
-
-    await fs.set_session()
-    client = await fs.get_s3(bucket)
+    client = await _client_for(fs, bucket)
     kwargs = fs._get_s3_method_kwargs(
         client.put_object, Bucket=bucket, Key=key, Body=gathered, ContentLength=gathered.size, **conditions
     )
-    for attempt in range(1, _PUT_ATTEMPTS + 1):
-        gathered.seek(0)
+    await _sent(lambda: client.put_object(**kwargs), gathered, stall_seconds, endpoint_of(fs))
+
+
+async def _multipart_upload(
+    fs: Any, bucket: str, key: str, gathered: GatherBuffer, conditions: dict[str, str], stall_seconds: float
+) -> None:
+    """The parts one after another, each under the stall watchdog and
+    retried on its own; the object appears only at the final
+    CompleteMultipartUpload, and a failure aborts the upload so no orphaned
+    parts stay billed."""
+    client = await _client_for(fs, bucket)
+    endpoint = endpoint_of(fs)
+    started = await client.create_multipart_upload(
+        **fs._get_s3_method_kwargs(client.create_multipart_upload, Bucket=bucket, Key=key)
+    )
+    upload = {"Bucket": bucket, "Key": key, "UploadId": started["UploadId"]}
+    part_size = max(PART_SIZE, -(-gathered.size // _MAX_PARTS))
+    try:
+        parts = []
+        for number, start in enumerate(range(0, gathered.size, part_size), start=1):
+            body = gathered.part(start, min(part_size, gathered.size - start))
+            kwargs = fs._get_s3_method_kwargs(
+                client.upload_part, PartNumber=number, Body=body, ContentLength=body.size, **upload
+            )
+            answer = await _sent(
+                lambda kwargs=kwargs: client.upload_part(**kwargs), body, stall_seconds, endpoint
+            )
+            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        await client.complete_multipart_upload(MultipartUpload={"Parts": parts}, **upload, **conditions)
+    except BaseException:
         try:
-            await _unless_stalled(client.put_object(**kwargs), gathered, stall_seconds, endpoint_of(fs))
-            return
+            await asyncio.wait_for(client.abort_multipart_upload(**upload), stall_seconds)
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            pass
+        raise
+
+
+async def _sent(request: Callable[[], Any], body: Any, stall_seconds: float, endpoint: str) -> Any:
+    """Send ``request()`` (an upload of ``body``), with the body rewound
+    before every attempt: s3fs's own retry loop would call again with the
+    body already read to its end; botocore's retries (inside one call) do
+    rewind it."""
+    for attempt in range(1, _PUT_ATTEMPTS + 1):
+        body.seek(0)
+        try:
+            return await _unless_stalled(request(), body, stall_seconds, endpoint)
         except StalledError:
             raise  # the bound is the bound: no retry on top of it
         except Exception as exc:  # noqa: BLE001 - sorted below
@@ -150,8 +193,8 @@ async def _put_object(
             await asyncio.sleep(0.2 * attempt)
 
 
-async def _unless_stalled(request: Any, gathered: GatherBuffer, stall_seconds: float, endpoint: str) -> Any:
-    """Await ``request`` (an upload of ``gathered``), cancelled once no byte
+async def _unless_stalled(request: Any, body: Any, stall_seconds: float, endpoint: str) -> Any:
+    """Await ``request`` (an upload of ``body``), cancelled once no byte
     of the body has been taken for ``stall_seconds`` while some is left.
 
     A server that accepts the connection but never reads (or never says
@@ -163,18 +206,18 @@ async def _unless_stalled(request: Any, gathered: GatherBuffer, stall_seconds: f
     """
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(request)
-    sent, moved_at = gathered.tell(), loop.time()
+    sent, moved_at = body.tell(), loop.time()
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=min(1.0, stall_seconds))
             if done:
                 return task.result()
-            if gathered.tell() != sent:
-                sent, moved_at = gathered.tell(), loop.time()
-            elif sent < gathered.size and loop.time() - moved_at > stall_seconds:
+            if body.tell() != sent:
+                sent, moved_at = body.tell(), loop.time()
+            elif sent < body.size and loop.time() - moved_at > stall_seconds:
                 raise StalledError(
                     f"the S3 endpoint {endpoint} took no byte of the model for {stall_seconds:g} s "
-                    f"({sent} of {gathered.size} bytes sent)"
+                    f"({sent} of {body.size} bytes of this request sent)"
                 )
     finally:
         if not task.done():
@@ -183,6 +226,15 @@ async def _unless_stalled(request: Any, gathered: GatherBuffer, stall_seconds: f
 
 def single_put(fs: Any) -> Callable[[str, GatherBuffer, bool, float], None] | None:
     """One PutObject of a gathered file, if the filesystem is s3fs."""
+    return _upload_with(fs, _put_object)
+
+
+def multipart_put(fs: Any) -> Callable[[str, GatherBuffer, bool, float], None] | None:
+    """A multipart upload of a gathered file, if the filesystem is s3fs."""
+    return _upload_with(fs, _multipart_upload)
+
+
+def _upload_with(fs: Any, upload: Any) -> Callable[[str, GatherBuffer, bool, float], None] | None:
     needed = ("_call_s3", "split_path", "set_session", "get_s3", "_get_s3_method_kwargs")
     if not all(callable(getattr(fs, name, None)) for name in needed):
         return None
@@ -192,7 +244,7 @@ def single_put(fs: Any) -> Callable[[str, GatherBuffer, bool, float], None] | No
         bucket, key, _ = fs.split_path(path)
         conditions = {"IfNoneMatch": "*"} if exclusive else {}  # atomic where the store supports it
         try:
-            sync(fs.loop, _put_object, fs, bucket, key, gathered, conditions, stall_seconds)
+            sync(fs.loop, upload, fs, bucket, key, gathered, conditions, stall_seconds)
         except Exception as exc:
             if exclusive and ("PreconditionFailed" in str(exc) or "pre-condition" in str(exc)):
                 raise FileExistsError(path) from exc
