@@ -72,6 +72,11 @@ class Location:
         self.fs: fsspec.AbstractFileSystem = fsspec.filesystem(self.protocol, **credentials, **fs_args)
         if self.protocol in ("s3", "s3a"):
             bound_retries(self.fs)
+        if self.protocol == "memory":
+            # Kedro reads "memory://a/b.keras" as "/b.keras" (the "a" taken
+            # for a host), so two entries could share one file; fsspec's
+            # memory filesystem itself means "/a/b.keras".
+            path = self.fs._strip_protocol(filepath)
         self.path = PurePosixPath(path)
 
     @property

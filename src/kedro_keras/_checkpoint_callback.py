@@ -1,0 +1,116 @@
+"""The Keras callback behind ``Checkpoints.callback()``. Its own module
+because it subclasses a Keras class: imported only when a callback is made,
+so that ``import kedro_keras`` stays free of Keras."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import keras
+from kedro.io.core import DatasetError
+
+if TYPE_CHECKING:
+    from kedro_keras.keras_checkpoint_dataset import KerasCheckpointDataset
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Writes a checkpoint through a ``KerasCheckpointDataset`` at the end of
+    every epoch, or every ``save_freq`` batches."""
+
+    def __init__(self, dataset: KerasCheckpointDataset, best: float | None = None) -> None:
+        super().__init__()
+        self._dataset = dataset
+        self._best = best  # carried over from the restored checkpoint
+        self._epoch = 0
+        self._batches_since_save = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._dataset._save_freq == "epoch":
+            return
+        self._batches_since_save += 1
+        if self._batches_since_save >= self._dataset._save_freq:
+            self._batches_since_save = 0
+            self._checkpoint(self._epoch, batch + 1, logs or {}, at_epoch_end=False)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        monitor = self._dataset._monitor
+        if monitor is not None and monitor not in logs:
+            hint = (
+                " (val_ metrics need validation_data or validation_split in fit)"
+                if monitor.startswith("val_")
+                else ""
+            )
+            raise DatasetError(
+                f"Checkpoints in '{self._dataset._url()}': monitor '{monitor}' is not among the metrics "
+                f"fit logged at the end of epoch {epoch + 1}: {', '.join(sorted(logs)) or 'none'}{hint}."
+            )
+        if self._dataset._save_freq == "epoch":
+            self._checkpoint(epoch + 1, 0, logs, at_epoch_end=True)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._dataset._remove_when_done:
+            self._dataset._remove_all()
+
+    def _checkpoint(self, epochs_done: int, steps: int, logs: dict[str, Any], *, at_epoch_end: bool) -> None:
+        dataset = self._dataset
+        value = _number(logs.get(dataset._monitor)) if dataset._monitor else None
+        improved = value is not None and dataset._improves(value, self._best)
+        if dataset._save_best_only and not (at_epoch_end and improved):
+            return
+        if improved:
+            self._best = value
+        record = {
+            "monitor": dataset._monitor,
+            "value": value,
+            "best": self._best,
+            "logs": {name: _number(number) for name, number in logs.items()},
+            "random_states": random_states(self.model),
+            "keras_version": keras.__version__,
+            "backend": keras.backend.backend(),
+        }
+        dataset._write_checkpoint(self.model, epochs_done, steps, record)
+
+
+def _random_state_variables(model: keras.Model) -> list[Any]:
+    # ``variables`` is ``weights`` plus the state of every SeedGenerator
+    # (Dropout's and the like), which no Keras file keeps: without it, a
+    # resumed run would draw other dropout masks than an uninterrupted one.
+    weights = {id(variable) for variable in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
+
+
+def random_states(model: keras.Model) -> list[dict[str, Any]]:
+    """The model's random-generator states, small enough for the JSON record."""
+    return [
+        {"dtype": str(keras.ops.convert_to_numpy(v).dtype), "value": keras.ops.convert_to_numpy(v).tolist()}
+        for v in _random_state_variables(model)
+    ]
+
+
+def set_random_states(model: keras.Model, states: list[dict[str, Any]]) -> bool:
+    """Put recorded states back; False (and nothing changed) if they do not
+    fit the model's generators."""
+    import numpy as np
+
+    variables = _random_state_variables(model)
+    arrays = [np.asarray(state["value"], dtype=state["dtype"]) for state in states]
+    if len(arrays) != len(variables) or any(
+        tuple(array.shape) != tuple(variable.shape) for array, variable in zip(arrays, variables, strict=True)
+    ):
+        return False
+    for variable, array in zip(variables, arrays, strict=True):
+        variable.assign(array)
+    return True
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number

@@ -1,0 +1,488 @@
+"""``KerasCheckpointDataset``: training checkpoints through the catalog, so
+that a training node killed mid-way resumes where it stopped, on any
+filesystem fsspec knows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from kedro.io.core import AbstractDataset, DatasetError, Version
+
+from kedro_keras import _imports, _weights
+from kedro_keras._files import Location
+from kedro_keras._h5 import CorruptFileError, stored_variable_groups
+from kedro_keras.keras_model_dataset import KerasModelDataset
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+# ckpt-e00003-s0000000: 3 epochs done, 0 batches into the next. Fixed width,
+# so that names sort in training order.
+_PREFIX = "ckpt-"
+_VERSION = re.compile(r"^e\d{5}-s\d{7}$")
+_RECORD_SUFFIX = ".json"  # written last: a checkpoint without one is incomplete
+_FULL_SUFFIX = ".keras"
+_WEIGHTS_SUFFIX = ".weights.h5"
+# Metric names for which larger is better when mode is "auto" (Keras's rule, widened).
+_LARGER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "fmeasure")
+
+
+class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
+    """Checkpoints of a model during training, in one folder, used as a node input.
+
+    Loading the entry gives a :class:`Checkpoints` handle: ``restore()`` the
+    newest checkpoint (or None), train from ``initial_epoch`` on, and pass
+    ``callback()`` to ``fit``, which writes a checkpoint at the end of every
+    epoch (or every ``save_freq`` batches). A killed ``kedro run`` run again
+    continues from the last checkpoint instead of starting over. Each
+    checkpoint is a whole ``.keras`` model with its optimizer state (or, with
+    ``save_weights_only``, a ``.weights.h5``) written as the other datasets
+    write (streamed, atomic, checksummed), then a small JSON record of the
+    training position; a checkpoint without its record is never restored.
+
+    Example usage for the
+    `YAML API <https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/>`_:
+
+    .. code-block:: yaml
+
+        classifier_checkpoints:
+          type: kedro_keras.KerasCheckpointDataset
+          filepath: data/06_models/classifier_checkpoints   # a folder, or s3://...
+          keep_last: 3
+          monitor: val_loss      # the best by it is kept as well
+
+    and in the node:
+
+    .. code-block:: python
+
+        def train(x, y, params, checkpoints):
+            model = checkpoints.restore() or build_classifier(params)
+            model.fit(x, y, epochs=params["epochs"], initial_epoch=checkpoints.initial_epoch,
+                      callbacks=[checkpoints.callback()])
+            return model
+
+    Example usage for the
+    `Python API <https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/>`_:
+
+    .. code-block:: pycon
+
+        >>> import keras, numpy as np
+        >>> from kedro_keras import KerasCheckpointDataset
+        >>>
+        >>> dataset = KerasCheckpointDataset(filepath=tmp_path / "checkpoints", keep_last=2)
+        >>> checkpoints = dataset.load()
+        >>> model = checkpoints.restore()  # None: nothing saved yet
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        >>> model.compile(optimizer="adam", loss="mse")
+        >>> x, y = np.ones((8, 3)), np.ones((8, 1))
+        >>> _ = model.fit(x, y, epochs=3, verbose=0, callbacks=[checkpoints.callback()])
+        >>> checkpoints.versions()
+        ['e00003-s0000000', 'e00002-s0000000']
+        >>> again = dataset.load()
+        >>> resumed = again.restore()
+        >>> again.initial_epoch
+        3
+    """
+
+    # Kedro reads this as `versioned: true` on every entry, so that
+    # `--load-versions` and `catalog.load(name, version=...)` pin a checkpoint.
+    versioned = True
+
+    DEFAULT_LOAD_ARGS: dict[str, Any] = {"compile": True, "safe_mode": True}
+
+    def __init__(  # noqa: PLR0913
+        self,
+        *,
+        filepath: str,
+        keep_last: int | None = 3,
+        save_freq: str | int = "epoch",
+        monitor: str | None = None,
+        mode: str = "auto",
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        remove_when_done: bool = False,
+        load_version: str | None = None,
+        load_args: dict[str, Any] | None = None,
+        version: Version | None = None,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Creates a new ``KerasCheckpointDataset``.
+
+        Args:
+            filepath: The folder that holds the checkpoints (local or any fsspec URL).
+            keep_last: Keep this many newest checkpoints (and the best, with
+                ``monitor``); older ones are removed after each checkpoint.
+                None keeps all.
+            save_freq: ``"epoch"`` (a checkpoint at the end of every epoch) or
+                a number of batches. A checkpoint taken within an epoch resumes
+                at the start of that epoch, with its batches seen once more.
+            monitor: A metric in ``fit``'s logs (e.g. ``val_loss``). The
+                checkpoint best by it is never pruned; ``best()`` restores it.
+            mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracy-like names).
+            save_best_only: Write a checkpoint only when ``monitor`` improved
+                (``monitor`` defaults to ``val_loss`` then, as in Keras).
+            save_weights_only: Write ``.weights.h5`` checkpoints (weights and
+                optimizer state, no architecture); ``restore(model)`` loads
+                them into the model you build.
+            remove_when_done: Remove the checkpoints when ``fit`` ends normally.
+            load_version: Pin the checkpoint ``restore()`` gives (a version as
+                listed by ``versions()``). Kedro's ``--load-versions`` overrides it.
+            load_args: ``custom_objects`` (import paths or classes),
+                ``compile`` and ``safe_mode``, as for ``KerasModelDataset``.
+            version: Set by Kedro (the load version pins a checkpoint).
+            credentials: Passed to the fsspec filesystem.
+            fs_args: Extra arguments for the fsspec filesystem.
+            metadata: Anything you want to keep with the entry.
+
+        Raises:
+            DatasetError: an option has a value it cannot take.
+        """
+        filepath = str(filepath)
+        if filepath.lower().endswith((_FULL_SUFFIX, ".h5")):
+            raise DatasetError(
+                f"KerasCheckpointDataset's filepath is the folder that holds the checkpoints, but "
+                f"'{filepath}' looks like a model file. Name a folder, e.g. "
+                "'data/06_models/classifier_checkpoints'."
+            )
+        if keep_last is not None and (
+            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
+        ):
+            raise DatasetError(
+                f"keep_last must be a whole number of at least 1 (or null); got {keep_last!r}."
+            )
+        if save_freq != "epoch" and (
+            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
+        ):
+            raise DatasetError(
+                f"save_freq must be 'epoch' or a number of batches of at least 1; got {save_freq!r}."
+            )
+        if mode not in ("auto", "min", "max"):
+            raise DatasetError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}.")
+        if save_best_only and monitor is None:
+            monitor = "val_loss"
+        pinned = version.load if version and version.load else load_version
+        if pinned is not None:
+            _check_version(pinned)
+        self._location = Location(filepath, credentials, fs_args)
+        self._folder = self._location.path
+        self._keep_last, self._save_freq = keep_last, save_freq
+        self._monitor, self._save_best_only = monitor, save_best_only
+        self._larger_is_better = mode == "max" or (
+            mode == "auto" and monitor is not None and any(word in monitor for word in _LARGER_IS_BETTER)
+        )
+        self._weights_only, self._remove_when_done = save_weights_only, remove_when_done
+        self._pinned = pinned
+        self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
+        unknown = set(self._load_args) - {"custom_objects", "compile", "safe_mode"}
+        if unknown:
+            raise DatasetError(
+                f"'{filepath}': load_args {sorted(unknown)} are not known; "
+                "known: custom_objects, compile, safe_mode."
+            )
+        try:  # a typo fails when the catalog is built, not after training
+            _imports.check_custom_objects(self._load_args.get("custom_objects"))
+        except ValueError as exc:
+            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from exc
+        self._credentials, self._fs_args = credentials, fs_args
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": self._location.url(self._folder),
+            "keep_last": self._keep_last,
+            "save_freq": self._save_freq,
+            "monitor": self._monitor,
+            "save_best_only": self._save_best_only,
+            "save_weights_only": self._weights_only,
+            "load_version": self._pinned,
+        }
+
+    def load(self) -> Checkpoints:
+        return Checkpoints(self)
+
+    def save(self, data: Any) -> None:
+        raise DatasetError(
+            f"'{self._location.url(self._folder)}' holds training checkpoints, written by the callback "
+            "during fit: use the entry as a node input (checkpoints.callback()), not as an output. "
+            "Save the trained model to a KerasModelDataset entry."
+        )
+
+    def _exists(self) -> bool:
+        return bool(self.versions())
+
+    def versions(self) -> list[str]:
+        """The complete checkpoints, newest first (e.g. ``e00003-s0000000``)."""
+        names = self._location.names_in(self._folder)
+        suffix = _WEIGHTS_SUFFIX if self._weights_only else _FULL_SUFFIX
+        found = []
+        for name in names:
+            if name.startswith(_PREFIX) and name.endswith(_RECORD_SUFFIX):
+                version = name[len(_PREFIX) : -len(_RECORD_SUFFIX)]
+                if _VERSION.match(version) and f"{_PREFIX}{version}{suffix}" in names:
+                    found.append(version)
+        return sorted(found, reverse=True)
+
+    # -- what the handle and the callback call --------------------------------
+
+    def _path(self, version: str, suffix: str) -> PurePosixPath:
+        return self._folder / f"{_PREFIX}{version}{suffix}"
+
+    def _model_path(self, version: str) -> PurePosixPath:
+        return self._path(version, _WEIGHTS_SUFFIX if self._weights_only else _FULL_SUFFIX)
+
+    def _url(self) -> str:
+        return self._location.url(self._folder)
+
+    def _record(self, version: str) -> dict[str, Any]:
+        path = self._path(version, _RECORD_SUFFIX)
+        try:
+            with self._location.open_read(path) as file:
+                return json.loads(file.read())
+        except (OSError, ValueError) as exc:
+            raise DatasetError(
+                f"Cannot read the checkpoint record '{self._location.url(path)}': {exc}"
+            ) from exc
+
+    def _read_checkpoint(self, version: str, model: keras.Model | None) -> keras.Model:
+        path = self._model_path(version)
+        url = self._location.url(path)
+        if not self._weights_only:
+            if model is not None:
+                raise _NotSkippable(
+                    f"The checkpoints in '{self._url()}' are whole models: call restore() without a "
+                    "model, or set save_weights_only: true to restore weights into a model you build."
+                )
+            return self._full_dataset(path).load()
+        if model is None:
+            raise _NotSkippable(
+                f"The checkpoints in '{self._url()}' hold weights only (save_weights_only: true): "
+                "pass the model to restore them into, e.g. checkpoints.restore(build_model(params)), "
+                "compiled as in training so that the optimizer state comes back too."
+            )
+        try:
+            with self._location.open_read(path) as file:
+                mismatch = _weights.describe_weight_mismatch(model, stored_variable_groups(file))
+                if mismatch:
+                    raise _NotSkippable(
+                        f"Checkpoint '{url}' does not fit the model '{model.name}': {mismatch} "
+                        "Was it written by another architecture? Point the entry at a new folder, "
+                        "or build the model as in the run that wrote it."
+                    )
+                _weights.read_weights_into(model, file)
+        except DatasetError:
+            raise
+        except CorruptFileError as exc:
+            raise DatasetError(f"Checkpoint '{url}' is corrupt: {exc}.") from exc
+        except Exception as exc:
+            raise DatasetError(f"Cannot read checkpoint '{url}': {exc}") from exc
+        return model
+
+    def _full_dataset(self, path: PurePosixPath) -> KerasModelDataset:
+        return KerasModelDataset(
+            filepath=self._location.url(path),
+            load_args=self._load_args,
+            credentials=self._credentials,
+            fs_args=self._fs_args,
+        )
+
+    def _write_checkpoint(
+        self, model: keras.Model, epochs_done: int, steps: int, record: dict[str, Any]
+    ) -> str:
+        version = f"e{epochs_done:05d}-s{steps:07d}"
+        path = self._model_path(version)
+        start = time.monotonic()
+        if self._weights_only:
+            try:
+                with self._location.atomic_write(path) as file:
+                    _weights.write_weights(model, file)
+            except Exception as exc:
+                raise DatasetError(
+                    f"Could not write checkpoint '{self._location.url(path)}': {exc}. "
+                    "The previous checkpoints are unchanged."
+                ) from exc
+        else:
+            self._full_dataset(path).save(model)
+        record = {
+            "epoch": epochs_done,
+            "step": steps,
+            "file": path.name,
+            "saved_at": datetime.now(tz=timezone.utc).isoformat(timespec="seconds"),
+            **record,
+        }
+        # The record goes last: until it is there, the checkpoint does not exist.
+        with self._location.atomic_write(self._path(version, _RECORD_SUFFIX)) as file:
+            file.write(json.dumps(record, indent=2).encode())
+        self._location.invalidate_cache(self._folder)
+        logger.info(
+            "Checkpoint %s written to %s in %.1f s",
+            version,
+            self._location.url(path),
+            time.monotonic() - start,
+        )
+        self._prune()
+        return version
+
+    def _best_version(self, versions: list[str]) -> str | None:
+        if self._monitor is None:
+            return None
+        best, best_value = None, None
+        for version in versions:
+            try:
+                value = self._record(version).get("value")
+            except DatasetError:
+                continue
+            if value is not None and (best_value is None or self._improves(value, best_value)):
+                best, best_value = version, value
+        return best
+
+    def _improves(self, value: float, than: float | None) -> bool:
+        if than is None or (isinstance(than, float) and math.isnan(than)):
+            return not math.isnan(value)
+        return value > than if self._larger_is_better else value < than
+
+    def _prune(self) -> None:
+        if self._keep_last is None:
+            return
+        versions = self.versions()
+        keep = set(versions[: self._keep_last])
+        best = self._best_version(versions)
+        if best is not None:
+            keep.add(best)
+        for version in versions:
+            if version not in keep:
+                self._remove(version)
+
+    def _remove(self, version: str) -> None:
+        # The record first: a half-removed checkpoint is an incomplete one.
+        for path in (self._path(version, _RECORD_SUFFIX), self._model_path(version)):
+            try:
+                self._location.remove(path)
+            except FileNotFoundError:
+                continue
+        logger.info("Removed checkpoint %s from %s", version, self._url())
+
+    def _remove_all(self) -> None:
+        for version in self.versions():
+            self._remove(version)
+        self._location.invalidate_cache(self._folder)
+
+
+class _NotSkippable(DatasetError):
+    """Not a damaged checkpoint but a wrong call or model: restoring an older
+    checkpoint would not help, so ``restore()`` stops at it."""
+
+
+class Checkpoints:
+    """What a ``KerasCheckpointDataset`` entry gives a node: restore the
+    newest checkpoint, and a callback for ``fit`` that writes new ones."""
+
+    def __init__(self, dataset: KerasCheckpointDataset) -> None:
+        self._dataset = dataset
+        self.initial_epoch = 0
+        """Epochs the restored checkpoint had done: pass it to ``fit``."""
+        self.restored: str | None = None
+        """The version ``restore()`` gave, or None."""
+        self.best_value: float | None = None
+
+    def versions(self) -> list[str]:
+        """The complete checkpoints, newest first."""
+        return self._dataset.versions()
+
+    def restore(self, model: keras.Model | None = None) -> keras.Model | None:
+        """The newest complete checkpoint (or the pinned one), or None if there
+        is none yet. If the newest cannot be read (corrupt, cut short), the one
+        before it is restored instead, with a warning.
+
+        Args:
+            model: With ``save_weights_only``, the model (built and compiled as
+                in training) to restore the weights and optimizer state into.
+        """
+        dataset = self._dataset
+        versions = dataset.versions()
+        if dataset._pinned is not None:
+            if dataset._pinned not in versions:
+                listed = ", ".join(versions[:5]) if versions else "none"
+                raise DatasetError(
+                    f"Checkpoint '{dataset._pinned}' is not in '{dataset._url()}'. Checkpoints there: {listed}."
+                )
+            return self._restore_version(dataset._pinned, model)
+        failures = []
+        for version in versions:
+            try:
+                restored = self._restore_version(version, model)
+            except _NotSkippable:
+                raise
+            except DatasetError as exc:
+                logger.warning("Skipping checkpoint %s of %s: %s", version, dataset._url(), exc)
+                failures.append(f"{version}: {exc}")
+                continue
+            if failures:
+                logger.warning(
+                    "Restored checkpoint %s instead of the newer one(s) that could not be read", version
+                )
+            return restored
+        if failures:
+            raise DatasetError(
+                f"None of the {len(failures)} checkpoint(s) in '{dataset._url()}' could be read; "
+                f"newest: {failures[0]}"
+            )
+        logger.info("No checkpoint in %s yet: training starts from epoch 0", dataset._url())
+        return None
+
+    def best(self, model: keras.Model | None = None) -> keras.Model | None:
+        """The checkpoint best by ``monitor`` (None if there is none)."""
+        dataset = self._dataset
+        if dataset._monitor is None:
+            raise DatasetError(f"'{dataset._url()}': best() needs monitor: in the catalog entry.")
+        version = dataset._best_version(dataset.versions())
+        return None if version is None else dataset._read_checkpoint(version, model)
+
+    def _restore_version(self, version: str, model: keras.Model | None) -> keras.Model:
+        dataset = self._dataset
+        record = dataset._record(version)
+        restored = dataset._read_checkpoint(version, model)
+        if "random_states" in record:
+            from kedro_keras._checkpoint_callback import set_random_states
+
+            if not set_random_states(restored, record["random_states"]):
+                logger.warning(
+                    "Checkpoint %s: the model's random generators (Dropout's, ...) differ from the "
+                    "recorded ones; training goes on with fresh ones",
+                    version,
+                )
+        self.initial_epoch = int(record["epoch"])
+        self.best_value = record.get("best")
+        self.restored = version
+        logger.warning(
+            "Resuming from checkpoint %s of %s: %d epoch(s) done%s",
+            version,
+            dataset._url(),
+            self.initial_epoch,
+            f", {record['step']} batch(es) into the next (that epoch restarts)" if record["step"] else "",
+        )
+        return restored
+
+    def callback(self) -> keras.callbacks.Callback:
+        """A Keras callback that writes a checkpoint as the entry says."""
+        from kedro_keras._checkpoint_callback import CheckpointCallback
+
+        return CheckpointCallback(self._dataset, self.best_value)
+
+
+def _check_version(version: str) -> None:
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise DatasetError(
+            f"'{version}' is not a checkpoint version: versions look like 'e00003-s0000000' "
+            "(epochs done, batches into the next), as listed by versions()."
+        )

@@ -1,0 +1,323 @@
+"""KerasCheckpointDataset: checkpoints written during fit, restored to
+continue a training exactly where it stopped."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import keras
+import numpy as np
+import pytest
+from kedro.io import DataCatalog, DatasetError
+
+from kedro_keras import KerasCheckpointDataset
+
+EPOCHS = 5
+
+
+def build_with_dropout(hidden=8):
+    """Dropout (random state) and BatchNormalization (running statistics).
+    The Dropout has a seed: under PyTorch an unseeded one draws from torch's
+    global generator, which no checkpoint holds (see the dataset's docs)."""
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.1, seed=3),
+            keras.layers.Dense(1),
+        ],
+        name="with_dropout",
+    )
+
+
+def compiled(builder=build_with_dropout, **kwargs):
+    """A model compiled with Adam (optimizer state), from a fixed seed."""
+    keras.utils.set_random_seed(7)
+    model = builder(**kwargs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", metrics=["mae"])
+    return model
+
+
+def train(model, data, checkpoints=None, *, epochs=EPOCHS, initial_epoch=0, **fit_args):
+    x, y = data
+    callbacks = [checkpoints.callback()] if checkpoints is not None else []
+    return model.fit(
+        x,
+        y,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        batch_size=16,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+        **fit_args,
+    )
+
+
+def state_of(model):
+    """Every array that decides how training goes on: the weights (with
+    BatchNormalization's moving statistics and Dropout's seed state) and the
+    optimizer's variables (iterations, Adam's moments), in Keras's order
+    (names differ between models built in one process)."""
+    return [np.asarray(v) for v in model.variables] + [np.asarray(v) for v in model.optimizer.variables]
+
+
+def assert_same_state(a, b):
+    left, right = state_of(a), state_of(b)
+    assert len(left) == len(right) and len(left) > 20
+    for index, (one, other) in enumerate(zip(left, right, strict=True)):
+        np.testing.assert_array_equal(one, other, err_msg=f"array {index}")
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def folder(request, tmp_path):
+    """Where the checkpoints go, with the credentials to get there: the same
+    code on local disk, fsspec's memory filesystem and the loopback S3 server."""
+    if request.param == "local":
+        return {"filepath": str(tmp_path / "checkpoints")}
+    if request.param == "memory":
+        import uuid
+
+        return {"filepath": f"memory://checkpoints-{uuid.uuid4().hex}"}
+    bucket = request.getfixturevalue("s3_bucket")
+    return {
+        "filepath": f"{bucket}/checkpoints",
+        "credentials": request.getfixturevalue("s3_credentials"),
+        "fs_args": {"skip_instance_cache": True},
+    }
+
+
+class TestKerasCheckpointDataset:
+    @pytest.mark.parametrize("weights_only", [False, True], ids=["whole-model", "weights-only"])
+    def test_a_resumed_training_ends_where_an_uninterrupted_one_does(self, folder, data, weights_only):
+        uninterrupted = compiled()
+        train(uninterrupted, data)
+
+        entry = {**folder, "save_weights_only": weights_only}
+        first = KerasCheckpointDataset(**entry).load()
+        assert first.restore(compiled() if weights_only else None) is None and first.initial_epoch == 0
+        train(compiled(), data, first, epochs=2)  # "killed" after epoch 2
+
+        again = KerasCheckpointDataset(**entry).load()
+        model = again.restore(compiled() if weights_only else None)
+        assert again.initial_epoch == 2 and again.restored == "e00002-s0000000"
+        assert int(model.optimizer.iterations) == 2 * 4  # 64 samples in batches of 16
+        history = train(model, data, again, initial_epoch=again.initial_epoch)
+
+        assert history.epoch == [2, 3, 4]  # only the remaining epochs ran
+        assert_same_state(model, uninterrupted)  # bit for bit
+        assert again.versions()[0] == f"e{EPOCHS:05d}-s0000000"
+
+    def test_keep_last_prunes_but_the_best_by_monitor_stays(self, tmp_path, data):
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"), keep_last=2, monitor="val_loss")
+        callback = dataset.load().callback()
+        model = compiled()
+        train(model, data, epochs=1)
+        callback.set_model(model)
+        for epoch, val_loss in enumerate([0.9, 0.2, 0.5, 0.7, 0.6]):
+            callback.on_epoch_begin(epoch)
+            callback.on_epoch_end(epoch, {"loss": 1.0, "val_loss": val_loss})
+
+        assert dataset.versions() == ["e00005-s0000000", "e00004-s0000000", "e00002-s0000000"]
+        best = dataset.load().best()
+        assert best is not None and isinstance(best, keras.Model)
+        assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted(
+            f"ckpt-{v}{suffix}" for v in dataset.versions() for suffix in (".json", ".keras")
+        )
+
+    def test_save_best_only_writes_only_when_the_metric_improves(self, tmp_path, data):
+        dataset = KerasCheckpointDataset(
+            filepath=str(tmp_path / "c"), save_best_only=True, monitor="val_mae", keep_last=None
+        )
+        callback = dataset.load().callback()
+        model = compiled()
+        train(model, data, epochs=1)
+        callback.set_model(model)
+        for epoch, value in enumerate([0.5, 0.6, 0.4, 0.4, 0.1]):
+            callback.on_epoch_begin(epoch)
+            callback.on_epoch_end(epoch, {"loss": 1.0, "val_mae": value})
+        assert dataset.versions() == ["e00005-s0000000", "e00003-s0000000", "e00001-s0000000"]
+
+    def test_mode_max_and_auto_prefer_larger_accuracy(self, tmp_path, data):
+        dataset = KerasCheckpointDataset(
+            filepath=str(tmp_path / "c"), save_best_only=True, monitor="val_accuracy"
+        )
+        callback = dataset.load().callback()
+        model = compiled()
+        train(model, data, epochs=1)
+        callback.set_model(model)
+        for epoch, value in enumerate([0.5, 0.4, 0.8]):
+            callback.on_epoch_end(epoch, {"val_accuracy": value})
+        assert dataset.versions() == ["e00003-s0000000", "e00001-s0000000"]
+
+    def test_the_best_value_carries_over_a_resume(self, tmp_path, data):
+        entry = {"filepath": str(tmp_path / "c"), "save_best_only": True, "monitor": "val_loss"}
+        model = compiled()
+        train(model, data, epochs=1)
+        callback = KerasCheckpointDataset(**entry).load().callback()
+        callback.set_model(model)
+        callback.on_epoch_end(0, {"val_loss": 0.3})
+
+        resumed = KerasCheckpointDataset(**entry).load()
+        resumed.restore()
+        assert resumed.best_value == pytest.approx(0.3)
+        callback = resumed.callback()
+        callback.set_model(model)
+        callback.on_epoch_end(1, {"val_loss": 0.4})  # worse than before the resume: not written
+        assert KerasCheckpointDataset(**entry).versions() == ["e00001-s0000000"]
+
+    def test_save_freq_in_batches_names_the_position_within_the_epoch(self, tmp_path, data):
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"), save_freq=3, keep_last=None)
+        checkpoints = dataset.load()
+        train(compiled(), data, checkpoints, epochs=2)  # 4 batches an epoch: after batches 3, 6
+        assert dataset.versions() == ["e00001-s0000002", "e00000-s0000003"]
+        again = dataset.load()
+        model = again.restore()
+        assert again.initial_epoch == 1 and int(model.optimizer.iterations) == 6
+
+    def test_a_checkpoint_whose_write_was_killed_is_never_restored(self, tmp_path, data):
+        folder = tmp_path / "c"
+        dataset = KerasCheckpointDataset(filepath=str(folder))
+        train(compiled(), data, dataset.load(), epochs=2)
+        # Killed after the model file was published but before its record:
+        (folder / "ckpt-e00003-s0000000.keras").write_bytes(
+            (folder / "ckpt-e00002-s0000000.keras").read_bytes()
+        )
+        # and one killed while writing the model itself (our temporary file):
+        (folder / ".ckpt-e00004-s0000000.keras.0123.tmp").write_bytes(b"PK\x03\x04 half")
+
+        assert dataset.versions() == ["e00002-s0000000", "e00001-s0000000"]
+        checkpoints = dataset.load()
+        checkpoints.restore()
+        assert checkpoints.restored == "e00002-s0000000"
+
+    def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before_with_a_warning(
+        self, tmp_path, data, caplog
+    ):
+        folder = tmp_path / "c"
+        dataset = KerasCheckpointDataset(filepath=str(folder))
+        train(compiled(), data, dataset.load(), epochs=2)
+        newest = folder / "ckpt-e00002-s0000000.keras"
+        damaged = bytearray(newest.read_bytes())
+        middle = len(damaged) // 2
+        damaged[middle : middle + 64] = bytes(byte ^ 0xFF for byte in damaged[middle : middle + 64])
+        newest.write_bytes(bytes(damaged))
+
+        checkpoints = dataset.load()
+        with caplog.at_level(logging.WARNING, logger="kedro_keras"):
+            model = checkpoints.restore()
+        assert checkpoints.restored == "e00001-s0000000" and checkpoints.initial_epoch == 1
+        assert int(model.optimizer.iterations) == 4
+        skipped = [r.getMessage() for r in caplog.records if "Skipping checkpoint e00002" in r.getMessage()]
+        assert skipped and "ckpt-e00002-s0000000.keras" in skipped[0]
+
+    def test_every_checkpoint_unreadable_is_an_error_not_a_fresh_start(self, tmp_path, data):
+        folder = tmp_path / "c"
+        dataset = KerasCheckpointDataset(filepath=str(folder))
+        train(compiled(), data, dataset.load(), epochs=1)
+        (folder / "ckpt-e00001-s0000000.keras").write_bytes(b"not a model")
+        with pytest.raises(DatasetError, match=r"None of the 1 checkpoint\(s\) .* could be read"):
+            dataset.load().restore()
+
+    def test_remove_when_done_clears_the_checkpoints_after_a_normal_end(self, tmp_path, data):
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"), remove_when_done=True)
+        checkpoints = dataset.load()
+        seen = []
+
+        class Watch(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                seen.append(len(dataset.versions()))
+
+        x, y = data
+        model = compiled()
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[checkpoints.callback(), Watch()])
+        assert seen == [1, 2] and dataset.versions() == []
+
+
+class TestKerasCheckpointDatasetMistakes:
+    def test_a_pinned_checkpoint_that_is_not_there_lists_what_is(self, tmp_path, data):
+        empty = KerasCheckpointDataset(filepath=str(tmp_path / "none"), load_version="e00003-s0000000")
+        with pytest.raises(DatasetError, match=r"Checkpoint 'e00003-s0000000' is not in .*none.*: none\."):
+            empty.load().restore()
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"))
+        train(compiled(), data, dataset.load(), epochs=2)
+        pinned = KerasCheckpointDataset(filepath=str(tmp_path / "c"), load_version="e00009-s0000000")
+        with pytest.raises(DatasetError, match="Checkpoints there: e00002-s0000000, e00001-s0000000"):
+            pinned.load().restore()
+
+    def test_a_malformed_version_is_refused_when_the_catalog_is_built(self, tmp_path):
+        with pytest.raises(DatasetError, match="not a checkpoint version"):
+            KerasCheckpointDataset(filepath=str(tmp_path / "c"), load_version="3")
+
+    def test_weights_of_another_architecture_say_what_differs(self, tmp_path, data):
+        entry = {"filepath": str(tmp_path / "c"), "save_weights_only": True}
+        train(compiled(hidden=8), data, KerasCheckpointDataset(**entry).load(), epochs=1)
+        with pytest.raises(
+            DatasetError, match=r"does not fit the model .* shape \(4, 8\) in the file|has shape"
+        ):
+            KerasCheckpointDataset(**entry).load().restore(compiled(hidden=5))
+
+    def test_an_unknown_monitor_is_reported_at_the_end_of_the_first_epoch(self, tmp_path, data):
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"), monitor="val_los")
+        with pytest.raises(DatasetError) as raised:
+            train(compiled(), data, dataset.load(), epochs=3, validation_split=0.25)
+        message = str(raised.value)
+        assert "monitor 'val_los'" in message and "end of epoch 1" in message
+        assert "loss, mae, val_loss, val_mae" in message
+        assert dataset.versions() == []
+
+    def test_weights_only_checkpoints_need_the_model_to_restore_into(self, tmp_path, data):
+        entry = {"filepath": str(tmp_path / "c"), "save_weights_only": True}
+        train(compiled(), data, KerasCheckpointDataset(**entry).load(), epochs=1)
+        with pytest.raises(DatasetError, match=r"pass the model to restore them into"):
+            KerasCheckpointDataset(**entry).load().restore()
+
+    def test_the_entry_is_an_input_not_an_output(self, tmp_path, data):
+        with pytest.raises(DatasetError, match="use the entry as a node input"):
+            KerasCheckpointDataset(filepath=str(tmp_path / "c")).save(compiled())
+
+    @pytest.mark.parametrize(
+        ("options", "words"),
+        [
+            ({"filepath": "data/model.keras"}, "looks like a model file"),
+            ({"keep_last": 0}, "keep_last must be"),
+            ({"save_freq": "batch"}, "save_freq must be"),
+            ({"mode": "lowest"}, "mode must be"),
+            ({"load_args": {"compile": False, "custom_object": {}}}, "not known"),
+            ({"load_args": {"custom_objects": {"Scale": "no_such_module.Scale"}}}, "no_such_module"),
+        ],
+    )
+    def test_bad_options_fail_when_the_catalog_is_built(self, tmp_path, options, words):
+        with pytest.raises(DatasetError, match=words):
+            KerasCheckpointDataset(**{"filepath": str(tmp_path / "c"), **options})
+
+
+class TestKerasCheckpointDatasetInKedro:
+    def test_catalog_load_version_pins_a_checkpoint(self, tmp_path, data):
+        config = {"ckpt": {"type": "kedro_keras.KerasCheckpointDataset", "filepath": str(tmp_path / "c")}}
+        train(compiled(), data, DataCatalog.from_config(config).load("ckpt"), epochs=3)
+
+        catalog = DataCatalog.from_config(config, load_versions={"ckpt": "e00002-s0000000"})
+        checkpoints = catalog.load("ckpt")
+        model = checkpoints.restore()
+        assert checkpoints.initial_epoch == 2 and int(model.optimizer.iterations) == 8
+
+    def test_the_dataset_and_its_handle_pickle(self, tmp_path, folder):
+        dataset = KerasCheckpointDataset(**folder)
+        again = pickle.loads(pickle.dumps(dataset))
+        assert again._describe() == dataset._describe()
+        handle = pickle.loads(pickle.dumps(dataset.load()))
+        assert handle.versions() == []
+
+    def test_import_does_not_import_keras_until_a_callback_is_made(self):
+        import subprocess
+        import sys
+
+        code = (
+            "import sys, kedro_keras; d = kedro_keras.KerasCheckpointDataset(filepath='x'); "
+            "c = d.load(); print('keras' in sys.modules)"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "False"
