@@ -325,7 +325,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
             file.write(json.dumps(record, indent=2).encode())
         self._location.invalidate_cache(self._folder)
         logger.info(
-            "Checkpoint %s written to %s in %.1f s",
+            "Checkpoint %s written to %s in %.2f s",
             version,
             self._location.url(path),
             time.monotonic() - start,

@@ -25,6 +25,13 @@ from e2e_support import (  # noqa: F401
     subprocess_env,
 )
 
+
+def read_yaml(path: Path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
 MODELS = ["classifier_model", "classifier_weights", "classifier_history"]
 MIN_ACCURACY = 0.9
 
@@ -43,7 +50,7 @@ def checkout(tmp_path_factory) -> Path:
 def digits(checkout) -> Path:
     """The example after one `kedro run`."""
     project = checkout / "examples" / "digits"
-    kedro(project, "run")
+    (project / "run.log").write_text(kedro(project, "run").stdout)
     return project
 
 
@@ -63,6 +70,13 @@ def test_kedro_run_trains_saves_three_ways_and_scores_each_reloaded_model(digits
     assert (models / "classifier.weights.h5").is_file()
     assert (models / "classifier.architecture.json").is_file()
     assert len(list((models / "classifier_history").glob("model_*.keras"))) == 1
+    # A checkpoint per epoch while training ran, removed once it ended normally.
+    log = (digits / "run.log").read_text()
+    epochs = read_yaml(digits / "conf" / "base" / "parameters.yml")["training"]["epochs"]
+    for epoch in range(1, epochs + 1):
+        assert f"Checkpoint e{epoch:05d}-s0000000 written to" in log
+    assert "Resuming" not in log
+    assert list((models / "classifier_checkpoints").glob("ckpt-*")) == []
 
 
 def test_show_results_prints_each_accuracy_and_where_each_model_is(digits):

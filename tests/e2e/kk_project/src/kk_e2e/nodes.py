@@ -54,3 +54,42 @@ def train_tiny(x, y, train):
 
 def collect(**fingerprints):
     return fingerprints
+
+
+def train_with_checkpoints(x, y, params, checkpoints):
+    """A training node that resumes from the newest checkpoint, as the
+    README shows. ``pause`` slows each epoch so a test can kill the run in
+    the middle; shuffle=False and a seeded Dropout make a resumed run
+    follow the uninterrupted one exactly."""
+    import logging
+    import time
+
+    import keras
+
+    keras.utils.set_random_seed(params["seed"])
+    model = checkpoints.restore()
+    if model is None:
+        model = keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(params["units"], activation="relu"),
+                keras.layers.BatchNormalization(),
+                keras.layers.Dropout(0.2, seed=5),
+                keras.layers.Dense(1),
+            ],
+            name="checkpointed",
+        )
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    pause = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: time.sleep(params["pause"]))
+    history = model.fit(
+        x,
+        y,
+        epochs=params["epochs"],
+        initial_epoch=checkpoints.initial_epoch,
+        batch_size=16,
+        shuffle=False,
+        verbose=0,
+        callbacks=[checkpoints.callback(), pause],
+    )
+    logging.getLogger(__name__).info("Trained epochs %s", [epoch + 1 for epoch in history.epoch])
+    return model

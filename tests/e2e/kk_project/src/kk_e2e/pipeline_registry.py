@@ -1,5 +1,13 @@
 from kedro.pipeline import Node, Pipeline
-from kk_e2e.nodes import collect, fingerprint, make_data, train_dense, train_dense_once, train_tiny
+from kk_e2e.nodes import (
+    collect,
+    fingerprint,
+    make_data,
+    train_dense,
+    train_dense_once,
+    train_tiny,
+    train_with_checkpoints,
+)
 
 LOCAL_DENSE = ["reg_model", "reg_weights", "reg_history"]
 LOCAL_TINY = ["sub_model", "sub_weights", "sub_weights_json"]
@@ -41,6 +49,19 @@ def register_pipelines():
             )
         ]
     )
+    checkpointed = {
+        name: Pipeline(
+            [
+                Node(
+                    train_with_checkpoints,
+                    ["x", "y", "params:checkpointed", f"{name}_checkpoints"],
+                    f"{name}_model",
+                    name=f"train_{name}",
+                )
+            ]
+        )
+        for name in ("checkpointed", "checkpointed_s3")
+    }
     trained = ("trained_dense", "trained_tiny")
     return {
         "__default__": data() + train_local + fingerprints(LOCAL_DENSE + LOCAL_TINY, "fingerprints", trained),
@@ -50,4 +71,5 @@ def register_pipelines():
         + train_pinned
         + fingerprints(["pinned_history"], "pinned_fingerprints", ["trained_dense"]),
         "pinned_evaluate": data() + fingerprints(["pinned_history"], "pinned_eval_fingerprints"),
+        **{name: data() + pipeline for name, pipeline in checkpointed.items()},
     }

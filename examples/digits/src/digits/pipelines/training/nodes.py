@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from digits.layers import Rescale
+from kedro_keras import Checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -43,29 +44,43 @@ def train_model(
     labels: np.ndarray,
     model_params: dict[str, Any],
     training: dict[str, Any],
+    checkpoints: Checkpoints,
 ) -> tuple[keras.Model, keras.Model, keras.Model]:
     """Fit the classifier and hand the same trained model to three catalog
-    entries, one per kedro-keras dataset."""
+    entries, one per kedro-keras dataset.
+
+    ``checkpoints`` (the ``classifier_checkpoints`` entry) writes a checkpoint
+    after every epoch. If an earlier run was killed, training resumes from
+    its last checkpoint and runs only the epochs left; shuffle=False keeps the
+    result the same as that of a run never interrupted.
+    """
     keras.utils.set_random_seed(training["seed"])
-    model = build_model(**model_params)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=training["learning_rate"]),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    model = checkpoints.restore()
+    if model is None:
+        model = build_model(**model_params)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=training["learning_rate"]),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
     history = model.fit(
         images,
         labels,
         epochs=training["epochs"],
+        initial_epoch=checkpoints.initial_epoch,
         batch_size=training["batch_size"],
         validation_split=0.1,
+        shuffle=False,  # the split already shuffled the images
+        callbacks=[checkpoints.callback()],
         verbose=0,
     )
-    logger.info(
-        "Trained %s for %d epochs: training accuracy %.3f, validation accuracy %.3f",
-        model.name,
-        training["epochs"],
-        history.history["accuracy"][-1],
-        history.history["val_accuracy"][-1],
-    )
+    if history.epoch:
+        logger.info(
+            "Trained %s for epochs %d to %d: training accuracy %.3f, validation accuracy %.3f",
+            model.name,
+            history.epoch[0] + 1,
+            history.epoch[-1] + 1,
+            history.history["accuracy"][-1],
+            history.history["val_accuracy"][-1],
+        )
     return model, model, model

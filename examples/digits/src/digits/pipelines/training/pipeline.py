@@ -8,7 +8,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 train_model,
-                inputs=["train_images", "train_labels", "params:model", "params:training"],
+                inputs=[
+                    "train_images",
+                    "train_labels",
+                    "params:model",
+                    "params:training",
+                    "classifier_checkpoints",  # resumes a killed run
+                ],
                 # One trained model, saved three ways (see conf/base/catalog.yml):
                 # a whole versioned .keras file, weights only, and a folder of
                 # timestamped .keras files.
