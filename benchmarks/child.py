@@ -44,6 +44,17 @@ def build_model(width: int, layers: int):
     return keras.Model(inputs, hidden, name="bench_model")
 
 
+def trained_one_step(model):
+    """The model compiled with Adam and fitted on one batch, so that it
+    carries optimizer state (two moments per weight) as a training node's does."""
+    import numpy as np
+
+    model.compile(optimizer="adam", loss="mse")
+    x = np.zeros((1, model.input_shape[-1]), dtype="float32")
+    model.fit(x, x, epochs=1, verbose=0)
+    return model
+
+
 def model_checksum(model, layers: int) -> float:
     import numpy as np
 
@@ -182,8 +193,16 @@ def _child_run(spec: dict) -> dict:
     if role == "prepare":
         return _prepare(spec, build_model(width, layers))
 
-    model = build_model(width, layers) if kind == "save" else None
-    if contestant == "ours":
+    model = build_model(width, layers) if kind in ("save", "checkpoint") else None
+    if kind == "checkpoint":
+        trained_one_step(model)
+        if contestant == "ours":
+            callback = kedro_keras.KerasCheckpointDataset(filepath=target).load().callback()
+        else:
+            callback = keras.callbacks.ModelCheckpoint(target)
+        callback.set_model(model)
+        dataset = None
+    elif contestant == "ours":
         dataset = kedro_keras.KerasModelDataset(filepath=target, credentials=credentials)
     elif contestant == "kd":
         dataset = TensorFlowModelDataset(filepath=target, credentials=credentials)
@@ -197,7 +216,12 @@ def _child_run(spec: dict) -> dict:
         dataset._fs.invalidate_cache()
         s3_calls = _count_s3_calls(dataset._fs)
 
-    if contestant == "keras":
+    if kind == "checkpoint":
+
+        def operation():
+            return callback.on_epoch_end(0, {"loss": 0.0})
+
+    elif contestant == "keras":
         operation = (
             (lambda: model.save(target)) if kind == "save" else (lambda: keras.saving.load_model(target))
         )
@@ -242,6 +266,11 @@ def _child_run(spec: dict) -> dict:
             fs.invalidate_cache()
             size = fs.info(target)["size"]
             fs.rm(target)
+        elif os.path.isdir(target):  # a checkpoint folder
+            import shutil
+
+            size = sum(path.stat().st_size for path in Path(target).iterdir())
+            shutil.rmtree(target)
         else:
             size = os.path.getsize(target)
             os.remove(target)

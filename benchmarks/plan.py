@@ -60,6 +60,10 @@ OPERATIONS = [
     ("local load", "local", "load", ["ours", "keras", "kd"], "keras"),
     ("S3 save", "s3", "save", ["ours", "kd"], "kd"),
     ("S3 load", "s3", "load", ["ours", "kd"], "kd"),
+    # One epoch-end checkpoint of the model compiled with Adam and trained one
+    # step (weights + twice as much optimizer state): KerasCheckpointDataset's
+    # callback against Keras's ModelCheckpoint writing a .keras file.
+    ("local checkpoint", "local", "checkpoint", ["ours", "keras"], "keras"),
 ]
 
 # (label, operation, metric, threshold): metric "time" is ours / reference

@@ -335,7 +335,9 @@ def main(argv=None) -> int:
             if kind == "load":
                 target = s3_input if where == "s3" else str(local_input)
             else:
-                name = f"save-{contestant}-{repeat}-{uuid.uuid4().hex[:8]}.keras"
+                name = f"{kind}-{contestant}-{repeat}-{uuid.uuid4().hex[:8]}"
+                # KerasCheckpointDataset's filepath is a folder; everything else a .keras file.
+                name += "" if (kind, contestant) == ("checkpoint", "ours") else ".keras"
                 target = f"s3://{BUCKET}/{name}" if where == "s3" else str(run_dir / name)
             result = harness.run_child(
                 {**common, "role": "measure", "contestant": contestant, "kind": kind, "target": target},
