@@ -113,13 +113,22 @@ def arm(proxy: FaultyProxy, fault: dict, bucket: str) -> None:
         proxy.lose_response(fault["lose"].replace(b"{bucket}", bucket.encode()))
 
 
-@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("size", ["small", "large", "large-own-parts"])
 def test_a_save_cut_off_by_the_network_keeps_the_previous_model(
-    size, models, proxy, through_proxy, s3_bucket, s3_credentials, capsys
+    size, models, proxy, through_proxy, s3_bucket, s3_credentials, capsys, monkeypatch
 ):
+    """``large`` goes up through s3fs's multipart upload (``open_args_save``
+    given), ``large-own-parts`` through ours (what a model over 512 MB gets),
+    here in 5 MB parts."""
     import s3fs
 
-    old, new = models[size]
+    if size == "large-own-parts":
+        import kedro_keras._files
+        import kedro_keras._s3
+
+        monkeypatch.setattr(kedro_keras._files, "SINGLE_PUT_LIMIT", 5 * MB)
+        monkeypatch.setattr(kedro_keras._s3, "PART_SIZE", 5 * MB)
+    old, new = models[size.removesuffix("-own-parts")]
     direct = s3fs.S3FileSystem(**s3_credentials)
     bucket = s3_bucket.removeprefix("s3://")
     path = f"{s3_bucket}/faults/model.keras"
