@@ -254,10 +254,12 @@ class TestKerasCheckpointDatasetMistakes:
     def test_weights_of_another_architecture_say_what_differs(self, tmp_path, data):
         entry = {"filepath": str(tmp_path / "c"), "save_weights_only": True}
         train(compiled(hidden=8), data, KerasCheckpointDataset(**entry).load(), epochs=1)
-        with pytest.raises(
-            DatasetError, match=r"does not fit the model .* shape \(4, 8\) in the file|has shape"
-        ):
+        with pytest.raises(DatasetError) as raised:
             KerasCheckpointDataset(**entry).load().restore(compiled(hidden=5))
+        message = str(raised.value)
+        # Our check names the group; with Keras's internals off, Keras's own message names the variable.
+        assert "does not fit the model 'with_dropout'" in message and "(4, 8)" in message, message
+        assert "another architecture" in message and "None of the" not in message
 
     def test_an_unknown_monitor_is_reported_at_the_end_of_the_first_epoch(self, tmp_path, data):
         dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"), monitor="val_los")

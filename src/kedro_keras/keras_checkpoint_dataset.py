@@ -284,8 +284,16 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
             raise
         except CorruptFileError as exc:
             raise DatasetError(f"Checkpoint '{url}' is corrupt: {exc}.") from exc
-        except Exception as exc:
+        except OSError as exc:  # unreadable: an older checkpoint may do
             raise DatasetError(f"Cannot read checkpoint '{url}': {exc}") from exc
+        except Exception as exc:
+            # The checksum held, so the file is whole: it is the model that
+            # differs (what Keras says when our own check could not run).
+            raise _NotSkippable(
+                f"Checkpoint '{url}' does not fit the model '{model.name}': {exc}. Was it written by "
+                "another architecture? Point the entry at a new folder, or build the model as in "
+                "the run that wrote it."
+            ) from exc
         return model
 
     def _full_dataset(self, path: PurePosixPath) -> KerasModelDataset:
