@@ -9,7 +9,10 @@ import pytest
 import kedro_keras
 
 
-@pytest.mark.parametrize("name", ["KerasModelDataset", "KerasWeightsDataset", "KerasTimestampedModelDataset"])
+@pytest.mark.parametrize(
+    "name",
+    ["KerasModelDataset", "KerasWeightsDataset", "KerasTimestampedModelDataset", "KerasCheckpointDataset"],
+)
 def test_docstring_example_runs(name, tmp_path):
     cls = getattr(kedro_keras, name)
     parser = doctest.DocTestParser()

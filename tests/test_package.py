@@ -50,16 +50,22 @@ def test_import_and_a_catalog_of_a_hundred_models_import_no_keras_or_backend(tmp
 
 def test_exports():
     assert sorted(kedro_keras.__all__) == [
+        "Checkpoints",
+        "KerasCheckpointDataset",
         "KerasModelDataset",
         "KerasTimestampedModelDataset",
         "KerasWeightsDataset",
         "__version__",
     ]
-    for name in kedro_keras.__all__[:-1]:
-        assert issubclass(getattr(kedro_keras, name), AbstractDataset)
+    for name in kedro_keras.__all__:
+        if name.endswith("Dataset"):
+            assert issubclass(getattr(kedro_keras, name), AbstractDataset)
 
 
-@pytest.mark.parametrize("name", ["KerasModelDataset", "KerasWeightsDataset", "KerasTimestampedModelDataset"])
+@pytest.mark.parametrize(
+    "name",
+    ["KerasModelDataset", "KerasWeightsDataset", "KerasTimestampedModelDataset", "KerasCheckpointDataset"],
+)
 def test_docstrings_show_yaml_and_python(name):
     doc = getattr(kedro_keras, name).__doc__
     assert f"type: kedro_keras.{name}" in doc
