@@ -1,0 +1,265 @@
+"""What ``KerasExportDataset`` hands back: something that predicts, for each
+export format, and what a backend needs to write each format.
+
+Nothing here imports a heavy library at import time: onnxruntime, LiteRT's
+interpreter and Keras are imported when an artifact is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+FORMATS = ("tf_saved_model", "onnx", "litert")
+FILE_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
+
+# What ``model.export`` needs, per format and backend, beyond Keras: the
+# modules to import and the pip packages (or extra) that provide them.
+# None: the backend cannot write the format at all.
+_EXPORT_NEEDS: dict[str, dict[str, list[tuple[str, str]] | None]] = {
+    "tf_saved_model": {
+        "tensorflow": [],
+        "jax": [("tensorflow", "tensorflow-cpu")],
+        "torch": [("torch_xla", "torch-xla"), ("tensorflow", "tensorflow-cpu")],
+    },
+    "onnx": {
+        "tensorflow": [("tf2onnx", "kedro-keras[onnx]"), ("onnx", "kedro-keras[onnx]")],
+        "jax": [("jax2onnx", "jax2onnx"), ("onnx", "kedro-keras[onnx]")],
+        "torch": [("onnx", "kedro-keras[onnx]"), ("onnxscript", "onnxscript")],
+    },
+    "litert": {
+        "tensorflow": [],
+        "jax": None,
+        "torch": [("litert_torch", "litert-torch")],
+    },
+}
+
+# What loading each format needs.
+_LOAD_NEEDS = {
+    "onnx": [("onnxruntime", "kedro-keras[onnx]")],
+    "litert": [("ai_edge_litert", "kedro-keras[litert]")],
+}
+
+
+def _missing(needs: list[tuple[str, str]]) -> list[str]:
+    return [package for module, package in needs if importlib.util.find_spec(module) is None]
+
+
+def why_cannot_export(format: str, backend: str) -> str | None:
+    """Why this backend cannot export ``format`` here (what to install or
+    which backend to use), or None if it can."""
+    if format == "litert" and importlib.util.find_spec("keras.src.export.litert") is None:
+        import keras
+
+        return f"Keras {keras.__version__} has no LiteRT export; a newer Keras has (pip install -U keras)"
+    needs = _EXPORT_NEEDS[format].get(backend, [])
+    if needs is None:
+        able = sorted(name for name, value in _EXPORT_NEEDS[format].items() if value is not None)
+        return f"the {backend} backend cannot export {format}; use the {' or '.join(able)} backend"
+    missing = _missing(needs)
+    if missing:
+        return (
+            f"exporting {format} from the {backend} backend needs {', '.join(dict.fromkeys(missing))} "
+            f"(pip install {' '.join(dict.fromkeys(missing))})"
+        )
+    return None
+
+
+def why_cannot_load(format: str, backend: str) -> str | None:
+    if format == "tf_saved_model":
+        if backend != "tensorflow":
+            return (
+                "a SavedModel loads only under the TensorFlow backend (set KERAS_BACKEND=tensorflow), "
+                "or export the model as onnx, which loads anywhere"
+            )
+        return None
+    missing = _missing(_LOAD_NEEDS[format])
+    if missing:
+        return f"loading {format} needs {', '.join(missing)} (pip install {' '.join(missing)})"
+    return None
+
+
+# --------------------------------------------------------------------------
+# What a load returns
+# --------------------------------------------------------------------------
+
+
+class OnnxModel:
+    """An ONNX artifact in an onnxruntime session, with Keras's ``predict``."""
+
+    def __init__(self, content: bytes, providers: list[str] | None = None) -> None:
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(content, providers=providers or ["CPUExecutionProvider"])
+        self.input_names = [spec.name for spec in self.session.get_inputs()]
+        self.output_names = [spec.name for spec in self.session.get_outputs()]
+        self.input_shapes = {spec.name: spec.shape for spec in self.session.get_inputs()}
+        self.output_shapes = {spec.name: spec.shape for spec in self.session.get_outputs()}
+        self._input_types = {spec.name: spec.type for spec in self.session.get_inputs()}
+
+    def predict(self, x: Any, **_: Any) -> Any:
+        """Outputs for ``x``: one array, a list or a dict of arrays keyed by
+        input name. One output comes back as an array, several as a list."""
+        feed = {
+            name: _as_input(value, self._input_types[name]) for name, value in _by_name(x, self.input_names)
+        }
+        outputs = self.session.run(None, feed)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    __call__ = predict
+
+    def __repr__(self) -> str:
+        return f"OnnxModel(inputs={self.input_shapes}, outputs={self.output_shapes})"
+
+
+class LiteRTModel:
+    """A LiteRT (TensorFlow Lite) artifact in LiteRT's interpreter, with ``predict``."""
+
+    def __init__(self, content: bytes) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_content=content)
+        signatures = self.interpreter.get_signature_list()
+        self._key = next(iter(signatures)) if signatures else None
+        if self._key is not None:
+            self._runner = self.interpreter.get_signature_runner(self._key)
+            details = self._runner.get_input_details()
+            self.input_names = list(signatures[self._key]["inputs"])
+            self.output_names = list(signatures[self._key]["outputs"])
+            self.input_shapes = {name: list(details[name]["shape"]) for name in self.input_names}
+        else:  # no signature: tensors by index
+            self.interpreter.allocate_tensors()
+            details = self.interpreter.get_input_details()
+            self.input_names = [d["name"] for d in details]
+            self.output_names = [d["name"] for d in self.interpreter.get_output_details()]
+            self.input_shapes = {d["name"]: list(d["shape"]) for d in details}
+
+    def predict(self, x: Any, **_: Any) -> Any:
+        """Outputs for ``x`` (as for ``OnnxModel.predict``). The batch size is
+        the one the model was exported with unless the interpreter can resize."""
+        if self._key is None:
+            return self._predict_by_index(x)
+        import numpy as np
+
+        feed = {name: np.asarray(value) for name, value in _by_name(x, self.input_names)}
+        outputs = self._runner(**feed)
+        values = [outputs[name] for name in self.output_names]
+        return values[0] if len(values) == 1 else values
+
+    def _predict_by_index(self, x: Any) -> Any:
+        import numpy as np
+
+        details = self.interpreter.get_input_details()
+        for detail, (_, value) in zip(details, _by_name(x, self.input_names), strict=True):
+            value = np.asarray(value, dtype=detail["dtype"])
+            if list(value.shape) != list(detail["shape"]):
+                self.interpreter.resize_tensor_input(detail["index"], value.shape)
+                self.interpreter.allocate_tensors()
+            self.interpreter.set_tensor(detail["index"], value)
+        self.interpreter.invoke()
+        values = [self.interpreter.get_tensor(d["index"]) for d in self.interpreter.get_output_details()]
+        return values[0] if len(values) == 1 else values
+
+    __call__ = predict
+
+    def __repr__(self) -> str:
+        return f"LiteRTModel(inputs={self.input_shapes}, outputs={self.output_names})"
+
+
+def _by_name(x: Any, names: list[str]) -> list[tuple[str, Any]]:
+    if isinstance(x, dict):
+        unknown = set(x) - set(names)
+        if unknown:
+            raise ValueError(f"unknown input(s) {sorted(unknown)}; the artifact's inputs are {names}")
+        return [(name, x[name]) for name in names]
+    if isinstance(x, (list, tuple)):
+        if len(x) != len(names):
+            raise ValueError(f"{len(x)} inputs given; the artifact's inputs are {names}")
+        return list(zip(names, x, strict=True))
+    if len(names) != 1:
+        raise ValueError(f"the artifact has {len(names)} inputs {names}: pass a dict keyed by these names")
+    return [(names[0], x)]
+
+
+def _as_input(value: Any, onnx_type: str) -> Any:
+    import numpy as np
+
+    dtype = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64"}.get(onnx_type)
+    return np.asarray(value, dtype=dtype)
+
+
+def saved_model_as_keras(local_folder: str, endpoint: str | None) -> Any:
+    """A Keras model over a SavedModel folder (TensorFlow backend): Keras 3's
+    ``model.export``, Keras 2's ``model.save`` and ``tf.saved_model.save``
+    alike. The endpoint is ``endpoint``, else ``serve`` (Keras 3's, which
+    keeps the inputs' structure), else ``serving_default``."""
+    import keras
+
+    layer_class = _signature_layer_class()
+    failures = []
+    for name in [endpoint] if endpoint else ["serve", "serving_default"]:
+        try:
+            layer = layer_class(local_folder, call_endpoint=name)
+            break
+        except ValueError as exc:
+            failures.append(str(exc).split(". ")[0])
+    else:
+        raise ValueError(
+            f"no endpoint {' or '.join(repr(n) for n in ([endpoint] if endpoint else ['serve', 'serving_default']))} "
+            f"in the SavedModel ({'; '.join(failures)}): name one of its signatures in load_args.endpoint"
+        )
+    specs = layer.input_specs
+    if specs is None:  # a tf.function attribute (Keras 3's "serve"): inputs as Keras exported them
+        signature = layer.call_endpoint_fn.input_signature
+        inputs = _inputs_like(signature[0] if len(signature) == 1 else list(signature))
+    else:
+        inputs = {
+            name: keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name, name=name)
+            for name, spec in specs.items()
+        }
+        if len(inputs) == 1:
+            inputs = next(iter(inputs.values()))
+    model = keras.Model(inputs, layer(inputs), name="saved_model")
+    model.endpoint = layer.call_endpoint
+    return model
+
+
+def _inputs_like(structure: Any) -> Any:
+    import keras
+
+    if isinstance(structure, dict):
+        return {name: _inputs_like(spec) for name, spec in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return [_inputs_like(spec) for spec in structure]
+    return keras.Input(shape=tuple(structure.shape[1:]), dtype=structure.dtype.name, name=structure.name)
+
+
+def _signature_layer_class() -> type:
+    import keras
+
+    class SignatureLayer(keras.layers.TFSMLayer):
+        """TFSMLayer that also calls signatures with several inputs (by name)
+        and hands back a single output as a tensor rather than a dict."""
+
+        @property
+        def input_specs(self) -> dict[str, Any] | None:
+            signature = getattr(self.call_endpoint_fn, "structured_input_signature", None)
+            if not signature or signature[0] or not isinstance(signature[1], dict):
+                return None
+            return dict(sorted(signature[1].items()))
+
+        def call(self, inputs: Any, training: bool = False, **kwargs: Any) -> Any:
+            specs = self.input_specs
+            if specs is None:
+                return super().call(inputs, training=training, **kwargs)
+            names = list(specs)
+            if isinstance(inputs, dict):
+                feed = {name: inputs[name] for name in names}
+            else:
+                feed = {names[0]: inputs}
+            outputs = self.call_endpoint_fn(**feed)
+            if isinstance(outputs, dict) and len(outputs) == 1:
+                return next(iter(outputs.values()))
+            return outputs
+
+    return SignatureLayer

@@ -1,0 +1,172 @@
+"""KerasExportDataset: SavedModel, ONNX and LiteRT exports published
+atomically on any filesystem, and loaded back as something that predicts.
+
+Runs under every backend: where a backend (or what is installed beside it)
+cannot write or read a format, the test asserts the DatasetError that says
+what to install or which backend to use, and that what it names is indeed
+missing here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import uuid
+
+import keras
+import numpy as np
+import pytest
+from kedro.io import DatasetError
+from kedro.io.core import Version
+
+from kedro_keras import KerasExportDataset, _exported
+
+BACKEND = keras.backend.backend()
+TRUSTED = {"safe_mode": False}  # a SavedModel is a program: the tests trust their own
+
+
+def two_input_model():
+    keras.utils.set_random_seed(11)
+    inputs = {"a": keras.Input((3,), name="a"), "b": keras.Input((2,), name="b")}
+    hidden = keras.layers.Dense(4, activation="relu")(keras.layers.Concatenate()([inputs["a"], inputs["b"]]))
+    return keras.Model(inputs, keras.layers.Dense(2)(hidden), name="two_inputs")
+
+
+def one_input_model():
+    keras.utils.set_random_seed(12)
+    inputs = keras.Input((3,), name="x")
+    return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(5, activation="tanh")(inputs)))
+
+
+def example_input(model, batch=1):
+    rng = np.random.default_rng(0)
+    if isinstance(model.input, dict):
+        return {
+            name: rng.normal(size=(batch, t.shape[1])).astype("float32") for name, t in model.input.items()
+        }
+    return rng.normal(size=(batch, model.input.shape[1])).astype("float32")
+
+
+def filepath_for(format, folder):
+    return f"{folder}/model{_exported.FILE_SUFFIXES.get(format, '_saved_model')}"
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def where(request, tmp_path):
+    if request.param == "local":
+        return {"folder": str(tmp_path), "credentials": None}
+    if request.param == "memory":
+        return {"folder": f"memory:///export-{uuid.uuid4().hex}", "credentials": None}
+    return {
+        "folder": request.getfixturevalue("s3_bucket"),
+        "credentials": request.getfixturevalue("s3_credentials"),
+    }
+
+
+# The module each package a message may name provides (None: an extra of ours, or an upgrade).
+MODULE_OF = {
+    "tensorflow-cpu": "tensorflow",
+    "tf2onnx": "tf2onnx",
+    "onnx": "onnx",
+    "onnxscript": "onnxscript",
+    "jax2onnx": "jax2onnx",
+    "torch-xla": "torch_xla",
+    "litert-torch": "litert_torch",
+    "onnxruntime": "onnxruntime",
+    "kedro-keras[onnx]": None,
+    "kedro-keras[litert]": None,
+    "-U": None,
+    "keras": None,
+}
+
+
+def assert_names_what_is_missing(message, problem):
+    """The message gives the reason, and each package it says to install is
+    indeed not importable here."""
+    assert problem in message
+    for packages in re.findall(r"pip install ([^)]+)\)", problem):
+        for package in packages.split():
+            module = MODULE_OF[package]
+            if module is not None:
+                assert importlib.util.find_spec(module) is None, package
+
+
+class TestKerasExportDataset:
+    @pytest.mark.parametrize("format", _exported.FORMATS)
+    @pytest.mark.parametrize("build", [one_input_model, two_input_model], ids=["one input", "two inputs"])
+    def test_each_format_round_trips_or_says_what_is_missing(self, where, format, build):
+        model = build()
+        dataset = KerasExportDataset(
+            filepath=filepath_for(format, where["folder"]),
+            credentials=where["credentials"],
+            load_args=TRUSTED if format == "tf_saved_model" else None,
+        )
+        cannot_export = _exported.why_cannot_export(format, BACKEND)
+        if cannot_export:
+            with pytest.raises(DatasetError, match="Cannot export model") as raised:
+                dataset.save(model)
+            assert_names_what_is_missing(str(raised.value), cannot_export)
+            assert not dataset.exists()
+            return
+        dataset.save(model)
+        assert dataset.exists()
+        cannot_load = _exported.why_cannot_load(format, BACKEND)
+        if cannot_load:
+            with pytest.raises(DatasetError, match="Cannot load the") as raised:
+                dataset.load()
+            assert cannot_load in str(raised.value)
+            return
+        served = dataset.load()
+        x = example_input(model, batch=1)
+        expected = model.predict(x, verbose=0)
+        np.testing.assert_allclose(np.asarray(served.predict(x, verbose=0)), expected, rtol=1e-5, atol=1e-5)
+
+    def test_the_format_comes_from_the_suffix_and_must_agree_with_it(self, tmp_path):
+        assert KerasExportDataset(filepath=str(tmp_path / "m.onnx"))._format == "onnx"
+        assert KerasExportDataset(filepath=str(tmp_path / "m.tflite"))._format == "litert"
+        assert KerasExportDataset(filepath=str(tmp_path / "served"))._format == "tf_saved_model"
+
+    @pytest.mark.parametrize(
+        ("options", "words"),
+        [
+            ({"filepath": "m.onnx", "format": "litert"}, "ends in '.tflite'"),
+            ({"filepath": "m.keras", "format": "tf_saved_model"}, "a SavedModel is a folder"),
+            ({"filepath": "m", "format": "torchscript"}, "choose one of tf_saved_model, onnx, litert"),
+            ({"filepath": "m.onnx", "load_args": {"safe": False}}, "not known"),
+        ],
+    )
+    def test_bad_options_fail_when_the_catalog_is_built(self, options, words):
+        with pytest.raises(DatasetError, match=re.escape(words)):
+            KerasExportDataset(**options)
+
+    def test_a_savedmodel_is_refused_with_safe_mode_on(self, tmp_path):
+        folder = tmp_path / "foreign"
+        folder.mkdir()
+        (folder / "saved_model.pb").write_bytes(b"\x08\x01")  # never read: refused first
+        with pytest.raises(DatasetError) as raised:
+            KerasExportDataset(filepath=str(folder)).load()
+        message = str(raised.value)
+        if BACKEND == "tensorflow":
+            assert "safe_mode" in message and "TensorFlow program" in message and str(folder) in message
+        else:
+            assert "loads only under the TensorFlow backend" in message
+
+    def test_saving_something_else_than_a_model_is_refused(self, tmp_path):
+        with pytest.raises(DatasetError, match="expected a keras.Model"):
+            KerasExportDataset(filepath=str(tmp_path / "m.onnx")).save({"not": "a model"})
+
+    def test_versioned_exports_keep_every_version_and_load_the_newest(self, tmp_path):
+        path = str(tmp_path / "m.onnx")
+        if _exported.why_cannot_export("onnx", BACKEND) or _exported.why_cannot_load("onnx", BACKEND):
+            with pytest.raises(DatasetError, match="needs"):
+                KerasExportDataset(filepath=path, version=Version(None, None)).save(one_input_model())
+            return
+        first, second = one_input_model(), two_input_model()
+        KerasExportDataset(filepath=path, version=Version(None, "2026-12-01T00.00.00.000Z")).save(first)
+        KerasExportDataset(filepath=path, version=Version(None, "2026-12-01T00.00.01.000Z")).save(second)
+        assert len(list((tmp_path / "m.onnx").iterdir())) == 2
+        newest = KerasExportDataset(filepath=path, version=Version(None, None)).load()
+        assert newest.input_names == ["a", "b"]
+        pinned = KerasExportDataset(filepath=path, version=Version("2026-12-01T00.00.00.000Z", None)).load()
+        x = example_input(first)
+        np.testing.assert_allclose(pinned.predict(x), first.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
