@@ -33,7 +33,7 @@ TORCH_VERSION := 2.13.0
 # every backend), test_migration.py (it saves with kedro-datasets'
 # TensorFlowModelDataset) and test_bounded_waits.py (S3 timeouts: no backend
 # code involved).
-DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py
+DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py
 
 .PHONY: lint test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo bench fuzz clean
 
@@ -47,7 +47,12 @@ $(STAMP): pyproject.toml examples/digits/pyproject.toml
 	# kedro-datasets: tests/test_migration.py loads what its
 	# TensorFlowModelDataset writes (without its tensorflow extra, which would
 	# pull the GPU 'tensorflow' beside tensorflow-cpu).
-	$(BIN)/python -m pip install --quiet tensorflow-cpu -e ".[s3,test]" -e examples/digits nbclient ipykernel "kedro-datasets>=9,<10"
+	# onnx, litert: KerasExportDataset's ONNX and LiteRT round trips.
+	$(BIN)/python -m pip install --quiet tensorflow-cpu -e ".[s3,test,onnx,litert]" -e examples/digits nbclient ipykernel "kedro-datasets>=9,<10"
+	# tf-keras (Keras 2) writes the SavedModel folders tests/test_migration.py
+	# loads; --no-deps, as its 'tensorflow' would pull the GPU build beside
+	# tensorflow-cpu. Its version follows TensorFlow's.
+	$(BIN)/python -m pip install --quiet --no-deps "tf-keras==$$($(BIN)/python -c 'from importlib.metadata import version; print(".".join(version("tensorflow-cpu").split(".")[:2]))').*"
 	$(BIN)/python -m pip install --quiet --no-deps $(KERAS_HUB)
 	$(BIN)/python -m pip install --quiet $(KERAS_HUB_DEPS)
 	touch $@

@@ -251,9 +251,10 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         if "saved_model.pb" in names:
             return (
                 f"'{url}' is a TensorFlow SavedModel folder (what TensorFlowModelDataset and Keras 2 "
-                "wrote), which Keras 3 cannot load as a Keras model. Load it once with Keras 2 "
-                "(pip install tf-keras; TF_USE_LEGACY_KERAS=1) and save it as .h5 or .keras; see "
-                "docs/migrating.md."
+                "wrote), which Keras 3 cannot load as a Keras model. For predictions, load it with "
+                "type: kedro_keras.KerasExportDataset (load_args: {safe_mode: false}, trusted folders "
+                "only); to train it again, load it once with Keras 2 (pip install tf-keras; "
+                "TF_USE_LEGACY_KERAS=1) and save it as .h5 or .keras. See docs/migrating.md."
             )
         if self._version is None and any(_VERSION_NAME.fullmatch(name) for name in names):
             return (
