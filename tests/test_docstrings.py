@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import doctest
 
+import os
+
 import pytest
 
 import kedro_keras
+from kedro_keras import _exported
+
+EXAMPLES = [
+    "KerasModelDataset",
+    "KerasWeightsDataset",
+    "KerasTimestampedModelDataset",
+    "KerasCheckpointDataset",
+]
+# Its example exports a SavedModel, which needs TensorFlow: run where it can
+# (test_keras_export_dataset.py checks the error everywhere else).
+if _exported.why_cannot_export("tf_saved_model", os.environ.get("KERAS_BACKEND", "tensorflow")) is None:
+    EXAMPLES.append("KerasExportDataset")
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["KerasModelDataset", "KerasWeightsDataset", "KerasTimestampedModelDataset", "KerasCheckpointDataset"],
-)
+@pytest.mark.parametrize("name", EXAMPLES)
 def test_docstring_example_runs(name, tmp_path):
     cls = getattr(kedro_keras, name)
     parser = doctest.DocTestParser()

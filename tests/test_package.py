@@ -52,6 +52,7 @@ def test_exports():
     assert sorted(kedro_keras.__all__) == [
         "Checkpoints",
         "KerasCheckpointDataset",
+        "KerasExportDataset",
         "KerasModelDataset",
         "KerasTimestampedModelDataset",
         "KerasWeightsDataset",
@@ -64,7 +65,13 @@ def test_exports():
 
 @pytest.mark.parametrize(
     "name",
-    ["KerasModelDataset", "KerasWeightsDataset", "KerasTimestampedModelDataset", "KerasCheckpointDataset"],
+    [
+        "KerasModelDataset",
+        "KerasWeightsDataset",
+        "KerasTimestampedModelDataset",
+        "KerasCheckpointDataset",
+        "KerasExportDataset",
+    ],
 )
 def test_docstrings_show_yaml_and_python(name):
     doc = getattr(kedro_keras, name).__doc__
