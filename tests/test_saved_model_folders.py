@@ -123,9 +123,65 @@ class TestSavedModelFolders:
         ).load()
         assert served.endpoint == "serving_default"
         assert_predicts_like(served, model)
-        with pytest.raises(DatasetError, match="no endpoint 'predict' in the SavedModel"):
+        with pytest.raises(
+            DatasetError,
+            match=r"no endpoint 'predict' in the SavedModel; its signatures: \['serve', 'serving_default'\]",
+        ):
             KerasExportDataset(filepath=str(folder), load_args={**TRUSTED, "endpoint": "predict"}).load()
 
     def test_nothing_there_says_so(self, tmp_path):
         with pytest.raises(DatasetError, match="No SavedModel at .*: the path does not exist"):
             KerasExportDataset(filepath=str(tmp_path / "nothing"), load_args=TRUSTED).load()
+
+
+EXPORTER = r"""
+import sys
+import keras
+from kedro_keras import KerasExportDataset
+
+keras.utils.set_random_seed(int(sys.argv[2]))
+inputs = keras.Input((3,), name="x")
+hidden = keras.layers.Dense(8192)(keras.layers.Dense(4096)(inputs))  # ~135 MB of variables
+model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+model.save(sys.argv[3])
+KerasExportDataset(filepath=sys.argv[1]).save(model)
+"""
+
+
+def test_an_export_killed_mid_upload_leaves_the_previous_one_loadable(tmp_path):
+    """SIGKILL while the new export's variables are being written: the
+    previous export still loads, and the half-written one is never read."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "served"
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run(
+        [sys.executable, "-c", EXPORTER, str(folder), "1", str(tmp_path / "first.keras")], env=env, check=True
+    )
+    (committed,) = exports_in(folder)
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", EXPORTER, str(folder), "2", str(tmp_path / "second.keras")], env=env
+    )
+    deadline = time.monotonic() + 300
+    writing = []
+    while not writing and process.poll() is None and time.monotonic() < deadline:
+        writing = [p for p in folder.glob("export-*/variables/.variables.data*.tmp") if p.stat().st_size > 0]
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert writing and process.returncode == -signal.SIGKILL, "killed while writing the variables"
+
+    assert json.loads((folder / "manifest.json").read_text())["export"] == committed
+    half = [name for name in exports_in(folder) if name != committed]
+    assert len(half) == 1 and not (folder / half[0] / "variables" / "variables.index").exists()
+    first = keras.saving.load_model(tmp_path / "first.keras")
+    x = np.random.default_rng(1).normal(size=(2, 3)).astype("float32")
+    served = KerasExportDataset(filepath=str(folder), load_args=TRUSTED).load()
+    np.testing.assert_allclose(
+        served.predict(x, verbose=0), first.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )

@@ -8,6 +8,7 @@ interpreter and Keras are imported when an artifact is loaded.
 from __future__ import annotations
 
 import importlib.util
+import re
 from typing import Any
 
 FORMATS = ("tf_saved_model", "onnx", "litert")
@@ -196,17 +197,21 @@ def saved_model_as_keras(local_folder: str, endpoint: str | None) -> Any:
     import keras
 
     layer_class = _signature_layer_class()
-    failures = []
-    for name in [endpoint] if endpoint else ["serve", "serving_default"]:
+    tried = [endpoint] if endpoint else ["serve", "serving_default"]
+    available = "none"
+    for name in tried:
         try:
             layer = layer_class(local_folder, call_endpoint=name)
             break
         except ValueError as exc:
-            failures.append(str(exc).split(". ")[0])
+            listed = re.search(r"Available endpoints for this SavedModel: (\[.*\])", str(exc))
+            if listed is None:
+                raise
+            available = listed.group(1)
     else:
         raise ValueError(
-            f"no endpoint {' or '.join(repr(n) for n in ([endpoint] if endpoint else ['serve', 'serving_default']))} "
-            f"in the SavedModel ({'; '.join(failures)}): name one of its signatures in load_args.endpoint"
+            f"no endpoint {' or '.join(repr(name) for name in tried)} in the SavedModel; its signatures: "
+            f"{available}. Name one in load_args.endpoint"
         )
     specs = layer.input_specs
     if specs is None:  # a tf.function attribute (Keras 3's "serve"): inputs as Keras exported them
