@@ -24,7 +24,13 @@ from kedro.framework.session import KedroSession  # noqa: E402
 from kedro.framework.startup import bootstrap_project  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent
-MODELS = ("classifier_model", "classifier_weights", "classifier_history")
+MODELS = (
+    "classifier_model",
+    "classifier_weights",
+    "classifier_history",
+    "classifier_saved_model",
+    "classifier_onnx",
+)
 
 
 def where(catalog, name: str) -> str:
@@ -40,6 +46,8 @@ def where(catalog, name: str) -> str:
     if kind == "KerasWeightsDataset":
         architecture = location.removesuffix(".weights.h5").rsplit("/", 1)[-1] + ".architecture.json"
         return f"{location}  (+ {architecture} beside it)"
+    if kind == "KerasExportDataset" and dataset._describe()["format"] == "tf_saved_model":
+        return f"{location}/  (manifest.json + export-<id>/)"
     version = dataset.resolve_load_version()
     return f"{location}/{version}/{location.rsplit('/', 1)[-1]}" if version else location
 
@@ -64,7 +72,7 @@ def main() -> None:
             f"Test accuracy on {metrics['test_images']} held-out digits, each model loaded back through the catalog:"
         )
         for name in MODELS:
-            print(f"  {name:<20} {metrics['accuracy'][name]:.4f}   {shorten(where(catalog, name))}")
+            print(f"  {name:<22} {metrics['accuracy'][name]:.4f}   {shorten(where(catalog, name))}")
         print(f"Metrics: {shorten(catalog.get('metrics')._describe()['filepath'])}")
 
 

@@ -33,6 +33,7 @@ def read_yaml(path: Path):
 
 
 MODELS = ["classifier_model", "classifier_weights", "classifier_history"]
+EXPORTS = ["classifier_saved_model", "classifier_onnx"]  # scored beside the models
 MIN_ACCURACY = 0.9
 
 
@@ -58,10 +59,10 @@ def test_kedro_run_trains_saves_three_ways_and_scores_each_reloaded_model(digits
     metrics = read_json(digits / "data" / "08_reporting" / "metrics.json")
     assert metrics["test_images"] == 450
     accuracy = metrics["accuracy"]
-    assert set(accuracy) == set(MODELS)
-    for name in MODELS:
+    assert set(accuracy) == set(MODELS + EXPORTS)
+    for name in MODELS + EXPORTS:
         assert accuracy[name] >= MIN_ACCURACY, (name, accuracy)
-    # One trained model behind all three entries: the same predictions.
+    # One trained model behind all three entries and both exports: the same predictions.
     assert len(set(accuracy.values())) == 1
 
     models = digits / "data" / "06_models"
@@ -70,6 +71,9 @@ def test_kedro_run_trains_saves_three_ways_and_scores_each_reloaded_model(digits
     assert (models / "classifier.weights.h5").is_file()
     assert (models / "classifier.architecture.json").is_file()
     assert len(list((models / "classifier_history").glob("model_*.keras"))) == 1
+    manifest = read_json(models / "classifier_saved_model" / "manifest.json")
+    assert manifest["format"] == "tf_saved_model" and "saved_model.pb" in manifest["files"]
+    assert (models / "classifier.onnx").is_file()
     # A checkpoint per epoch while training ran, removed once it ended normally.
     log = (digits / "run.log").read_text()
     epochs = read_yaml(digits / "conf" / "base" / "parameters.yml")["training"]["epochs"]
@@ -82,11 +86,11 @@ def test_kedro_run_trains_saves_three_ways_and_scores_each_reloaded_model(digits
 def test_show_results_prints_each_accuracy_and_where_each_model_is(digits):
     metrics = read_json(digits / "data" / "08_reporting" / "metrics.json")
     out = run([sys.executable, "show_results.py"], digits).stdout
-    for name in MODELS:
+    for name in MODELS + EXPORTS:
         line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
         _, shown_accuracy, path, *_ = line.split()
         assert float(shown_accuracy) == pytest.approx(metrics["accuracy"][name], abs=5e-5)
-        assert (digits / path).is_file(), line
+        assert (digits / path).is_dir() if path.endswith("/") else (digits / path).is_file(), line
     assert "data/06_models/classifier.keras/" in out
     assert "data/06_models/classifier_history/model_" in out
 
@@ -144,7 +148,7 @@ def test_env_s3_writes_the_models_to_s3_with_credentials_by_name(
     kedro(project, "run", "--env", "s3", "--runner", "ParallelRunner")
 
     metrics = read_json(project / "data" / "08_reporting" / "metrics.json")
-    for name in MODELS:
+    for name in MODELS + EXPORTS:
         assert metrics["accuracy"][name] >= MIN_ACCURACY, (name, metrics)
     name = bucket.removeprefix("s3://")
     s3fs_client.invalidate_cache()
@@ -153,6 +157,8 @@ def test_env_s3_writes_the_models_to_s3_with_credentials_by_name(
     assert s3fs_client.isfile(f"{name}/models/classifier.weights.h5")
     assert s3fs_client.isfile(f"{name}/models/classifier.architecture.json")
     assert len(s3fs_client.ls(f"{name}/models/classifier_history")) == 1
+    assert s3fs_client.isfile(f"{name}/models/classifier_saved_model/manifest.json")
+    assert s3fs_client.isfile(f"{name}/models/classifier.onnx")
 
     out = run([sys.executable, "show_results.py", "--env", "s3"], project).stdout
     assert f"{bucket}/models/classifier.keras/{version}/classifier.keras" in out

@@ -3,6 +3,7 @@ from kedro.pipeline import Node, Pipeline
 from digits.pipelines.evaluation.nodes import accuracy, report
 
 MODELS = ["classifier_model", "classifier_weights", "classifier_history"]
+EXPORTS = ["classifier_saved_model", "classifier_onnx"]  # exported for serving
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -15,14 +16,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             outputs=f"{name}_accuracy",
             name=f"score_{name}",
         )
-        for name in MODELS
+        for name in MODELS + EXPORTS
     ]
     return Pipeline(
         [
             *scoring,
             Node(
                 report,
-                inputs=["test_labels", *(f"{name}_accuracy" for name in MODELS)],
+                inputs=["test_labels", *(f"{name}_accuracy" for name in MODELS + EXPORTS)],
                 outputs="metrics",
                 name="report_metrics",
             ),

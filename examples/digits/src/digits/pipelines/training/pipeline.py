@@ -1,6 +1,6 @@
 from kedro.pipeline import Node, Pipeline
 
-from digits.pipelines.training.nodes import train_model
+from digits.pipelines.training.nodes import ship, train_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -20,6 +20,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 # timestamped .keras files.
                 outputs=["classifier_model", "classifier_weights", "classifier_history"],
                 name="train_model",
-            )
+            ),
+            # Keep the model and ship it: the saved .keras model, exported
+            # for serving (see the export entries in conf/base/catalog.yml).
+            Node(
+                ship,
+                inputs="classifier_model",
+                outputs=["classifier_saved_model", "classifier_onnx"],
+                name="export_model",
+            ),
         ]
     )
