@@ -60,7 +60,8 @@ $(STAMP): pyproject.toml examples/digits/pyproject.toml
 $(JAX_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(JAX_VENV)
 	$(JAX_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(JAX_VENV)/bin/python -m pip install --quiet -e ".[jax,s3,test]"
+	# jax2onnx, onnx, onnxruntime: KerasExportDataset's ONNX round trip under JAX.
+	$(JAX_VENV)/bin/python -m pip install --quiet -e ".[jax,s3,test]" jax2onnx onnx onnxruntime
 	$(JAX_VENV)/bin/python -m pip install --quiet --no-deps $(KERAS_HUB)
 	$(JAX_VENV)/bin/python -m pip install --quiet $(KERAS_HUB_DEPS)
 	touch $@
@@ -75,7 +76,8 @@ $(FLOOR_VENV)/.installed: pyproject.toml
 $(TORCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(TORCH_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" -e ".[torch,s3,test]"
+	# onnx, onnxruntime: KerasExportDataset's ONNX round trip under PyTorch.
+	$(TORCH_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" -e ".[torch,s3,test]" onnx onnxruntime
 	$(TORCH_VENV)/bin/python -m pip install --quiet --no-deps $(KERAS_HUB)
 	$(TORCH_VENV)/bin/python -m pip install --quiet $(KERAS_HUB_DEPS)
 	touch $@

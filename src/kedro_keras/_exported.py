@@ -26,7 +26,8 @@ _EXPORT_NEEDS: dict[str, dict[str, list[tuple[str, str]] | None]] = {
     "onnx": {
         "tensorflow": [("tf2onnx", "kedro-keras[onnx]"), ("onnx", "kedro-keras[onnx]")],
         "jax": [("jax2onnx", "jax2onnx"), ("onnx", "kedro-keras[onnx]")],
-        "torch": [("onnx", "kedro-keras[onnx]"), ("onnxscript", "onnxscript")],
+        # torch.onnx's dynamo exporter (with onnxscript) is tried first, its TorchScript one needs onnx only.
+        "torch": [("onnx", "kedro-keras[onnx]")],
     },
     "litert": {
         "tensorflow": [],
