@@ -280,13 +280,24 @@ def stored_variable_groups(file: IO[bytes]) -> dict[str, dict[str, tuple[int, ..
 
     ``{"layers/dense": {"0": (4, 8), "1": (8,)}}`` for each ``.../vars``
     group outside the optimizer's: a builder's model is compared on its
-    own state. Headers only, no array is read. An explicit walk, not
-    h5py's ``visititems``, which loops forever on a damaged file whose
-    groups link back to each other.
+    own state. Headers only, no array is read.
+    """
+    return {
+        path: {key: shape for key, (shape, _) in arrays.items()}
+        for path, arrays in array_headers(file).items()
+        if path != OPTIMIZER_GROUP and not path.startswith(f"{OPTIMIZER_GROUP}/")
+    }
+
+
+def array_headers(file: IO[bytes]) -> dict[str, dict[str, tuple[tuple[int, ...], int]]]:
+    """Every ``.../vars`` group of a ``.weights.h5`` image (the optimizer's
+    too): ``{path: {key: (shape, bytes per item)}}``, from the headers only.
+    An explicit walk, not h5py's ``visititems``, which loops forever on a
+    damaged file whose groups link back to each other.
     """
     import h5py
 
-    found: dict[str, dict[str, tuple[int, ...]]] = {}
+    found: dict[str, dict[str, tuple[tuple[int, ...], int]]] = {}
     seen: set[Any] = set()
 
     def walk(group: Any, path: str, depth: int) -> None:
@@ -303,7 +314,9 @@ def stored_variable_groups(file: IO[bytes]) -> dict[str, dict[str, tuple[int, ..
             seen.add(address)
             if name == "vars":
                 arrays = {
-                    key: tuple(value.shape) for key, value in item.items() if isinstance(value, h5py.Dataset)
+                    key: (tuple(value.shape), value.dtype.itemsize)
+                    for key, value in item.items()
+                    if isinstance(value, h5py.Dataset)
                 }
                 found.setdefault(path.replace(_KERAS_2_13_LAYERS, "layers"), {}).update(arrays)
             else:
@@ -312,11 +325,7 @@ def stored_variable_groups(file: IO[bytes]) -> dict[str, dict[str, tuple[int, ..
     with h5py.File(file, "r") as h5_file:
         walk(h5_file, "", 0)
     file.seek(0)
-    return {
-        path: arrays
-        for path, arrays in found.items()
-        if path != OPTIMIZER_GROUP and not path.startswith(f"{OPTIMIZER_GROUP}/")
-    }
+    return found
 
 
 class ShardReadError(Exception):

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractDataset, DatasetError, Version
 
-from kedro_keras import _imports, _weights
+from kedro_keras import _imports, _preview, _weights
 from kedro_keras._files import Location
 from kedro_keras._h5 import CorruptFileError, stored_variable_groups
+from kedro_keras._preview import TablePreview
 from kedro_keras.keras_model_dataset import KerasModelDataset
 
 if TYPE_CHECKING:
@@ -232,6 +233,41 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
                 if _VERSION.match(version) and f"{_PREFIX}{version}{suffix}" in names:
                     found.append(version)
         return sorted(found, reverse=True)
+
+    def preview(self, layers: int = _preview.DEFAULT_LAYERS_SHOWN) -> TablePreview:
+        """The checkpoints for Kedro-Viz: how many, the newest's training
+        position and metrics, the best by ``monitor``, and the newest's model."""
+        rows = [("path", self._url())]
+        return _preview.table(_preview.safely(rows, lambda: self._preview_rows(layers)))
+
+    def _preview_rows(self, layers: int) -> list[_preview.Row]:
+        versions = self.versions()
+        if not versions:
+            return [("checkpoints", "none yet")]
+        newest = self._record(versions[0])
+        rows = [
+            (
+                "checkpoints",
+                f"{len(versions)}: {', '.join(versions[:5])}{' ...' if len(versions) > 5 else ''}",
+            ),
+            (
+                "newest",
+                f"{versions[0]}: {newest['epoch']} epoch(s) done, saved {newest.get('saved_at', '?')}",
+            ),
+        ]
+        metrics = ", ".join(
+            f"{name} {value:.4g}" for name, value in (newest.get("logs") or {}).items() if value is not None
+        )
+        if metrics:
+            rows.append(("newest metrics", metrics))
+        best = self._best_version(versions)
+        if best is not None:
+            rows.append(("best", f"{best}: {self._monitor} {self._record(best).get('value'):.4g}"))
+        path = self._model_path(versions[0])
+        with self._location.open_read(path) as file:
+            if self._weights_only:
+                return rows + _preview.weights_rows(file, None, layers)
+            return rows + _preview.keras_archive_rows(file, layers)
 
     # -- what the handle and the callback call --------------------------------
 

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _exported
+from kedro_keras import _exported, _preview
 from kedro_keras._files import Location
 from kedro_keras._h5 import CHUNK
+from kedro_keras._preview import TablePreview
 
 if TYPE_CHECKING:
     import keras
@@ -180,6 +181,42 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
             "load_args": self._load_args,
             "version": self._version,
         }
+
+    def preview(self) -> TablePreview:
+        """The export for Kedro-Viz: format, size, and for a SavedModel what
+        its manifest records (files, Keras version, backend, when)."""
+        try:
+            path = self._get_load_path()
+        except DatasetError as exc:
+            return _preview.table([("path", self._location.url(self._filepath)), ("stored", str(exc))])
+        rows = [("path", self._location.url(path)), ("format", self._format)]
+        return _preview.table(_preview.safely(rows, lambda: self._preview_rows(path)))
+
+    def _preview_rows(self, path: PurePosixPath) -> list[_preview.Row]:
+        if not self._is_folder:
+            if self._location.kind(path) is None:
+                return [("stored", "nothing saved yet")]
+            return _preview.size_row(self._location.fs.info(str(path)).get("size"))
+        manifest = self._read_manifest(path)
+        if manifest is None:
+            exists = self._location.exists(path / "saved_model.pb")
+            return [
+                (
+                    "stored",
+                    "a SavedModel folder not written by kedro-keras" if exists else "nothing saved yet",
+                )
+            ]
+        files = manifest.get("files") or {}
+        return [
+            ("files", f"{len(files)} in {manifest.get('export')}"),
+            *_preview.size_row(sum(int(entry.get("size", 0)) for entry in files.values())),
+            ("model", str(manifest.get("model", "?"))),
+            (
+                "exported with",
+                f"Keras {manifest.get('keras_version', '?')}, {manifest.get('backend', '?')} backend",
+            ),
+            ("exported at", str(manifest.get("saved_at", "?"))),
+        ]
 
     # -- save ----------------------------------------------------------------
 

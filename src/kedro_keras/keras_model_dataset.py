@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _archive, _imports, _legacy_h5
+from kedro_keras import _archive, _imports, _legacy_h5, _preview
 from kedro_keras._files import Location
 from kedro_keras._h5 import HDF5_SIGNATURE, CorruptFileError
+from kedro_keras._preview import TablePreview
 from kedro_keras._safe_configs import UnsafeConfigError, printable
 
 if TYPE_CHECKING:
@@ -324,6 +325,48 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
 
     def _after_save(self, path: PurePosixPath) -> None:
         """Called once a save is published; subclasses tidy up here."""
+
+    def preview(self, layers: int = _preview.DEFAULT_LAYERS_SHOWN) -> TablePreview:
+        """What the stored model is, for Kedro-Viz (``metadata: kedro-viz:
+        preview_args: {layers: N}`` sets how many layers are listed): the
+        layers with their types and parameter counts, the parameters and
+        their bytes, the dtype policy, the optimizer state stored, what it
+        was saved with and when, the file size, and the versions. Read from
+        the file's config and headers: Keras is not imported, no weight is read."""
+        rows: list[_preview.Row] = []
+        try:
+            path = self._get_load_path()
+        except DatasetError as exc:
+            return _preview.table([("path", self._location.url(self._filepath)), ("stored", str(exc))])
+        rows.append(("path", self._location.url(path)))
+        rows = _preview.safely(rows, lambda: self._preview_file(path, layers))
+        return _preview.table(_preview.safely(rows, self._version_rows))
+
+    def _preview_file(self, path: PurePosixPath, layers: int) -> list[_preview.Row]:
+        if self._location.kind(path) is None:
+            return [("stored", "nothing saved yet")]
+        rows = _preview.size_row(self._location.fs.info(str(path)).get("size"))
+        with self._location.open_read(path) as file:
+            if file.read(len(_archive.ZIP_SIGNATURE)) != _archive.ZIP_SIGNATURE:
+                return [*rows, ("format", "legacy HDF5 (.h5)")]
+            file.seek(0)
+            return [("format", ".keras archive"), *rows, *_preview.keras_archive_rows(file, layers)]
+
+    def _version_rows(self) -> list[_preview.Row]:
+        if self._version is None:
+            return []
+        pattern = str(self._get_versioned_path("*"))
+        paths = sorted(self._glob(pattern), key=self._get_version_from_path, reverse=True)
+        rows = [("versions", f"{len(paths)}, newest first" if paths else "none yet")]
+        for path in paths[:5]:  # one small request each on an object store
+            size = self._location.fs.info(str(path)).get("size")
+            rows.append((f"version {self._get_version_from_path(path)}", _preview.size_row(size)[0][1]))
+        if len(paths) > 5:
+            rows.append(("older versions", f"{len(paths) - 5} more"))
+        return rows
+
+    def _get_version_from_path(self, path: str) -> str:
+        return PurePosixPath(path).parent.name
 
     def _exists(self) -> bool:
         try:

@@ -15,9 +15,10 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _imports, _keras_build, _sharded, _weights
+from kedro_keras import _imports, _keras_build, _preview, _sharded, _weights
 from kedro_keras._files import Location
 from kedro_keras._h5 import CorruptFileError, ShardReadError, stored_variable_groups
+from kedro_keras._preview import TablePreview
 from kedro_keras._safe_configs import UnsafeConfigError, refuse_unsafe_config
 from kedro_keras.keras_model_dataset import _check_args, _check_is_model, unknown_class_hint
 
@@ -584,6 +585,32 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             except Exception as exc:  # noqa: BLE001 - left behind, named by no index
                 logger.warning("Could not remove %s: %s", self._location.url(directory / name), exc)
         self._location.invalidate_cache(directory)
+
+    def preview(self, layers: int = _preview.DEFAULT_LAYERS_SHOWN) -> TablePreview:
+        """What the stored weights are, for Kedro-Viz (as ``KerasModelDataset.preview``):
+        read from the HDF5 headers and the architecture saved beside them."""
+        try:
+            path = self._get_load_path()
+        except DatasetError as exc:
+            return _preview.table([("path", self._location.url(self._filepath)), ("stored", str(exc))])
+        rows = [("path", self._location.url(path))]
+        return _preview.table(_preview.safely(rows, lambda: self._preview_file(path, layers)))
+
+    def _preview_file(self, path: PurePosixPath, layers: int) -> list[_preview.Row]:
+        if self._location.kind(path) is None:
+            return [("stored", "nothing saved yet")]
+        rows = _preview.size_row(self._location.fs.info(str(path)).get("size"))
+        if self._sharded:
+            index = self._read_index(path)
+            return [("format", "sharded .weights.json"), *rows, ("shards", str(len(index.shards)))]
+        config = None
+        if self._architecture is not None:
+            rows.append(("architecture", f"built by {self._architecture}"))
+        elif self._location.exists(_architecture_path(path)):
+            config = json.loads(self._read_architecture_beside(path)[0])
+            rows.append(("architecture", _architecture_path(path).name))
+        with self._location.open_read(path) as file:
+            return [("format", ".weights.h5"), *rows, *_preview.weights_rows(file, config, layers)]
 
     def _exists(self) -> bool:
         try:

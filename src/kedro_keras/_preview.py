@@ -1,0 +1,189 @@
+"""What a stored model is, read from its config, metadata and HDF5 headers
+without Keras and without reading a weight: the rows of a Kedro-Viz preview.
+
+A preview is Kedro-Viz's ``TablePreview`` (it picks the renderer by the
+return annotation's name): a two-column table, property and value, so that
+models, weights, histories and checkpoints read alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zipfile
+from typing import IO, Any, NewType
+
+from kedro_keras._archive import (
+    CONFIG_MEMBER,
+    METADATA_MEMBER,
+    WEIGHTS_MEMBER,
+    _member_reader,
+    _read_small_member,
+)
+from kedro_keras._h5 import OPTIMIZER_GROUP, array_headers
+
+TablePreview = NewType("TablePreview", dict)
+
+Row = tuple[str, str]
+DEFAULT_LAYERS_SHOWN = 20
+
+
+def table(rows: list[Row]) -> TablePreview:
+    """Rows in the ``split`` layout Kedro-Viz renders (pandas' ``to_dict("split")``)."""
+    return TablePreview(
+        {"index": list(range(len(rows))), "columns": ["property", "value"], "data": [list(r) for r in rows]}
+    )
+
+
+def keras_archive_rows(file: IO[bytes], layers_shown: int = DEFAULT_LAYERS_SHOWN) -> list[Row]:
+    """A ``.keras`` archive: its config and metadata members and the headers
+    of its weights member (a few small reads, also remotely)."""
+    with zipfile.ZipFile(file) as archive:
+        config = json.loads(_read_small_member(archive, CONFIG_MEMBER))
+        metadata = json.loads(_read_small_member(archive, METADATA_MEMBER))
+        with _member_reader(archive, file, WEIGHTS_MEMBER) as weights:
+            headers = array_headers(weights)
+    return model_rows(config, headers, layers_shown) + saved_with_rows(metadata)
+
+
+def weights_rows(
+    file: IO[bytes], config: dict[str, Any] | None, layers_shown: int = DEFAULT_LAYERS_SHOWN
+) -> list[Row]:
+    """A ``.weights.h5`` file (and the architecture saved beside it, if any)."""
+    return model_rows(config or {}, array_headers(file), layers_shown)
+
+
+def model_rows(
+    config: dict[str, Any], headers: dict[str, dict[str, tuple[tuple[int, ...], int]]], layers_shown: int
+) -> list[Row]:
+    weights = {path: arrays for path, arrays in headers.items() if not _is_optimizer(path)}
+    optimizer = {path: arrays for path, arrays in headers.items() if _is_optimizer(path)}
+    params, nbytes = _count(weights)
+    rows: list[Row] = []
+    inner = config.get("config") or {}
+    if config:
+        rows.append(("model", f"{inner.get('name', '?')} ({config.get('class_name', '?')})"))
+    rows.append(("parameters", f"{params:,} ({_size(nbytes)})"))
+    layer_configs = [
+        layer.get("config") or {} for layer in inner.get("layers") or [] if isinstance(layer, dict)
+    ]
+    # A Functional model records no policy of its own: its layers' is the one that counts.
+    policy = _policy_name(
+        inner.get("dtype") or next((c["dtype"] for c in layer_configs[1:] if c.get("dtype")), None)
+    )
+    if policy:
+        rows.append(("dtype policy", policy))
+    optimizer_config = (config.get("compile_config") or {}).get("optimizer")
+    optimizer_name = (
+        optimizer_config.get("class_name") if isinstance(optimizer_config, dict) else optimizer_config
+    )
+    if optimizer:
+        count, size = _count(optimizer)
+        rows.append(
+            (
+                "optimizer state",
+                f"{optimizer_name or 'stored'}: {sum(len(a) for a in optimizer.values())} arrays ({_size(size)})",
+            )
+        )
+    else:
+        rows.append(("optimizer state", "none stored"))
+    layers = inner.get("layers") if isinstance(inner.get("layers"), list) else []
+    by_layer = _params_by_layer(weights)
+    counts = [by_layer.get(path, 0) for path in _stored_names(layers)]
+    for layer, count in list(zip(layers, counts, strict=True))[:layers_shown]:
+        name = (layer.get("config") or {}).get("name") or layer.get("name", "?")
+        rows.append((f"layer {name}", f"{layer.get('class_name', '?')}, {count:,} parameters"))
+    if len(layers) > layers_shown:
+        rest = sum(counts[layers_shown:])
+        rows.append(("more layers", f"{len(layers) - layers_shown} more, {rest:,} parameters"))
+    return rows
+
+
+def _stored_names(layers: list[dict[str, Any]]) -> list[str]:
+    """The names Keras stores each layer's arrays under, in the layers' order:
+    its class in snake case, numbered from the second of a kind on (``dense``,
+    ``dense_1``), not the layer's own name, which is not reproducible."""
+    used: dict[str, int] = {}
+    names = []
+    for layer in layers:
+        name = _snake_case(str(layer.get("class_name", "")))
+        if name in used:
+            used[name] += 1
+            name = f"{name}_{used[name]}"
+        else:
+            used[name] = 0
+        names.append(name)
+    return names
+
+
+def _snake_case(name: str) -> str:
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def saved_with_rows(metadata: dict[str, Any]) -> list[Row]:
+    ours = metadata.get("kedro_keras") or {}
+    parts = [f"Keras {ours.get('keras_version') or metadata.get('keras_version', '?')}"]
+    if ours.get("backend"):
+        parts.append(f"{ours['backend']} backend")
+    if ours.get("kedro_keras_version"):
+        parts.append(f"kedro-keras {ours['kedro_keras_version']}")
+    rows = [("saved with", ", ".join(parts))]
+    if metadata.get("date_saved"):
+        rows.append(("saved at", str(metadata["date_saved"])))
+    return rows
+
+
+def size_row(nbytes: int | None) -> list[Row]:
+    return [] if nbytes is None else [("file size", _size(nbytes))]
+
+
+def _is_optimizer(path: str) -> bool:
+    return path == OPTIMIZER_GROUP or path.startswith(f"{OPTIMIZER_GROUP}/")
+
+
+def _count(groups: dict[str, dict[str, tuple[tuple[int, ...], int]]]) -> tuple[int, int]:
+    params = nbytes = 0
+    for arrays in groups.values():
+        for shape, itemsize in arrays.values():
+            count = math.prod(shape)
+            params += count
+            nbytes += count * itemsize
+    return params, nbytes
+
+
+def _params_by_layer(weights: dict[str, dict[str, tuple[tuple[int, ...], int]]]) -> dict[str, int]:
+    # Keras writes a layer's arrays under layers/<stored name>/..., nested layers below it.
+    counts: dict[str, int] = {}
+    for path, arrays in weights.items():
+        parts = path.split("/")
+        if len(parts) >= 2 and parts[0] == "layers":
+            counts[parts[1]] = counts.get(parts[1], 0) + sum(math.prod(shape) for shape, _ in arrays.values())
+    return counts
+
+
+def _policy_name(dtype: Any) -> str | None:
+    if isinstance(dtype, dict):
+        return str((dtype.get("config") or {}).get("name") or dtype.get("class_name"))
+    return str(dtype) if dtype else None
+
+
+def _size(nbytes: float) -> str:
+    unit = "bytes"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            break
+        nbytes /= 1000
+    return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+
+
+def safely(rows: list[Row], read: Any) -> list[Row]:
+    """``rows`` plus what ``read()`` gives; a preview says what it could not
+    read instead of failing (Kedro-Viz would show nothing)."""
+    try:
+        return rows + read()
+    except Exception as exc:  # noqa: BLE001 - a preview never fails
+        text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        return [*rows, ("could not read", text)]
