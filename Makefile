@@ -48,7 +48,8 @@ $(STAMP): pyproject.toml examples/digits/pyproject.toml
 	# TensorFlowModelDataset writes (without its tensorflow extra, which would
 	# pull the GPU 'tensorflow' beside tensorflow-cpu).
 	# onnx, litert: KerasExportDataset's ONNX and LiteRT round trips.
-	$(BIN)/python -m pip install --quiet tensorflow-cpu -e ".[s3,test,onnx,litert]" -e examples/digits nbclient ipykernel "kedro-datasets>=9,<10"
+	# kedro-viz: tests/e2e builds the digits example's Kedro-Viz with previews.
+	$(BIN)/python -m pip install --quiet tensorflow-cpu -e ".[s3,test,onnx,litert]" -e examples/digits nbclient ipykernel "kedro-datasets>=9,<10" "kedro-viz>=12"
 	# tf-keras (Keras 2) writes the SavedModel folders tests/test_migration.py
 	# loads; --no-deps, as its 'tensorflow' would pull the GPU build beside
 	# tensorflow-cpu. Its version follows TensorFlow's.

@@ -604,11 +604,11 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             index = self._read_index(path)
             return [("format", "sharded .weights.json"), *rows, ("shards", str(len(index.shards)))]
         config = None
-        if self._architecture is not None:
-            rows.append(("architecture", f"built by {self._architecture}"))
-        elif self._location.exists(_architecture_path(path)):
+        if self._location.exists(_architecture_path(path)):  # written beside the weights by every save
             config = json.loads(self._read_architecture_beside(path)[0])
             rows.append(("architecture", _architecture_path(path).name))
+        if self._architecture is not None:
+            rows.append(("loaded into", f"the model {self._architecture} builds"))
         with self._location.open_read(path) as file:
             return [("format", ".weights.h5"), *rows, *_preview.weights_rows(file, config, layers)]
 

@@ -163,3 +163,27 @@ def test_env_s3_writes_the_models_to_s3_with_credentials_by_name(
     out = run([sys.executable, "show_results.py", "--env", "s3"], project).stdout
     assert f"{bucket}/models/classifier.keras/{version}/classifier.keras" in out
     assert f"{bucket}/models/classifier_history/model_" in out
+
+
+def test_kedro_viz_build_holds_a_preview_of_each_model(digits):
+    """`kedro viz build --include-previews`, as a user runs it: each model
+    node's JSON carries our TablePreview, read without loading the model."""
+    import json
+
+    kedro(digits, "viz", "build", "--include-previews")
+    previews = {}
+    for path in (digits / "build" / "api" / "nodes").iterdir():
+        node = json.loads(path.read_text())
+        if str(node.get("type", "")).startswith("kedro_keras."):
+            assert node["preview_type"] == "TablePreview", node
+            rows = dict(node["preview"]["data"])
+            previews[rows["path"].rsplit("/06_models/", 1)[-1]] = rows
+    model = next(rows for path, rows in previews.items() if path.startswith("classifier.keras/"))
+    assert model["model"] == "digits_cnn (Functional)"
+    assert model["layer conv_1"] == "Conv2D, 160 parameters"  # 3x3x1x16 + 16
+    assert model["optimizer state"].startswith("Adam: ")
+    weights = previews["classifier.weights.h5"]
+    assert weights["parameters"] == model["parameters"]
+    assert previews["classifier_saved_model"]["format"] == "tf_saved_model"
+    assert previews["classifier.onnx"]["format"] == "onnx"
+    assert previews["classifier_checkpoints"]["checkpoints"] == "none yet"  # removed when training ended
