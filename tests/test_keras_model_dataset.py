@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import pickle
+import re
 import zipfile
 
 import keras
@@ -376,14 +377,16 @@ class TestKerasModelDataset:
         with caplog.at_level(logging.INFO, logger="kedro_keras"):
             KerasModelDataset(filepath=str(path)).load()
         saved_with = f"(saved with Keras {keras.version()} on the {keras.backend.backend()} backend)"
-        assert f"Loaded Keras model 'functional' from {path} {saved_with}" in caplog.messages
+        size = f"{path.stat().st_size / 1000:.1f} KB"
+        expected = rf"Loaded Keras model 'functional' from {re.escape(f'{path} {saved_with}: {size}')} in \d+\.\d\d s, [\d.]+ (bytes|KB|MB|GB)/s"
+        assert [m for m in caplog.messages if re.fullmatch(expected, m)], caplog.messages
 
     def test_load_log_of_files_that_record_less(self, tmp_path, trained_model, caplog):
         # Keras's own .keras files record its version but not the backend.
         trained_model.save(tmp_path / "plain.keras")
         with caplog.at_level(logging.INFO, logger="kedro_keras"):
             KerasModelDataset(filepath=str(tmp_path / "plain.keras")).load()
-        assert caplog.messages[-1].endswith(f"plain.keras (saved with Keras {keras.version()})")
+        assert f"plain.keras (saved with Keras {keras.version()}): " in caplog.messages[-1]
         # A .keras archive with no metadata.json at all still loads, and says nothing.
         with (
             zipfile.ZipFile(tmp_path / "plain.keras") as source,
@@ -394,7 +397,7 @@ class TestKerasModelDataset:
                     bare.writestr(info, source.read(info))
         with caplog.at_level(logging.INFO, logger="kedro_keras"):
             KerasModelDataset(filepath=str(tmp_path / "bare.keras")).load()
-        assert caplog.messages[-1].endswith("bare.keras")
+        assert "bare.keras: " in caplog.messages[-1] and "saved with" not in caplog.messages[-1]
 
     @pytest.mark.parametrize("filepath", ["model.pkl", "model", "model.weights.h5", "model.tf"])
     def test_unknown_extension_is_refused_at_construction(self, tmp_path, filepath):
@@ -538,7 +541,7 @@ class TestKerasModelDatasetLegacyH5:
         with caplog.at_level(logging.INFO, logger="kedro_keras"):
             KerasModelDataset(filepath=str(tmp_path / "model.h5"), load_args={"compile": False}).load()
         saved_with = f"(saved with Keras {keras.version()} on the {keras.backend.backend()} backend)"
-        assert caplog.messages[-1].endswith(f"model.h5 {saved_with}")
+        assert f"model.h5 {saved_with}: " in caplog.messages[-1]
 
     def test_truncated_h5(self, tmp_path, trained_model):
         path = tmp_path / "model.h5"

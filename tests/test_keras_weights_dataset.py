@@ -237,6 +237,25 @@ class TestKerasWeightsDataset:
         assert "architecture='keras_test_models.build_functional'" in text
 
 
+def test_save_and_load_each_log_one_line_with_size_time_and_rate(tmp_path, trained_model, caplog):
+    import logging
+
+    path = tmp_path / "m.weights.h5"
+    with caplog.at_level(logging.INFO, logger="kedro_keras"):
+        KerasWeightsDataset(filepath=str(path)).save(trained_model)
+        KerasWeightsDataset(filepath=str(path)).load()
+    size = re.escape(f"{path.stat().st_size / 1000:.1f} KB")
+    transfer = rf"{size} in \d+\.\d\d s, [\d.]+ (bytes|KB|MB|GB)/s"
+    saved = [m for m in caplog.messages if m.startswith("Saved weights")]
+    loaded = [m for m in caplog.messages if m.startswith("Loaded weights")]
+    assert len(saved) == 1 and re.fullmatch(
+        rf"Saved weights of model 'functional' to .*: {transfer}", saved[0]
+    )
+    assert len(loaded) == 1 and re.fullmatch(
+        rf"Loaded weights from .* into model '.*': {transfer}", loaded[0]
+    )
+
+
 class TestKerasWeightsDatasetVersioned:
     def test_versions_keep_weights_and_architecture_together(self, tmp_path, data):
         config = {

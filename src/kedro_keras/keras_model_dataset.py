@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import warnings
 import zipfile
 from copy import deepcopy
@@ -186,6 +187,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         }
 
     def load(self) -> keras.Model:
+        start = time.monotonic()
         path = self._get_load_path()
         url = self._location.url(path)
         args = deepcopy(self._load_args)
@@ -201,13 +203,13 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             if legacy:  # checked before the HDF5 probe, which costs a child process
                 legacy = self._stored_as_legacy(path, url)
             try:
-                model, saved_with = self._read(path, legacy, args, device)
+                model, saved_with, size = self._read(path, legacy, args, device)
             except zipfile.BadZipFile:
                 # Named .keras but not a zip: legacy HDF5 under that name?
                 if legacy or not self._stored_as_legacy(path, url):
                     raise
                 legacy = True
-                model, saved_with = self._read(path, legacy, args, device)
+                model, saved_with, size = self._read(path, legacy, args, device)
         except Exception as exc:
             missing = _file_not_found_in(exc)
             if missing is not None:
@@ -222,17 +224,23 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         if saved_with:  # e.g. " (saved with Keras 3.15.1 on the jax backend)"
             origin = f" (saved with Keras {saved_with.get('keras_version', 'of an unrecorded version')}"
             origin += f" on the {saved_with['backend']} backend)" if "backend" in saved_with else ")"
-        logger.info("Loaded Keras model '%s' from %s%s", model.name, url, origin)
+        logger.info(
+            "Loaded Keras model '%s' from %s%s: %s",
+            model.name,
+            url,
+            origin,
+            _preview.transfer_text(size, time.monotonic() - start),
+        )
         return model
 
     def _read(
         self, path: PurePosixPath, legacy: bool, args: dict[str, Any], device: str | None
-    ) -> tuple[keras.Model, dict[str, str]]:
+    ) -> tuple[keras.Model, dict[str, str], int | None]:
         if legacy:
             _legacy_h5.probe_h5_in_child(self._location, str(path))
         read = _legacy_h5.read_legacy_h5 if legacy else _archive.read_keras_archive
         with self._location.open_read(path) as file, _device_scope(device):
-            return read(file, **args), _archive.read_saved_with(file)
+            return read(file, **args), _archive.read_saved_with(file), _preview.file_size(file)
 
     def _what_is_missing(self, path: PurePosixPath) -> str:
         bucket = self._location.missing_bucket(path)
@@ -290,8 +298,10 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
 
     def save(self, data: keras.Model) -> None:
         _check_is_model(data, self._location.url(self._filepath))
+        start = time.monotonic()
         path = self._get_save_path()
         write = _legacy_h5.write_legacy_h5 if self._legacy else _archive.write_keras_archive
+        size = None
         for _ in range(_SAVE_ATTEMPTS):
             url = self._location.url(path)
             try:
@@ -299,6 +309,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
                 # picked the same version cannot overwrite each other.
                 with self._location.atomic_write(path, exclusive=self._version is not None) as file:
                     write(data, file, **self._save_args)
+                    size = _preview.file_size(file)
                 break
             except FileExistsError:
                 path = self._next_save_path(path)
@@ -312,7 +323,12 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
                 f"Could not save Keras model '{data.name}': every version tried already existed."
             )
         self._location.invalidate_cache(path)
-        logger.info("Saved Keras model '%s' to %s", data.name, url)
+        logger.info(
+            "Saved Keras model '%s' to %s: %s",
+            data.name,
+            url,
+            _preview.transfer_text(size, time.monotonic() - start),
+        )
         self._after_save(path)
 
     def _next_save_path(self, taken: PurePosixPath) -> PurePosixPath:

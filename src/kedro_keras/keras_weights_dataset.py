@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import uuid
 from contextlib import contextmanager
 from copy import deepcopy
@@ -250,10 +251,12 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             )
 
         visited: set[int] = set()
+        start, sizes = time.monotonic(), []
 
         def fill(model: keras.Model) -> None:
             try:
                 with self._location.open_read(weights_path) as file:
+                    sizes.append(_preview.file_size(file))
                     if not visited:  # the first pass; a second loads only the optimizer
                         mismatch = _weights.describe_weight_mismatch(model, stored_variable_groups(file))
                         if mismatch:
@@ -285,7 +288,12 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
         else:
             model = self._rebuild_from_saved_architecture(weights_path, fill)
-        logger.info("Loaded weights from %s into model '%s'", url, model.name)
+        logger.info(
+            "Loaded weights from %s into model '%s': %s",
+            url,
+            model.name,
+            _preview.transfer_text(sizes[0] if sizes else None, time.monotonic() - start),
+        )
         return model
 
     def _rebuild_from_saved_architecture(
@@ -356,6 +364,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             self._save_sharded(data, weights_path)
             return
         architecture_path = _architecture_path(weights_path)
+        start = time.monotonic()
         try:
             # Both files are published only if both were written in full.
             with (
@@ -364,13 +373,19 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             ):
                 architecture_file.write(_weights.architecture_json(data).encode())
                 _weights.write_weights(data, weights_file, **self._save_args)
+                size = _preview.file_size(weights_file)
         except Exception as exc:
             raise DatasetError(
                 f"Could not save the weights of model '{data.name}' to '{url}': {exc}. "
                 "Any weights previously saved there are unchanged."
             ) from exc
         self._location.invalidate_cache(weights_path)
-        logger.info("Saved weights of model '%s' to %s", data.name, url)
+        logger.info(
+            "Saved weights of model '%s' to %s: %s",
+            data.name,
+            url,
+            _preview.transfer_text(size, time.monotonic() - start),
+        )
 
     # Sharded weights: a .weights.json index plus shards beside it ---------
 
