@@ -187,3 +187,31 @@ def test_kedro_viz_build_holds_a_preview_of_each_model(digits):
     assert previews["classifier_saved_model"]["format"] == "tf_saved_model"
     assert previews["classifier.onnx"]["format"] == "onnx"
     assert previews["classifier_checkpoints"]["checkpoints"] == "none yet"  # removed when training ended
+
+
+def test_kedro_keras_commands_list_inspect_and_verify(digits):
+    """`kedro keras ...` in the project, as a user types it."""
+    import json
+
+    out = kedro(digits, "keras", "list", "--json").stdout
+    # The project's logging.yml writes Kedro's log lines to stdout too: the JSON is the last block.
+    listed = {row["name"]: row for row in json.loads(out[out.rindex("\n[\n") :])}
+    assert set(listed) == {*MODELS, *EXPORTS, "classifier_checkpoints"}
+    assert listed["classifier_model"]["type"] == "KerasModelDataset"  # an entry of the dataset factory
+    assert listed["classifier_model"]["versions"] == "1, newest first"
+
+    shown = kedro(digits, "keras", "inspect", "classifier_model").stdout
+    rows = dict(line.split("\t", 1) for line in shown.splitlines() if "\t" in line)
+    assert rows["model"] == "digits_cnn (Functional)" and rows["layer hidden"] == "Dense, 32,832 parameters"
+
+    weights = digits / "data" / "06_models" / "classifier.weights.h5"
+    assert "classifier_weights: intact" in kedro(digits, "keras", "verify", "classifier_weights").stdout
+    original = weights.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0xFF
+    try:
+        weights.write_bytes(bytes(damaged))
+        broken = kedro(digits, "keras", "verify", "classifier_weights", check=False)
+        assert broken.returncode == 1 and "classifier_weights: DAMAGED" in broken.stderr, broken.stderr
+    finally:
+        weights.write_bytes(original)
