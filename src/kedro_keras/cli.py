@@ -3,6 +3,8 @@
     kedro keras list                  every kedro-keras entry: type, path, versions, size, saved with
     kedro keras inspect NAME          the entry's preview (what Kedro-Viz shows) as a table
     kedro keras verify NAME           the checksums a load would check, without building the model
+    kedro keras prune NAME --keep-last N [--older-than DAYS] [--dry-run]
+                                      remove old versions (never the newest)
 
 A ``kedro.project_commands`` plugin. Kedro imports this module for every
 ``kedro`` command in a project, so it imports only click here; Kedro's
@@ -83,6 +85,81 @@ def verify_entry(name: str, version: str | None, env: str | None) -> None:
         click.echo(f"{name}: DAMAGED: {exc}", err=True)
         sys.exit(1)
     click.echo(f"{name}: intact ({what})")
+
+
+@keras_commands.command(name="prune")
+@click.argument("name")
+@click.option(
+    "--keep-last", type=click.IntRange(min=1), required=True, help="Versions to keep, newest first."
+)
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Remove only versions older than this many days.",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@_ENV
+def prune_entry(name: str, keep_last: int, older_than: float | None, dry_run: bool, env: str | None) -> None:
+    """Remove NAME's old versions, keeping the newest KEEP_LAST (Kedro never
+    prunes versions itself). For versioned: true entries, histories and
+    checkpoints; the newest version is never removed."""
+    import time
+
+    dataset = _entry(name, env, None)
+    versions = _versions_of(dataset, name)  # newest first: (version, remove, seconds since saved)
+    now = time.time()
+    doomed = [
+        (version, remove)
+        for version, remove, saved_at in versions[keep_last:]
+        if older_than is None or (saved_at is not None and now - saved_at > older_than * 86400)
+    ]
+    for version, remove in doomed:
+        if not dry_run:
+            remove()
+        click.echo(f"{'would remove' if dry_run else 'removed'} {name} version {version}")
+    click.echo(
+        f"{name}: {len(versions) - (0 if dry_run else len(doomed))} version(s) kept of {len(versions)}"
+    )
+
+
+def _versions_of(dataset: Any, name: str) -> list[tuple[str, Any, float | None]]:
+    """Newest first: each version, how to remove it, when it was saved."""
+    kind = type(dataset).__name__
+    location = dataset._location
+    if kind == "KerasCheckpointDataset":
+        return [(v, lambda v=v: dataset._remove(v), None) for v in dataset.versions()]
+    if getattr(dataset, "_version", None) is None:
+        raise click.ClickException(f"'{name}' keeps one file, not versions: add versioned: true to prune it.")
+    paths = sorted(
+        dataset._glob(str(dataset._get_versioned_path("*"))), key=dataset._get_version_from_path, reverse=True
+    )
+    found = []
+    for path in paths:
+        # A Kedro version is a folder holding the file; a history's version is the file itself.
+        target = path if kind == "KerasTimestampedModelDataset" else str(_parent(path))
+        found.append(
+            (
+                dataset._get_version_from_path(path),
+                lambda target=target: location.fs.rm(target, recursive=True),
+                _saved_at(location, path),
+            )
+        )
+    return found
+
+
+def _parent(path: str) -> Any:
+    from pathlib import PurePosixPath
+
+    return PurePosixPath(path).parent
+
+
+def _saved_at(location: Any, path: str) -> float | None:
+    try:
+        modified = location.fs.modified(path)
+    except Exception:  # noqa: BLE001 - a filesystem without times: age unknown, kept by --older-than
+        return None
+    return modified.timestamp()
 
 
 def _our_entries(env: str | None) -> list[tuple[str, Any]]:

@@ -215,3 +215,26 @@ def test_kedro_keras_commands_list_inspect_and_verify(digits):
         assert broken.returncode == 1 and "classifier_weights: DAMAGED" in broken.stderr, broken.stderr
     finally:
         weights.write_bytes(original)
+
+
+def test_kedro_keras_prune_keeps_the_newest_versions(digits):
+    """Old versions made by copying the run's own (older timestamps), then
+    pruned as a user would: a dry run first, then for real."""
+    import shutil
+
+    models = digits / "data" / "06_models" / "classifier.keras"
+    (newest,) = [p.name for p in models.iterdir()]
+    old = ["2020-01-01T00.00.00.000Z", "2021-01-01T00.00.00.000Z"]
+    for version in old:
+        shutil.copytree(models / newest, models / version)
+
+    dry = kedro(digits, "keras", "prune", "classifier_model", "--keep-last", "2", "--dry-run").stdout
+    assert f"would remove classifier_model version {old[0]}" in dry and old[1] not in dry
+    assert len(list(models.iterdir())) == 3
+
+    done = kedro(digits, "keras", "prune", "classifier_model", "--keep-last", "1").stdout
+    assert "classifier_model: 1 version(s) kept of 3" in done
+    assert [p.name for p in models.iterdir()] == [newest]
+
+    refused = kedro(digits, "keras", "prune", "classifier_weights", "--keep-last", "1", check=False)
+    assert refused.returncode != 0 and "keeps one file, not versions" in refused.stderr
