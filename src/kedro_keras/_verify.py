@@ -1,5 +1,6 @@
-"""``kedro keras verify``: a stored model checked against its checksums,
-read once front to back, without building it.
+"""``kedro keras verify`` and ``diff``: a stored model checked against its
+checksums, read once front to back, and two stored models compared array
+by array, without building either.
 
 A ``.keras`` archive: every member's zip CRC-32. A ``.h5``/``.weights.h5``
 we wrote: the CRC-32 of our trailer; one written elsewhere has none, and
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+from contextlib import contextmanager
 from pathlib import PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
-from kedro_keras._archive import ZIP_SIGNATURE
-from kedro_keras._h5 import CHUNK, CorruptFileError, Window, check_all_datasets, h5_window
+from kedro_keras._archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader
+from kedro_keras._h5 import CHUNK, CorruptFileError, Window, array_headers, check_all_datasets, h5_window
 
 
 def verify_dataset(dataset: Any) -> str:
@@ -90,3 +92,59 @@ def _verify_export_folder(dataset: Any, folder: PurePosixPath) -> str:
         if size != expected["size"] or digest.hexdigest() != expected["sha256"]:
             raise CorruptFileError(f"'{manifest['export']}/{name}' does not match its size and SHA-256")
     return f"{len(manifest['files'])} files against their SHA-256"
+
+
+def diff_files(first: IO[bytes], second: IO[bytes]) -> list[dict[str, str]]:
+    """Per variable group (a layer's, the optimizer's), what differs between
+    two stored models: groups added or removed, shapes changed, and for
+    arrays of one shape the largest absolute difference. Arrays are read one
+    pair at a time, so memory stays at the largest array, not the model."""
+    import h5py
+    import numpy as np
+
+    with (
+        _weights_image(first) as a,
+        _weights_image(second) as b,
+        h5py.File(a, "r") as h5_a,
+        h5py.File(b, "r") as h5_b,
+    ):
+        groups_a, groups_b = array_headers(a), array_headers(b)
+        rows = []
+        for group in sorted(set(groups_a) | set(groups_b)):
+            if group not in groups_b:
+                rows.append({"group": group, "change": "removed"})
+                continue
+            if group not in groups_a:
+                rows.append({"group": group, "change": "added"})
+                continue
+            shapes_a = {key: shape for key, (shape, _) in groups_a[group].items()}
+            shapes_b = {key: shape for key, (shape, _) in groups_b[group].items()}
+            if shapes_a != shapes_b:
+                rows.append({"group": group, "change": f"shapes {_shapes(shapes_a)} -> {_shapes(shapes_b)}"})
+                continue
+            largest = 0.0
+            for key in shapes_a:
+                left = np.asarray(h5_a[f"{group}/vars/{key}"][()], dtype="float64")
+                right = np.asarray(h5_b[f"{group}/vars/{key}"][()], dtype="float64")
+                if left.size:
+                    largest = max(largest, float(np.max(np.abs(left - right))))
+            rows.append(
+                {"group": group, "change": "same" if largest == 0 else f"max |difference| {largest:.6g}"}
+            )
+    return rows
+
+
+def _shapes(shapes: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(str(tuple(shapes[key])) for key in sorted(shapes, key=lambda k: (len(k), k)))
+
+
+@contextmanager
+def _weights_image(file: IO[bytes]) -> Iterator[IO[bytes]]:
+    """The HDF5 image of a ``.keras`` archive's weights, or of a ``.weights.h5``."""
+    head = file.read(len(ZIP_SIGNATURE))
+    file.seek(0)
+    if head != ZIP_SIGNATURE:
+        yield h5_window(file)
+        return
+    with zipfile.ZipFile(file) as archive, _member_reader(archive, file, WEIGHTS_MEMBER) as member:
+        yield member

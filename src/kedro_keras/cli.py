@@ -5,6 +5,7 @@
     kedro keras verify NAME           the checksums a load would check, without building the model
     kedro keras prune NAME --keep-last N [--older-than DAYS] [--dry-run]
                                       remove old versions (never the newest)
+    kedro keras diff NAME V1 V2       per layer: shape changes, largest absolute weight difference
 
 A ``kedro.project_commands`` plugin. Kedro imports this module for every
 ``kedro`` command in a project, so it imports only click here; Kedro's
@@ -121,6 +122,39 @@ def prune_entry(name: str, keep_last: int, older_than: float | None, dry_run: bo
     click.echo(
         f"{name}: {len(versions) - (0 if dry_run else len(doomed))} version(s) kept of {len(versions)}"
     )
+
+
+@keras_commands.command(name="diff")
+@click.argument("name")
+@click.argument("first")
+@click.argument("second")
+@_ENV
+@_JSON
+def diff_versions(name: str, first: str, second: str, env: str | None, as_json: bool) -> None:
+    """Compare versions FIRST and SECOND of NAME, layer by layer: groups added
+    or removed, shapes changed, and the largest absolute weight difference."""
+    from kedro_keras._verify import diff_files
+
+    dataset = _entry(name, env, None)
+    paths = [_version_path(dataset, name, version) for version in (first, second)]
+    location = dataset._location
+    with location.open_read(paths[0]) as one, location.open_read(paths[1]) as other:
+        rows = diff_files(one, other)
+    _print(rows, ["group", "change"], as_json, title=f"{name}: {first} -> {second}")
+
+
+def _version_path(dataset: Any, name: str, version: str) -> Any:
+    if type(dataset).__name__ == "KerasCheckpointDataset":
+        path = dataset._model_path(version)
+    elif getattr(dataset, "_version", None) is None:
+        raise click.ClickException(
+            f"'{name}' keeps one file, not versions: add versioned: true to compare them."
+        )
+    else:
+        path = dataset._get_versioned_path(version)
+    if not dataset._location.exists(path):
+        raise click.ClickException(f"'{name}' has no version '{version}' (kedro keras list shows them).")
+    return path
 
 
 def _versions_of(dataset: Any, name: str) -> list[tuple[str, Any, float | None]]:

@@ -228,6 +228,13 @@ def test_kedro_keras_prune_keeps_the_newest_versions(digits):
     for version in old:
         shutil.copytree(models / newest, models / version)
 
+    # A copy differs in nothing, layer by layer.
+    diff = kedro(digits, "keras", "diff", "classifier_model", old[0], newest).stdout
+    changes = dict(
+        line.split("\t", 1) for line in diff.splitlines() if line.startswith(("layers/", "optimizer"))
+    )
+    assert "layers/dense" in changes and set(changes.values()) == {"same"}, diff
+
     dry = kedro(digits, "keras", "prune", "classifier_model", "--keep-last", "2", "--dry-run").stdout
     assert f"would remove classifier_model version {old[0]}" in dry and old[1] not in dry
     assert len(list(models.iterdir())) == 3

@@ -1,0 +1,81 @@
+"""Checking a stored model against its checksums, and comparing two stored
+models array by array, without building either (kedro keras verify, diff)."""
+
+from __future__ import annotations
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from kedro_keras import KerasModelDataset, KerasTimestampedModelDataset, KerasWeightsDataset
+from kedro_keras._h5 import CorruptFileError
+from kedro_keras._verify import diff_files, verify_dataset, verify_file
+
+
+def model_of(width, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(width)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((4, 4)), np.ones((4, 1)), verbose=0)
+    return model
+
+
+def flip_a_byte_in_the_middle(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
+def test_an_intact_file_passes_and_a_flipped_byte_is_found(tmp_path, suffix):
+    path = tmp_path / f"m{suffix}"
+    dataset = (KerasModelDataset if suffix == ".keras" else KerasWeightsDataset)(filepath=str(path))
+    dataset.save(model_of(64))
+    assert "CRC-32" in verify_dataset(dataset)
+    flip_a_byte_in_the_middle(path)
+    with pytest.raises(CorruptFileError, match="CRC"):
+        verify_dataset(dataset)
+
+
+def test_a_file_written_elsewhere_has_only_its_headers_checked(tmp_path):
+    path = tmp_path / "plain.weights.h5"
+    model_of(8).save_weights(str(path))  # Keras's own writer: no trailer of ours
+    with open(path, "rb") as file:
+        assert verify_file(file, str(path)).startswith("no checksum recorded")
+
+
+def test_diff_names_changed_shapes_and_the_largest_difference(tmp_path):
+    history = KerasTimestampedModelDataset(filepath=str(tmp_path / "h"))
+    first, second, wider = model_of(8, seed=1), model_of(8, seed=2), model_of(16, seed=1)
+    for model in (first, second, wider):
+        history.save(model)
+    newest, middle, oldest = (tmp_path / "h" / f"model_{v}.keras" for v in history.versions())
+
+    with open(oldest, "rb") as a, open(middle, "rb") as b:
+        rows = {row["group"]: row["change"] for row in diff_files(a, b)}
+    expected = np.max(np.abs(np.asarray(first.layers[1].kernel) - np.asarray(second.layers[1].kernel)))
+    bias = np.max(np.abs(np.asarray(first.layers[1].bias) - np.asarray(second.layers[1].bias)))
+    assert rows["layers/dense"] == f"max |difference| {max(expected, bias):.6g}"
+
+    with open(oldest, "rb") as a, open(newest, "rb") as b:
+        rows = {row["group"]: row["change"] for row in diff_files(a, b)}
+    assert rows["layers/dense"] == "shapes (4, 8), (8,) -> (4, 16), (16,)"
+
+    with open(oldest, "rb") as a, open(oldest, "rb") as b:
+        assert {row["change"] for row in diff_files(a, b)} == {"same"}
+
+
+def test_diff_reads_weights_files_too(tmp_path):
+    paths = [tmp_path / "a.weights.h5", tmp_path / "b.weights.h5"]
+    KerasWeightsDataset(filepath=str(paths[0])).save(model_of(8, seed=1))
+    KerasWeightsDataset(filepath=str(paths[1])).save(model_of(8, seed=1))
+    with h5py.File(paths[1], "r+") as h5:
+        h5["layers/dense_1/vars/1"][...] = (
+            5.0  # the output bias, changed in place (the trailer is then stale)
+        )
+    with open(paths[0], "rb") as a, open(paths[1], "rb") as b:
+        rows = {row["group"]: row["change"] for row in diff_files(a, b)}
+    assert rows["layers/dense"] == "same" and rows["layers/dense_1"].startswith("max |difference| ")
