@@ -35,7 +35,7 @@ TORCH_VERSION := 2.13.0
 # code involved).
 DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py
 
-.PHONY: lint test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo bench fuzz clean
+.PHONY: lint test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo bench screenshot fuzz clean
 
 $(STAMP): pyproject.toml examples/digits/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -143,6 +143,12 @@ bench: export KEDRO_DISABLE_TELEMETRY = 1
 bench: $(STAMP) benchmarks/requirements.txt
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# docs/img/kedro-viz-preview.png, after `make demo`: Kedro-Viz's panel for the
+# digits model with its preview (needs Debian's chromium-headless-shell).
+screenshot: $(STAMP)
+	$(BIN)/python -m pip install --quiet pillow
+	$(BIN)/python docs/screenshot.py
 
 # The fuzz tests only, 5,000 damaged files per format (make test runs 400).
 fuzz: export KERAS_BACKEND = tensorflow

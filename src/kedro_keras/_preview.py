@@ -30,7 +30,10 @@ DEFAULT_LAYERS_SHOWN = 20
 
 
 def table(rows: list[Row]) -> TablePreview:
-    """Rows in the ``split`` layout Kedro-Viz renders (pandas' ``to_dict("split")``)."""
+    """Rows in the ``split`` layout Kedro-Viz renders (pandas' ``to_dict("split")``).
+    The path goes last: Kedro-Viz's panel shows it already, and its preview
+    box shows the first rows only."""
+    rows = [row for row in rows if row[0] != "path"] + [row for row in rows if row[0] == "path"]
     return TablePreview(
         {"index": list(range(len(rows))), "columns": ["property", "value"], "data": [list(r) for r in rows]}
     )
