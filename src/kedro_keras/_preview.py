@@ -143,6 +143,10 @@ def size_row(nbytes: int | None) -> list[Row]:
     return [] if nbytes is None else [("file size", _size(nbytes))]
 
 
+def size_text(nbytes: int | None) -> str:
+    return "?" if nbytes is None else _size(nbytes)
+
+
 def _is_optimizer(path: str) -> bool:
     return path == OPTIMIZER_GROUP or path.startswith(f"{OPTIMIZER_GROUP}/")
 

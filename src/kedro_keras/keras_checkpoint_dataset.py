@@ -20,6 +20,7 @@ from kedro_keras._files import Location
 from kedro_keras._h5 import CorruptFileError, stored_variable_groups
 from kedro_keras._preview import TablePreview
 from kedro_keras.keras_model_dataset import KerasModelDataset
+from kedro_keras.keras_timestamped_model_dataset import check_keep_last
 
 if TYPE_CHECKING:
     import keras
@@ -156,12 +157,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
                 f"'{filepath}' looks like a model file. Name a folder, e.g. "
                 "'data/06_models/classifier_checkpoints'."
             )
-        if keep_last is not None and (
-            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
-        ):
-            raise DatasetError(
-                f"keep_last must be a whole number of at least 1 (or null); got {keep_last!r}."
-            )
+        check_keep_last(keep_last)
         if save_freq != "epoch" and (
             isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
         ):

@@ -376,13 +376,10 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         rows = [("versions", f"{len(paths)}, newest first" if paths else "none yet")]
         for path in paths[:5]:  # one small request each on an object store
             size = self._location.fs.info(str(path)).get("size")
-            rows.append((f"version {self._get_version_from_path(path)}", _preview.size_row(size)[0][1]))
+            rows.append((f"version {self._get_version_from_path(path)}", _preview.size_text(size)))
         if len(paths) > 5:
             rows.append(("older versions", f"{len(paths) - 5} more"))
         return rows
-
-    def _get_version_from_path(self, path: str) -> str:
-        return PurePosixPath(path).parent.name
 
     def _exists(self) -> bool:
         try:

@@ -101,12 +101,7 @@ class KerasTimestampedModelDataset(KerasModelDataset):
             DatasetError: ``filepath`` names a file, ``keep_last`` is not a
                 positive whole number, or ``load_version`` is malformed.
         """
-        if keep_last is not None and (
-            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
-        ):
-            raise DatasetError(
-                f"keep_last must be a whole number of at least 1 (or null); got {keep_last!r}."
-            )
+        check_keep_last(keep_last)
         for pinned in (load_version, version.load if version else None):
             if pinned is not None:
                 _check_version_string(pinned)
@@ -250,6 +245,14 @@ class KerasTimestampedModelDataset(KerasModelDataset):
                 continue  # another process pruned it first
             logger.info("Removed old model %s (keep_last=%d)", self._location.url(old), self._keep_last)
         self._location.invalidate_cache(self._filepath)
+
+
+def check_keep_last(keep_last: object) -> None:
+    """``keep_last`` of a history or of checkpoints: a whole number >= 1, or None."""
+    if keep_last is not None and (
+        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
+    ):
+        raise DatasetError(f"keep_last must be a whole number of at least 1 (or null); got {keep_last!r}.")
 
 
 def _version_of(path: str | PurePosixPath) -> str:
