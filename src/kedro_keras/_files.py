@@ -23,6 +23,8 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
 from kedro.io.core import Version, get_protocol_and_path
 
+from kedro_keras import _progress
+from kedro_keras._progress import NO_PROGRESS, Transfer, _NoProgress
 from kedro_keras._remote import SINGLE_PUT_LIMIT, FileChangedError, GatherBuffer, RemoteReader
 from kedro_keras._s3 import bound_retries, multipart_put, single_put
 
@@ -61,6 +63,7 @@ class Location:
         credentials = deepcopy(credentials) or {}
 
         self.stall_seconds = float(fs_args.pop("stall_timeout", DEFAULT_STALL_SECONDS))
+        self.shows_progress = _progress.wanted(fs_args.pop("progress", True))
 
         self.protocol, path = get_protocol_and_path(filepath, version)
         if self.protocol == "file":
@@ -155,7 +158,11 @@ class Location:
             if not isinstance(file, AbstractBufferedFile):  # memory://, sftp, ...: its own reads
                 yield file
                 return
-            with RemoteReader(file, self.stall_seconds) as reader:
+            with (
+                RemoteReader(file, self.stall_seconds) as reader,
+                self._progress("Loading", path, reader.size) as progress,
+            ):
+                reader.progress = progress
                 yield reader
 
     @contextmanager
@@ -189,19 +196,27 @@ class Location:
         gathered = GatherBuffer()
         yield gathered
         self._refuse_existing(path, exclusive)
-        put = (single_put if gathered.size <= SINGLE_PUT_LIMIT else multipart_put)(self.fs)
-        if put is not None and not self.open_args_save:
-            put(path, gathered, exclusive, self.stall_seconds)
-            return
-        file = self.fs.open(path, mode="wb", autocommit=False, **self.open_args_save)
-        try:
-            for piece in gathered.pieces():
-                file.write(piece)
-            file.close()
-        except BaseException:
-            file.discard()
-            raise
-        file.commit()
+        with self._progress("Saving", path, gathered.size) as progress:
+            gathered.progress = progress
+            put = (single_put if gathered.size <= SINGLE_PUT_LIMIT else multipart_put)(self.fs)
+            if put is not None and not self.open_args_save:
+                put(path, gathered, exclusive, self.stall_seconds)
+                return
+            file = self.fs.open(path, mode="wb", autocommit=False, **self.open_args_save)
+            try:
+                for piece in gathered.pieces():
+                    file.write(piece)
+                    progress.at(file.tell())
+                file.close()
+            except BaseException:
+                file.discard()
+                raise
+            file.commit()
+
+    def _progress(self, verb: str, path: str | PurePosixPath, size: int) -> Transfer | _NoProgress:
+        if not self.shows_progress or self.is_local:
+            return NO_PROGRESS
+        return Transfer(verb, self.url(path), size)
 
     def _refuse_existing(self, path: str, exclusive: bool) -> None:
         if exclusive:

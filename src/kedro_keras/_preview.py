@@ -22,6 +22,7 @@ from kedro_keras._archive import (
     _read_small_member,
 )
 from kedro_keras._h5 import OPTIMIZER_GROUP, array_headers
+from kedro_keras._progress import size_text
 
 TablePreview = NewType("TablePreview", dict)
 
@@ -67,7 +68,7 @@ def model_rows(
     inner = config.get("config") or {}
     if config:
         rows.append(("model", f"{inner.get('name', '?')} ({config.get('class_name', '?')})"))
-    rows.append(("parameters", f"{params:,} ({_size(nbytes)})"))
+    rows.append(("parameters", f"{params:,} ({size_text(nbytes)})"))
     layer_configs = [
         layer.get("config") or {} for layer in inner.get("layers") or [] if isinstance(layer, dict)
     ]
@@ -86,7 +87,7 @@ def model_rows(
         rows.append(
             (
                 "optimizer state",
-                f"{optimizer_name or 'stored'}: {sum(len(a) for a in optimizer.values())} arrays ({_size(size)})",
+                f"{optimizer_name or 'stored'}: {sum(len(a) for a in optimizer.values())} arrays ({size_text(size)})",
             )
         )
     else:
@@ -140,11 +141,7 @@ def saved_with_rows(metadata: dict[str, Any]) -> list[Row]:
 
 
 def size_row(nbytes: int | None) -> list[Row]:
-    return [] if nbytes is None else [("file size", _size(nbytes))]
-
-
-def size_text(nbytes: int | None) -> str:
-    return "?" if nbytes is None else _size(nbytes)
+    return [] if nbytes is None else [("file size", size_text(nbytes))]
 
 
 def _is_optimizer(path: str) -> bool:
@@ -177,14 +174,6 @@ def _policy_name(dtype: Any) -> str | None:
     return str(dtype) if dtype else None
 
 
-def transfer_text(nbytes: int | None, seconds: float) -> str:
-    """ "12.3 MB in 0.45 s, 27.3 MB/s", for the save and load log lines."""
-    if nbytes is None:
-        return f"in {seconds:.2f} s"
-    rate = f", {_size(nbytes / seconds)}/s" if seconds > 0 else ""
-    return f"{_size(nbytes)} in {seconds:.2f} s{rate}"
-
-
 def file_size(file: IO[bytes]) -> int | None:
     """The size of an open seekable file, its position kept."""
     try:
@@ -194,15 +183,6 @@ def file_size(file: IO[bytes]) -> int | None:
         return size
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _size(nbytes: float) -> str:
-    unit = "bytes"
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if nbytes < 1000 or unit == "GB":
-            break
-        nbytes /= 1000
-    return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
 
 
 def safely(rows: list[Row], read: Any) -> list[Row]:

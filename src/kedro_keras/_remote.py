@@ -16,6 +16,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from kedro_keras._progress import NO_PROGRESS, Transfer, _NoProgress
 from kedro_keras._s3 import stream_opener
 
 # --------------------------------------------------------------------------
@@ -104,6 +105,8 @@ class RemoteReader(_SizedFile):
         self._small: OrderedDict[int, bytes] = OrderedDict()
         self._small_bytes = 0
         self._held: dict[int, memoryview] = {}
+        self.progress: Transfer | _NoProgress = NO_PROGRESS
+        self._delivered = 0
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
@@ -111,6 +114,9 @@ class RemoteReader(_SizedFile):
         with _garbage_collection_paused():
             self._read_at(self._position, view)
         self._position += view.nbytes
+        # Bytes handed over, not the position: a model is read from its end first.
+        self._delivered += view.nbytes
+        self.progress.at(self._delivered)
         return view.nbytes
 
     def close(self) -> None:
@@ -333,6 +339,8 @@ class GatherBuffer(_SizedFile):
         self._starts: list[int] = []
         self.size = 0
         self._position = 0
+        # Told how far an upload, which reads the file, has got.
+        self.progress: Transfer | _NoProgress = NO_PROGRESS
 
     def writable(self) -> bool:
         return True
@@ -407,6 +415,7 @@ class GatherBuffer(_SizedFile):
             target[done : done + count] = piece[offset : offset + count]
             done += count
             position += count
+        self.progress.at(position)
         return done
 
     def _piece_at(self, position: int) -> int:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _archive, _imports, _legacy_h5, _preview
+from kedro_keras import _archive, _imports, _legacy_h5, _preview, _progress
 from kedro_keras._files import Location
 from kedro_keras._h5 import HDF5_SIGNATURE, CorruptFileError
 from kedro_keras._preview import TablePreview
@@ -229,7 +229,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             model.name,
             url,
             origin,
-            _preview.transfer_text(size, time.monotonic() - start),
+            _progress.transfer_text(size, time.monotonic() - start),
         )
         return model
 
@@ -327,7 +327,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             "Saved Keras model '%s' to %s: %s",
             data.name,
             url,
-            _preview.transfer_text(size, time.monotonic() - start),
+            _progress.transfer_text(size, time.monotonic() - start),
         )
         self._after_save(path)
 
@@ -376,7 +376,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         rows = [("versions", f"{len(paths)}, newest first" if paths else "none yet")]
         for path in paths[:5]:  # one small request each on an object store
             size = self._location.fs.info(str(path)).get("size")
-            rows.append((f"version {self._get_version_from_path(path)}", _preview.size_text(size)))
+            rows.append((f"version {self._get_version_from_path(path)}", _progress.size_text(size)))
         if len(paths) > 5:
             rows.append(("older versions", f"{len(paths) - 5} more"))
         return rows

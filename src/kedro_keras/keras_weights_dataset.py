@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _imports, _keras_build, _preview, _sharded, _weights
+from kedro_keras import _imports, _keras_build, _preview, _progress, _sharded, _weights
 from kedro_keras._files import Location
 from kedro_keras._h5 import CorruptFileError, ShardReadError, stored_variable_groups
 from kedro_keras._preview import TablePreview
@@ -292,7 +292,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             "Loaded weights from %s into model '%s': %s",
             url,
             model.name,
-            _preview.transfer_text(sizes[0] if sizes else None, time.monotonic() - start),
+            _progress.transfer_text(sizes[0] if sizes else None, time.monotonic() - start),
         )
         return model
 
@@ -384,7 +384,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             "Saved weights of model '%s' to %s: %s",
             data.name,
             url,
-            _preview.transfer_text(size, time.monotonic() - start),
+            _progress.transfer_text(size, time.monotonic() - start),
         )
 
     # Sharded weights: a .weights.json index plus shards beside it ---------

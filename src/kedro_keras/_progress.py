@@ -1,0 +1,151 @@
+"""Progress of long transfers to and from remote filesystems.
+
+A 5 GB upload that says nothing for a minute looks like a hang. Transfers
+of at least ``SHOWN_FROM_BYTES``, or still running after
+``SHOWN_AFTER_SECONDS``, show a rich progress bar when Kedro's console is a
+terminal (or a notebook) and an INFO log line every ``LOG_EVERY_SECONDS``
+otherwise. Local files never do: they are as fast as the disk. Turned off
+per entry with ``fs_args: {progress: false}``, or everywhere with the
+environment variable ``KEDRO_KERAS_PROGRESS=0``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SHOWN_FROM_BYTES = 100 * 10**6
+SHOWN_AFTER_SECONDS = 5.0
+LOG_EVERY_SECONDS = 10.0
+_OFF = {"0", "false", "no", "off"}
+
+
+def wanted(option: Any) -> bool:
+    """Whether an entry shows progress: its ``fs_args.progress`` (default
+    on), unless ``KEDRO_KERAS_PROGRESS`` turns it off everywhere."""
+    if os.environ.get("KEDRO_KERAS_PROGRESS", "").strip().lower() in _OFF:
+        return False
+    if isinstance(option, str):
+        return option.strip().lower() not in _OFF
+    return bool(option)
+
+
+class Transfer:
+    """One transfer's progress, told how far it is with ``at(done)`` from
+    any thread (uploads run on fsspec's event-loop thread)."""
+
+    def __init__(self, verb: str, url: str, total: int) -> None:
+        self.verb, self.url, self.total = verb, url, total
+        self._started = time.monotonic()
+        self._lock = threading.Lock()
+        self._shown = False
+        self._bar: Any = None
+        self._task: Any = None
+        self._logged_at = 0.0
+        self._done = 0
+
+    def at(self, done: int) -> None:
+        """``done`` of ``total`` bytes have moved (it may go back: a retried request)."""
+        now = time.monotonic()
+        with self._lock:
+            self._done = min(done, self.total)
+            if not self._shown:
+                if self.total < SHOWN_FROM_BYTES and now - self._started < SHOWN_AFTER_SECONDS:
+                    return
+                self._show()
+            if self._bar is not None:
+                self._bar.update(self._task, completed=self._done)
+            elif now - self._logged_at >= LOG_EVERY_SECONDS:
+                self._logged_at = now
+                logger.info("%s", self._line(now))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.stop()
+                self._bar = None
+
+    def __enter__(self) -> Transfer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _show(self) -> None:
+        self._shown = True
+        console = _console()
+        if not (console.is_terminal or console.is_jupyter):
+            return
+        from rich import progress
+
+        self._bar = progress.Progress(
+            progress.TextColumn("{task.description}"),
+            progress.BarColumn(),
+            progress.DownloadColumn(),
+            progress.TransferSpeedColumn(),
+            progress.TimeRemainingColumn(),
+            console=console,
+            transient=True,  # the save/load log line that follows says it all
+        )
+        self._task = self._bar.add_task(f"{self.verb} {self.url}", total=self.total, completed=self._done)
+        self._bar.start()
+
+    def _line(self, now: float) -> str:
+        seconds = now - self._started
+        line = f"{self.verb} {self.url}: {size_text(self._done)} of {size_text(self.total)}"
+        line += f" ({100 * self._done // max(self.total, 1)} %)"
+        if seconds > 0 and self._done:
+            rate = self._done / seconds
+            line += f", {size_text(int(rate))}/s, about {(self.total - self._done) / rate:.0f} s left"
+        return line
+
+
+class _NoProgress:
+    def at(self, done: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+NO_PROGRESS = _NoProgress()
+
+
+def _console() -> Any:
+    # The console Kedro's rich log handler prints to, so log lines land
+    # above the bar instead of through it.
+    import rich
+
+    return rich.get_console()
+
+
+def size_text(nbytes: int | None) -> str:
+    return "?" if nbytes is None else _format(nbytes)
+
+
+def transfer_text(nbytes: int | None, seconds: float) -> str:
+    """ "12.3 MB in 0.45 s, 27.3 MB/s", for the save and load log lines."""
+    if nbytes is None:
+        return f"in {seconds:.2f} s"
+    rate = f", {_format(nbytes / seconds)}/s" if seconds > 0 else ""
+    return f"{_format(nbytes)} in {seconds:.2f} s{rate}"
+
+
+def _format(nbytes: float) -> str:
+    unit = "bytes"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            break
+        nbytes /= 1000
+    return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
