@@ -251,9 +251,27 @@ def test_save_and_load_each_log_one_line_with_size_time_and_rate(tmp_path, train
     assert len(saved) == 1 and re.fullmatch(
         rf"Saved weights of model 'functional' to .*: {transfer}", saved[0]
     )
+    backend = keras.backend.backend()
     assert len(loaded) == 1 and re.fullmatch(
-        rf"Loaded weights from .* into model '.*': {transfer}", loaded[0]
+        rf"Loaded weights from .* \(saved with Keras {re.escape(keras.version())} on the {backend} backend\)"
+        rf" into model '.*': {transfer}",
+        loaded[0],
     )
+
+
+def test_the_architecture_records_what_wrote_the_weights(tmp_path, trained_model):
+    dataset = KerasWeightsDataset(
+        filepath=str(tmp_path / "m.weights.h5"), save_args={"include_optimizer": False}
+    )
+    dataset.save(trained_model)
+    record = json.loads((tmp_path / "m.architecture.json").read_text())["kedro_keras"]
+    assert record["keras_version"] == keras.version() and record["backend"] == keras.backend.backend()
+    assert record["include_optimizer"] is False
+    rows = dict(dataset.preview()["data"])
+    assert rows["saved with"].startswith(
+        f"Keras {keras.version()}, {keras.backend.backend()} backend, kedro-keras "
+    )
+    assert rows["saved at"] == record["date_saved"]
 
 
 class TestKerasWeightsDatasetVersioned:

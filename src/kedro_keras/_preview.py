@@ -140,6 +140,14 @@ def saved_with_rows(metadata: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def saved_with_text(saved_with: dict[str, Any]) -> str:
+    """ " (saved with Keras 3.15.1 on the jax backend)" for load log lines, or ""."""
+    if not saved_with:
+        return ""
+    text = f" (saved with Keras {saved_with.get('keras_version', 'of an unrecorded version')}"
+    return text + (f" on the {saved_with['backend']} backend)" if "backend" in saved_with else ")")
+
+
 def size_row(nbytes: int | None) -> list[Row]:
     return [] if nbytes is None else [("file size", size_text(nbytes))]
 

@@ -63,8 +63,21 @@ def write_weights(model: keras.Model, file: IO[bytes], *, include_optimizer: boo
     write_h5_image(file, memoryview(data if include_optimizer else without_optimizer_group(data)))
 
 
-def architecture_json(model: keras.Model) -> str:
-    return model.to_json()
+def architecture_json(model: keras.Model, include_optimizer: bool = True) -> str:
+    """``model.to_json()`` plus a ``kedro_keras`` record of what wrote the
+    weights (Keras, backend, when): a weights file has no metadata of its
+    own, and ``model_from_json`` ignores keys it does not know."""
+    import json
+    from datetime import datetime, timezone
+
+    from kedro_keras._archive import kedro_keras_metadata
+
+    config = json.loads(model.to_json())
+    config["kedro_keras"] = {
+        **kedro_keras_metadata(include_optimizer),
+        "date_saved": datetime.now(timezone.utc).strftime("%Y-%m-%d@%H:%M:%S"),
+    }
+    return json.dumps(config)
 
 
 def describe_weight_mismatch(model: keras.Model, stored: Layout) -> str | None:

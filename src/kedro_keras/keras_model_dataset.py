@@ -220,15 +220,11 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             if folder:
                 raise DatasetError(folder) from exc
             raise DatasetError(_load_failure(url, exc, legacy=legacy)) from exc
-        origin = ""
-        if saved_with:  # e.g. " (saved with Keras 3.15.1 on the jax backend)"
-            origin = f" (saved with Keras {saved_with.get('keras_version', 'of an unrecorded version')}"
-            origin += f" on the {saved_with['backend']} backend)" if "backend" in saved_with else ")"
         logger.info(
             "Loaded Keras model '%s' from %s%s: %s",
             model.name,
             url,
-            origin,
+            _preview.saved_with_text(saved_with),
             _progress.transfer_text(size, time.monotonic() - start),
         )
         return model

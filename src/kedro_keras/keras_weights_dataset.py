@@ -252,6 +252,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
 
         visited: set[int] = set()
         start, sizes = time.monotonic(), []
+        saved_with: dict[str, Any] = {}
 
         def fill(model: keras.Model) -> None:
             try:
@@ -287,20 +288,26 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             # itself: build it exactly as written.
             model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
         else:
-            model = self._rebuild_from_saved_architecture(weights_path, fill)
+            model = self._rebuild_from_saved_architecture(weights_path, fill, saved_with=saved_with)
         logger.info(
-            "Loaded weights from %s into model '%s': %s",
+            "Loaded weights from %s%s into model '%s': %s",
             url,
+            _preview.saved_with_text(saved_with),
             model.name,
             _progress.transfer_text(sizes[0] if sizes else None, time.monotonic() - start),
         )
         return model
 
     def _rebuild_from_saved_architecture(
-        self, weights_path: PurePosixPath, fill: Callable[[keras.Model], None], embedded: str | None = None
+        self,
+        weights_path: PurePosixPath,
+        fill: Callable[[keras.Model], None],
+        embedded: str | None = None,
+        saved_with: dict[str, Any] | None = None,
     ) -> keras.Model:
         """Rebuild from ``embedded`` (the architecture a sharded index carries)
-        or else from the ``.architecture.json`` beside the weights."""
+        or else from the ``.architecture.json`` beside the weights; what the
+        architecture records about its writer goes into ``saved_with``."""
         try:
             custom_objects = _imports.resolve_custom_objects(self._load_args.get("custom_objects"))
         except (ValueError, ImportError) as exc:
@@ -310,8 +317,11 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         else:
             architecture, url = self._read_architecture_beside(weights_path)
         try:
+            config = json.loads(architecture)
+            if saved_with is not None and isinstance(config, dict):
+                saved_with.update(config.get("kedro_keras") or {})
             if self._load_args["safe_mode"]:
-                refuse_unsafe_config(json.loads(architecture), custom_objects)
+                refuse_unsafe_config(config, custom_objects)
             return _keras_build.build_model_and_fill(
                 architecture, fill, custom_objects=custom_objects, safe_mode=self._load_args["safe_mode"]
             )
@@ -371,7 +381,9 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 self._location.atomic_write(architecture_path) as architecture_file,
                 self._location.atomic_write(weights_path) as weights_file,
             ):
-                architecture_file.write(_weights.architecture_json(data).encode())
+                architecture_file.write(
+                    _weights.architecture_json(data, self._save_args["include_optimizer"]).encode()
+                )
                 _weights.write_weights(data, weights_file, **self._save_args)
                 size = _preview.file_size(weights_file)
         except Exception as exc:
@@ -395,6 +407,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         index = self._read_index(index_path)
         directory = index_path.parent
         self._check_shards_exist(index, directory, url)
+        saved_with: dict[str, Any] = {}
 
         def open_shard(name: str) -> Any:
             return self._location.open_read(directory / name)
@@ -424,8 +437,14 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         if self._architecture is not None:
             model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
         else:
-            model = self._rebuild_from_saved_architecture(index_path, fill, index.architecture)
-        logger.info("Loaded weights from %s (%d shards) into model '%s'", url, len(index.shards), model.name)
+            model = self._rebuild_from_saved_architecture(index_path, fill, index.architecture, saved_with)
+        logger.info(
+            "Loaded weights from %s (%d shards)%s into model '%s'",
+            url,
+            len(index.shards),
+            _preview.saved_with_text(saved_with),
+            model.name,
+        )
         return model
 
     def _read_index(self, index_path: PurePosixPath) -> _sharded.ShardedIndex:
@@ -502,7 +521,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 max_shard_size=self._save_args["max_shard_size"],
                 include_optimizer=include_optimizer,
             )
-            architecture = _weights.architecture_json(data)
+            architecture = _weights.architecture_json(data, include_optimizer)
             index_json = _sharded.sharded_index_json(index, architecture, include_optimizer=include_optimizer)
             replaced = self._shards_named_by(index_path)
             # Unless a shard of ours has that name, an empty file stands
@@ -622,6 +641,11 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         if self._location.exists(_architecture_path(path)):  # written beside the weights by every save
             config = json.loads(self._read_architecture_beside(path)[0])
             rows.append(("architecture", _architecture_path(path).name))
+            if isinstance(config, dict) and config.get("kedro_keras"):
+                record = config["kedro_keras"]
+                rows += _preview.saved_with_rows(
+                    {"kedro_keras": record, "date_saved": record.get("date_saved")}
+                )
         if self._architecture is not None:
             rows.append(("loaded into", f"the model {self._architecture} builds"))
         with self._location.open_read(path) as file:

@@ -132,21 +132,23 @@ def test_notebook_loads_all_three_entries_in_a_jupyter_kernel(digits, checkout):
     assert re.search(r"classifier_history versions, newest first: \['\d{4}-\d\d-\d\dT[\d.]+Z'\]", text)
 
 
-def test_env_s3_writes_the_models_to_s3_with_credentials_by_name(
-    tmp_path, s3_endpoint, new_bucket, s3fs_client
-):
+@pytest.fixture(scope="module")
+def digits_s3(tmp_path_factory, s3_endpoint, new_bucket):
     """What examples/digits/README.md says to do for S3: credentials.yml from
     the example file, a bucket in conf/s3/globals.yml, `kedro run --env s3`.
     ParallelRunner, too: every node in its own process."""
-    project = copy_example(tmp_path / "digits")
+    project = copy_example(tmp_path_factory.mktemp("s3") / "digits")
     bucket = new_bucket()
     (project / "conf" / "s3" / "globals.yml").write_text(f"model_bucket: {bucket}\n")
     example = (project / "conf" / "s3" / "credentials.yml.example").read_text()
     assert "model_store:" in example
     (project / "conf" / "s3" / "credentials.yml").write_text(s3_credentials_yaml("model_store", s3_endpoint))
-
     kedro(project, "run", "--env", "s3", "--runner", "ParallelRunner")
+    return project, bucket
 
+
+def test_env_s3_writes_the_models_to_s3_with_credentials_by_name(digits_s3, s3fs_client):
+    project, bucket = digits_s3
     metrics = read_json(project / "data" / "08_reporting" / "metrics.json")
     for name in MODELS + EXPORTS:
         assert metrics["accuracy"][name] >= MIN_ACCURACY, (name, metrics)
@@ -245,3 +247,93 @@ def test_kedro_keras_prune_keeps_the_newest_versions(digits):
 
     refused = kedro(digits, "keras", "prune", "classifier_weights", "--keep-last", "1", check=False)
     assert refused.returncode != 0 and "keeps one file, not versions" in refused.stderr
+
+
+def test_kedro_keras_commands_on_s3_entries(digits_s3, s3fs_client):
+    """The same commands on the `--env s3` entries: everything read from the
+    bucket, a damaged object caught, old versions compared and pruned there."""
+    import json
+
+    project, bucket = digits_s3
+    out = kedro(project, "keras", "list", "--env", "s3", "--json").stdout
+    listed = {row["name"]: row for row in json.loads(out[out.rindex("\n[\n") :])}
+    assert listed["classifier_model"]["path"].startswith(f"{bucket}/models/classifier.keras/")
+    assert listed["classifier_model"]["versions"] == "1, newest first"
+    assert listed["classifier_weights"]["size"].endswith("KB")
+    assert listed["classifier_weights"]["saved with"].startswith("Keras ")
+
+    shown = kedro(project, "keras", "inspect", "classifier_history", "-e", "s3").stdout
+    rows = dict(line.split("\t", 1) for line in shown.splitlines() if "\t" in line)
+    assert rows["model"] == "digits_cnn (Functional)" and rows["path"].startswith(f"{bucket}/models/")
+
+    name = bucket.removeprefix("s3://")
+    weights = f"{name}/models/classifier.weights.h5"
+    assert (
+        "classifier_weights: intact"
+        in kedro(project, "keras", "verify", "classifier_weights", "-e", "s3").stdout
+    )
+    original = s3fs_client.cat_file(weights)
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0xFF
+    s3fs_client.pipe_file(weights, bytes(damaged))
+    try:
+        broken = kedro(project, "keras", "verify", "classifier_weights", "-e", "s3", check=False)
+        assert broken.returncode == 1 and "classifier_weights: DAMAGED" in broken.stderr, broken.stderr
+    finally:
+        s3fs_client.pipe_file(weights, original)
+
+    models = f"{name}/models/classifier.keras"
+    (newest,) = [p.rsplit("/", 1)[-1] for p in s3fs_client.ls(models)]
+    old = "2020-01-01T00.00.00.000Z"
+    s3fs_client.copy(f"{models}/{newest}/classifier.keras", f"{models}/{old}/classifier.keras")
+    diff = kedro(project, "keras", "diff", "classifier_model", old, newest, "-e", "s3").stdout
+    changes = dict(line.split("\t", 1) for line in diff.splitlines() if line.startswith("layers/"))
+    assert changes and set(changes.values()) == {"same"}, diff
+
+    done = kedro(project, "keras", "prune", "classifier_model", "--keep-last", "1", "-e", "s3").stdout
+    assert f"removed classifier_model version {old}" in done
+    s3fs_client.invalidate_cache()
+    assert [p.rsplit("/", 1)[-1] for p in s3fs_client.ls(models)] == [newest]
+
+
+@pytest.fixture
+def kedro_logging_left_alone(monkeypatch):
+    """Kedro configures logging when a project is bootstrapped, with
+    ``logging.config.dictConfig``, which closes every log handler of the
+    process: pytest's own capture among them, so every later test fails to
+    log. In this process the records go to pytest's handlers instead."""
+    from kedro.framework.project import LOGGING
+
+    monkeypatch.setattr(LOGGING, "configure", lambda logging_config: None)
+
+
+def test_kedro_keras_commands_in_process_with_clicks_runner(digits, monkeypatch, kedro_logging_left_alone):
+    """The command group as Kedro loads it, run by Click's test runner inside
+    this process: exit codes and output as a script would see them."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kedro_keras.cli import commands
+
+    monkeypatch.chdir(digits)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    runner = CliRunner()
+
+    listed = runner.invoke(commands, ["keras", "list", "--json"], catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(
+        listed.stdout[listed.stdout.rindex("\n[\n") :] if "\n[\n" in listed.stdout else listed.stdout
+    )
+    assert {row["name"] for row in rows} == {*MODELS, *EXPORTS, "classifier_checkpoints"}
+
+    verified = runner.invoke(commands, ["keras", "verify", "classifier_onnx"])
+    assert verified.exit_code == 0 and "classifier_onnx: intact" in verified.stdout, verified.output
+
+    # (Not "..._model": the project's dataset factory "{name}_model" would make it one.)
+    unknown = runner.invoke(commands, ["keras", "inspect", "nothing_here"])
+    assert unknown.exit_code == 1
+    assert "'nothing_here' is not an entry of this project's catalog" in unknown.output
+
+    bad = runner.invoke(commands, ["keras", "prune", "classifier_model", "--keep-last", "0"])
+    assert bad.exit_code == 2 and "--keep-last" in bad.output
