@@ -41,7 +41,7 @@ _LARGER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "fmeasure")
 class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
     """Checkpoints of a model during training, in one folder, used as a node input.
 
-    Loading the entry gives a :class:`Checkpoints` handle: ``restore()`` the
+    Loading the entry gives a ``Checkpoints`` handle: ``restore()`` the
     newest checkpoint (or None), train from ``initial_epoch`` on, and pass
     ``callback()`` to ``fit``, which writes a checkpoint at the end of every
     epoch (or every ``save_freq`` batches). A killed ``kedro run`` run again
@@ -52,47 +52,47 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
     training position; a checkpoint without its record is never restored.
 
     Example usage for the
-    `YAML API <https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/>`_:
+    [YAML API](https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/):
 
-    .. code-block:: yaml
-
-        classifier_checkpoints:
-          type: kedro_keras.KerasCheckpointDataset
-          filepath: data/06_models/classifier_checkpoints   # a folder, or s3://...
-          keep_last: 3
-          monitor: val_loss      # the best by it is kept as well
+    ```yaml
+    classifier_checkpoints:
+      type: kedro_keras.KerasCheckpointDataset
+      filepath: data/06_models/classifier_checkpoints   # a folder, or s3://...
+      keep_last: 3
+      monitor: val_loss      # the best by it is kept as well
+    ```
 
     and in the node:
 
-    .. code-block:: python
-
-        def train(x, y, params, checkpoints):
-            model = checkpoints.restore() or build_classifier(params)
-            model.fit(x, y, epochs=params["epochs"], initial_epoch=checkpoints.initial_epoch,
-                      callbacks=[checkpoints.callback()])
-            return model
+    ```python
+    def train(x, y, params, checkpoints):
+        model = checkpoints.restore() or build_classifier(params)
+        model.fit(x, y, epochs=params["epochs"], initial_epoch=checkpoints.initial_epoch,
+                  callbacks=[checkpoints.callback()])
+        return model
+    ```
 
     Example usage for the
-    `Python API <https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/>`_:
+    [Python API](https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/):
 
-    .. code-block:: pycon
-
-        >>> import keras, numpy as np
-        >>> from kedro_keras import KerasCheckpointDataset
-        >>>
-        >>> dataset = KerasCheckpointDataset(filepath=tmp_path / "checkpoints", keep_last=2)
-        >>> checkpoints = dataset.load()
-        >>> model = checkpoints.restore()  # None: nothing saved yet
-        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-        >>> model.compile(optimizer="adam", loss="mse")
-        >>> x, y = np.ones((8, 3)), np.ones((8, 1))
-        >>> _ = model.fit(x, y, epochs=3, verbose=0, callbacks=[checkpoints.callback()])
-        >>> checkpoints.versions()
-        ['e00003-s0000000', 'e00002-s0000000']
-        >>> again = dataset.load()
-        >>> resumed = again.restore()
-        >>> again.initial_epoch
-        3
+    ```pycon
+    >>> import keras, numpy as np
+    >>> from kedro_keras import KerasCheckpointDataset
+    >>>
+    >>> dataset = KerasCheckpointDataset(filepath=tmp_path / "checkpoints", keep_last=2)
+    >>> checkpoints = dataset.load()
+    >>> model = checkpoints.restore()  # None: nothing saved yet
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="adam", loss="mse")
+    >>> x, y = np.ones((8, 3)), np.ones((8, 1))
+    >>> _ = model.fit(x, y, epochs=3, verbose=0, callbacks=[checkpoints.callback()])
+    >>> checkpoints.versions()
+    ['e00003-s0000000', 'e00002-s0000000']
+    >>> again = dataset.load()
+    >>> resumed = again.restore()
+    >>> again.initial_epoch
+    3
+    ```
     """
 
     # Kedro reads this as `versioned: true` on every entry, so that

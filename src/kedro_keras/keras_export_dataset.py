@@ -51,37 +51,37 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
     Keras 3's ``model.export``) loads too: see docs/migrating.md.
 
     Example usage for the
-    `YAML API <https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/>`_:
+    [YAML API](https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/):
 
-    .. code-block:: yaml
+    ```yaml
+    classifier_onnx:
+      type: kedro_keras.KerasExportDataset
+      filepath: s3://my-bucket/serving/classifier.onnx    # format from the suffix
+      versioned: true
 
-        classifier_onnx:
-          type: kedro_keras.KerasExportDataset
-          filepath: s3://my-bucket/serving/classifier.onnx    # format from the suffix
-          versioned: true
-
-        classifier_serving:
-          type: kedro_keras.KerasExportDataset
-          filepath: data/06_models/classifier_saved_model     # a folder
-          format: tf_saved_model
-          load_args:
-            safe_mode: false    # a SavedModel is a TensorFlow program: trusted folders only
+    classifier_serving:
+      type: kedro_keras.KerasExportDataset
+      filepath: data/06_models/classifier_saved_model     # a folder
+      format: tf_saved_model
+      load_args:
+        safe_mode: false    # a SavedModel is a TensorFlow program: trusted folders only
+    ```
 
     Example usage for the
-    `Python API <https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/>`_:
+    [Python API](https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/):
 
-    .. code-block:: pycon
-
-        >>> import keras, numpy as np
-        >>> from kedro_keras import KerasExportDataset
-        >>>
-        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-        >>> dataset = KerasExportDataset(filepath=tmp_path / "model_saved", format="tf_saved_model",
-        ...                              load_args={"safe_mode": False})
-        >>> dataset.save(model)
-        >>> served = dataset.load()
-        >>> served.predict(np.ones((1, 3)), verbose=0).shape
-        (1, 2)
+    ```pycon
+    >>> import keras, numpy as np
+    >>> from kedro_keras import KerasExportDataset
+    >>>
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> dataset = KerasExportDataset(filepath=tmp_path / "model_saved", format="tf_saved_model",
+    ...                              load_args={"safe_mode": False})
+    >>> dataset.save(model)
+    >>> served = dataset.load()
+    >>> served.predict(np.ones((1, 3)), verbose=0).shape
+    (1, 2)
+    ```
     """
 
     DEFAULT_LOAD_ARGS: dict[str, Any] = {"safe_mode": True}

@@ -43,41 +43,41 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
     backend.
 
     Example usage for the
-    `YAML API <https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/>`_:
+    [YAML API](https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/):
 
-    .. code-block:: yaml
+    ```yaml
+    classifier:
+      type: kedro_keras.KerasModelDataset
+      filepath: data/06_models/classifier.keras
+      versioned: true
+      load_args:
+        custom_objects:
+          Scale: my_project.layers.Scale   # import path, resolved at load
+      save_args:
+        include_optimizer: true
 
-        classifier:
-          type: kedro_keras.KerasModelDataset
-          filepath: data/06_models/classifier.keras
-          versioned: true
-          load_args:
-            custom_objects:
-              Scale: my_project.layers.Scale   # import path, resolved at load
-          save_args:
-            include_optimizer: true
-
-        remote_classifier:
-          type: kedro_keras.KerasModelDataset
-          filepath: s3://my-bucket/models/classifier.keras
-          credentials: s3_creds
+    remote_classifier:
+      type: kedro_keras.KerasModelDataset
+      filepath: s3://my-bucket/models/classifier.keras
+      credentials: s3_creds
+    ```
 
     Example usage for the
-    `Python API <https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/>`_:
+    [Python API](https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/):
 
-    .. code-block:: pycon
-
-        >>> import keras, numpy as np
-        >>> from kedro_keras import KerasModelDataset
-        >>>
-        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-        >>> model.compile(optimizer="adam", loss="mse")
-        >>> history = model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
-        >>> dataset = KerasModelDataset(filepath=tmp_path / "model.keras")
-        >>> dataset.save(model)
-        >>> reloaded = dataset.load()
-        >>> x = np.ones((2, 3))
-        >>> np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    ```pycon
+    >>> import keras, numpy as np
+    >>> from kedro_keras import KerasModelDataset
+    >>>
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="adam", loss="mse")
+    >>> history = model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
+    >>> dataset = KerasModelDataset(filepath=tmp_path / "model.keras")
+    >>> dataset.save(model)
+    >>> reloaded = dataset.load()
+    >>> x = np.ones((2, 3))
+    >>> np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    ```
     """
 
     DEFAULT_LOAD_ARGS: dict[str, Any] = {"compile": True, "safe_mode": True}

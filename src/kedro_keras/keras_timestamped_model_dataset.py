@@ -34,30 +34,30 @@ class KerasTimestampedModelDataset(KerasModelDataset):
     ``keep_last`` removes the oldest files once a new save has succeeded.
 
     Example usage for the
-    `YAML API <https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/>`_:
+    [YAML API](https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/):
 
-    .. code-block:: yaml
-
-        classifier_history:
-          type: kedro_keras.KerasTimestampedModelDataset
-          filepath: data/06_models/classifier_history   # a folder
-          keep_last: 5       # `kedro run --load-versions` pins one, versioned: true or not
+    ```yaml
+    classifier_history:
+      type: kedro_keras.KerasTimestampedModelDataset
+      filepath: data/06_models/classifier_history   # a folder
+      keep_last: 5       # `kedro run --load-versions` pins one, versioned: true or not
+    ```
 
     Example usage for the
-    `Python API <https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/>`_:
+    [Python API](https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/):
 
-    .. code-block:: pycon
-
-        >>> import keras
-        >>> from kedro_keras import KerasTimestampedModelDataset
-        >>>
-        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-        >>> history = KerasTimestampedModelDataset(filepath=tmp_path / "history", keep_last=2)
-        >>> for _ in range(3):
-        ...     history.save(model)
-        >>> len(history.versions())
-        2
-        >>> newest = history.load()
+    ```pycon
+    >>> import keras
+    >>> from kedro_keras import KerasTimestampedModelDataset
+    >>>
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> history = KerasTimestampedModelDataset(filepath=tmp_path / "history", keep_last=2)
+    >>> for _ in range(3):
+    ...     history.save(model)
+    >>> len(history.versions())
+    2
+    >>> newest = history.load()
+    ```
     """
 
     # A history is versioned by nature: Kedro reads this class attribute as

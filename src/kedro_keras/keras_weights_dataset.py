@@ -66,49 +66,49 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
     names are removed afterwards.
 
     Example usage for the
-    `YAML API <https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/>`_:
+    [YAML API](https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/):
 
-    .. code-block:: yaml
+    ```yaml
+    classifier_weights:
+      type: kedro_keras.KerasWeightsDataset
+      filepath: data/06_models/classifier.weights.h5
+      architecture: my_project.models.build_classifier   # optional
+      architecture_args:
+        n_classes: 10
 
-        classifier_weights:
-          type: kedro_keras.KerasWeightsDataset
-          filepath: data/06_models/classifier.weights.h5
-          architecture: my_project.models.build_classifier   # optional
-          architecture_args:
-            n_classes: 10
-
-        large_model_weights:               # an index plus shards of up to 2 GB each
-          type: kedro_keras.KerasWeightsDataset
-          filepath: s3://my-bucket/models/large.weights.json
-          save_args:
-            max_shard_size: 2
+    large_model_weights:               # an index plus shards of up to 2 GB each
+      type: kedro_keras.KerasWeightsDataset
+      filepath: s3://my-bucket/models/large.weights.json
+      save_args:
+        max_shard_size: 2
+    ```
 
     Example usage for the
-    `Python API <https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/>`_:
+    [Python API](https://docs.kedro.org/en/stable/catalog-data/advanced_data_catalog_usage/):
 
-    .. code-block:: pycon
-
-        >>> import keras, numpy as np
-        >>> from kedro_keras import KerasWeightsDataset
-        >>>
-        >>> def build(units=1):
-        ...     return keras.Sequential([keras.Input((3,)), keras.layers.Dense(units)])
-        >>> dataset = KerasWeightsDataset(
-        ...     filepath=tmp_path / "model.weights.h5", architecture=build, architecture_args={"units": 1}
-        ... )
-        >>> model = build()
-        >>> dataset.save(model)
-        >>> reloaded = dataset.load()
-        >>> np.testing.assert_allclose(reloaded.get_weights()[0], model.get_weights()[0])
-        >>>
-        >>> sharded = KerasWeightsDataset(  # shards of at most 10 bytes: one per array here
-        ...     filepath=tmp_path / "big.weights.json", architecture=build, save_args={"max_shard_size": 1e-8}
-        ... )
-        >>> sharded.save(model)
-        >>> np.testing.assert_allclose(sharded.load().get_weights()[0], model.get_weights()[0])
-        >>> same = build()
-        >>> same.load_weights(tmp_path / "big.weights.json")  # plain Keras reads them too
-        >>> np.testing.assert_allclose(same.get_weights()[0], model.get_weights()[0])
+    ```pycon
+    >>> import keras, numpy as np
+    >>> from kedro_keras import KerasWeightsDataset
+    >>>
+    >>> def build(units=1):
+    ...     return keras.Sequential([keras.Input((3,)), keras.layers.Dense(units)])
+    >>> dataset = KerasWeightsDataset(
+    ...     filepath=tmp_path / "model.weights.h5", architecture=build, architecture_args={"units": 1}
+    ... )
+    >>> model = build()
+    >>> dataset.save(model)
+    >>> reloaded = dataset.load()
+    >>> np.testing.assert_allclose(reloaded.get_weights()[0], model.get_weights()[0])
+    >>>
+    >>> sharded = KerasWeightsDataset(  # shards of at most 10 bytes: one per array here
+    ...     filepath=tmp_path / "big.weights.json", architecture=build, save_args={"max_shard_size": 1e-8}
+    ... )
+    >>> sharded.save(model)
+    >>> np.testing.assert_allclose(sharded.load().get_weights()[0], model.get_weights()[0])
+    >>> same = build()
+    >>> same.load_weights(tmp_path / "big.weights.json")  # plain Keras reads them too
+    >>> np.testing.assert_allclose(same.get_weights()[0], model.get_weights()[0])
+    ```
     """
 
     DEFAULT_LOAD_ARGS: dict[str, Any] = {"safe_mode": True}
