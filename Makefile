@@ -35,7 +35,7 @@ TORCH_VERSION := 2.13.0
 # code involved).
 DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py
 
-.PHONY: lint test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo bench screenshot fuzz clean
+.PHONY: lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo bench screenshot fuzz clean
 
 $(STAMP): pyproject.toml examples/digits/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,8 @@ $(STAMP): pyproject.toml examples/digits/pyproject.toml
 	# pull the GPU 'tensorflow' beside tensorflow-cpu).
 	# onnx, litert: KerasExportDataset's ONNX and LiteRT round trips.
 	# kedro-viz: tests/e2e builds the digits example's Kedro-Viz with previews.
-	$(BIN)/python -m pip install --quiet tensorflow-cpu -e ".[s3,test,onnx,litert]" -e examples/digits nbclient ipykernel "kedro-datasets>=9,<10" "kedro-viz>=12"
+	# docs: mkdocs-material and mkdocstrings, for make docs.
+	$(BIN)/python -m pip install --quiet tensorflow-cpu -e ".[s3,test,onnx,litert,docs]" -e examples/digits nbclient ipykernel "kedro-datasets>=9,<10" "kedro-viz>=12"
 	# tf-keras (Keras 2) writes the SavedModel folders tests/test_migration.py
 	# loads; --no-deps, as its 'tensorflow' would pull the GPU build beside
 	# tensorflow-cpu. Its version follows TensorFlow's.
@@ -86,9 +87,14 @@ $(TORCH_VENV)/.installed: pyproject.toml
 # Everything, under every backend: lint first (seconds), the dataset suite
 # under each backend, the real Kedro projects under TensorFlow, then files
 # moved between the backends.
-test: lint test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend
+test: lint docs test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend
 
 LINTED := src tests benchmarks examples
+
+# The documentation site (mkdocs.yml) into site/. --strict: a broken link,
+# a missing page or an API reference mkdocstrings cannot resolve fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # ruff: pyflakes, pycodestyle, import order, bugbear, and the formatter's check.
 lint: $(STAMP)
