@@ -287,6 +287,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             # A user's builder may call its model on data or set weights
             # itself: build it exactly as written.
             model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
+            saved_with.update(self._saved_with_beside(weights_path))
         else:
             model = self._rebuild_from_saved_architecture(weights_path, fill, saved_with=saved_with)
         logger.info(
@@ -332,6 +333,16 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         except Exception as exc:
             cause = unknown_class_hint(exc) or exc
             raise DatasetError(f"Cannot rebuild the model from the architecture at '{url}': {cause}") from exc
+
+    def _saved_with_beside(self, weights_path: PurePosixPath) -> dict[str, Any]:
+        """What wrote the weights, from the architecture saved beside them,
+        for the log line of a load that builds the model from a builder.
+        Never raises: that file may be absent (weights saved elsewhere)."""
+        try:
+            config = json.loads(self._read_architecture_beside(weights_path)[0])
+            return dict(config.get("kedro_keras") or {})
+        except Exception:  # noqa: BLE001 - a log line's detail only
+            return {}
 
     def _read_architecture_beside(self, weights_path: PurePosixPath) -> tuple[bytes, str]:
         architecture_path = _architecture_path(weights_path)

@@ -13,6 +13,7 @@ and do not depend on running in a particular order.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -292,3 +293,28 @@ def test_missing_credentials_are_reported_by_name(project):
         credentials.write_text(saved)
     assert result.returncode != 0
     assert "Unable to find credentials 'model_store'" in result.stdout + result.stderr
+
+
+def test_the_documented_logging_yml_shows_one_line_per_save_and_load(project, monkeypatch):
+    """A `kedro new` project given exactly the conf/logging.yml that
+    docs/viz-and-cli.md shows: Kedro's rich handler prints one line per save
+    and per load of each entry, with its path, size, time and rate."""
+    docs = (Path(__file__).parents[2] / "docs" / "viz-and-cli.md").read_text()
+    documented = re.search(r"```yaml\n# conf/logging.yml\n(.*?)```", docs, re.S).group(1)
+    logging_yml = project / "conf" / "logging.yml"
+    ours = logging_yml.read_text()
+    logging_yml.write_text(documented)
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps at the console's width
+    try:
+        out = kedro(project, "run", "--pipeline", "remote").stdout
+    finally:
+        logging_yml.write_text(ours)
+    size_and_rate = r"[\d.]+ (bytes|KB|MB) in [\d.]+ s, [\d.]+ (bytes|KB|MB)/s"
+    saved = re.findall(rf"INFO\s+Saved (?:Keras model|weights of model) '\w+' to (\S+): {size_and_rate}", out)
+    loaded = re.findall(
+        r"INFO\s+Loaded (?:Keras model '\w+' from|weights from) (\S+) \(saved with Keras ", out
+    )
+    assert len(saved) == 3, out
+    assert {path for path, *_ in saved} == set(loaded), out
+    for path, *_ in saved:
+        assert path.startswith("s3://"), path
