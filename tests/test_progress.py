@@ -121,13 +121,21 @@ class TestTransfer:
         assert re.search(r"/s, about \d+ s left$", line)
 
     def test_log_lines_are_spaced_out(self, caplog, monkeypatch):
+        import time
+
         monkeypatch.setattr(_progress, "SHOWN_FROM_BYTES", 0)
+        monkeypatch.setattr(_progress, "LOG_EVERY_SECONDS", 0.2)
         monkeypatch.setattr(_progress, "_console", lambda: Console(file=io.StringIO(), force_terminal=False))
         caplog.set_level(logging.INFO, logger="kedro_keras")
         transfer = _progress.Transfer("Saving", "s3://b/m.keras", 100)
-        for done in range(0, 101, 10):
+        for done in range(0, 51, 10):
             transfer.at(done)
-        assert len(progress_lines(caplog)) == 1  # the next only LOG_EVERY_SECONDS later
+        assert progress_lines(caplog) == []  # a transfer over sooner has only its save/load line
+        time.sleep(0.25)
+        for done in range(60, 101, 10):
+            transfer.at(done)
+        (line,) = progress_lines(caplog)
+        assert line.startswith("Saving s3://b/m.keras: 60 bytes of 100 bytes (60 %)")
 
     @pytest.mark.parametrize(
         ("option", "environment", "expected"),

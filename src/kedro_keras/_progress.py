@@ -46,7 +46,10 @@ class Transfer:
         self._shown = False
         self._bar: Any = None
         self._task: Any = None
-        self._logged_at = 0.0
+        # The first line comes LOG_EVERY_SECONDS in: a transfer done sooner
+        # has only its save/load line, and a rate measured over the first
+        # read would be noise.
+        self._logged_at = self._started
         self._done = 0
 
     def at(self, done: int) -> None:
