@@ -29,6 +29,20 @@ class Scale(keras.layers.Layer):
         return {**super().get_config(), "initial": self.initial}
 
 
+class ConcreteStateAdam(keras.optimizers.Adam):
+    """An optimizer whose ``build`` makes a variable from a concrete value
+    (as a user's might for a schedule's state), not from an initializer."""
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        import numpy as np
+
+        self._scale_state = keras.Variable(np.array(0.5, "float32"), name="scale_state", trainable=False)
+        self._track_variable(self._scale_state)
+
+
 class TwoLayerNet(keras.Model):
     """A subclassed model with a required constructor argument and get_config."""
 

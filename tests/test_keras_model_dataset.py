@@ -136,6 +136,64 @@ class TestKerasModelDataset:
         handed_over[0][3, 5] = 1234.5
         assert keras.ops.convert_to_numpy(kernel)[3, 5] == 1234.5
 
+    @pytest.mark.private_api
+    def test_optimizer_state_is_adopted_too_not_zero_filled_then_copied(self, tmp_path, monkeypatch):
+        """A trained model's Adam state is twice its weights: its variables
+        are made without a value, as the layers' are, and take the arrays
+        read from the file as their memory (TensorFlow), instead of Keras's
+        zeros overwritten by a copy."""
+        from kedro_keras import _keras_build
+
+        handed_over = []
+        adoptable_init = _keras_build._Adoptable.__init__
+
+        def record(self, array):
+            handed_over.append(array)
+            adoptable_init(self, array)
+
+        monkeypatch.setattr(_keras_build._Adoptable, "__init__", record)
+        inputs = keras.Input((512,))
+        model = keras.Model(inputs, keras.layers.Dense(1024, name="wide")(inputs))
+        model.compile(optimizer="adam", loss="mse")
+        x = np.random.default_rng(0).normal(size=(8, 512)).astype("float32")
+        model.fit(x, np.ones((8, 1024), "float32"), verbose=0)
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(model)
+        loaded = KerasModelDataset(filepath=str(path)).load()
+
+        for ours, theirs in zip(loaded.optimizer.variables, model.optimizer.variables, strict=True):
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs)
+            )
+        if keras.backend.backend() != "tensorflow":
+            assert handed_over == []
+            return
+        # The kernel, then its two Adam slots (momentum and velocity).
+        assert [array.shape for array in handed_over] == [(512, 1024)] * 3
+        momentum = next(v for v in loaded.optimizer.variables if v.shape == (512, 1024))
+        handed_over[1][0, 0] = 99.0
+        assert keras.ops.convert_to_numpy(momentum)[0, 0] == 99.0
+
+    def test_an_optimizer_that_needs_concrete_values_in_build_loads_its_state(self, tmp_path, data):
+        """An optimizer whose build makes a variable from a concrete value
+        cannot be built without values: it is built the usual way, from a
+        fresh compile, and its whole state still loads."""
+        model = fit(keras_test_models.build_functional(), data)
+        model.compile(optimizer=keras_test_models.ConcreteStateAdam(), loss="mse")
+        model.fit(*data, epochs=1, verbose=0)
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(model)
+        custom = {"ConcreteStateAdam": "keras_test_models.ConcreteStateAdam"}
+        loaded = KerasModelDataset(filepath=str(path), load_args={"custom_objects": custom}).load()
+
+        assert type(loaded.optimizer).__name__ == "ConcreteStateAdam"
+        assert [v.name for v in loaded.optimizer.variables] == [v.name for v in model.optimizer.variables]
+        for ours, theirs in zip(loaded.optimizer.variables, model.optimizer.variables, strict=True):
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs)
+            )
+        assert iterations(loaded) == iterations(model) > 0
+
     def test_a_value_a_layer_keeps_instead_of_assigning_is_read_before_the_file_closes(
         self, tmp_path, monkeypatch
     ):

@@ -55,10 +55,25 @@ def build_model_and_fill(
                 keras.saving.custom_object_scope(custom_objects or {}),
                 _keras_saving.safe_mode_scope(safe_mode),
             ):
-                model.compile_from_config(compile_config)
-            build_optimizer(model)
+                _compile_from_config(model, compile_config)
 
     return build_and_fill(build, fill, prepare=prepare)
+
+
+def _compile_from_config(model: keras.Model, compile_config: dict[str, Any]) -> None:
+    """``model.compile_from_config``, less its last step where it is Keras's
+    own: the optimizer is built by ``build_and_fill``, with its variables
+    left without a value for the file to fill (Keras would fill them with
+    zeros first, a second copy of twice the weights for Adam)."""
+    import keras
+
+    if (
+        type(model).compile_from_config is keras.Model.compile_from_config
+        and type(model).compile is keras.Model.compile
+    ):
+        model.compile(**keras.saving.deserialize_keras_object(compile_config))
+    else:
+        model.compile_from_config(compile_config)
 
 
 def build_optimizer(model: keras.Model) -> None:
@@ -110,40 +125,60 @@ def build_and_fill(
     that makes a variable from a concrete value) is built the usual way.
     """
     registry = _uninitialized_variable_registry() if skip_initialisation else None
-    if registry is None:
+    made = _made_without_values(build, registry)
+    if made is None:
         model = build()
         fill(model)
     else:
-        model = _build_and_fill_uninitialised(build, fill, registry)
+        model, created = made
+        _fill_first_values(created, lambda: fill(model))
     if prepare is not None:
-        # Compiling adds the optimizer, whose state the file may hold too.
+        # Compiling adds the optimizer, whose state the file may hold too:
+        # its variables (twice the weights for Adam) are made without values
+        # as the layers' were, and filled the same way.
         prepare(model)
-        fill(model)
+        made = _made_without_values(lambda: build_optimizer(model), registry)
+        if made is None:
+            if registry is not None:
+                prepare(model)  # a fresh optimizer: the refused build may have left half of one
+            fill(model)
+        else:
+            _fill_first_values(made[1], lambda: fill(model))
     return model
 
 
-def _build_and_fill_uninitialised(
-    build: Callable[[], keras.Model], fill: Callable[[keras.Model], None], registry: Callable[[], list[Any]]
-) -> keras.Model:
+def _made_without_values(
+    make: Callable[[], Any], registry: Callable[[], list[Any]] | None
+) -> tuple[Any, list[Any]] | None:
+    """``make()``, with every variable it creates left without a value:
+    its result and those variables. None if there is no registry, or if
+    something in ``make`` needs a concrete value (what it had created is
+    forgotten; the caller makes it again the usual way)."""
+    if registry is None:
+        return None
     import keras
 
     known = {id(variable) for variable in registry()}
     try:
         with keras.StatelessScope(initialize_variables=False):
-            model = build()
+            result = make()
     except Exception as exc:
         if not _refused_in_stateless_scope(exc):
             raise
         _forget_variables(registry, {id(v) for v in registry()} - known)
-        model = build()
-        fill(model)
-        return model
+        return None
     created = [variable for variable in registry() if id(variable) not in known]
     _forget_variables(registry, {id(variable) for variable in created})
+    return result, created
+
+
+def _fill_first_values(created: list[Any], fill: Callable[[], None]) -> None:
+    """Run ``fill``, each variable of ``created`` taking its first assigned
+    value as its own; those it did not fill get their usual initialiser."""
     for variable in created:
         variable.assign = _first_assign(variable)
     try:
-        fill(model)
+        fill()
     finally:
         for variable in created:
             variable.__dict__.pop("assign", None)
@@ -153,7 +188,6 @@ def _build_and_fill_uninitialised(
     for variable in created:
         if variable._value is None:
             variable._deferred_initialize()
-    return model
 
 
 def _refused_in_stateless_scope(exc: BaseException | None) -> bool:
