@@ -190,12 +190,15 @@ def _child_run(spec: dict) -> dict:
     credentials = spec.get("credentials")
     is_s3 = target.startswith("s3://")
 
+    trained = spec.get("trained", False)
     if role == "prepare":
-        return _prepare(spec, build_model(width, layers))
+        model = build_model(width, layers)
+        return _prepare(spec, trained_one_step(model) if trained else model)
 
     model = build_model(width, layers) if kind in ("save", "checkpoint") else None
-    if kind == "checkpoint":
+    if model is not None and trained:
         trained_one_step(model)
+    if kind == "checkpoint":
         if contestant == "ours":
             callback = kedro_keras.KerasCheckpointDataset(filepath=target).load().callback()
         else:
@@ -260,6 +263,10 @@ def _child_run(spec: dict) -> dict:
         checksum = model_checksum(loaded, layers)
         if not np.isclose(checksum, spec["checksum"], rtol=1e-9, atol=1e-6):
             raise AssertionError(f"loaded weights differ: checksum {checksum} != {spec['checksum']}")
+        if trained and _state_bytes(loaded) != spec["state_bytes"]:
+            raise AssertionError(
+                f"loaded state is {_state_bytes(loaded)} bytes, expected {spec['state_bytes']}"
+            )
     else:
         if is_s3:
             fs = _s3fs(credentials)
@@ -280,6 +287,13 @@ def _child_run(spec: dict) -> dict:
                 f"saved file has {size} bytes, fewer than the weights' {spec['weights_bytes']}"
             )
     return out
+
+
+def _state_bytes(model) -> int:
+    """Bytes of what a load restores: the weights and the optimizer's variables."""
+    optimizer = getattr(model, "optimizer", None)
+    variables = list(model.weights) + (list(optimizer.variables) if optimizer is not None else [])
+    return sum(int(v.numpy().nbytes) for v in variables)
 
 
 def _count_s3_calls(fs):
@@ -303,6 +317,7 @@ def _prepare(spec: dict, model) -> dict:
     local = spec["local_input"]
     model.save(local)
     info = {
+        "state_bytes": _state_bytes(model),
         "params": model.count_params(),
         "checksum": model_checksum(model, spec["layers"]),
         "file_bytes": os.path.getsize(local),

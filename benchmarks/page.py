@@ -43,18 +43,19 @@ def _size(n_bytes: float) -> str:
 
 def markdown_table(summary) -> str:
     lines = [
-        "| Operation | Contestant | Median time (s) | Time vs reference | Peak extra memory (MB) | Memory / weights |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| Operation | Contestant | Median time (s) | Time vs reference | Peak extra memory (MB) | Memory / weights "
+        "| Memory / loaded state |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in summary:
         name = SHORT_NAMES[row["contestant"]]
         if row["contestant"] == "ours":
             name = f"**{name}**"
         if row["status"] == "n/a":
-            lines.append(f"| {row['operation']} | {name} | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {row['operation']} | {name} | n/a | n/a | n/a | n/a | n/a |")
             continue
         if "median_time_s" not in row:
-            lines.append(f"| {row['operation']} | {name} | error | – | – | – |")
+            lines.append(f"| {row['operation']} | {name} | error | – | – | – | – |")
             continue
         ratio = _fmt_ratio(row.get("time_ratio"))
         if row["contestant"] == row["reference"]:
@@ -64,7 +65,8 @@ def markdown_table(summary) -> str:
             time_cell += " (some repeats failed)"
         lines.append(
             f"| {row['operation']} | {name} | {time_cell} | {ratio} | "
-            f"{row['median_peak_extra_bytes'] / MB:,.0f} | {row['memory_ratio']:.2f}x |"
+            f"{row['median_peak_extra_bytes'] / MB:,.0f} | {row['memory_ratio']:.2f}x | "
+            f"{_fmt_ratio(row.get('state_ratio'))} |"
         )
     return "\n".join(lines)
 
@@ -131,12 +133,21 @@ def _file_sizes(report) -> str:
     saved = [r["file_bytes"] for r in report["runs"] if r.get("model") == "main" and r.get("file_bytes")]
     if meta.get("input_file_bytes"):
         text = f"the `.keras` file plain Keras wrote as the load input is {_size(meta['input_file_bytes'])}"
+        if meta.get("trained_input_file_bytes"):
+            text += f" ({_size(meta['trained_input_file_bytes'])} for the trained model)"
     else:
         text = "the size of the load input file was not recorded"
     if saved:
         low, high = _size(min(saved)), _size(max(saved))
         text += f", and the saves wrote {low}" if low == high else f", and the saves wrote {low} to {high}"
     return text + "."
+
+
+def _trained_state(report) -> str:
+    state = (report["meta"].get("state_bytes") or {}).get("trained")
+    if not state:
+        return "its size not recorded"
+    return f"{_size(state)} of weights and optimizer variables, {state / report['model']['weights_bytes']:.1f}x the weights"
 
 
 def _s3_section(report, weights_mb: float) -> str:
@@ -272,6 +283,7 @@ def render(report, outputs) -> str:
         "params": f"{shape['params']:,}",
         "weights_mb": f"{weights_mb:,.0f}",
         "file_sizes": _file_sizes(report),
+        "trained_state": _trained_state(report),
         "repeats": meta["repeats"],
         "date": meta["date"],
         "commit": meta["git_commit"],

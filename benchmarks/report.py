@@ -11,7 +11,16 @@ from pathlib import Path
 
 import facts
 import page
-from plan import MB, SHORT_NAMES, TARGETS, operations, target_label
+from plan import (
+    MB,
+    SAVE_BUDGET_BYTES,
+    SAVE_BUDGET_FRACTION,
+    SHORT_NAMES,
+    TARGETS,
+    is_trained,
+    operations,
+    target_label,
+)
 
 
 def _rows(runs, model: str, operation: str, contestant: str) -> tuple[list, list]:
@@ -27,6 +36,8 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
     """Everything results.json holds. ``run_facts``: what the harness learnt while
     running (source fingerprint at the start, the prepared input, the --big part's time)."""
     weights_bytes = shape["weights_bytes"]
+    states = run_facts.get("state_bytes") or {}
+    save_budget = max(SAVE_BUDGET_BYTES, SAVE_BUDGET_FRACTION * weights_bytes)
     summary = []
     medians: dict[tuple[str, str], dict] = {}
     for operation, _where, _kind, contestants, reference in operations(args.skip_s3):
@@ -50,7 +61,12 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
                     min_peak_extra_bytes=min(extras),
                     max_peak_extra_bytes=max(extras),
                     memory_ratio=statistics.median(extras) / weights_bytes,
+                    save_budget_ratio=statistics.median(extras) / save_budget,
                 )
+                state = states.get("trained" if is_trained(operation) else "uncompiled")
+                if state:
+                    row["state_bytes"] = state
+                    row["state_ratio"] = statistics.median(extras) / state
                 requests = [r["s3_requests"] for r in ok if r.get("s3_requests")]
                 if requests:
                     names = sorted({name for counts in requests for name in counts})
@@ -70,7 +86,14 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
         row = medians.get((operation, "ours"))
         value = None
         if row is not None:
-            value = row.get("time_ratio") if metric == "time" else row.get("memory_ratio")
+            value = row.get(
+                {
+                    "time": "time_ratio",
+                    "memory": "memory_ratio",
+                    "state": "state_ratio",
+                    "save memory": "save_budget_ratio",
+                }[metric]
+            )
         if value is None:
             targets.append(
                 {"label": label, "value": None, "threshold": threshold, "met": None, "text": "not measured"}
@@ -116,6 +139,9 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
             "public_api_only": facts.public_api_only(),
             "s3_probe": run_facts.get("s3_probe"),
             "input_file_bytes": run_facts.get("input_file_bytes"),
+            "trained_input_file_bytes": run_facts.get("trained_input_file_bytes"),
+            "state_bytes": states,
+            "save_budget_bytes": save_budget,
             "quick": args.quick,
             "repeats": args.repeats,
             "big_repeats": args.big_repeats if args.big else 0,

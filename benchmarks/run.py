@@ -56,6 +56,7 @@ from plan import (
     QUICK_SIZE_MB,
     SHORT_NAMES,
     WORK_ROOT,
+    is_trained,
     model_shape,
     plan,
 )
@@ -305,44 +306,71 @@ def main(argv=None) -> int:
             print(f"moto S3 server on {moto.endpoint}", flush=True)
 
         jobs = plan(args)
-        harness.total = 1 + len(jobs) + (1 + 2 * args.big_repeats if args.big else 0)
+        harness.total = 2 + len(jobs) + (1 + 2 * args.big_repeats if args.big else 0)
 
-        local_input = run_dir / "input.keras"
-        s3_input = f"s3://{BUCKET}/input.keras" if credentials else None
-        common = {**shape, "credentials": credentials}
-        prepared = harness.run_child(
-            {
-                **common,
-                "role": "prepare",
-                "target": str(local_input),
-                "local_input": str(local_input),
-                "s3_input": s3_input,
-            },
-            "prepare input file (plain Keras)",
-            args.timeout,
-        )
-        if not prepared.get("ok"):
-            failures.append("prepare")
-            raise SystemExit(1)
-        common["checksum"] = prepared["checksum"]
-        run_facts.update(
-            s3_probe=prepared.get("s3_probe"),
-            input_file_bytes=prepared.get("file_bytes"),
-            gpus=prepared.get("gpus"),
-        )
+        # The load benchmarks' input files, written by plain Keras: the
+        # trained model (the main case) and the uncompiled one.
+        inputs, states = {}, {}
+        for trained in (True, False):
+            name = "input-trained.keras" if trained else "input.keras"
+            local_input = run_dir / name
+            s3_input = f"s3://{BUCKET}/{name}" if credentials else None
+            prepared = harness.run_child(
+                {
+                    **shape,
+                    "credentials": credentials,
+                    "trained": trained,
+                    "role": "prepare",
+                    "target": str(local_input),
+                    "local_input": str(local_input),
+                    "s3_input": s3_input,
+                },
+                f"prepare {'trained' if trained else 'uncompiled'} input file (plain Keras)",
+                args.timeout,
+            )
+            if not prepared.get("ok"):
+                failures.append("prepare")
+                raise SystemExit(1)
+            inputs[trained] = {
+                "local": str(local_input),
+                "s3": s3_input,
+                "checksum": prepared["checksum"],
+                "state_bytes": prepared["state_bytes"],
+            }
+            states["trained" if trained else "uncompiled"] = prepared["state_bytes"]
+            if not trained:
+                run_facts.update(
+                    s3_probe=prepared.get("s3_probe"),
+                    input_file_bytes=prepared.get("file_bytes"),
+                    gpus=prepared.get("gpus"),
+                )
+            else:
+                run_facts["trained_input_file_bytes"] = prepared.get("file_bytes")
+        run_facts["state_bytes"] = states
 
         for repeat, operation, where, kind, contestant in jobs:
+            trained = is_trained(operation)
+            source = inputs[trained]
             if kind == "load":
-                target = s3_input if where == "s3" else str(local_input)
+                target = source[where]
             else:
                 name = f"{kind}-{contestant}-{repeat}-{uuid.uuid4().hex[:8]}"
                 # KerasCheckpointDataset's filepath is a folder; everything else a .keras file.
                 name += "" if (kind, contestant) == ("checkpoint", "ours") else ".keras"
                 target = f"s3://{BUCKET}/{name}" if where == "s3" else str(run_dir / name)
+            spec = {
+                **shape,
+                "credentials": credentials,
+                "trained": trained,
+                "checksum": source["checksum"],
+                "state_bytes": source["state_bytes"],
+                "role": "measure",
+                "contestant": contestant,
+                "kind": kind,
+                "target": target,
+            }
             result = harness.run_child(
-                {**common, "role": "measure", "contestant": contestant, "kind": kind, "target": target},
-                f"{operation} | {SHORT_NAMES[contestant]} | repeat {repeat + 1}",
-                args.timeout,
+                spec, f"{operation} | {SHORT_NAMES[contestant]} | repeat {repeat + 1}", args.timeout
             )
             runs.append(
                 {
