@@ -95,3 +95,73 @@ def test_compressed_members_declaring_too_much_in_all_are_refused(tmp_path, arch
             target.writestr(f"assets/zeros_{index}.bin", bytes(4 * 2**20), compress_type=zipfile.ZIP_DEFLATED)
     with pytest.raises(DatasetError, match=r"compressed members declare 12582\d+ bytes in all"):
         load(tmp_path, target_buffer.getvalue())
+
+
+class TestWeightsWrittenInPlace:
+    """A local save has HDF5 write the weights member straight into the file:
+    no image of the model in memory, whatever its size."""
+
+    def test_a_local_save_builds_no_image_in_memory(self, tmp_path, trained_model, data, monkeypatch):
+        from kedro_keras import _archive
+
+        def no_image(*args, **kwargs):
+            raise AssertionError("the weights image was built in memory")
+
+        monkeypatch.setattr(_archive, "weights_image", no_image)
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(trained_model)
+
+        assert_same_state(KerasModelDataset(filepath=str(path)).load(), trained_model, data)
+        assert_same_state(keras.saving.load_model(path), trained_model, data)  # and plain Keras reads it
+        with zipfile.ZipFile(path) as archive:
+            assert archive.testzip() is None  # every member matches its CRC-32
+            weights = archive.getinfo("model.weights.h5")
+            assert weights.compress_type == zipfile.ZIP_STORED and weights.file_size > 0
+
+    def test_elsewhere_the_image_is_built_in_memory_as_before(self, trained_model, data, monkeypatch):
+        from kedro_keras import _archive
+
+        built = []
+        image = _archive.weights_image
+        monkeypatch.setattr(_archive, "weights_image", lambda *a, **k: built.append(1) or image(*a, **k))
+        dataset = KerasModelDataset(filepath="memory://in-place/model.keras")
+        dataset.save(trained_model)
+        assert built == [1]
+        assert_same_state(dataset.load(), trained_model, data)
+
+    def test_zip64_headers_when_the_weights_may_pass_4_gib(self, tmp_path, trained_model, data, monkeypatch):
+        from kedro_keras import _archive
+
+        monkeypatch.setattr(_archive, "_ZIP64_MARGIN", 0)
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(trained_model)
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("model.weights.h5")
+            assert archive.testzip() is None
+        header = path.read_bytes()[info.header_offset :]
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        extra = header[30 + name_length : 30 + name_length + extra_length]
+        assert extra[:2] == b"\x01\x00"  # the member's local header has the ZIP64 extra field
+        assert_same_state(keras.saving.load_model(path), trained_model, data)
+
+    def test_without_zipfiles_member_sizes_the_image_goes_through_memory(
+        self, tmp_path, trained_model, data, monkeypatch
+    ):
+        from kedro_keras import _archive
+
+        monkeypatch.setattr(_archive, "_ZIPFILE_MEMBER_SIZES_SETTABLE", False)
+        path = tmp_path / "model.keras"
+        KerasModelDataset(filepath=str(path)).save(trained_model)
+        assert_same_state(KerasModelDataset(filepath=str(path)).load(), trained_model, data)
+
+
+def assert_same_state(loaded, model, data):
+    import numpy as np
+
+    from conftest import assert_same_predictions
+
+    assert_same_predictions(loaded, model, data[0])
+    for ours, theirs in zip(
+        loaded.weights + loaded.optimizer.variables, model.weights + model.optimizer.variables, strict=True
+    ):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+import zlib
 
 import h5py
 import numpy as np
 import pytest
 
+from kedro_keras import _h5
 from kedro_keras._h5 import checked_dataset
 
 
@@ -122,3 +124,71 @@ def test_a_shape_bomb_is_refused_before_anything_is_allocated(tmp_path):
     assert "declares 4194304000 bytes" in result.stdout
     grown_kb = int(result.stdout.split("GROWN_KB")[1].split()[0])
     assert grown_kb < 512 * 1024, f"the refused load grew the process by {grown_kb // 1024} MB"
+
+
+def test_a_group_name_heap_whose_free_list_loops_is_refused_in_bounded_memory(tmp_path, trained_model):
+    """HDF5 1.14 follows a local heap's free list without checking for a
+    loop, allocating until the machine has no memory left (a fuzzed file
+    found it). In a child with a 4 GB address-space limit, so a regression
+    fails here instead of taking the machine down."""
+    from kedro_keras import KerasWeightsDataset
+
+    path = tmp_path / "m.weights.h5"
+    KerasWeightsDataset(filepath=str(path)).save(trained_model)
+    data = bytearray(path.read_bytes())
+    heap = data.index(b"HEAP")  # the root group's name heap: 8-byte lengths and addresses
+    address = int.from_bytes(data[heap + 24 : heap + 32], "little")
+    data[heap + 16 : heap + 24] = (8).to_bytes(8, "little")  # the free list starts 8 bytes in
+    data[address + 8 : address + 16] = (8).to_bytes(8, "little")  # and that block's next is itself
+    path.write_bytes(bytes(data))
+    code = textwrap.dedent(
+        f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+        from kedro.io.core import DatasetError
+        from kedro_keras import KerasWeightsDataset
+        try:
+            KerasWeightsDataset(filepath={str(path)!r}).load()
+        except DatasetError as exc:
+            print("ERROR", exc)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "ERROR" in result.stdout, result.stderr[-2000:]
+    assert "the free list of a group's name heap" in result.stdout and "is corrupt" in result.stdout
+
+
+def test_weights_files_are_written_in_place_and_carry_their_checksum(tmp_path, trained_model, monkeypatch):
+    """A local .weights.h5 is written by HDF5 into the file itself (no image
+    in memory), followed by the CRC-32 trailer a load checks."""
+    import keras
+
+    from kedro_keras import KerasWeightsDataset, _weights
+
+    monkeypatch.setattr(_weights, "weights_image", lambda *a, **k: pytest.fail("an image in memory"))
+    path = tmp_path / "m.weights.h5"
+    KerasWeightsDataset(filepath=str(path)).save(trained_model)
+    data = path.read_bytes()
+    image_size = len(data) - _h5._H5_TRAILER.size
+    magic, size, crc = _h5._H5_TRAILER.unpack(data[image_size:])
+    assert magic == _h5._H5_TRAILER_MAGIC and size == image_size
+    assert crc == zlib.crc32(data[:image_size])
+    loaded = KerasWeightsDataset(filepath=str(path)).load()
+    for ours, theirs in zip(loaded.weights, trained_model.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
+
+
+def test_a_file_region_is_a_file_from_its_start(tmp_path):
+    with open(tmp_path / "f", "w+b") as file:
+        file.write(b"HEADER")
+        region = _h5.FileRegion(file, 6)
+        assert region.write(b"abcdef") == 6
+        region.seek(2)
+        region.write(b"XY")
+        assert region.seek(0, io.SEEK_END) == 6 and region.tell() == 6
+        region.seek(1)
+        assert region.read(4) == b"bXYe"
+        region.truncate(10)
+        assert region.size == 10
+        assert _h5.region_crc32(file, 6, 10) == zlib.crc32(b"abXYef\0\0\0\0")
+    assert (tmp_path / "f").read_bytes() == b"HEADERabXYef\0\0\0\0"

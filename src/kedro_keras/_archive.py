@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import shutil
 import struct
@@ -25,11 +26,20 @@ from zlib_ng.zlib_ng import crc32
 
 from kedro_keras import _keras_saving
 from kedro_keras._files import local_copy
-from kedro_keras._h5 import CHUNK, Window, check_all_datasets, verify, without_optimizer_group
+from kedro_keras._h5 import (
+    CHUNK,
+    Window,
+    bounded,
+    check_all_datasets,
+    region_crc32,
+    verify,
+    without_optimizer_group,
+    writes_in_place,
+)
 from kedro_keras._keras_build import build_model_and_fill, build_optimizer, portable_compile_config
 from kedro_keras._keras_stores import h5_read_store
 from kedro_keras._safe_configs import printable, refuse_unsafe_config
-from kedro_keras._weights import weights_image
+from kedro_keras._weights import weights_image, write_weights_in_place
 
 if TYPE_CHECKING:
     import keras
@@ -74,11 +84,64 @@ def write_keras_archive(model: keras.Model, file: IO[bytes], *, include_optimize
         archive.writestr(METADATA_MEMBER, json.dumps(metadata))
         archive.writestr(CONFIG_MEMBER, config_json)
         assets_store = _keras_saving.assets_writer(archive)
+        weights = None
         try:
-            weights = weights_image(model, assets_store, include_optimizer=include_optimizer)
+            if writes_in_place(file) and _ZIPFILE_MEMBER_SIZES_SETTABLE:
+                _write_weights_member_in_place(archive, model, assets_store, include_optimizer)
+            else:
+                weights = weights_image(model, assets_store, include_optimizer=include_optimizer)
         finally:
             assets_store.close()  # adds the assets/ members
-        _write_member(archive, WEIGHTS_MEMBER, weights.getbuffer().toreadonly())
+        if weights is not None:
+            _write_member(archive, WEIGHTS_MEMBER, weights.getbuffer().toreadonly())
+
+
+def _write_weights_member_in_place(
+    archive: zipfile.ZipFile, model: keras.Model, assets_store: Any, include_optimizer: bool
+) -> None:
+    """The weights member, written by HDF5 straight into the archive's file
+    after the member's header: one array in memory at a time, not the whole
+    image. zipfile then records the size and CRC-32 (read back from the
+    page cache) and rewrites the header, as it does for any member it
+    streamed into a seekable file."""
+    info = zipfile.ZipInfo(WEIGHTS_MEMBER, date_time=time.localtime(time.time())[:6])
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = _state_bytes(model, include_optimizer)  # an estimate: picks ZIP64 when near 4 GiB
+    with archive.open(info, "w", force_zip64=info.file_size > _ZIP64_MARGIN) as member:
+        start = archive.fp.tell()
+        size = write_weights_in_place(model, assets_store, archive.fp, include_optimizer=include_optimizer)
+        archive.fp.seek(start + size)
+        archive.fp.truncate()
+        member._file_size = member._compress_size = size
+        member._crc = region_crc32(archive.fp, start, size)
+        archive.fp.seek(start + size)
+
+
+# What _write_weights_member_in_place sets on zipfile's member writer (its
+# private names, Python 3.8 to 3.14): without them, the image is built in
+# memory and streamed in, as for remote files.
+_ZIPFILE_MEMBER_SIZES_SETTABLE = {"_file_size", "_compress_size", "_crc"} <= set(
+    getattr(getattr(zipfile, "_ZipWriteFile", None), "__init__", lambda: None).__code__.co_names
+)
+
+# HDF5's own bytes on top of the arrays are small; from here on the weights
+# member gets ZIP64 headers whatever its final size.
+_ZIP64_MARGIN = 2**31
+
+
+def _state_bytes(model: keras.Model, include_optimizer: bool) -> int:
+    optimizer = getattr(model, "optimizer", None) if include_optimizer else None
+    variables = list(model.weights) + list(getattr(optimizer, "variables", None) or [])
+    return sum(int(math.prod(v.shape)) * _itemsize(v.dtype) for v in variables)
+
+
+def _itemsize(dtype: Any) -> int:
+    import numpy as np
+
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # bfloat16 and the like
+        return 2
 
 
 def _write_member(archive: zipfile.ZipFile, name: str, data: memoryview) -> None:
@@ -169,8 +232,7 @@ def read_saved_with(file: IO[bytes]) -> dict[str, str]:
         else:
             import h5py
 
-            file.seek(0)
-            with h5py.File(file, "r") as h5_file:
+            with h5py.File(bounded(file), "r") as h5_file:
                 found = {key: h5_file.attrs.get(key) for key in ("keras_version", "backend")}
     except Exception:  # noqa: BLE001 - a log detail must not fail a load
         return {}

@@ -240,7 +240,8 @@ def _local_atomic_write(path: str, exclusive: bool = False) -> Iterator[IO[bytes
         raise IsADirectoryError(f"'{path}' is a folder; a model is saved as a file")
     temp_path = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(temp_path, "wb") as file:
+        # Readable too: HDF5 writes a model straight into it, and reads back.
+        with open(temp_path, "w+b") as file:
             yield file
             file.flush()
             os.fsync(file.fileno())

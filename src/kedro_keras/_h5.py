@@ -41,6 +41,11 @@ class CorruptFileError(ValueError):
 _AHEAD_LIMIT = 2**20
 
 
+# How far past the end of an image HDF5 may read (its metadata reads round
+# up; a well-formed file asks for nothing past its end at all).
+_READ_PAST_END_LIMIT = 64 * 2**10
+
+
 class Window(io.BytesIO):
     """A read-only view of ``size`` bytes of ``file`` starting at ``offset``.
 
@@ -65,6 +70,7 @@ class Window(io.BytesIO):
         self._crc = 0
         self._checked = 0  # bytes [0, _checked) are folded into _crc
         self._ahead: dict[int, bytes] = {}
+        self._sizes = (8, 8)  # HDF5's sizes of addresses and lengths, from the superblock
 
     def seekable(self) -> bool:
         return True
@@ -86,7 +92,19 @@ class Window(io.BytesIO):
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         start = self._position
+        if start + view.nbytes > self._size + _READ_PAST_END_LIMIT:
+            # HDF5 sizes its buffers from the file's own headers: a damaged
+            # or crafted header can ask for gigabytes past the end, which
+            # h5py would fill with zeros (all of the machine's memory).
+            raise CorruptFileError(
+                f"the file asks for {view.nbytes} bytes at {start}, past its end at {self._size}: "
+                "a header is damaged"
+            )
         done = self._read_at(start, view[: max(0, min(view.nbytes, self._size - start))])
+        if start == 0 and done >= 16:
+            self._sizes = _field_sizes(view[:done])
+        if done >= 8 and view[:4] == _LOCAL_HEAP_SIGNATURE:
+            check_local_heap(view[:done], start, self._sizes, self._size, self._read_at)
         self._position += done
         if self._expected_crc is not None:
             self._fold(start, view[:done])
@@ -194,6 +212,151 @@ def write_h5_image(file: IO[bytes], image: memoryview) -> None:
     for start in range(0, image.nbytes, CHUNK):
         file.write(image[start : start + CHUNK])
     file.write(_H5_TRAILER.pack(_H5_TRAILER_MAGIC, image.nbytes, crc32(image)))
+
+
+# A symbol-table group keeps its member names in a local heap, whose free
+# blocks form a linked list. HDF5 1.14 follows that list without checking for
+# a loop, allocating as it goes: one damaged offset and a load takes all of
+# the machine's memory (found by tests/test_reliability_fuzz.py). So each
+# heap HDF5 reads is checked here first.
+_LOCAL_HEAP_SIGNATURE = b"HEAP"
+_FREE_LIST_END = 1  # HDF5's H5HL_FREE_NULL
+
+
+def _field_sizes(superblock: memoryview) -> tuple[int, int]:
+    """(size of addresses, size of lengths) from an HDF5 superblock."""
+    version = superblock[8]
+    offsets, lengths = (superblock[13], superblock[14]) if version < 2 else (superblock[9], superblock[10])
+    return (offsets, lengths) if offsets in (2, 4, 8) and lengths in (2, 4, 8) else (8, 8)
+
+
+def check_local_heap(
+    prefix: memoryview, at: int, sizes: tuple[int, int], file_size: int, read_at: Any
+) -> None:
+    """Raise ``CorruptFileError`` unless the local heap at ``at`` (its
+    prefix and maybe its data in ``prefix``) has a free list HDF5 can walk:
+    inside the heap, without loops."""
+    offsets, lengths = sizes
+    need = 8 + 2 * lengths + offsets
+    if prefix.nbytes < need or prefix[4] != 0:
+        return  # a version we do not know, or not all of it in this read: left to HDF5
+    data_size = int.from_bytes(prefix[8 : 8 + lengths], "little")
+    free = int.from_bytes(prefix[8 + lengths : 8 + 2 * lengths], "little")
+    address = int.from_bytes(prefix[8 + 2 * lengths : need], "little")
+    if free == _FREE_LIST_END:
+        return
+    if data_size > file_size or address + data_size > file_size:
+        raise CorruptFileError(f"a group's name heap at {at} claims {data_size} bytes: a header is damaged")
+    if address == at + need and prefix.nbytes >= need + data_size:
+        data = prefix[need : need + data_size]
+    else:
+        data = memoryview(bytearray(data_size))
+        read_at(address, data)
+    seen: set[int] = set()
+    while free != _FREE_LIST_END:
+        if free in seen or free + 2 * lengths > data_size:
+            raise CorruptFileError(f"the free list of a group's name heap at {at} is damaged")
+        seen.add(free)
+        free = int.from_bytes(data[free : free + lengths], "little")
+
+
+def writes_in_place(file: IO[bytes]) -> bool:
+    """Whether HDF5 may write straight into ``file`` (a local file open for
+    reading and writing), instead of into an image in memory first: the
+    arrays then go to disk one at a time, so a save needs memory for the
+    largest of them only."""
+    return isinstance(file, io.BufferedRandom)
+
+
+class FileRegion(io.BytesIO):
+    """The part of ``file`` from ``start`` on, as a file of its own, for
+    h5py to write an HDF5 image into in place.
+
+    A ``BytesIO`` subclass only because Keras's ``H5IOStore`` accepts no
+    other file object; every method h5py uses goes to ``file``, none to
+    the ``BytesIO`` buffer. ``size`` is the image's size so far.
+    """
+
+    def __init__(self, file: IO[bytes], start: int) -> None:
+        super().__init__()
+        self._file, self._start = file, start
+        self._position = 0
+        self.size = 0
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        self._position = base + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._file.seek(self._start + self._position)
+        self._file.write(view)
+        self._position += view.nbytes
+        self.size = max(self.size, self._position)
+        return view.nbytes
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")[: max(0, self.size - self._position)]
+        self._file.seek(self._start + self._position)
+        count = self._file.readinto(view) or 0
+        self._position += count
+        return count
+
+    def read(self, size: int | None = -1) -> bytes:
+        wanted = self.size - self._position if size is None or size < 0 else size
+        buffer = bytearray(max(0, min(wanted, self.size - self._position)))
+        return bytes(buffer[: self.readinto(buffer)])
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._position if size is None else size
+        self._file.truncate(self._start + size)
+        self.size = size
+        return size
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def getvalue(self) -> bytes:  # pragma: no cover - only an in-memory image has one
+        raise io.UnsupportedOperation("the image is in the file, not in memory")
+
+
+def bounded(file: IO[bytes]) -> IO[bytes]:
+    """``file`` as h5py should read it: through a ``Window`` that ends where
+    the file does, so that a damaged header cannot make h5py fill gigabytes
+    past the end with zeros (it pads every short read)."""
+    if isinstance(file, Window):
+        return file
+    size = file.seek(0, io.SEEK_END)
+    file.seek(0)
+    return Window(file, 0, size)
+
+
+def region_crc32(file: IO[bytes], start: int, size: int) -> int:
+    """The CRC-32 of ``size`` bytes of ``file`` from ``start``, read back a
+    piece at a time (from the page cache: they were just written)."""
+    buffer = bytearray(min(CHUNK, size))
+    crc, done = 0, 0
+    file.seek(start)
+    while done < size:
+        view = memoryview(buffer)[: min(len(buffer), size - done)]
+        count = file.readinto(view)
+        if not count:
+            raise OSError(f"the file ended {size - done} bytes before the HDF5 image did")
+        crc = crc32(view[:count], crc)
+        done += count
+    return crc
+
+
+def finish_h5_in_place(file: IO[bytes], start: int, size: int) -> None:
+    """Append the trailer of an HDF5 image HDF5 wrote into ``file`` itself."""
+    crc = region_crc32(file, start, size)
+    file.seek(start + size)
+    file.truncate()
+    file.write(_H5_TRAILER.pack(_H5_TRAILER_MAGIC, size, crc))
 
 
 def h5_window(file: IO[bytes]) -> Window:
@@ -322,7 +485,7 @@ def array_headers(file: IO[bytes]) -> dict[str, dict[str, tuple[tuple[int, ...],
             else:
                 walk(item, f"{path}/{name}" if path else name, depth + 1)
 
-    with h5py.File(file, "r") as h5_file:
+    with h5py.File(bounded(file), "r") as h5_file:
         walk(h5_file, "", 0)
     file.seek(0)
     return found
@@ -400,6 +563,6 @@ def check_all_datasets(file: IO[bytes]) -> None:
             else:
                 checked_dataset(group, name)
 
-    with h5py.File(file, "r") as h5_file:
+    with h5py.File(bounded(file), "r") as h5_file:
         walk(h5_file, 0)
     file.seek(0)

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from kedro_keras import _keras_saving
 from kedro_keras._files import local_copy
-from kedro_keras._h5 import check_all_datasets, h5_window, read_all_headers, verify, write_h5_image
+from kedro_keras._h5 import bounded, check_all_datasets, h5_window, read_all_headers, verify, write_h5_image
 from kedro_keras._safe_configs import refuse_unsafe_config
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def _read_legacy_h5_image(
 ) -> keras.Model:  # noqa: A002
     import h5py
 
-    with h5py.File(file, "r") as h5_file:
+    with h5py.File(bounded(file), "r") as h5_file:
         model_config = h5_file.attrs.get("model_config")
         if model_config is None:
             raise ValueError("not a Keras HDF5 model: it has no model_config (is it a weights-only file?)")

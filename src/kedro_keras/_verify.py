@@ -17,7 +17,15 @@ from pathlib import PurePosixPath
 from typing import IO, Any, Iterator
 
 from kedro_keras._archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader
-from kedro_keras._h5 import CHUNK, CorruptFileError, Window, array_headers, check_all_datasets, h5_window
+from kedro_keras._h5 import (
+    CHUNK,
+    CorruptFileError,
+    Window,
+    array_headers,
+    bounded,
+    check_all_datasets,
+    h5_window,
+)
 
 
 def verify_dataset(dataset: Any) -> str:
@@ -105,8 +113,8 @@ def diff_files(first: IO[bytes], second: IO[bytes]) -> list[dict[str, str]]:
     with (
         _weights_image(first) as a,
         _weights_image(second) as b,
-        h5py.File(a, "r") as h5_a,
-        h5py.File(b, "r") as h5_b,
+        h5py.File(bounded(a), "r") as h5_a,
+        h5py.File(bounded(b), "r") as h5_b,
     ):
         groups_a, groups_b = array_headers(a), array_headers(b)
         rows = []

@@ -18,11 +18,14 @@ from kedro_keras import _keras_saving
 from kedro_keras._files import local_copy
 from kedro_keras._h5 import (
     CHUNK,
+    FileRegion,
     check_all_datasets,
+    finish_h5_in_place,
     h5_window,
     verify,
     without_optimizer_group,
     write_h5_image,
+    writes_in_place,
 )
 from kedro_keras._keras_build import build_optimizer
 from kedro_keras._keras_stores import h5_read_store, h5_write_store, variable_layout
@@ -50,8 +53,28 @@ def weights_image(model: keras.Model, assets_store: Any, *, include_optimizer: b
     return buffer
 
 
+def write_weights_in_place(
+    model: keras.Model, assets_store: Any, file: IO[bytes], *, include_optimizer: bool
+) -> int:
+    """The model's state as an HDF5 image written by HDF5 straight into
+    ``file`` from its current position; returns the image's size. Memory:
+    one array at a time, whatever the model's size."""
+    region = FileRegion(file, file.tell())
+    store = h5_write_store(region)
+    try:
+        _keras_saving.save_state(model, store, assets_store, include_optimizer=include_optimizer)
+    finally:
+        store.close()
+    return region.size
+
+
 def write_weights(model: keras.Model, file: IO[bytes], *, include_optimizer: bool = True) -> None:
     """Write the weights (and optimizer state) in Keras's ``.weights.h5`` layout."""
+    if _keras_saving.available() and writes_in_place(file):
+        start = file.tell()
+        size = write_weights_in_place(model, None, file, include_optimizer=include_optimizer)
+        finish_h5_in_place(file, start, size)
+        return
     if _keras_saving.available():
         image = weights_image(model, None, include_optimizer=include_optimizer)
         write_h5_image(file, image.getbuffer().toreadonly())
