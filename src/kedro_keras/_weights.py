@@ -40,9 +40,10 @@ Layout = dict[str, dict[str, tuple[int, ...]]]
 def weights_image(model: keras.Model, assets_store: Any, *, include_optimizer: bool) -> io.BytesIO:
     """The model's state as an HDF5 file in memory.
 
-    HDF5 must seek while it writes, which a zip member or an object-store
-    upload cannot, so the weights are laid out in memory once (as Keras does)
-    and then streamed out without a second copy.
+    HDF5 must seek while it writes, which an object-store upload cannot, so
+    for those the weights are laid out in memory once (as Keras does) and
+    then streamed out without a second copy; local files get
+    ``write_weights_in_place`` instead.
     """
     buffer = io.BytesIO()
     store = h5_write_store(buffer)
