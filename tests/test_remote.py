@@ -261,3 +261,78 @@ def test_two_concurrent_s3_loads_in_threads(s3_bucket, s3_credentials):
     for model, reloaded in zip(models * 2, loaded, strict=True):
         np.testing.assert_array_equal(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
     assert gc.isenabled()
+
+
+class TestSpooledUploads:
+    """A model larger than a save's memory budget is written to a local
+    temporary file (by HDF5, in place) and uploaded from it a part at a
+    time, instead of being gathered in memory."""
+
+    @pytest.fixture
+    def spool_every_model(self, monkeypatch):
+        from kedro_keras import _archive, _files, _weights
+
+        monkeypatch.setattr(_files, "SPOOL_FROM", 0)
+        for module in (_archive, _weights):
+            monkeypatch.setattr(module, "weights_image", never_in_memory)
+
+    def test_a_model_goes_up_from_local_disk(
+        self, spool_every_model, monkeypatch, s3_bucket, s3_credentials, trained_model, data
+    ):
+        import zipfile
+
+        import fsspec
+        import keras
+        import numpy as np
+
+        from conftest import assert_same_predictions
+        from kedro_keras import KerasModelDataset, _remote
+
+        monkeypatch.setattr(_remote.GatherBuffer, "__init__", never_in_memory)
+        dataset = KerasModelDataset(filepath=f"{s3_bucket}/m.keras", credentials=s3_credentials)
+        dataset.save(trained_model)
+        loaded = dataset.load()
+        assert_same_predictions(loaded, trained_model, data[0])
+        for ours, theirs in zip(loaded.optimizer.variables, trained_model.optimizer.variables, strict=True):
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs)
+            )
+        with fsspec.open(f"{s3_bucket}/m.keras", "rb", **s3_credentials) as file:
+            assert zipfile.ZipFile(file).testzip() is None
+
+    def test_in_parts_when_larger_than_one_put(
+        self, spool_every_model, monkeypatch, s3_bucket, s3_credentials, data
+    ):
+        import keras
+        import numpy as np
+        import s3fs
+
+        from kedro_keras import KerasWeightsDataset, _files, _s3
+
+        monkeypatch.setattr(_files, "SINGLE_PUT_LIMIT", 5 * MB)
+        monkeypatch.setattr(_s3, "PART_SIZE", 5 * MB)
+        inputs = keras.Input((1024,))
+        model = keras.Model(inputs, keras.layers.Dense(3072)(inputs))  # 12.6 MB of weights
+        path = f"{s3_bucket}/m.weights.h5"
+        KerasWeightsDataset(filepath=path, credentials=s3_credentials).save(model)
+
+        fs = s3fs.S3FileSystem(**s3_credentials)
+        assert fs.info(path)["ETag"].strip('"').endswith("-3")  # three parts
+        loaded = KerasWeightsDataset(filepath=path, credentials=s3_credentials).load()
+        x = np.random.default_rng(0).normal(size=(2, 1024)).astype("float32")
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+    def test_small_models_are_still_gathered_in_memory(
+        self, s3_bucket, s3_credentials, trained_model, monkeypatch
+    ):
+        from kedro_keras import KerasModelDataset, _remote
+
+        made = []
+        init = _remote.GatherBuffer.__init__
+        monkeypatch.setattr(_remote.GatherBuffer, "__init__", lambda self: made.append(1) or init(self))
+        KerasModelDataset(filepath=f"{s3_bucket}/m.keras", credentials=s3_credentials).save(trained_model)
+        assert made == [1]
+
+
+def never_in_memory(*args, **kwargs):
+    raise AssertionError("the model was gathered in memory")

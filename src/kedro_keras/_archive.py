@@ -106,7 +106,7 @@ def _write_weights_member_in_place(
     streamed into a seekable file."""
     info = zipfile.ZipInfo(WEIGHTS_MEMBER, date_time=time.localtime(time.time())[:6])
     info.compress_type = zipfile.ZIP_STORED
-    info.file_size = _state_bytes(model, include_optimizer)  # an estimate: picks ZIP64 when near 4 GiB
+    info.file_size = state_bytes(model, include_optimizer)  # an estimate: picks ZIP64 when near 4 GiB
     with archive.open(info, "w", force_zip64=info.file_size > _ZIP64_MARGIN) as member:
         start = archive.fp.tell()
         size = write_weights_in_place(model, assets_store, archive.fp, include_optimizer=include_optimizer)
@@ -129,7 +129,9 @@ _ZIPFILE_MEMBER_SIZES_SETTABLE = {"_file_size", "_compress_size", "_crc"} <= set
 _ZIP64_MARGIN = 2**31
 
 
-def _state_bytes(model: keras.Model, include_optimizer: bool) -> int:
+def state_bytes(model: keras.Model, include_optimizer: bool = True) -> int:
+    """The bytes of what a save writes: the weights, and the optimizer's
+    variables unless left out."""
     optimizer = getattr(model, "optimizer", None) if include_optimizer else None
     variables = list(model.weights) + list(getattr(optimizer, "variables", None) or [])
     return sum(int(math.prod(v.shape)) * _itemsize(v.dtype) for v in variables)

@@ -25,7 +25,7 @@ from kedro.io.core import Version, get_protocol_and_path
 
 from kedro_keras import _progress
 from kedro_keras._progress import NO_PROGRESS, Transfer, _NoProgress
-from kedro_keras._remote import SINGLE_PUT_LIMIT, FileChangedError, GatherBuffer, RemoteReader
+from kedro_keras._remote import SINGLE_PUT_LIMIT, FileChangedError, GatherBuffer, RemoteReader, SpooledUpload
 from kedro_keras._s3 import bound_retries, multipart_put, single_put
 
 __all__ = ["FileChangedError", "GatherBuffer", "Location", "local_copy"]
@@ -38,6 +38,11 @@ _DEFERRED_COMMIT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "
 # credentials' config_kwargs): botocore's defaults (60 s, and s3fs's retries
 # on top) let a load of a server that never answers run for minutes.
 _S3_CONFIG_DEFAULTS = {"connect_timeout": 10, "read_timeout": 30, "retries": {"max_attempts": 3}}
+# A save whose model is larger than this (its weights and optimizer state)
+# is written to a local temporary file and uploaded from it, instead of being
+# gathered in memory: the memory a save may take beyond the model.
+SPOOL_FROM = 256 * 10**6
+
 # A transfer that moves no byte for this long is abandoned (fs_args.stall_timeout).
 DEFAULT_STALL_SECONDS = 60.0
 
@@ -166,7 +171,9 @@ class Location:
                 yield reader
 
     @contextmanager
-    def atomic_write(self, path: str | PurePosixPath, *, exclusive: bool = False) -> Iterator[IO[bytes]]:
+    def atomic_write(
+        self, path: str | PurePosixPath, *, exclusive: bool = False, size_hint: int | None = None
+    ) -> Iterator[IO[bytes]]:
         """A binary file that becomes ``path`` only if the block completes.
 
         A failed or interrupted write leaves whatever was at ``path`` before
@@ -179,7 +186,7 @@ class Location:
             with _local_atomic_write(path, exclusive) as file:
                 yield file
         elif _protocols(self.fs) & _DEFERRED_COMMIT_PROTOCOLS:
-            with self._deferred_commit_write(path, exclusive) as file:
+            with self._deferred_commit_write(path, exclusive, size_hint) as file:
                 yield file
         else:
             # A filesystem we cannot write to in one step: build the file in
@@ -190,11 +197,23 @@ class Location:
             self.fs.pipe_file(path, buffer.getvalue())
 
     @contextmanager
-    def _deferred_commit_write(self, path: str, exclusive: bool) -> Iterator[IO[bytes]]:
+    def _deferred_commit_write(
+        self, path: str, exclusive: bool, size_hint: int | None
+    ) -> Iterator[IO[bytes]]:
+        if size_hint is not None and size_hint > SPOOL_FROM:
+            # Too large to gather in memory: written to local disk (HDF5
+            # writes there in place), then sent from it a part at a time.
+            with tempfile.TemporaryFile(prefix="kedro-keras-") as local:
+                yield local
+                self._upload(path, SpooledUpload(local), exclusive)
+            return
         # The file is gathered in memory, mostly as references to the
         # caller's buffers (the model's HDF5 image), and sent once complete.
         gathered = GatherBuffer()
         yield gathered
+        self._upload(path, gathered, exclusive)
+
+    def _upload(self, path: str, gathered: GatherBuffer | SpooledUpload, exclusive: bool) -> None:
         self._refuse_existing(path, exclusive)
         with self._progress("Saving", path, gathered.size) as progress:
             gathered.progress = progress

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import io
 import mmap
+import os
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -424,10 +425,57 @@ class GatherBuffer(_SizedFile):
         return max(0, bisect.bisect_right(self._starts, position) - 1)
 
 
+class SpooledUpload(_SizedFile):
+    """A file written to local disk first, uploaded from there.
+
+    For models whose image would take more memory than a save may: HDF5
+    writes the model into the local file in place, one array at a time, and
+    the upload reads it back a part at a time. Offers what an upload needs
+    of a ``GatherBuffer``: ``read_at``, ``part``, ``pieces``, ``progress``.
+    """
+
+    def __init__(self, file: Any) -> None:
+        super().__init__()
+        file.flush()
+        self._file = file
+        self.size = os.fstat(file.fileno()).st_size
+        self._position = 0
+        self._lock = threading.Lock()  # parts may be read concurrently
+        self.progress: Transfer | _NoProgress = NO_PROGRESS
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.read_at(self._position, buffer)
+        self._position += count
+        return count
+
+    def read_at(self, position: int, buffer: Any) -> int:
+        """Fill ``buffer`` from ``position`` on, leaving the file's position alone."""
+        target = memoryview(buffer).cast("B")[: max(0, self.size - position)]
+        done = 0
+        with self._lock:
+            self._file.seek(position)
+            while done < target.nbytes:
+                count = self._file.readinto(target[done:])
+                if not count:
+                    break
+                done += count
+        self.progress.at(position + done)
+        return done
+
+    def part(self, start: int, size: int) -> _Part:
+        return _Part(self, start, size)
+
+    def pieces(self) -> Iterator[memoryview]:
+        """The file's bytes in order, one piece in memory at a time."""
+        for start in range(0, self.size, _STREAM_PIECE):
+            piece = bytearray(min(_STREAM_PIECE, self.size - start))
+            yield memoryview(piece)[: self.read_at(start, piece)]
+
+
 class _Part(_SizedFile):
     """A stretch of a ``GatherBuffer``, read without copying the rest."""
 
-    def __init__(self, whole: GatherBuffer, start: int, size: int) -> None:
+    def __init__(self, whole: GatherBuffer | SpooledUpload, start: int, size: int) -> None:
         super().__init__()
         self._whole, self._start, self.size = whole, start, size
         self._position = 0

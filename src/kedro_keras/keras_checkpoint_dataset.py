@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractDataset, DatasetError, Version
 
-from kedro_keras import _imports, _preview, _weights
+from kedro_keras import _archive, _imports, _preview, _weights
 from kedro_keras._files import Location
 from kedro_keras._h5 import CorruptFileError, stored_variable_groups
 from kedro_keras._preview import TablePreview
@@ -344,7 +344,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         start = time.monotonic()
         if self._weights_only:
             try:
-                with self._location.atomic_write(path) as file:
+                with self._location.atomic_write(path, size_hint=_archive.state_bytes(model)) as file:
                     _weights.write_weights(model, file)
             except Exception as exc:
                 raise DatasetError(

@@ -303,7 +303,11 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             try:
                 # A version, once written, is never replaced: two runs that
                 # picked the same version cannot overwrite each other.
-                with self._location.atomic_write(path, exclusive=self._version is not None) as file:
+                with self._location.atomic_write(
+                    path,
+                    exclusive=self._version is not None,
+                    size_hint=_archive.state_bytes(data, self._save_args["include_optimizer"]),
+                ) as file:
                     write(data, file, **self._save_args)
                     size = _preview.file_size(file)
                 break

@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _imports, _keras_build, _preview, _progress, _sharded, _weights
+from kedro_keras import _archive, _imports, _keras_build, _preview, _progress, _sharded, _weights
 from kedro_keras._files import Location
 from kedro_keras._h5 import CorruptFileError, ShardReadError, stored_variable_groups
 from kedro_keras._preview import TablePreview
@@ -390,7 +390,10 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             # Both files are published only if both were written in full.
             with (
                 self._location.atomic_write(architecture_path) as architecture_file,
-                self._location.atomic_write(weights_path) as weights_file,
+                self._location.atomic_write(
+                    weights_path,
+                    size_hint=_archive.state_bytes(data, self._save_args["include_optimizer"]),
+                ) as weights_file,
             ):
                 architecture_file.write(
                     _weights.architecture_json(data, self._save_args["include_optimizer"]).encode()
