@@ -36,6 +36,22 @@ def flip_weights_byte(path, where):
     path.write_bytes(bytes(data))
 
 
+@pytest.fixture
+def handed_over(monkeypatch):
+    """The arrays offered to TensorFlow for adoption, in order."""
+    from kedro_keras import _keras_build
+
+    arrays = []
+    adoptable_init = _keras_build._Adoptable.__init__
+
+    def record(self, array):
+        arrays.append(array)
+        adoptable_init(self, array)
+
+    monkeypatch.setattr(_keras_build._Adoptable, "__init__", record)
+    return arrays
+
+
 def iterations(model) -> int:
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
@@ -104,21 +120,11 @@ class TestKerasModelDataset:
         assert adopted  # every first assign was offered the chance
 
     @pytest.mark.private_api
-    def test_an_adopted_array_is_the_variables_memory(self, tmp_path, monkeypatch):
+    def test_an_adopted_array_is_the_variables_memory(self, tmp_path, handed_over):
         """The point of adopting: no copy. Writing into the array read from
         the file shows in the variable (only this test holds the array; the
         store gives it to no layer). A TensorFlow that copied would fail here,
         and the load's peak memory would grow by the largest array."""
-        from kedro_keras import _keras_build
-
-        handed_over = []
-        adoptable_init = _keras_build._Adoptable.__init__
-
-        def record(self, array):
-            handed_over.append(array)
-            adoptable_init(self, array)
-
-        monkeypatch.setattr(_keras_build._Adoptable, "__init__", record)
         inputs = keras.Input((512,))
         model = keras.Model(inputs, keras.layers.Dense(1024, name="wide")(inputs))  # a 2 MB kernel
         path = tmp_path / "model.keras"
@@ -137,21 +143,11 @@ class TestKerasModelDataset:
         assert keras.ops.convert_to_numpy(kernel)[3, 5] == 1234.5
 
     @pytest.mark.private_api
-    def test_optimizer_state_is_adopted_too_not_zero_filled_then_copied(self, tmp_path, monkeypatch):
+    def test_optimizer_state_is_adopted_too_not_zero_filled_then_copied(self, tmp_path, handed_over):
         """A trained model's Adam state is twice its weights: its variables
         are made without a value, as the layers' are, and take the arrays
         read from the file as their memory (TensorFlow), instead of Keras's
         zeros overwritten by a copy."""
-        from kedro_keras import _keras_build
-
-        handed_over = []
-        adoptable_init = _keras_build._Adoptable.__init__
-
-        def record(self, array):
-            handed_over.append(array)
-            adoptable_init(self, array)
-
-        monkeypatch.setattr(_keras_build._Adoptable, "__init__", record)
         inputs = keras.Input((512,))
         model = keras.Model(inputs, keras.layers.Dense(1024, name="wide")(inputs))
         model.compile(optimizer="adam", loss="mse")
