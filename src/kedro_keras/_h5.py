@@ -41,11 +41,6 @@ class CorruptFileError(ValueError):
 _AHEAD_LIMIT = 2**20
 
 
-# How far past the end of an image HDF5 may read (its metadata reads round
-# up; a well-formed file asks for nothing past its end at all).
-_READ_PAST_END_LIMIT = 64 * 2**10
-
-
 class Window(io.BytesIO):
     """A read-only view of ``size`` bytes of ``file`` starting at ``offset``.
 
@@ -92,14 +87,6 @@ class Window(io.BytesIO):
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         start = self._position
-        if start + view.nbytes > self._size + _READ_PAST_END_LIMIT:
-            # HDF5 sizes its buffers from the file's own headers: a damaged
-            # or crafted header can ask for gigabytes past the end, which
-            # h5py would fill with zeros (all of the machine's memory).
-            raise CorruptFileError(
-                f"the file asks for {view.nbytes} bytes at {start}, past its end at {self._size}: "
-                "a header is damaged"
-            )
         done = self._read_at(start, view[: max(0, min(view.nbytes, self._size - start))])
         if start == 0 and done >= 16:
             self._sizes = _field_sizes(view[:done])
@@ -325,9 +312,8 @@ class FileRegion(io.BytesIO):
 
 
 def bounded(file: IO[bytes]) -> IO[bytes]:
-    """``file`` as h5py should read it: through a ``Window`` that ends where
-    the file does, so that a damaged header cannot make h5py fill gigabytes
-    past the end with zeros (it pads every short read)."""
+    """``file`` as h5py should read it: through a ``Window``, which checks
+    each group-name heap HDF5 reads before HDF5 walks it."""
     if isinstance(file, Window):
         return file
     size = file.seek(0, io.SEEK_END)
