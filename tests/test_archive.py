@@ -97,6 +97,7 @@ def test_compressed_members_declaring_too_much_in_all_are_refused(tmp_path, arch
         load(tmp_path, target_buffer.getvalue())
 
 
+@pytest.mark.private_api  # the public-API fallback saves through model.save and a copy
 class TestWeightsWrittenInPlace:
     """A local save has HDF5 write the weights member straight into the file:
     no image of the model in memory, whatever its size."""

@@ -158,6 +158,7 @@ def test_a_group_name_heap_whose_free_list_loops_is_refused_in_bounded_memory(tm
     assert "the free list of a group's name heap" in result.stdout and "is corrupt" in result.stdout
 
 
+@pytest.mark.private_api  # the public-API fallback saves through model.save_weights and a copy
 def test_weights_files_are_written_in_place_and_carry_their_checksum(tmp_path, trained_model, monkeypatch):
     """A local .weights.h5 is written by HDF5 into the file itself (no image
     in memory), followed by the CRC-32 trailer a load checks."""
