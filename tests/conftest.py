@@ -22,6 +22,26 @@ import pytest
 import keras_test_models
 
 
+@pytest.fixture(scope="session", autouse=True)
+def temporary_files_inside_pytests_folder(tmp_path_factory):
+    """Every temporary file of the run, ours, Keras's, TensorFlow's and the
+    child processes', goes under pytest's own folder, which is removed when
+    the run passes (``tmp_path_retention_policy``). A child killed on purpose
+    cannot clean up after itself; without this its scratch copies (hundreds
+    of MB) stayed in /tmp after every run, and once filled CI's disk."""
+    import tempfile
+
+    folder = str(tmp_path_factory.mktemp("tmp", numbered=False))
+    before = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    yield folder
+    if before[0] is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = before[0]
+    tempfile.tempdir = before[1]
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server in a thread, listening on a free loopback port."""
