@@ -155,6 +155,7 @@ def small_parts(monkeypatch):
 
     monkeypatch.setattr(kedro_keras._files, "SINGLE_PUT_LIMIT", 16 * 2**20)
     monkeypatch.setattr(kedro_keras._s3, "PART_SIZE", 16 * 2**20)
+    monkeypatch.setattr(kedro_keras._s3, "_MIN_PART_SIZE", 16 * 2**20)
 
 
 def uploads_in_progress(bucket, s3_credentials):

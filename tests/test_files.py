@@ -127,7 +127,7 @@ def test_s3_write_is_one_put_and_exclusive_is_atomic(s3_bucket, s3_credentials):
     from kedro_keras import _files, _s3
 
     with pytest.raises(FileExistsError):
-        _s3.single_put(location.fs)(path, _files.GatherBuffer(), True, 60.0)
+        _s3.single_put(location.fs)(path, _files.GatherBuffer(), True, location.transfer)
     location.invalidate_cache(path)
     with location.open_read(path) as file:
         assert file.read() == b"v1" * MB

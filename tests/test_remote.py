@@ -336,3 +336,148 @@ class TestSpooledUploads:
 
 def never_in_memory(*args, **kwargs):
     raise AssertionError("the model was gathered in memory")
+
+
+class TestParallelTransfers:
+    """One connection to an object store carries a fraction of the host's
+    link: large reads go as concurrent ranged GETs, large uploads as
+    concurrent parts, each written straight where it belongs."""
+
+    @staticmethod
+    def _in_flight(monkeypatch):
+        """How many parts were being filled at the same time, at most."""
+        from kedro_keras import _s3
+
+        counts = {"now": 0, "most": 0}
+        get = _s3._get_range_into
+
+        async def counted(*args):
+            counts["now"] += 1
+            counts["most"] = max(counts["most"], counts["now"])
+            try:
+                return await get(*args)
+            finally:
+                counts["now"] -= 1
+
+        monkeypatch.setattr(_s3, "_get_range_into", counted)
+        return counts
+
+    def test_a_large_read_is_concurrent_ranged_gets_and_the_stream_resumes_after_it(
+        self, remote_bytes, monkeypatch
+    ):
+        location, data = remote_bytes
+        location = Location(
+            f"s3://{location.path}", credentials=_credentials_of(location), fs_args={"concurrency": 4}
+        )
+        calls = _count_get_requests(location)
+        counts = self._in_flight(monkeypatch)
+        with location.open_read(location.path) as file:
+            assert file.read(30) == data[:30]
+            assert file.read(20 * MB) == data[30 : 20 * MB + 30]  # an array
+            assert file.read(1000) == data[20 * MB + 30 : 20 * MB + 1030]
+        first, size = 30, 20 * MB  # parts of 8 MiB, the smallest worth a request
+        parts = [f"bytes={a}-{min(a + 8 * MB, first + size) - 1}" for a in range(first, first + size, 8 * MB)]
+        assert calls == ["bytes=0-", *parts, f"bytes={20 * MB + 30}-"]
+        assert 1 < counts["most"] <= 3
+
+    def test_with_concurrency_one_a_large_read_is_the_one_stream(self, remote_bytes):
+        location, data = remote_bytes
+        location = Location(
+            f"s3://{location.path}", credentials=_credentials_of(location), fs_args={"concurrency": 1}
+        )
+        calls = _count_get_requests(location)
+        with location.open_read(location.path) as file:
+            assert file.read(20 * MB) == data[: 20 * MB]
+        assert calls == ["bytes=0-"]
+
+    def test_a_part_whose_connection_drops_is_asked_for_again_from_where_it_stopped(
+        self, remote_bytes, s3_endpoint
+    ):
+        from reliability_helpers.faulty_proxy import FaultyProxy
+
+        location, data = remote_bytes
+        host, port = s3_endpoint.removeprefix("http://").split(":")
+        proxy = FaultyProxy((host, int(port))).start()
+        try:
+            credentials = {**_credentials_of(location), "client_kwargs": {"endpoint_url": proxy.endpoint}}
+            location = Location(
+                f"s3://{location.path}",
+                credentials=credentials,
+                fs_args={"concurrency": 3, "part_size": 6 * MB, "skip_instance_cache": True},
+            )
+            calls = _count_get_requests(location)
+            with location.open_read(location.path) as file:
+                proxy.cut_after(3 * MB, direction="down")
+                assert file.read() == data
+        finally:
+            proxy.close()
+        retried = [r for r in calls if r and not r.endswith("-") and int(r[6:].split("-")[0]) % (6 * MB)]
+        assert len(retried) == 1, calls  # the dropped part, from the byte it had reached
+
+    def test_an_object_replaced_during_a_parallel_read_is_an_error_not_a_mix(self, remote_bytes):
+        location, data = remote_bytes
+        with location.open_read(location.path) as file:
+            assert file.read(MB) == data[:MB]
+            location.fs.pipe_file(str(location.path), b"x" * len(data))
+            with pytest.raises(FileChangedError, match="replaced while it was being read"):
+                file.read(20 * MB)
+
+    def test_parts_go_up_concurrently_and_the_object_is_exact(self, s3_bucket, s3_credentials):
+        import numpy as np
+
+        from kedro_keras._progress import Transfer
+
+        location = Location(
+            f"{s3_bucket}/big.bin",
+            credentials=s3_credentials,
+            fs_args={"concurrency": 4, "part_size": 5 * MB, "progress": True},
+        )
+        events = []
+        for when in ("before", "after"):
+            location.fs.s3.meta.events.register(
+                f"{when}-call.s3.UploadPart",
+                lambda when=when, **kwargs: events.append(when),
+            )
+        seen = []
+        at = Transfer.at
+        data = np.random.default_rng(3).bytes(32 * MB)
+        try:
+            Transfer.at = lambda self, done: seen.append(done) or at(self, done)
+            with location.atomic_write(location.path) as file:
+                file.write(memoryview(data).toreadonly())
+        finally:
+            Transfer.at = at
+        assert events.count("before") == 7  # 32 MiB in parts of 5
+        most, now = 0, 0
+        for event in events:
+            now += 1 if event == "before" else -1
+            most = max(most, now)
+        assert 1 < most <= 4
+        assert max(seen) == len(data) == seen[-1]
+        location.invalidate_cache(location.path)
+        with location.open_read(location.path) as file:
+            assert file.read() == data
+
+    @pytest.mark.parametrize(
+        ("fs_args", "message"),
+        [
+            ({"concurrency": 0}, "fs_args.concurrency of '.*m.keras' must be a whole number of at least 1"),
+            ({"concurrency": "8"}, "fs_args.concurrency .* not '8'"),
+            ({"part_size": 2**20}, "fs_args.part_size .* at least 5 MiB"),
+        ],
+    )
+    def test_bad_transfer_options_name_the_entry_and_the_rule(self, fs_args, message):
+        from kedro.io import DatasetError
+
+        from kedro_keras import KerasModelDataset
+
+        with pytest.raises(DatasetError, match=message):
+            KerasModelDataset(filepath="s3://bucket/m.keras", fs_args=fs_args)
+
+
+def _credentials_of(location):
+    return {
+        "key": location.fs.key,
+        "secret": location.fs.secret,
+        "client_kwargs": location.fs.client_kwargs,
+    }

@@ -21,12 +21,19 @@ from typing import IO, Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
-from kedro.io.core import Version, get_protocol_and_path
+from kedro.io.core import DatasetError, Version, get_protocol_and_path
 
 from kedro_keras import _progress
 from kedro_keras._progress import NO_PROGRESS, Transfer, _NoProgress
-from kedro_keras._remote import SINGLE_PUT_LIMIT, FileChangedError, GatherBuffer, RemoteReader, SpooledUpload
-from kedro_keras._s3 import bound_retries, multipart_put, single_put
+from kedro_keras._remote import (
+    SINGLE_PUT_LIMIT,
+    FileChangedError,
+    GatherBuffer,
+    RemoteReader,
+    SpooledUpload,
+    Uploadable,
+)
+from kedro_keras._s3 import TransferOptions, bound_retries, multipart_put, single_put
 
 __all__ = ["FileChangedError", "GatherBuffer", "Location", "local_copy"]
 
@@ -45,6 +52,31 @@ SPOOL_FROM = 256 * 10**6
 
 # A transfer that moves no byte for this long is abandoned (fs_args.stall_timeout).
 DEFAULT_STALL_SECONDS = 60.0
+
+# Requests one large read or upload keeps in flight (fs_args.concurrency).
+# One connection to an object store carries 50-200 MB/s; eight take most
+# hosts' links, and stay under botocore's pool of ten.
+DEFAULT_CONCURRENCY = 8
+
+
+def _positive_int(value: Any, name: str, filepath: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DatasetError(
+            f"fs_args.{name} of '{filepath}' must be a whole number of at least 1, not {value!r}"
+        )
+    return value
+
+
+def _part_size(value: Any, filepath: str) -> int | None:
+    if value is None:
+        return None
+    size = _positive_int(value, "part_size", filepath)
+    if size < 5 * 2**20:
+        raise DatasetError(
+            f"fs_args.part_size of '{filepath}' must be at least 5 MiB (5242880 bytes), S3's smallest "
+            f"part, not {size}"
+        )
+    return size
 
 
 class Location:
@@ -67,7 +99,13 @@ class Location:
         self.open_args_save: dict[str, Any] = fs_args.pop("open_args_save", {})
         credentials = deepcopy(credentials) or {}
 
-        self.stall_seconds = float(fs_args.pop("stall_timeout", DEFAULT_STALL_SECONDS))
+        self.transfer = TransferOptions(
+            stall_seconds=float(fs_args.pop("stall_timeout", DEFAULT_STALL_SECONDS)),
+            concurrency=_positive_int(
+                fs_args.pop("concurrency", DEFAULT_CONCURRENCY), "concurrency", filepath
+            ),
+            part_size=_part_size(fs_args.pop("part_size", None), filepath),
+        )
         self.shows_progress = _progress.wanted(fs_args.pop("progress", True))
 
         self.protocol, path = get_protocol_and_path(filepath, version)
@@ -75,7 +113,9 @@ class Location:
             fs_args.setdefault("auto_mkdir", True)
         if self.protocol in ("s3", "s3a"):
             given = {**(credentials.get("config_kwargs") or {}), **(fs_args.get("config_kwargs") or {})}
-            fs_args["config_kwargs"] = {**_S3_CONFIG_DEFAULTS, **given}
+            # Enough pooled connections for every request a transfer has in flight.
+            pool = {"max_pool_connections": max(10, self.transfer.concurrency + 2)}
+            fs_args["config_kwargs"] = {**_S3_CONFIG_DEFAULTS, **pool, **given}
             credentials.pop("config_kwargs", None)
         self.fs: fsspec.AbstractFileSystem = fsspec.filesystem(self.protocol, **credentials, **fs_args)
         if self.protocol in ("s3", "s3a"):
@@ -164,7 +204,7 @@ class Location:
                 yield file
                 return
             with (
-                RemoteReader(file, self.stall_seconds) as reader,
+                RemoteReader(file, self.transfer) as reader,
                 self._progress("Loading", path, reader.size) as progress,
             ):
                 reader.progress = progress
@@ -213,13 +253,15 @@ class Location:
         yield gathered
         self._upload(path, gathered, exclusive)
 
-    def _upload(self, path: str, gathered: GatherBuffer | SpooledUpload, exclusive: bool) -> None:
+    def _upload(self, path: str, gathered: Uploadable, exclusive: bool) -> None:
         self._refuse_existing(path, exclusive)
         with self._progress("Saving", path, gathered.size) as progress:
             gathered.progress = progress
-            put = (single_put if gathered.size <= SINGLE_PUT_LIMIT else multipart_put)(self.fs)
+            # An entry that chose its part size wants parts for anything larger.
+            limit = self.transfer.part_size or SINGLE_PUT_LIMIT
+            put = (single_put if gathered.size <= limit else multipart_put)(self.fs)
             if put is not None and not self.open_args_save:
-                put(path, gathered, exclusive, self.stall_seconds)
+                put(path, gathered, exclusive, self.transfer)
                 return
             file = self.fs.open(path, mode="wb", autocommit=False, **self.open_args_save)
             try:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from kedro_keras._progress import NO_PROGRESS, Transfer, _NoProgress
-from kedro_keras._s3 import stream_opener
+from kedro_keras._s3 import TransferOptions, ranged_filler, stream_opener
 
 # --------------------------------------------------------------------------
 # Remote reads
@@ -48,6 +48,12 @@ _STREAM_PIECE = 8 * 2**20
 
 
 _STREAM_ATTEMPTS = 3
+
+
+# A read at least this large, on an entry with concurrency above 1, is
+# fetched as concurrent ranged GETs of 8 to 64 MiB each.
+_PARALLEL_FROM = 16 * 2**20
+_MIN_RANGE_PART = 8 * 2**20
 
 
 class _SizedFile(io.RawIOBase):
@@ -93,14 +99,21 @@ class RemoteReader(_SizedFile):
     until it is read), and bytes are copied straight into the caller's
     buffer. Anything else falls back to the file's ordinary ranged reads.
     Filesystems without a streaming read use ranged reads only.
+
+    One connection carries a fraction of a host's link to a real object
+    store, so a large read (an array) is instead fetched as concurrent
+    ranged GETs straight into the caller's buffer, and the stream resumes
+    after it.
     """
 
-    def __init__(self, file: Any, stall_seconds: float) -> None:
+    def __init__(self, file: Any, options: TransferOptions) -> None:
         super().__init__()
         self._file = file
         self.size: int = file.size
         self._position = 0
-        self._open_stream = stream_opener(file, stall_seconds)
+        self._options = options
+        self._open_stream = stream_opener(file, options.stall_seconds)
+        self._fill_ranges = ranged_filler(file, options.stall_seconds) if options.concurrency > 1 else None
         self._stream: Any = None
         self._stream_position = 0  # the next byte the stream gives
         self._small: OrderedDict[int, bytes] = OrderedDict()
@@ -133,6 +146,8 @@ class RemoteReader(_SizedFile):
         while position < end:
             target = view[position - start :]
             done = self._from_memory(position, target)
+            if not done and self._fill_ranges is not None and end - position >= _PARALLEL_FROM:
+                done = self._from_parallel_ranges(position, target[: self._next_held(position, end)])
             if not done and self._may_stream_to(position):
                 self._skip_stream_to(position)
                 done = self._from_stream(target)
@@ -172,6 +187,29 @@ class RemoteReader(_SizedFile):
                 target[:count] = memoryview(data)[position - start : position - start + count]
                 return count
         return 0
+
+    def _next_held(self, position: int, end: int) -> int:
+        """Bytes from ``position`` up to the next one held in memory (at most to ``end``)."""
+        return min([end, *(start for start in [*self._held, *self._small] if start > position)]) - position
+
+    def _from_parallel_ranges(self, position: int, target: memoryview) -> int:
+        concurrency = self._options.concurrency
+        part = self._options.part_size or min(
+            _RANGE_PIECE, max(_MIN_RANGE_PART, -(-target.nbytes // concurrency))
+        )
+        assert self._fill_ranges is not None
+        try:
+            self._fill_ranges(position, target, part, concurrency)
+        except Exception as exc:
+            if "pre-condition" in str(exc):  # If-Match failed: not the object we started
+                raise FileChangedError(f"{self._file.path} was replaced while it was being read") from exc
+            raise
+        end = position + target.nbytes
+        if self._stream_position < end:
+            # The stream would bring these bytes again: it starts afresh after them.
+            self._close_stream()
+            self._stream_position = end
+        return target.nbytes
 
     def _ranged_read_size(self, position: int, end: int) -> int:
         """Up to the next byte held in memory or the stream, so those are not read twice."""
@@ -316,9 +354,10 @@ def _garbage_collection_paused() -> Iterator[None]:
 # Remote writes
 # --------------------------------------------------------------------------
 
-# Up to this size an object goes up in one PUT: all or nothing by itself, one
-# request, and no orphaned parts (which stay billed) if the process dies
-# mid-upload. Beyond it, a multipart upload's parallel parts win.
+# Up to this size an object goes up in one PUT (unless the entry sets
+# fs_args.part_size): all or nothing by itself, one request, and no orphaned
+# parts (which stay billed) if the process dies mid-upload. Beyond it, a
+# multipart upload's concurrent parts win.
 SINGLE_PUT_LIMIT = 512 * 2**20
 
 
@@ -326,7 +365,36 @@ SINGLE_PUT_LIMIT = 512 * 2**20
 _BY_REFERENCE = 2**20
 
 
-class GatherBuffer(_SizedFile):
+class Uploadable(_SizedFile):
+    """A file an upload reads, in one request or in parts read concurrently,
+    and tells ``progress`` how far it has got."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._position = 0
+        self.progress: Transfer | _NoProgress = NO_PROGRESS
+        self._parts_read: dict[int, int] = {}  # a part's start: how much of it has been read
+
+    def read_at(self, position: int, buffer: Any) -> int:
+        raise NotImplementedError
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.read_at(self._position, buffer)
+        self._position += count
+        self.progress.at(self._position)
+        return count
+
+    def part(self, start: int, size: int) -> _Part:
+        """Bytes ``start`` to ``start + size`` as a file of their own, with its
+        own position (an upload's parts may be read concurrently)."""
+        return _Part(self, start, size)
+
+    def _part_read(self, start: int, count: int) -> None:
+        self._parts_read[start] = count
+        self.progress.at(sum(self._parts_read.values()))
+
+
+class GatherBuffer(Uploadable):
     """A seekable in-memory file that keeps large read-only writes by reference.
 
     Writing a model's archive copies its small parts (zip headers, config)
@@ -339,9 +407,6 @@ class GatherBuffer(_SizedFile):
         self._pieces: list[bytes | bytearray | memoryview] = []
         self._starts: list[int] = []
         self.size = 0
-        self._position = 0
-        # Told how far an upload, which reads the file, has got.
-        self.progress: Transfer | _NoProgress = NO_PROGRESS
 
     def writable(self) -> bool:
         return True
@@ -393,16 +458,6 @@ class GatherBuffer(_SizedFile):
         for piece in self._pieces:
             yield memoryview(piece)
 
-    def part(self, start: int, size: int) -> _Part:
-        """Bytes ``start`` to ``start + size`` as a file of their own, with its
-        own position (an upload's parts may be read concurrently)."""
-        return _Part(self, start, size)
-
-    def readinto(self, buffer: Any) -> int:
-        count = self.read_at(self._position, buffer)
-        self._position += count
-        return count
-
     def read_at(self, position: int, buffer: Any) -> int:
         """Fill ``buffer`` from ``position`` on, leaving the file's position alone."""
         target = memoryview(buffer).cast("B")
@@ -416,7 +471,6 @@ class GatherBuffer(_SizedFile):
             target[done : done + count] = piece[offset : offset + count]
             done += count
             position += count
-        self.progress.at(position)
         return done
 
     def _piece_at(self, position: int) -> int:
@@ -425,7 +479,7 @@ class GatherBuffer(_SizedFile):
         return max(0, bisect.bisect_right(self._starts, position) - 1)
 
 
-class SpooledUpload(_SizedFile):
+class SpooledUpload(Uploadable):
     """A file written to local disk first, uploaded from there.
 
     For models whose image would take more memory than a save may: HDF5
@@ -439,14 +493,7 @@ class SpooledUpload(_SizedFile):
         file.flush()
         self._file = file
         self.size = os.fstat(file.fileno()).st_size
-        self._position = 0
         self._lock = threading.Lock()  # parts may be read concurrently
-        self.progress: Transfer | _NoProgress = NO_PROGRESS
-
-    def readinto(self, buffer: Any) -> int:
-        count = self.read_at(self._position, buffer)
-        self._position += count
-        return count
 
     def read_at(self, position: int, buffer: Any) -> int:
         """Fill ``buffer`` from ``position`` on, leaving the file's position alone."""
@@ -459,11 +506,7 @@ class SpooledUpload(_SizedFile):
                 if not count:
                     break
                 done += count
-        self.progress.at(position + done)
         return done
-
-    def part(self, start: int, size: int) -> _Part:
-        return _Part(self, start, size)
 
     def pieces(self) -> Iterator[memoryview]:
         """The file's bytes in order, one piece in memory at a time."""
@@ -473,9 +516,9 @@ class SpooledUpload(_SizedFile):
 
 
 class _Part(_SizedFile):
-    """A stretch of a ``GatherBuffer``, read without copying the rest."""
+    """A stretch of an ``Uploadable``, read without copying the rest."""
 
-    def __init__(self, whole: GatherBuffer | SpooledUpload, start: int, size: int) -> None:
+    def __init__(self, whole: Uploadable, start: int, size: int) -> None:
         super().__init__()
         self._whole, self._start, self.size = whole, start, size
         self._position = 0
@@ -484,4 +527,5 @@ class _Part(_SizedFile):
         target = memoryview(buffer).cast("B")[: max(0, self.size - self._position)]
         count = self._whole.read_at(self._start + self._position, target)
         self._position += count
+        self._whole._part_read(self._start, self._position)
         return count

@@ -8,10 +8,22 @@ fsspec's ordinary reads and uploads) if s3fs changes.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from kedro_keras._remote import GatherBuffer
+    from kedro_keras._remote import Uploadable
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """How an entry moves bytes to and from an object store (its ``fs_args``)."""
+
+    stall_seconds: float
+    # Requests in flight at once for one large read or upload (1: one stream).
+    concurrency: int = 8
+    # Bytes per ranged GET or uploaded part; None: chosen from the size.
+    part_size: int | None = None
 
 
 class StalledError(ConnectionError):
@@ -40,14 +52,12 @@ def endpoint_of(fs: Any) -> str:
     return str(endpoint or "AWS S3")
 
 
-def stream_opener(file: Any, stall_seconds: float) -> Callable[[int], Any] | None:
-    """How to open one streaming GET from a byte onwards, if the filesystem has
-    one. A stream that delivers no byte for ``stall_seconds`` raises ``StalledError``."""
-    fs = file.fs
-    if not (callable(getattr(fs, "_call_s3", None)) and hasattr(file, "bucket") and hasattr(file, "key")):
+def _get_object_args(file: Any) -> dict[str, Any] | None:
+    """What every GET of ``file`` sends, or None if it is not an s3fs file."""
+    if not (
+        callable(getattr(file.fs, "_call_s3", None)) and hasattr(file, "bucket") and hasattr(file, "key")
+    ):
         return None
-    from fsspec.asyn import sync
-
     extra = dict(getattr(file, "read_kw", None) or {})
     if getattr(file, "version_id", None):
         extra["VersionId"] = file.version_id
@@ -55,20 +65,94 @@ def stream_opener(file: Any, stall_seconds: float) -> Callable[[int], Any] | Non
     if etag and not extra.get("VersionId"):
         # Every byte must come from the object we started reading.
         extra["IfMatch"] = etag
+    return {"Bucket": file.bucket, "Key": file.key, **extra}
+
+
+def stream_opener(file: Any, stall_seconds: float) -> Callable[[int], Any] | None:
+    """How to open one streaming GET from a byte onwards, if the filesystem has
+    one. A stream that delivers no byte for ``stall_seconds`` raises ``StalledError``."""
+    fs = file.fs
+    args = _get_object_args(file)
+    if args is None:
+        return None
+    from fsspec.asyn import sync
 
     def open_at(position: int) -> _S3Stream:
-        response = sync(
-            fs.loop,
-            fs._call_s3,
-            "get_object",
-            Bucket=file.bucket,
-            Key=file.key,
-            Range=f"bytes={position}-",
-            **extra,
-        )
+        response = sync(fs.loop, fs._call_s3, "get_object", Range=f"bytes={position}-", **args)
         return _S3Stream(fs.loop, response["Body"], stall_seconds, endpoint_of(fs))
 
     return open_at
+
+
+# A part of a parallel read that fails is asked for again (from where it
+# stopped) this many times in all.
+_RANGE_ATTEMPTS = 3
+_RANGE_PIECE = 2**20
+
+
+def ranged_filler(file: Any, stall_seconds: float) -> Callable[[int, memoryview, int, int], None] | None:
+    """How to fill a buffer from many ranged GETs at once, if the filesystem
+    is s3fs: ``fill(position, target, part_size, concurrency)``.
+
+    One connection to an object store carries 50-200 MB/s whatever the
+    host's link; a large array read as concurrent ranges takes the link's
+    bandwidth instead. Each part is written straight into its stretch of
+    ``target``: no extra copy, so no extra memory, however many are in flight.
+    """
+    args = _get_object_args(file)
+    if args is None:
+        return None
+    from fsspec.asyn import sync
+
+    async def fill_part(view: memoryview, first: int, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            await _get_range_into(file, args, view, first, stall_seconds)
+
+    async def fill_all(position: int, target: memoryview, part_size: int, concurrency: int) -> None:
+        gate = asyncio.Semaphore(concurrency)
+        tasks = [
+            asyncio.ensure_future(fill_part(target[start : start + part_size], position + start, gate))
+            for start in range(0, target.nbytes, part_size)
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # the first failure stops the rest: none may write into target afterwards
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def fill(position: int, target: memoryview, part_size: int, concurrency: int) -> None:
+        sync(file.fs.loop, fill_all, position, target, part_size, concurrency)
+
+    return fill
+
+
+async def _get_range_into(
+    file: Any, args: dict[str, Any], view: memoryview, first: int, stall_seconds: float
+) -> None:
+    """Bytes ``first`` on of ``file`` into ``view``, by one ranged GET, asked
+    again from where it stopped if the connection drops."""
+    fs = file.fs
+    done, attempt = 0, 0
+    while done < view.nbytes:
+        attempt += 1
+        last = first + view.nbytes - 1
+        response = await fs._call_s3("get_object", Range=f"bytes={first + done}-{last}", **args)
+        stream = _S3Stream(fs.loop, response["Body"], stall_seconds, endpoint_of(fs))
+        try:
+            # In pieces, so that a dropped connection costs one piece again, not the part.
+            while done < view.nbytes:
+                count = await stream._fill(view[done : done + _RANGE_PIECE])
+                if not count:
+                    raise EOFError(f"{file.path} ended early at byte {first + done} of {file.size}")
+                done += count
+        except (StalledError, EOFError):
+            raise  # the bound is the bound: no retry on top of it
+        except Exception:  # a dropped connection: ask again from where it stopped
+            if attempt >= _RANGE_ATTEMPTS:
+                raise
+        finally:
+            response["Body"].close()
 
 
 class _S3Stream:
@@ -117,7 +201,17 @@ _PUT_ATTEMPTS = 3
 
 # Parts of a multipart upload: S3 takes at most 10,000, each at least 5 MiB.
 PART_SIZE = 64 * 2**20
+_MIN_PART_SIZE = 8 * 2**20
 _MAX_PARTS = 10_000
+
+
+def upload_part_size(size: int, concurrency: int, chosen: int | None = None) -> int:
+    """Parts small enough that every connection has one, large enough that
+    requests stay few: 8 to 64 MiB unless the entry chose (and never more
+    than S3's 10,000 parts)."""
+    if chosen is None:
+        chosen = min(PART_SIZE, max(_MIN_PART_SIZE, -(-size // max(1, concurrency))))
+    return max(chosen, -(-size // _MAX_PARTS), 5 * 2**20)
 
 
 async def _client_for(fs: Any, bucket: str) -> Any:
@@ -126,20 +220,20 @@ async def _client_for(fs: Any, bucket: str) -> Any:
 
 
 async def _put_object(
-    fs: Any, bucket: str, key: str, gathered: GatherBuffer, conditions: dict[str, str], stall_seconds: float
+    fs: Any, bucket: str, key: str, gathered: Uploadable, conditions: dict[str, str], options: TransferOptions
 ) -> None:
     client = await _client_for(fs, bucket)
     kwargs = fs._get_s3_method_kwargs(
         client.put_object, Bucket=bucket, Key=key, Body=gathered, ContentLength=gathered.size, **conditions
     )
-    await _sent(lambda: client.put_object(**kwargs), gathered, stall_seconds, endpoint_of(fs))
+    await _sent(lambda: client.put_object(**kwargs), gathered, options.stall_seconds, endpoint_of(fs))
 
 
 async def _multipart_upload(
-    fs: Any, bucket: str, key: str, gathered: GatherBuffer, conditions: dict[str, str], stall_seconds: float
+    fs: Any, bucket: str, key: str, gathered: Uploadable, conditions: dict[str, str], options: TransferOptions
 ) -> None:
-    """The parts one after another, each under the stall watchdog and
-    retried on its own; the object appears only at the final
+    """Up to ``options.concurrency`` parts at once, each under the stall
+    watchdog and retried on its own; the object appears only at the final
     CompleteMultipartUpload, and a failure aborts the upload so no orphaned
     parts stay billed."""
     client = await _client_for(fs, bucket)
@@ -148,22 +242,31 @@ async def _multipart_upload(
         **fs._get_s3_method_kwargs(client.create_multipart_upload, Bucket=bucket, Key=key)
     )
     upload = {"Bucket": bucket, "Key": key, "UploadId": started["UploadId"]}
-    part_size = max(PART_SIZE, -(-gathered.size // _MAX_PARTS))
-    try:
-        parts = []
-        for number, start in enumerate(range(0, gathered.size, part_size), start=1):
+    part_size = upload_part_size(gathered.size, options.concurrency, options.part_size)
+    gate = asyncio.Semaphore(options.concurrency)
+
+    async def send(number: int, start: int) -> dict[str, Any]:
+        async with gate:
             body = gathered.part(start, min(part_size, gathered.size - start))
             kwargs = fs._get_s3_method_kwargs(
                 client.upload_part, PartNumber=number, Body=body, ContentLength=body.size, **upload
             )
-            answer = await _sent(
-                lambda kwargs=kwargs: client.upload_part(**kwargs), body, stall_seconds, endpoint
-            )
-            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            answer = await _sent(lambda: client.upload_part(**kwargs), body, options.stall_seconds, endpoint)
+            return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    tasks = [
+        asyncio.ensure_future(send(number, start))
+        for number, start in enumerate(range(0, gathered.size, part_size), start=1)
+    ]
+    try:
+        parts = await asyncio.gather(*tasks)
         await client.complete_multipart_upload(MultipartUpload={"Parts": parts}, **upload, **conditions)
     except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         try:
-            await asyncio.wait_for(client.abort_multipart_upload(**upload), stall_seconds)
+            await asyncio.wait_for(client.abort_multipart_upload(**upload), options.stall_seconds)
         except Exception:  # noqa: BLE001 - the first failure is the one to report
             pass
         raise
@@ -224,27 +327,27 @@ async def _unless_stalled(request: Any, body: Any, stall_seconds: float, endpoin
             task.cancel()
 
 
-def single_put(fs: Any) -> Callable[[str, GatherBuffer, bool, float], None] | None:
+def single_put(fs: Any) -> Callable[[str, Uploadable, bool, TransferOptions], None] | None:
     """One PutObject of a gathered file, if the filesystem is s3fs."""
     return _upload_with(fs, _put_object)
 
 
-def multipart_put(fs: Any) -> Callable[[str, GatherBuffer, bool, float], None] | None:
+def multipart_put(fs: Any) -> Callable[[str, Uploadable, bool, TransferOptions], None] | None:
     """A multipart upload of a gathered file, if the filesystem is s3fs."""
     return _upload_with(fs, _multipart_upload)
 
 
-def _upload_with(fs: Any, upload: Any) -> Callable[[str, GatherBuffer, bool, float], None] | None:
+def _upload_with(fs: Any, upload: Any) -> Callable[[str, Uploadable, bool, TransferOptions], None] | None:
     needed = ("_call_s3", "split_path", "set_session", "get_s3", "_get_s3_method_kwargs")
     if not all(callable(getattr(fs, name, None)) for name in needed):
         return None
     from fsspec.asyn import sync
 
-    def put(path: str, gathered: GatherBuffer, exclusive: bool, stall_seconds: float) -> None:
+    def put(path: str, gathered: Uploadable, exclusive: bool, options: TransferOptions) -> None:
         bucket, key, _ = fs.split_path(path)
         conditions = {"IfNoneMatch": "*"} if exclusive else {}  # atomic where the store supports it
         try:
-            sync(fs.loop, upload, fs, bucket, key, gathered, conditions, stall_seconds)
+            sync(fs.loop, upload, fs, bucket, key, gathered, conditions, options)
         except Exception as exc:
             if exclusive and ("PreconditionFailed" in str(exc) or "pre-condition" in str(exc)):
                 raise FileExistsError(path) from exc
