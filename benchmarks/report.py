@@ -40,7 +40,7 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
     save_budget = max(SAVE_BUDGET_BYTES, SAVE_BUDGET_FRACTION * weights_bytes)
     summary = []
     medians: dict[tuple[str, str], dict] = {}
-    for operation, _where, _kind, contestants, reference in operations(args.skip_s3):
+    for operation, _where, _kind, contestants, reference in operations(args.skip_s3, args.skip_link, args.only):
         for contestant in ["ours", "keras", "kd"]:
             row = {"operation": operation, "contestant": contestant, "reference": reference}
             if contestant not in contestants:
@@ -75,10 +75,15 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
                     }
                 medians[(operation, contestant)] = row
             summary.append(row)
+    link = run_facts.get("s3_link")
     for row in summary:
         ref = medians.get((row["operation"], row["reference"]))
         if "median_time_s" in row and ref:
             row["time_ratio"] = row["median_time_s"] / ref["median_time_s"]
+        if "median_time_s" in row and link and row["operation"].startswith("S3 link"):
+            floor = run_facts["input_file_bytes"] / (link["aggregate_MB_s"] * 1e6)
+            row["link_floor_s"] = floor
+            row["link_floor_ratio"] = row["median_time_s"] / floor
 
     targets = []
     for label, operation, metric, threshold in TARGETS:
@@ -92,6 +97,7 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
                     "memory": "memory_ratio",
                     "state": "state_ratio",
                     "save memory": "save_budget_ratio",
+                    "link": "link_floor_ratio",
                 }[metric]
             )
         if value is None:
@@ -138,6 +144,7 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
             "src_changed_during_run": facts.src_fingerprint() != run_facts["src_fingerprint"],
             "public_api_only": facts.public_api_only(),
             "s3_probe": run_facts.get("s3_probe"),
+            "s3_link": run_facts.get("s3_link"),
             "input_file_bytes": run_facts.get("input_file_bytes"),
             "trained_input_file_bytes": run_facts.get("trained_input_file_bytes"),
             "state_bytes": states,

@@ -39,6 +39,7 @@ from pathlib import Path
 import facts
 import page
 import report
+import s3_link
 from plan import (
     BENCH_DIR,
     BIG_PARAMS,
@@ -205,6 +206,12 @@ def parse_args(argv=None):
     )
     parser.add_argument("--skip-s3", action="store_true", help="local disk only, no moto server")
     parser.add_argument(
+        "--only", default=None, help="measure only the operations whose name contains this (to try one row)"
+    )
+    parser.add_argument(
+        "--skip-link", action="store_true", help="no rows through the throttled S3 link (s3_link.py)"
+    )
+    parser.add_argument(
         "--out-dir", type=Path, default=None, help="write performance.md, benchmark.png and results.json here"
     )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per child process")
@@ -291,7 +298,10 @@ def main(argv=None) -> int:
         flush=True,
     )
     harness = Harness(args, run_dir)
-    moto = None
+    moto = link = None
+    if not args.skip_s3 and not args.skip_link and s3_link.available():
+        print(f"no S3 link rows: {s3_link.available()}", flush=True)
+        args.skip_link = True
     runs: list[dict] = []
     failures: list[str] = []
     try:
@@ -304,6 +314,10 @@ def main(argv=None) -> int:
                 "client_kwargs": {"endpoint_url": moto.endpoint},
             }
             print(f"moto S3 server on {moto.endpoint}", flush=True)
+        if not args.skip_s3 and not args.skip_link:
+            link = s3_link.Link(run_dir / "s3rver", BUCKET, run_dir / "s3rver.log")
+            run_facts["s3_link"] = s3_link.describe()
+            print(f"S3 link (s3rver behind a throttle) on {link.endpoint}: {s3_link.describe()}", flush=True)
 
         jobs = plan(args)
         harness.total = 2 + len(jobs) + (1 + 2 * args.big_repeats if args.big else 0)
@@ -331,9 +345,12 @@ def main(argv=None) -> int:
             if not prepared.get("ok"):
                 failures.append("prepare")
                 raise SystemExit(1)
+            if link is not None and not trained:
+                s3_link.upload(link, local_input, f"s3://{BUCKET}/{name}")
             inputs[trained] = {
                 "local": str(local_input),
                 "s3": s3_input,
+                "link": f"s3://{BUCKET}/{name}" if link is not None else None,
                 "checksum": prepared["checksum"],
                 "state_bytes": prepared["state_bytes"],
             }
@@ -357,10 +374,10 @@ def main(argv=None) -> int:
                 name = f"{kind}-{contestant}-{repeat}-{uuid.uuid4().hex[:8]}"
                 # KerasCheckpointDataset's filepath is a folder; everything else a .keras file.
                 name += "" if (kind, contestant) == ("checkpoint", "ours") else ".keras"
-                target = f"s3://{BUCKET}/{name}" if where == "s3" else str(run_dir / name)
+                target = f"s3://{BUCKET}/{name}" if where in ("s3", "link") else str(run_dir / name)
             spec = {
                 **shape,
-                "credentials": credentials,
+                "credentials": link.credentials() if where == "link" else credentials,
                 "trained": trained,
                 "checksum": source["checksum"],
                 "state_bytes": source["state_bytes"],
@@ -395,6 +412,8 @@ def main(argv=None) -> int:
     finally:
         if moto is not None:
             moto.stop()
+        if link is not None:
+            link.stop()
         elapsed = time.perf_counter() - started
         if args.keep_work:
             print(f"work folder kept: {run_dir}")

@@ -137,6 +137,7 @@ def test_s3_write_above_the_single_put_limit_is_multipart(s3_bucket, s3_credenti
     from kedro_keras import _files
 
     monkeypatch.setattr(_files, "SINGLE_PUT_LIMIT", MB)
+    monkeypatch.setattr(_files, "SINGLE_PUT_LIMIT_ONE_CONNECTION", 0)  # no probe part
     location = Location(f"{s3_bucket}/model.keras", credentials=s3_credentials)
     path = str(location.path)
     calls = _count_s3_calls(location)

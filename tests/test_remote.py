@@ -310,6 +310,7 @@ class TestSpooledUploads:
         from kedro_keras import KerasWeightsDataset, _files, _s3
 
         monkeypatch.setattr(_files, "SINGLE_PUT_LIMIT", 5 * MB)
+        monkeypatch.setattr(_files, "SINGLE_PUT_LIMIT_ONE_CONNECTION", 0)  # no probe part
         monkeypatch.setattr(_s3, "PART_SIZE", 5 * MB)
         inputs = keras.Input((1024,))
         model = keras.Model(inputs, keras.layers.Dense(3072)(inputs))  # 12.6 MB of weights
@@ -341,7 +342,15 @@ def never_in_memory(*args, **kwargs):
 class TestParallelTransfers:
     """One connection to an object store carries a fraction of the host's
     link: large reads go as concurrent ranged GETs, large uploads as
-    concurrent parts, each written straight where it belongs."""
+    concurrent parts, each written straight where it belongs. Reads do so
+    only when one stream is slow, as a real store's connection is; moto on
+    loopback is not, so the tests that want ranges lower the bar."""
+
+    @pytest.fixture
+    def every_stream_is_slow(self, monkeypatch):
+        from kedro_keras import _s3
+
+        monkeypatch.setattr(_s3, "ONE_STREAM_IS_ENOUGH", float("inf"))
 
     @staticmethod
     def _in_flight(monkeypatch):
@@ -363,7 +372,7 @@ class TestParallelTransfers:
         return counts
 
     def test_a_large_read_is_concurrent_ranged_gets_and_the_stream_resumes_after_it(
-        self, remote_bytes, monkeypatch
+        self, remote_bytes, monkeypatch, every_stream_is_slow
     ):
         location, data = remote_bytes
         location = Location(
@@ -371,16 +380,28 @@ class TestParallelTransfers:
         )
         calls = _count_get_requests(location)
         counts = self._in_flight(monkeypatch)
+        monkeypatch.setattr(_remote_module(), "_STREAM_PROBE", MB)
         with location.open_read(location.path) as file:
             assert file.read(30) == data[:30]
             assert file.read(20 * MB) == data[30 : 20 * MB + 30]  # an array
             assert file.read(1000) == data[20 * MB + 30 : 20 * MB + 1030]
-        first, size = 30, 20 * MB  # parts of 8 MiB, the smallest worth a request
-        parts = [f"bytes={a}-{min(a + 8 * MB, first + size) - 1}" for a in range(first, first + size, 8 * MB)]
+        # The first MiB comes from the stream, which times it; the rest in
+        # parts of 8 MiB, the smallest worth a request.
+        first, end = 30 + MB, 20 * MB + 30
+        parts = [f"bytes={a}-{min(a + 8 * MB, end) - 1}" for a in range(first, end, 8 * MB)]
         assert calls == ["bytes=0-", *parts, f"bytes={20 * MB + 30}-"]
         assert 1 < counts["most"] <= 3
 
-    def test_with_concurrency_one_a_large_read_is_the_one_stream(self, remote_bytes):
+    def test_a_fast_stream_keeps_serving_large_reads(self, remote_bytes):
+        location, data = remote_bytes  # moto on loopback: hundreds of MB/s on one stream
+        calls = _count_get_requests(location)
+        with location.open_read(location.path) as file:
+            assert file.read(30) == data[:30]
+            assert file.read(20 * MB) == data[30 : 20 * MB + 30]
+            assert file._stream_rate > _s3_module().ONE_STREAM_IS_ENOUGH
+        assert calls == ["bytes=0-"]
+
+    def test_with_concurrency_one_a_large_read_is_the_one_stream(self, remote_bytes, every_stream_is_slow):
         location, data = remote_bytes
         location = Location(
             f"s3://{location.path}", credentials=_credentials_of(location), fs_args={"concurrency": 1}
@@ -391,7 +412,7 @@ class TestParallelTransfers:
         assert calls == ["bytes=0-"]
 
     def test_a_part_whose_connection_drops_is_asked_for_again_from_where_it_stopped(
-        self, remote_bytes, s3_endpoint
+        self, remote_bytes, s3_endpoint, every_stream_is_slow
     ):
         from reliability_helpers.faulty_proxy import FaultyProxy
 
@@ -407,17 +428,21 @@ class TestParallelTransfers:
             )
             calls = _count_get_requests(location)
             with location.open_read(location.path) as file:
-                proxy.cut_after(3 * MB, direction="down")
+                file._stream_rate = 0.0  # measured as slow: ranges from the first byte, no stream
+                proxy.cut_after(8 * MB, direction="down")  # 2 to 3 MiB into one of the three parts
                 assert file.read() == data
         finally:
             proxy.close()
         retried = [r for r in calls if r and not r.endswith("-") and int(r[6:].split("-")[0]) % (6 * MB)]
         assert len(retried) == 1, calls  # the dropped part, from the byte it had reached
 
-    def test_an_object_replaced_during_a_parallel_read_is_an_error_not_a_mix(self, remote_bytes):
+    def test_an_object_replaced_during_a_parallel_read_is_an_error_not_a_mix(
+        self, remote_bytes, every_stream_is_slow
+    ):
         location, data = remote_bytes
         with location.open_read(location.path) as file:
             assert file.read(MB) == data[:MB]
+            file._stream_rate = 0.0  # measured as slow: no probe
             location.fs.pipe_file(str(location.path), b"x" * len(data))
             with pytest.raises(FileChangedError, match="replaced while it was being read"):
                 file.read(20 * MB)
@@ -458,6 +483,35 @@ class TestParallelTransfers:
         with location.open_read(location.path) as file:
             assert file.read() == data
 
+    @pytest.mark.parametrize("one_connection_is_fast", [True, False])
+    def test_an_upload_probes_the_link_with_its_first_part(
+        self, s3_bucket, s3_credentials, monkeypatch, one_connection_is_fast
+    ):
+        """Moto on loopback takes one connection at memory speed: after the
+        first part the upload becomes one PUT. On a slow link it goes on in parts."""
+        import numpy as np
+
+        from kedro_keras import _s3
+
+        if not one_connection_is_fast:
+            monkeypatch.setattr(_s3, "ONE_STREAM_IS_ENOUGH", float("inf"))
+        location = Location(f"{s3_bucket}/probed.bin", credentials=s3_credentials)
+        calls = []
+        location.fs.s3.meta.events.register(
+            "before-call.s3", lambda model=None, **_: calls.append(model.name)
+        )
+        data = np.random.default_rng(4).bytes(80 * MB)
+        with location.atomic_write(location.path) as file:
+            file.write(memoryview(data).toreadonly())
+        if one_connection_is_fast:
+            assert calls == ["CreateMultipartUpload", "UploadPart", "AbortMultipartUpload", "PutObject"]
+        else:  # 8 MiB timed, then 72 MiB in 8 parts of 9 MiB, one per connection
+            assert calls[0] == "CreateMultipartUpload" and calls[-1] == "CompleteMultipartUpload"
+            assert calls.count("UploadPart") == 9 and "PutObject" not in calls
+        location.invalidate_cache(location.path)
+        with location.open_read(location.path) as file:
+            assert file.read() == data
+
     @pytest.mark.parametrize(
         ("fs_args", "message"),
         [
@@ -481,3 +535,15 @@ def _credentials_of(location):
         "secret": location.fs.secret,
         "client_kwargs": location.fs.client_kwargs,
     }
+
+
+def _remote_module():
+    from kedro_keras import _remote
+
+    return _remote
+
+
+def _s3_module():
+    from kedro_keras import _s3
+
+    return _s3

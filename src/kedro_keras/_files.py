@@ -27,13 +27,14 @@ from kedro_keras import _progress
 from kedro_keras._progress import NO_PROGRESS, Transfer, _NoProgress
 from kedro_keras._remote import (
     SINGLE_PUT_LIMIT,
+    SINGLE_PUT_LIMIT_ONE_CONNECTION,
     FileChangedError,
     GatherBuffer,
     RemoteReader,
     SpooledUpload,
     Uploadable,
 )
-from kedro_keras._s3 import TransferOptions, bound_retries, multipart_put, single_put
+from kedro_keras._s3 import OneConnectionIsEnough, TransferOptions, bound_retries, multipart_put, single_put
 
 __all__ = ["FileChangedError", "GatherBuffer", "Location", "local_copy"]
 
@@ -257,11 +258,18 @@ class Location:
         self._refuse_existing(path, exclusive)
         with self._progress("Saving", path, gathered.size) as progress:
             gathered.progress = progress
-            # An entry that chose its part size wants parts for anything larger.
-            limit = self.transfer.part_size or SINGLE_PUT_LIMIT
+            limit = self.transfer.part_size or (
+                SINGLE_PUT_LIMIT if self.transfer.concurrency > 1 else SINGLE_PUT_LIMIT_ONE_CONNECTION
+            )
             put = (single_put if gathered.size <= limit else multipart_put)(self.fs)
             if put is not None and not self.open_args_save:
-                put(path, gathered, exclusive, self.transfer)
+                # Parts only pay on a link where one connection is slow: an
+                # object one PUT may carry is probed with its first part.
+                probe = gathered.size <= SINGLE_PUT_LIMIT_ONE_CONNECTION and not self.transfer.part_size
+                try:
+                    put(path, gathered, exclusive, self.transfer, probe)
+                except OneConnectionIsEnough:
+                    single_put(self.fs)(path, gathered, exclusive, self.transfer)
                 return
             file = self.fs.open(path, mode="wb", autocommit=False, **self.open_args_save)
             try:

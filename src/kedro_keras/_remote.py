@@ -13,10 +13,12 @@ import io
 import mmap
 import os
 import threading
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from kedro_keras import _s3
 from kedro_keras._progress import NO_PROGRESS, Transfer, _NoProgress
 from kedro_keras._s3 import TransferOptions, ranged_filler, stream_opener
 
@@ -54,6 +56,10 @@ _STREAM_ATTEMPTS = 3
 # fetched as concurrent ranged GETs of 8 to 64 MiB each.
 _PARALLEL_FROM = 16 * 2**20
 _MIN_RANGE_PART = 8 * 2**20
+
+# ...unless one stream already carries _s3.ONE_STREAM_IS_ENOUGH: the first
+# large read measures the stream on its first _STREAM_PROBE bytes.
+_STREAM_PROBE = 8 * 2**20
 
 
 class _SizedFile(io.RawIOBase):
@@ -114,6 +120,7 @@ class RemoteReader(_SizedFile):
         self._options = options
         self._open_stream = stream_opener(file, options.stall_seconds)
         self._fill_ranges = ranged_filler(file, options.stall_seconds) if options.concurrency > 1 else None
+        self._stream_rate: float | None = None  # bytes per second, once measured
         self._stream: Any = None
         self._stream_position = 0  # the next byte the stream gives
         self._small: OrderedDict[int, bytes] = OrderedDict()
@@ -146,8 +153,11 @@ class RemoteReader(_SizedFile):
         while position < end:
             target = view[position - start :]
             done = self._from_memory(position, target)
-            if not done and self._fill_ranges is not None and end - position >= _PARALLEL_FROM:
-                done = self._from_parallel_ranges(position, target[: self._next_held(position, end)])
+            if not done and self._parallel_may_serve(end - position):
+                if self._stream_rate is None and self._may_stream_to(position):
+                    done = self._probe_stream(position, target[:_STREAM_PROBE])
+                elif self._stream_rate is None or self._stream_rate < _s3.ONE_STREAM_IS_ENOUGH:
+                    done = self._from_parallel_ranges(position, target[: self._next_held(position, end)])
             if not done and self._may_stream_to(position):
                 self._skip_stream_to(position)
                 done = self._from_stream(target)
@@ -163,6 +173,10 @@ class RemoteReader(_SizedFile):
             return gap <= _SMALL  # start at the front, not at the zip directory
         if gap <= _SMALL:
             return True
+        if self._parallel_may_serve(gap) and (self._stream_rate or 0) < _s3.ONE_STREAM_IS_ENOUGH:
+            # The stretch is an array HDF5 peeked past: fetched by concurrent
+            # ranges when it is read, not through the one stream now.
+            return False
         # Holding a skipped stretch costs memory; the stretch is an array
         # HDF5 is about to read anyway, but all held stretches together never
         # exceed a share of the file (a walk over the headers alone skips
@@ -192,23 +206,36 @@ class RemoteReader(_SizedFile):
         """Bytes from ``position`` up to the next one held in memory (at most to ``end``)."""
         return min([end, *(start for start in [*self._held, *self._small] if start > position)]) - position
 
+    def _parallel_may_serve(self, size: int) -> bool:
+        return self._fill_ranges is not None and size >= _PARALLEL_FROM
+
+    def _probe_stream(self, position: int, target: memoryview) -> int:
+        """Serve the first bytes of a large read from the stream, timing it."""
+        self._skip_stream_to(position)
+        if self._stream is None:  # the time to open a stream is not its rate
+            self._stream = self._open_stream(self._stream_position)
+        started = time.perf_counter()
+        done = self._from_stream(target)
+        self._stream_rate = done / max(time.perf_counter() - started, 1e-6)
+        return done
+
     def _from_parallel_ranges(self, position: int, target: memoryview) -> int:
         concurrency = self._options.concurrency
         part = self._options.part_size or min(
             _RANGE_PIECE, max(_MIN_RANGE_PART, -(-target.nbytes // concurrency))
         )
         assert self._fill_ranges is not None
+        end = position + target.nbytes
+        if self._stream_position < end:
+            # The stream would bring these bytes again: it starts afresh after them.
+            self._close_stream()
+            self._stream_position = end
         try:
             self._fill_ranges(position, target, part, concurrency)
         except Exception as exc:
             if "pre-condition" in str(exc):  # If-Match failed: not the object we started
                 raise FileChangedError(f"{self._file.path} was replaced while it was being read") from exc
             raise
-        end = position + target.nbytes
-        if self._stream_position < end:
-            # The stream would bring these bytes again: it starts afresh after them.
-            self._close_stream()
-            self._stream_position = end
         return target.nbytes
 
     def _ranged_read_size(self, position: int, end: int) -> int:
@@ -354,11 +381,15 @@ def _garbage_collection_paused() -> Iterator[None]:
 # Remote writes
 # --------------------------------------------------------------------------
 
-# Up to this size an object goes up in one PUT (unless the entry sets
-# fs_args.part_size): all or nothing by itself, one request, and no orphaned
-# parts (which stay billed) if the process dies mid-upload. Beyond it, a
-# multipart upload's concurrent parts win.
-SINGLE_PUT_LIMIT = 512 * 2**20
+# Up to this size an object goes up in one PUT: all or nothing by itself,
+# one request, and no orphaned parts (which stay billed) if the process dies
+# mid-upload. Beyond it, a multipart upload's concurrent parts win: one
+# connection carries a fraction of a real store's link. (On moto, which
+# copies the parts again on completion, one PUT would be faster.) With
+# fs_args.concurrency 1 there is nothing to win below 512 MiB; with
+# fs_args.part_size, anything larger than one part goes in parts.
+SINGLE_PUT_LIMIT = 64 * 2**20
+SINGLE_PUT_LIMIT_ONE_CONNECTION = 512 * 2**20
 
 
 # Writes at least this large are kept by reference when the buffer is read-only.

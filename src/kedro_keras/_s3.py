@@ -87,7 +87,6 @@ def stream_opener(file: Any, stall_seconds: float) -> Callable[[int], Any] | Non
 # A part of a parallel read that fails is asked for again (from where it
 # stopped) this many times in all.
 _RANGE_ATTEMPTS = 3
-_RANGE_PIECE = 2**20
 
 
 def ranged_filler(file: Any, stall_seconds: float) -> Callable[[int, memoryview, int, int], None] | None:
@@ -140,15 +139,14 @@ async def _get_range_into(
         response = await fs._call_s3("get_object", Range=f"bytes={first + done}-{last}", **args)
         stream = _S3Stream(fs.loop, response["Body"], stall_seconds, endpoint_of(fs))
         try:
-            # In pieces, so that a dropped connection costs one piece again, not the part.
-            while done < view.nbytes:
-                count = await stream._fill(view[done : done + _RANGE_PIECE])
-                if not count:
-                    raise EOFError(f"{file.path} ended early at byte {first + done} of {file.size}")
-                done += count
+            count = await stream._fill(view[done:])
+            if count < view.nbytes - done:
+                raise EOFError(f"{file.path} ended early at byte {first + done + count} of {file.size}")
+            done += count
         except (StalledError, EOFError):
             raise  # the bound is the bound: no retry on top of it
-        except Exception:  # a dropped connection: ask again from where it stopped
+        except Exception:  # a dropped connection: ask again from the byte it stopped at
+            done += stream.filled
             if attempt >= _RANGE_ATTEMPTS:
                 raise
         finally:
@@ -161,6 +159,7 @@ class _S3Stream:
     def __init__(self, loop: Any, body: Any, stall_seconds: float, endpoint: str) -> None:
         self._loop, self._body = loop, body
         self._stall_seconds, self._endpoint = stall_seconds, endpoint
+        self.filled = 0  # bytes the last _fill put in its target, also when it failed
 
     def readinto(self, target: memoryview) -> int:
         from fsspec.asyn import sync
@@ -170,7 +169,7 @@ class _S3Stream:
     async def _fill(self, target: memoryview) -> int:
         # The body hands out what the socket has (often 64 KiB): gather a
         # whole piece per trip to the event loop's thread.
-        done = 0
+        done = self.filled = 0
         while done < target.nbytes:
             try:
                 # A server that keeps the connection open but sends nothing
@@ -185,6 +184,7 @@ class _S3Stream:
                 break
             target[done : done + len(chunk)] = chunk
             done += len(chunk)
+            self.filled = done
         return done
 
     def close(self) -> None:
@@ -205,6 +205,19 @@ _MIN_PART_SIZE = 8 * 2**20
 _MAX_PARTS = 10_000
 
 
+# Whether one connection is enough is judged on a first part this large.
+PROBE_PART_SIZE = 8 * 2**20
+
+# One stream carrying this much means a store that is local or close (a test
+# server, a fast link): a request more costs more than it gains.
+ONE_STREAM_IS_ENOUGH = 150e6  # bytes per second
+
+
+class OneConnectionIsEnough(Exception):
+    """The probe part went up fast enough: the multipart upload was aborted
+    and the object should go up in one PUT."""
+
+
 def upload_part_size(size: int, concurrency: int, chosen: int | None = None) -> int:
     """Parts small enough that every connection has one, large enough that
     requests stay few: 8 to 64 MiB unless the entry chose (and never more
@@ -220,7 +233,13 @@ async def _client_for(fs: Any, bucket: str) -> Any:
 
 
 async def _put_object(
-    fs: Any, bucket: str, key: str, gathered: Uploadable, conditions: dict[str, str], options: TransferOptions
+    fs: Any,
+    bucket: str,
+    key: str,
+    gathered: Uploadable,
+    conditions: dict[str, str],
+    options: TransferOptions,
+    probe: bool = False,
 ) -> None:
     client = await _client_for(fs, bucket)
     kwargs = fs._get_s3_method_kwargs(
@@ -230,7 +249,13 @@ async def _put_object(
 
 
 async def _multipart_upload(
-    fs: Any, bucket: str, key: str, gathered: Uploadable, conditions: dict[str, str], options: TransferOptions
+    fs: Any,
+    bucket: str,
+    key: str,
+    gathered: Uploadable,
+    conditions: dict[str, str],
+    options: TransferOptions,
+    probe: bool = False,
 ) -> None:
     """Up to ``options.concurrency`` parts at once, each under the stall
     watchdog and retried on its own; the object appears only at the final
@@ -242,24 +267,35 @@ async def _multipart_upload(
         **fs._get_s3_method_kwargs(client.create_multipart_upload, Bucket=bucket, Key=key)
     )
     upload = {"Bucket": bucket, "Key": key, "UploadId": started["UploadId"]}
-    part_size = upload_part_size(gathered.size, options.concurrency, options.part_size)
     gate = asyncio.Semaphore(options.concurrency)
 
-    async def send(number: int, start: int) -> dict[str, Any]:
+    async def send(number: int, start: int, size: int) -> dict[str, Any]:
         async with gate:
-            body = gathered.part(start, min(part_size, gathered.size - start))
+            body = gathered.part(start, size)
             kwargs = fs._get_s3_method_kwargs(
                 client.upload_part, PartNumber=number, Body=body, ContentLength=body.size, **upload
             )
             answer = await _sent(lambda: client.upload_part(**kwargs), body, options.stall_seconds, endpoint)
             return {"PartNumber": number, "ETag": answer["ETag"]}
 
-    tasks = [
-        asyncio.ensure_future(send(number, start))
-        for number, start in enumerate(range(0, gathered.size, part_size), start=1)
-    ]
+    tasks: list[asyncio.Future] = []
     try:
-        parts = await asyncio.gather(*tasks)
+        parts, first = [], 0
+        if probe:
+            # The first part alone, timed: a store that takes one connection
+            # this fast is local or close, and one PUT serves it better.
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            parts.append(await send(1, 0, PROBE_PART_SIZE))
+            if PROBE_PART_SIZE / max(loop.time() - began, 1e-6) >= ONE_STREAM_IS_ENOUGH:
+                raise OneConnectionIsEnough
+            first = PROBE_PART_SIZE
+        part_size = upload_part_size(gathered.size - first, options.concurrency, options.part_size)
+        tasks = [
+            asyncio.ensure_future(send(number, start, min(part_size, gathered.size - start)))
+            for number, start in enumerate(range(first, gathered.size, part_size), start=len(parts) + 1)
+        ]
+        parts += await asyncio.gather(*tasks)
         await client.complete_multipart_upload(MultipartUpload={"Parts": parts}, **upload, **conditions)
     except BaseException:
         for task in tasks:
@@ -343,11 +379,13 @@ def _upload_with(fs: Any, upload: Any) -> Callable[[str, Uploadable, bool, Trans
         return None
     from fsspec.asyn import sync
 
-    def put(path: str, gathered: Uploadable, exclusive: bool, options: TransferOptions) -> None:
+    def put(
+        path: str, gathered: Uploadable, exclusive: bool, options: TransferOptions, probe: bool = False
+    ) -> None:
         bucket, key, _ = fs.split_path(path)
         conditions = {"IfNoneMatch": "*"} if exclusive else {}  # atomic where the store supports it
         try:
-            sync(fs.loop, upload, fs, bucket, key, gathered, conditions, options)
+            sync(fs.loop, upload, fs, bucket, key, gathered, conditions, options, probe)
         except Exception as exc:
             if exclusive and ("PreconditionFailed" in str(exc) or "pre-condition" in str(exc)):
                 raise FileExistsError(path) from exc

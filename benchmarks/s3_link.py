@@ -1,0 +1,203 @@
+"""An S3 endpoint on loopback that behaves like a real object store's link.
+
+moto reads a whole object for every ranged GET and serves every request at
+memory speed, so a load tuned on it is one stream and looks fast. A real
+store gives each connection a bounded rate, charges a first-byte latency per
+request, and the host's link caps them all together. This testbed puts that
+in front of s3rver (an S3 server from the npm registry that stores objects
+as files and serves a range by reading only that range):
+
+    client --HTTP--> Link (this module: per-connection rate, latency, aggregate cap) --> s3rver
+
+The proxy is asyncio in a thread of benchmarks/run.py, which only waits for
+its measuring children: it never competes with them for the GIL. It counts
+requests by method, so the page can say how many each contestant made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+S3RVER = BENCH_DIR / ".node" / "node_modules" / ".bin" / "s3rver"
+
+# The link. One connection to S3 carries about 50-100 MB/s in practice, a
+# host's link eight or more of them, and a first byte costs tens of
+# milliseconds. The same one-to-eight shape, scaled down to what this 2-core
+# machine pushes through s3rver and a Python proxy beside the measured
+# process (about 250 MB/s of loads and 100 MB/s of saves unthrottled).
+PER_CONNECTION_BYTES_PER_S = 10e6
+AGGREGATE_BYTES_PER_S = 80e6
+FIRST_BYTE_LATENCY_S = 0.03
+
+_CHUNK = 256 * 1024
+_METHODS = (b"GET ", b"PUT ", b"POST ", b"HEAD ", b"DELETE ")
+
+
+def available() -> str | None:
+    """Why the testbed cannot run here, or None."""
+    if shutil.which("node") is None:
+        return "Node.js is not installed (s3rver runs on it)"
+    if not S3RVER.exists():
+        return f"s3rver is not installed in {S3RVER.parents[2]} (`make bench` installs it with npm)"
+    return None
+
+
+def describe() -> dict:
+    return {
+        "server": "s3rver 3.7.1 (objects as files; a range reads only that range)",
+        "per_connection_MB_s": PER_CONNECTION_BYTES_PER_S / 1e6,
+        "aggregate_MB_s": AGGREGATE_BYTES_PER_S / 1e6,
+        "first_byte_latency_ms": FIRST_BYTE_LATENCY_S * 1e3,
+    }
+
+
+class _Pace:
+    """A rate as a schedule: each chunk is due once the ones before it have had their time."""
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self.rate, self.free_at = bytes_per_s, 0.0
+
+    def reserve(self, nbytes: int, now: float) -> float:
+        self.free_at = max(self.free_at, now) + nbytes / self.rate
+        return self.free_at
+
+
+class Link:
+    """s3rver behind the throttling proxy; ``endpoint`` is what a client talks to."""
+
+    def __init__(self, folder: Path, bucket: str, log_path: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "wb")  # noqa: SIM115  (closed by stop())
+        server_port = _free_port()
+        self._server = subprocess.Popen(
+            [
+                str(S3RVER),
+                "-d",
+                str(folder),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(server_port),
+                "-s",
+                "--configure-bucket",
+                bucket,
+            ],
+            stdout=self._log,
+            stderr=self._log,
+        )
+        _wait_for_port(server_port, self._server)
+        self._upstream = ("127.0.0.1", server_port)
+        self.requests: Counter[str] = Counter()
+        self._down = _Pace(AGGREGATE_BYTES_PER_S)
+        self._up = _Pace(AGGREGATE_BYTES_PER_S)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def credentials(self) -> dict:
+        return {"key": "S3RVER", "secret": "S3RVER", "client_kwargs": {"endpoint_url": self.endpoint}}
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if self._server.poll() is None:
+            self._server.terminate()  # only the process we started
+            try:
+                self._server.wait(10)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+                self._server.wait()
+        self._log.close()
+
+    # The proxy ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._connection, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _connection(self, client_reader, client_writer) -> None:
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            client_writer.close()
+            return
+        state = {"asked_at": None}  # when the request now waiting for its first answer byte was sent
+        up, down = _Pace(PER_CONNECTION_BYTES_PER_S), _Pace(PER_CONNECTION_BYTES_PER_S)
+        await asyncio.gather(
+            self._pump(client_reader, server_writer, up, self._up, state, upward=True),
+            self._pump(server_reader, client_writer, down, self._down, state, upward=False),
+            return_exceptions=True,
+        )
+        for writer in (client_writer, server_writer):
+            writer.close()
+
+    async def _pump(self, reader, writer, connection: _Pace, link: _Pace, state: dict, upward: bool) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            data = await reader.read(_CHUNK)
+            if not data:
+                try:
+                    writer.write_eof()
+                except OSError:
+                    pass
+                return
+            now = loop.time()
+            if upward and data.startswith(_METHODS) and state["asked_at"] is None:
+                state["asked_at"] = now
+                self.requests[data.split(b" ", 1)[0].decode()] += 1
+            if not upward and state["asked_at"] is not None:
+                # The first byte of an answer comes a latency after its request.
+                wait = state["asked_at"] + FIRST_BYTE_LATENCY_S - now
+                state["asked_at"] = None
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    now = loop.time()
+            due = max(connection.reserve(len(data), now), link.reserve(len(data), now))
+            if due > now:
+                await asyncio.sleep(due - now)
+            writer.write(data)
+            await writer.drain()
+
+
+def upload(link: Link, local: Path, url: str) -> None:
+    """Put a load's input file on the link (s3fs sends large files in concurrent parts)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**link.credentials(), skip_instance_cache=True)
+    fs.put_file(str(local), url)
+    if fs.info(url)["size"] != local.stat().st_size:
+        raise RuntimeError(f"{url} is not the size of {local}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"s3rver exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"s3rver did not listen on port {port} within {seconds:g} s")
