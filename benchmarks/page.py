@@ -256,6 +256,15 @@ def _gpus(count) -> str:
     return "no GPU visible to TensorFlow" if count == 0 else f"{count} GPU(s) visible to TensorFlow"
 
 
+def _link(link: dict | None) -> str:
+    if not link:
+        return "not measured in this run (Node.js or s3rver missing, or `--skip-link`)"
+    return (
+        f"{link['per_connection_MB_s']:g} MB/s per connection, {link['aggregate_MB_s']:g} MB/s in all and "
+        f"{link['first_byte_latency_ms']:g} ms to the first byte of every answer"
+    )
+
+
 def render(report, outputs) -> str:
     meta, shape = report["meta"], report["model"]
     machine, versions = meta["machine"], meta["versions"]
@@ -301,6 +310,7 @@ def render(report, outputs) -> str:
         "ram": machine["ram"],
         "cores": machine["cores"],
         "spread": _spread(report),
+        "link": _link(meta.get("s3_link")),
         "cpu": machine["cpu"],
         "gpus": _gpus(machine.get("gpus")),
         "platform": machine["platform"],

@@ -40,7 +40,9 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
     save_budget = max(SAVE_BUDGET_BYTES, SAVE_BUDGET_FRACTION * weights_bytes)
     summary = []
     medians: dict[tuple[str, str], dict] = {}
-    for operation, _where, _kind, contestants, reference in operations(args.skip_s3, args.skip_link, args.only):
+    for operation, _where, _kind, contestants, reference in operations(
+        args.skip_s3, args.skip_link, args.only
+    ):
         for contestant in ["ours", "keras", "kd"]:
             row = {"operation": operation, "contestant": contestant, "reference": reference}
             if contestant not in contestants:

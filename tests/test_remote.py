@@ -392,13 +392,14 @@ class TestParallelTransfers:
         assert calls == ["bytes=0-", *parts, f"bytes={20 * MB + 30}-"]
         assert 1 < counts["most"] <= 3
 
-    def test_a_fast_stream_keeps_serving_large_reads(self, remote_bytes):
-        location, data = remote_bytes  # moto on loopback: hundreds of MB/s on one stream
+    def test_a_fast_stream_keeps_serving_large_reads(self, remote_bytes, monkeypatch):
+        monkeypatch.setattr(_s3_module(), "ONE_STREAM_IS_ENOUGH", 1.0)  # bytes per second: any stream is fast
+        location, data = remote_bytes
         calls = _count_get_requests(location)
         with location.open_read(location.path) as file:
             assert file.read(30) == data[:30]
             assert file.read(20 * MB) == data[30 : 20 * MB + 30]
-            assert file._stream_rate > _s3_module().ONE_STREAM_IS_ENOUGH
+            assert file._stream_rate > 1.0  # measured on the first 8 MiB of the large read
         assert calls == ["bytes=0-"]
 
     def test_with_concurrency_one_a_large_read_is_the_one_stream(self, remote_bytes, every_stream_is_slow):
@@ -487,14 +488,15 @@ class TestParallelTransfers:
     def test_an_upload_probes_the_link_with_its_first_part(
         self, s3_bucket, s3_credentials, monkeypatch, one_connection_is_fast
     ):
-        """Moto on loopback takes one connection at memory speed: after the
-        first part the upload becomes one PUT. On a slow link it goes on in parts."""
+        """A store that takes one connection fast enough (moto on loopback, a
+        LAN) gets one PUT after the first part; on a slow link it goes on in parts."""
         import numpy as np
 
         from kedro_keras import _s3
 
-        if not one_connection_is_fast:
-            monkeypatch.setattr(_s3, "ONE_STREAM_IS_ENOUGH", float("inf"))
+        # The judgement is the store's speed against a bar; the bar is moved
+        # rather than the store, so a loaded CI machine cannot flip it.
+        monkeypatch.setattr(_s3, "ONE_STREAM_IS_ENOUGH", 0.0 if one_connection_is_fast else float("inf"))
         location = Location(f"{s3_bucket}/probed.bin", credentials=s3_credentials)
         calls = []
         location.fs.s3.meta.events.register(

@@ -553,6 +553,14 @@ class _Part(_SizedFile):
         super().__init__()
         self._whole, self._start, self.size = whole, start, size
         self._position = 0
+        # When the body was last rewound: an upload reads it from the start,
+        # after botocore's set-up and (over HTTP) its signing pass over it.
+        self.sent_from: float = time.monotonic()
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        if position == 0 and whence == io.SEEK_SET:
+            self.sent_from = time.monotonic()
+        return super().seek(position, whence)
 
     def readinto(self, buffer: Any) -> int:
         target = memoryview(buffer).cast("B")[: max(0, self.size - self._position)]

@@ -8,6 +8,7 @@ fsspec's ordinary reads and uploads) if s3fs changes.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -269,9 +270,8 @@ async def _multipart_upload(
     upload = {"Bucket": bucket, "Key": key, "UploadId": started["UploadId"]}
     gate = asyncio.Semaphore(options.concurrency)
 
-    async def send(number: int, start: int, size: int) -> dict[str, Any]:
+    async def send(number: int, body: Any) -> dict[str, Any]:
         async with gate:
-            body = gathered.part(start, size)
             kwargs = fs._get_s3_method_kwargs(
                 client.upload_part, PartNumber=number, Body=body, ContentLength=body.size, **upload
             )
@@ -282,17 +282,18 @@ async def _multipart_upload(
     try:
         parts, first = [], 0
         if probe:
-            # The first part alone, timed: a store that takes one connection
-            # this fast is local or close, and one PUT serves it better.
-            loop = asyncio.get_running_loop()
-            began = loop.time()
-            parts.append(await send(1, 0, PROBE_PART_SIZE))
-            if PROBE_PART_SIZE / max(loop.time() - began, 1e-6) >= ONE_STREAM_IS_ENOUGH:
+            # The first part alone, timed from its last rewind (the pass that
+            # sends it, not botocore's set-up) to the answer: a store that
+            # takes one connection this fast is local or close, and one PUT
+            # serves it better.
+            body = gathered.part(0, PROBE_PART_SIZE)
+            parts.append(await send(1, body))
+            if PROBE_PART_SIZE / max(time.monotonic() - body.sent_from, 1e-6) >= ONE_STREAM_IS_ENOUGH:
                 raise OneConnectionIsEnough
             first = PROBE_PART_SIZE
         part_size = upload_part_size(gathered.size - first, options.concurrency, options.part_size)
         tasks = [
-            asyncio.ensure_future(send(number, start, min(part_size, gathered.size - start)))
+            asyncio.ensure_future(send(number, gathered.part(start, min(part_size, gathered.size - start))))
             for number, start in enumerate(range(first, gathered.size, part_size), start=len(parts) + 1)
         ]
         parts += await asyncio.gather(*tasks)
