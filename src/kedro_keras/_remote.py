@@ -55,7 +55,6 @@ _STREAM_ATTEMPTS = 3
 # A read at least this large, on an entry with concurrency above 1, is
 # fetched as concurrent ranged GETs of 8 to 64 MiB each.
 _PARALLEL_FROM = 16 * 2**20
-_MIN_RANGE_PART = 8 * 2**20
 
 # ...unless one stream already carries _s3.ONE_STREAM_IS_ENOUGH: the first
 # large read measures the stream on its first _STREAM_PROBE bytes.
@@ -156,7 +155,7 @@ class RemoteReader(_SizedFile):
             if not done and self._parallel_may_serve(end - position):
                 if self._stream_rate is None and self._may_stream_to(position):
                     done = self._probe_stream(position, target[:_STREAM_PROBE])
-                elif self._stream_rate is None or self._stream_rate < _s3.ONE_STREAM_IS_ENOUGH:
+                elif self._ranges_pay():
                     done = self._from_parallel_ranges(position, target[: self._next_held(position, end)])
             if not done and self._may_stream_to(position):
                 self._skip_stream_to(position)
@@ -173,7 +172,7 @@ class RemoteReader(_SizedFile):
             return gap <= _SMALL  # start at the front, not at the zip directory
         if gap <= _SMALL:
             return True
-        if self._parallel_may_serve(gap) and (self._stream_rate or 0) < _s3.ONE_STREAM_IS_ENOUGH:
+        if self._parallel_may_serve(gap) and self._ranges_pay():
             # The stretch is an array HDF5 peeked past: fetched by concurrent
             # ranges when it is read, not through the one stream now.
             return False
@@ -209,6 +208,10 @@ class RemoteReader(_SizedFile):
     def _parallel_may_serve(self, size: int) -> bool:
         return self._fill_ranges is not None and size >= _PARALLEL_FROM
 
+    def _ranges_pay(self) -> bool:
+        """Until the stream is timed, and after, unless one stream is fast enough."""
+        return self._stream_rate is None or self._stream_rate < _s3.ONE_STREAM_IS_ENOUGH
+
     def _probe_stream(self, position: int, target: memoryview) -> int:
         """Serve the first bytes of a large read from the stream, timing it."""
         self._skip_stream_to(position)
@@ -221,9 +224,7 @@ class RemoteReader(_SizedFile):
 
     def _from_parallel_ranges(self, position: int, target: memoryview) -> int:
         concurrency = self._options.concurrency
-        part = self._options.part_size or min(
-            _RANGE_PIECE, max(_MIN_RANGE_PART, -(-target.nbytes // concurrency))
-        )
+        part = _s3.part_size(target.nbytes, concurrency, self._options.part_size)
         assert self._fill_ranges is not None
         end = position + target.nbytes
         if self._stream_position < end:
@@ -233,8 +234,7 @@ class RemoteReader(_SizedFile):
         try:
             self._fill_ranges(position, target, part, concurrency)
         except Exception as exc:
-            if "pre-condition" in str(exc):  # If-Match failed: not the object we started
-                raise FileChangedError(f"{self._file.path} was replaced while it was being read") from exc
+            self._raise_if_replaced(exc)
             raise
         return target.nbytes
 
@@ -307,8 +307,7 @@ class RemoteReader(_SizedFile):
                 failures = 0  # a stream that moves on is healthy again
             except Exception as exc:  # a dropped connection: resume where it stopped
                 self._close_stream()
-                if "pre-condition" in str(exc):  # If-Match failed: not the object we started
-                    raise FileChangedError(f"{self._file.path} was replaced while it was being read") from exc
+                self._raise_if_replaced(exc)
                 failures += 1
                 if failures >= _STREAM_ATTEMPTS:
                     raise
@@ -319,6 +318,10 @@ class RemoteReader(_SizedFile):
                 )
             done += count
             self._stream_position += count
+
+    def _raise_if_replaced(self, exc: Exception) -> None:
+        if "pre-condition" in str(exc):  # If-Match failed: not the object we started
+            raise FileChangedError(f"{self._file.path} was replaced while it was being read") from exc
 
     def _remember_small(self, start: int, data: bytes) -> None:
         previous = self._small.pop(start, None)

@@ -219,10 +219,10 @@ class OneConnectionIsEnough(Exception):
     and the object should go up in one PUT."""
 
 
-def upload_part_size(size: int, concurrency: int, chosen: int | None = None) -> int:
-    """Parts small enough that every connection has one, large enough that
-    requests stay few: 8 to 64 MiB unless the entry chose (and never more
-    than S3's 10,000 parts)."""
+def part_size(size: int, concurrency: int, chosen: int | None = None) -> int:
+    """Parts (uploaded, or ranges read) small enough that every connection
+    has one, large enough that requests stay few: 8 to 64 MiB unless the
+    entry chose (and never more than S3's 10,000 parts)."""
     if chosen is None:
         chosen = min(PART_SIZE, max(_MIN_PART_SIZE, -(-size // max(1, concurrency))))
     return max(chosen, -(-size // _MAX_PARTS), 5 * 2**20)
@@ -291,10 +291,10 @@ async def _multipart_upload(
             if PROBE_PART_SIZE / max(time.monotonic() - body.sent_from, 1e-6) >= ONE_STREAM_IS_ENOUGH:
                 raise OneConnectionIsEnough
             first = PROBE_PART_SIZE
-        part_size = upload_part_size(gathered.size - first, options.concurrency, options.part_size)
+        size = part_size(gathered.size - first, options.concurrency, options.part_size)
         tasks = [
-            asyncio.ensure_future(send(number, gathered.part(start, min(part_size, gathered.size - start))))
-            for number, start in enumerate(range(first, gathered.size, part_size), start=len(parts) + 1)
+            asyncio.ensure_future(send(number, gathered.part(start, min(size, gathered.size - start))))
+            for number, start in enumerate(range(first, gathered.size, size), start=len(parts) + 1)
         ]
         parts += await asyncio.gather(*tasks)
         await client.complete_multipart_upload(MultipartUpload={"Parts": parts}, **upload, **conditions)
