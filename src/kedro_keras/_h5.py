@@ -11,6 +11,7 @@ Keras or knows where a file lives.
 from __future__ import annotations
 
 import io
+import mmap
 import struct
 from typing import IO, Any
 
@@ -373,11 +374,32 @@ def read_aligned(dataset: Any) -> Any:
     return array
 
 
+# NumPy asks the kernel for huge pages for every array of 4 MiB or more.
+# Where the kernel then compacts memory on demand to find them (THP defrag
+# "madvise", a common default), filling a fresh 1.2 GB array took 2.7 s
+# instead of 0.7 s on our bench machine. An array read once from a file gains
+# nothing from huge pages, so large ones are plain anonymous maps instead
+# (page-aligned, so 64-byte aligned too, and returned to the system the
+# moment the array goes).
+_OWN_MAP_FROM = 4 * 2**20
+# Every page is about to be written: faulting them all in at once is cheaper
+# than one fault per page as the read goes (0.46 s against 0.73 s for 1.2 GB).
+# (Windows has no anonymous-map flags; there NumPy's allocation stays.)
+_ANONYMOUS_PREFAULTED = (
+    mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+    if hasattr(mmap, "MAP_ANONYMOUS")
+    else None
+)
+
+
 def aligned_empty(shape: tuple[int, ...], dtype: Any) -> Any:
     import numpy as np
 
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes >= _OWN_MAP_FROM and _ANONYMOUS_PREFAULTED is not None:
+        pages = mmap.mmap(-1, nbytes, flags=_ANONYMOUS_PREFAULTED)
+        return np.frombuffer(pages, dtype=dtype).reshape(shape)
     raw = np.empty(nbytes + _ALIGNMENT, dtype=np.uint8)
     start = -raw.ctypes.data % _ALIGNMENT
     return raw[start : start + nbytes].view(dtype).reshape(shape)
