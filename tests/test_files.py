@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import threading
+import time
 import uuid
 
 import pytest
 
+from kedro_keras import _files
 from kedro_keras._files import Location
 
 
@@ -148,3 +152,29 @@ def test_s3_write_above_the_single_put_limit_is_multipart(s3_bucket, s3_credenti
     location.invalidate_cache(path)
     with location.open_read(path) as file:
         assert file.read() == data
+
+
+@pytest.mark.skipif(_files._sync_file_range() is None, reason="sync_file_range(2) is Linux's")
+def test_local_write_starts_writeback_while_it_writes_and_stops_before_closing(tmp_path, monkeypatch):
+    # The publishing fsync then waits only for the last stretch; the thread
+    # that asks for it must be gone before the descriptor is closed (and
+    # its number reused by another file).
+    real = _files._sync_file_range()
+    calls = []
+
+    def recording(fd, offset, count, flags):
+        calls.append((fd, offset, count, flags, os.fstat(fd).st_size))
+        return real(fd, offset, count, flags)
+
+    monkeypatch.setattr(_files, "_sync_file_range", lambda: recording)
+    location = Location(str(tmp_path / "m.bin"))
+    with location.atomic_write(location.path) as file:
+        for _ in range(8):
+            file.write(b"\x01" * 2**20)
+            file.flush()
+            time.sleep(2 * _files._WRITEBACK_EVERY_S)
+        descriptor = file.fileno()
+    assert {call[:4] for call in calls} == {(descriptor, 0, 0, _files._SYNC_FILE_RANGE_WRITE)}
+    assert len(calls) >= 4 and max(call[4] for call in calls) >= 4 * 2**20
+    assert not [thread for thread in threading.enumerate() if thread.name == "kedro-keras-writeback"]
+    assert (tmp_path / "m.bin").read_bytes() == b"\x01" * 8 * 2**20

@@ -8,10 +8,13 @@ listing, removing) is here, so that the model formats (``_archive``,
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import uuid
 from contextlib import contextmanager
 from copy import deepcopy
@@ -311,8 +314,9 @@ def _local_atomic_write(path: str, exclusive: bool = False) -> Iterator[IO[bytes
     try:
         # Readable too: HDF5 writes a model straight into it, and reads back.
         with open(temp_path, "w+b") as file:
-            yield file
-            file.flush()
+            with _written_back_as_it_goes(file.fileno()):
+                yield file
+                file.flush()
             os.fsync(file.fileno())
         if exclusive:
             os.link(temp_path, path)  # fails, atomically, if path exists
@@ -323,6 +327,49 @@ def _local_atomic_write(path: str, exclusive: bool = False) -> Iterator[IO[bytes
         if os.path.exists(temp_path):
             os.remove(temp_path)
         raise
+
+
+# sync_file_range(2)'s flag that starts writing dirty pages out without
+# waiting for them.
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_EVERY_S = 0.05
+
+
+def _sync_file_range() -> Any:
+    """libc's sync_file_range, or None where there is none (not Linux):
+    Python's os module does not offer it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return function
+
+
+@contextmanager
+def _written_back_as_it_goes(fd: int) -> Iterator[None]:
+    """While a model is written, have the kernel start writing what is
+    already written out to disk, so the fsync that publishes the model
+    waits only for the last stretch (it was a fifth of a 400 MB save)."""
+    start_writeback = _sync_file_range()
+    if start_writeback is None:
+        yield
+        return
+    done = threading.Event()
+
+    def write_back() -> None:
+        while not done.wait(_WRITEBACK_EVERY_S):
+            start_writeback(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a failure only means no head start
+
+    thread = threading.Thread(target=write_back, name="kedro-keras-writeback", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()  # before the file (and its descriptor number) is closed
 
 
 @contextmanager
