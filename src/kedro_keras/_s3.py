@@ -206,8 +206,9 @@ _MIN_PART_SIZE = 8 * 2**20
 _MAX_PARTS = 10_000
 
 
-# Whether one connection is enough is judged on a first part this large.
-PROBE_PART_SIZE = 8 * 2**20
+# Whether one connection is enough is judged on a first part this large:
+# S3's smallest part, since the probe is time spent on one connection only.
+PROBE_PART_SIZE = 5 * 2**20
 
 # One stream carrying this much means a store that is local or close (a test
 # server, a fast link): a request more costs more than it gains.
