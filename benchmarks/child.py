@@ -207,6 +207,8 @@ def _child_run(spec: dict) -> dict:
         dataset = None
     elif contestant == "ours":
         dataset = kedro_keras.KerasModelDataset(filepath=target, credentials=credentials)
+    elif contestant == "history":
+        dataset = kedro_keras.KerasTimestampedModelDataset(filepath=target, credentials=credentials)
     elif contestant == "kd":
         dataset = TensorFlowModelDataset(filepath=target, credentials=credentials)
     else:
@@ -268,16 +270,18 @@ def _child_run(spec: dict) -> dict:
                 f"loaded state is {_state_bytes(loaded)} bytes, expected {spec['state_bytes']}"
             )
     else:
+        keep = spec.get("keep", False)  # a history's version, which its load reads next
         if is_s3:
             fs = _s3fs(credentials)
             fs.invalidate_cache()
             size = fs.info(target)["size"]
             fs.rm(target)
-        elif os.path.isdir(target):  # a checkpoint folder
+        elif os.path.isdir(target):  # a checkpoint folder, a history
             import shutil
 
             size = sum(path.stat().st_size for path in Path(target).iterdir())
-            shutil.rmtree(target)
+            if not keep:
+                shutil.rmtree(target)
         else:
             size = os.path.getsize(target)
             os.remove(target)
@@ -315,7 +319,14 @@ def _prepare(spec: dict, model) -> dict:
     import tensorflow as tf
 
     local = spec["local_input"]
-    model.save(local)
+    if spec.get("prepare_with") == "ours":
+        # The --big model: model.save would need 1.17x its weights in memory
+        # on top of the model, more than this machine has for 10 GB.
+        import kedro_keras
+
+        kedro_keras.KerasModelDataset(filepath=local).save(model)
+    else:
+        model.save(local)
     info = {
         "state_bytes": _state_bytes(model),
         "params": model.count_params(),

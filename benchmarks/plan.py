@@ -26,7 +26,8 @@ DEFAULT_SIZE_MB = 400.0
 DEFAULT_REPEATS = 5
 QUICK_SIZE_MB = 40.0
 QUICK_REPEATS = 1
-BIG_PARAMS = 1_000_000_000  # --big: ~4 GB of float32 weights
+BIG_PARAMS = 2_500_000_000  # --big: ~10 GB of float32 weights, local disk
+BIG_LINK_PARAMS = 1_000_000_000  # --big: ~4 GB through the S3 link
 DEFAULT_BIG_REPEATS = 1
 
 BUCKET = "kedro-keras-bench"
@@ -52,7 +53,26 @@ CONTESTANTS = {
     "keras": "plain Keras (model.save / keras.saving.load_model)",
     "kd": "kedro-datasets TensorFlowModelDataset",
 }
-SHORT_NAMES = {"ours": "kedro-keras", "keras": "plain Keras", "kd": "kedro-datasets"}
+SHORT_NAMES = {
+    "ours": "kedro-keras",
+    "history": "kedro-keras (history)",
+    "keras": "plain Keras",
+    "kd": "kedro-datasets",
+}
+
+# The --big part: (operation, contestant, kind, where, which model). "history"
+# is KerasTimestampedModelDataset: its save leaves a version that its load
+# then reads (the newest). Plain Keras cannot save the 10 GB model here at
+# all (its in-memory image needs 1.17x the weights on top of the model), so
+# it is not a contestant.
+BIG_OPERATIONS = (
+    ("local save", "ours", "save", "local", "big"),
+    ("local load", "ours", "load", "local", "big"),
+    ("local save", "history", "save", "local", "big"),
+    ("local load", "history", "load", "local", "big"),
+    ("S3 link save", "ours", "save", "link", "big_link"),
+    ("S3 link load", "ours", "load", "link", "big_link"),
+)
 
 # (operation, where, kind, contestants, reference contestant). The main case
 # is the model a training node returns: compiled with Adam and fitted one
@@ -75,6 +95,61 @@ OPERATIONS = [
     # One epoch-end checkpoint of the trained model: KerasCheckpointDataset's
     # callback against Keras's ModelCheckpoint writing a .keras file.
     ("local checkpoint", "local", "checkpoint", ["ours", "keras"], "keras"),
+]
+
+
+# The --big part's targets, on its rows: (label, operation, contestant,
+# model, metric, threshold), metrics as in TARGETS.
+BIG_TARGETS = [
+    (
+        "--big: 4 GB S3 link load time <= {}x the link's floor",
+        "S3 link load",
+        "ours",
+        "big_link",
+        "link",
+        1.43,
+    ),
+    (
+        "--big: 4 GB S3 link save time <= {}x the link's floor",
+        "S3 link save",
+        "ours",
+        "big_link",
+        "link",
+        1.43,
+    ),
+    (
+        "--big: 4 GB S3 link load peak extra memory <= {}x weights",
+        "S3 link load",
+        "ours",
+        "big_link",
+        "memory",
+        1.1,
+    ),
+    (
+        "--big: 10 GB local save peak extra memory <= {}x max(256 MB, 0.1x weights)",
+        "local save",
+        "ours",
+        "big",
+        "save memory",
+        1.0,
+    ),
+    (
+        "--big: 10 GB history save peak extra memory <= {}x max(256 MB, 0.1x weights)",
+        "local save",
+        "history",
+        "big",
+        "save memory",
+        1.0,
+    ),
+    ("--big: 10 GB local load peak extra memory <= {}x weights", "local load", "ours", "big", "memory", 1.1),
+    (
+        "--big: 10 GB history load peak extra memory <= {}x weights",
+        "local load",
+        "history",
+        "big",
+        "memory",
+        1.1,
+    ),
 ]
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import facts
 import page
 from plan import (
+    BIG_OPERATIONS,
+    BIG_TARGETS,
     MB,
     SAVE_BUDGET_BYTES,
     SAVE_BUDGET_FRACTION,
@@ -32,7 +34,30 @@ def _rows(runs, model: str, operation: str, contestant: str) -> tuple[list, list
     return mine, [r for r in mine if r.get("ok")]
 
 
-def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_facts) -> dict:
+_METRICS = {
+    "time": "time_ratio",
+    "memory": "memory_ratio",
+    "state": "state_ratio",
+    "save memory": "save_budget_ratio",
+    "link": "link_floor_ratio",
+}
+
+
+def _target(label: str, row: dict | None, metric: str, threshold: float) -> dict:
+    label = target_label(label, threshold)
+    value = None if row is None else row.get(_METRICS[metric])
+    if value is None:
+        return {"label": label, "value": None, "threshold": threshold, "met": None, "text": "not measured"}
+    return {
+        "label": label,
+        "value": value,
+        "threshold": threshold,
+        "met": value <= threshold,
+        "text": f"{value:.2f}x (target <= {threshold}x)",
+    }
+
+
+def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_facts) -> dict:
     """Everything results.json holds. ``run_facts``: what the harness learnt while
     running (source fingerprint at the start, the prepared input, the --big part's time)."""
     weights_bytes = shape["weights_bytes"]
@@ -87,50 +112,45 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
             row["link_floor_s"] = floor
             row["link_floor_ratio"] = row["median_time_s"] / floor
 
-    targets = []
-    for label, operation, metric, threshold in TARGETS:
-        label = target_label(label, threshold)
-        row = medians.get((operation, "ours"))
-        value = None
-        if row is not None:
-            value = row.get(
-                {
-                    "time": "time_ratio",
-                    "memory": "memory_ratio",
-                    "state": "state_ratio",
-                    "save memory": "save_budget_ratio",
-                    "link": "link_floor_ratio",
-                }[metric]
-            )
-        if value is None:
-            targets.append(
-                {"label": label, "value": None, "threshold": threshold, "met": None, "text": "not measured"}
-            )
-        else:
-            targets.append(
-                {
-                    "label": label,
-                    "value": value,
-                    "threshold": threshold,
-                    "met": value <= threshold,
-                    "text": f"{value:.2f}x (target <= {threshold}x)",
-                }
-            )
+    targets = [
+        _target(label, medians.get((operation, "ours")), metric, threshold)
+        for label, operation, metric, threshold in TARGETS
+    ]
 
     big_rows = []
-    if big_shape is not None:
-        for operation in ("local save", "local load"):
-            mine, ok = _rows(runs, "big", operation, "ours")
-            row = {"operation": operation, "contestant": "ours", "repeats": len(ok)}
-            row["status"] = "ok" if ok and len(ok) == len(mine) else "error"
-            if ok:
-                extras = [r["peak_extra_bytes"] for r in ok]
-                row.update(
-                    median_time_s=statistics.median(r["time_s"] for r in ok),
-                    median_peak_extra_bytes=statistics.median(extras),
-                    memory_ratio=statistics.median(extras) / big_shape["weights_bytes"],
-                )
-            big_rows.append(row)
+    for operation, contestant, _kind, where, which in BIG_OPERATIONS if big_shapes else ():
+        mine, ok = _rows(runs, which, operation, contestant)
+        if not mine:
+            continue  # no S3 link on this machine
+        weights = big_shapes[which]["weights_bytes"]
+        row = {
+            "operation": operation,
+            "contestant": contestant,
+            "model": which,
+            "weights_bytes": weights,
+            "repeats": len(ok),
+        }
+        row["status"] = "ok" if ok and len(ok) == len(mine) else "error"
+        if ok:
+            extras = [r["peak_extra_bytes"] for r in ok]
+            row.update(
+                median_time_s=statistics.median(r["time_s"] for r in ok),
+                median_peak_extra_bytes=statistics.median(extras),
+                memory_ratio=statistics.median(extras) / weights,
+                save_budget_ratio=statistics.median(extras)
+                / max(SAVE_BUDGET_BYTES, SAVE_BUDGET_FRACTION * weights),
+            )
+            if where == "link" and link:
+                floor = ok[0]["input_file_bytes"] / (link["aggregate_MB_s"] * 1e6)
+                row.update(link_floor_s=floor, link_floor_ratio=row["median_time_s"] / floor)
+        big_rows.append(row)
+
+    if big_shapes:
+        by_key = {(row["operation"], row["contestant"], row["model"]): row for row in big_rows}
+        targets += [
+            _target(label, by_key.get((operation, contestant, which)), metric, threshold)
+            for label, operation, contestant, which, metric, threshold in BIG_TARGETS
+        ]
 
     command = "python benchmarks/run.py" + "".join(f" {a}" for a in sys.argv[1:])
     return {
@@ -157,7 +177,8 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
             "big_runtime_s": run_facts.get("big_runtime_s"),
         },
         "model": shape,
-        "big_model": big_shape,
+        "big_model": big_shapes.get("big"),
+        "big_link_model": big_shapes.get("big_link"),
         "summary": summary,
         "big_summary": big_rows,
         "targets": targets,
