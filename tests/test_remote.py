@@ -351,6 +351,7 @@ class TestParallelTransfers:
         from kedro_keras import _s3
 
         monkeypatch.setattr(_s3, "ONE_STREAM_IS_ENOUGH", float("inf"))
+        monkeypatch.setattr(_s3, "ONE_UPLOAD_IS_ENOUGH", float("inf"))
 
     @staticmethod
     def _in_flight(monkeypatch):
@@ -496,7 +497,7 @@ class TestParallelTransfers:
 
         # The judgement is the store's speed against a bar; the bar is moved
         # rather than the store, so a loaded CI machine cannot flip it.
-        monkeypatch.setattr(_s3, "ONE_STREAM_IS_ENOUGH", 0.0 if one_connection_is_fast else float("inf"))
+        monkeypatch.setattr(_s3, "ONE_UPLOAD_IS_ENOUGH", 0.0 if one_connection_is_fast else float("inf"))
         location = Location(f"{s3_bucket}/probed.bin", credentials=s3_credentials)
         calls = []
         location.fs.s3.meta.events.register(

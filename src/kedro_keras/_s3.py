@@ -8,12 +8,15 @@ fsspec's ordinary reads and uploads) if s3fs changes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from kedro_keras._remote import Uploadable
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -206,13 +209,17 @@ _MIN_PART_SIZE = 8 * 2**20
 _MAX_PARTS = 10_000
 
 
-# Whether one connection is enough is judged on a first part this large:
-# S3's smallest part, since the probe is time spent on one connection only.
-PROBE_PART_SIZE = 5 * 2**20
+# Whether one connection is enough is judged on a first part this large,
+# timed less one round trip (a bodyless request's): the bandwidth, not the
+# latency, decides.
+PROBE_PART_SIZE = 8 * 2**20
 
 # One stream carrying this much means a store that is local or close (a test
 # server, a fast link): a request more costs more than it gains.
 ONE_STREAM_IS_ENOUGH = 150e6  # bytes per second
+# Uploads are slower everywhere (the server hashes and stores each byte):
+# moto here takes one 150-190 MB/s, a real store's connection 20-80 MB/s.
+ONE_UPLOAD_IS_ENOUGH = 100e6
 
 
 class OneConnectionIsEnough(Exception):
@@ -265,9 +272,12 @@ async def _multipart_upload(
     parts stay billed."""
     client = await _client_for(fs, bucket)
     endpoint = endpoint_of(fs)
+    asked = time.monotonic()
     started = await client.create_multipart_upload(
         **fs._get_s3_method_kwargs(client.create_multipart_upload, Bucket=bucket, Key=key)
     )
+    # A request with no body: what every request costs beside its bytes.
+    round_trip = time.monotonic() - asked
     upload = {"Bucket": bucket, "Key": key, "UploadId": started["UploadId"]}
     gate = asyncio.Semaphore(options.concurrency)
 
@@ -289,7 +299,11 @@ async def _multipart_upload(
             # serves it better.
             body = gathered.part(0, PROBE_PART_SIZE)
             parts.append(await send(1, body))
-            if PROBE_PART_SIZE / max(time.monotonic() - body.sent_from, 1e-6) >= ONE_STREAM_IS_ENOUGH:
+            rate = PROBE_PART_SIZE / max(time.monotonic() - body.sent_from - round_trip, 1e-6)
+            logger.debug(
+                "One connection to %s took %.0f MB/s (first part, less a round trip)", endpoint, rate / 1e6
+            )
+            if rate >= ONE_UPLOAD_IS_ENOUGH:
                 raise OneConnectionIsEnough
             first = PROBE_PART_SIZE
         size = part_size(gathered.size - first, options.concurrency, options.part_size)
