@@ -118,7 +118,7 @@ def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_
     ]
 
     big_rows = []
-    for operation, contestant, _kind, where, which in BIG_OPERATIONS if big_shapes else ():
+    for operation, contestant, _kind, _where, which in BIG_OPERATIONS if big_shapes else ():
         mine, ok = _rows(runs, which, operation, contestant)
         if not mine:
             continue  # no S3 link on this machine
@@ -140,9 +140,6 @@ def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_
                 save_budget_ratio=statistics.median(extras)
                 / max(SAVE_BUDGET_BYTES, SAVE_BUDGET_FRACTION * weights),
             )
-            if where == "link" and link:
-                floor = ok[0]["input_file_bytes"] / (link["aggregate_MB_s"] * 1e6)
-                row.update(link_floor_s=floor, link_floor_ratio=row["median_time_s"] / floor)
         big_rows.append(row)
 
     if big_shapes:
@@ -178,7 +175,6 @@ def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_
         },
         "model": shape,
         "big_model": big_shapes.get("big"),
-        "big_link_model": big_shapes.get("big_link"),
         "summary": summary,
         "big_summary": big_rows,
         "targets": targets,

@@ -193,3 +193,25 @@ def test_a_file_region_is_a_file_from_its_start(tmp_path):
         assert region.size == 10
         assert _h5.region_crc32(file, 6, 10) == zlib.crc32(b"abXYef\0\0\0\0")
     assert (tmp_path / "f").read_bytes() == b"HEADERabXYef\0\0\0\0"
+
+
+@pytest.mark.parametrize("nbytes", [1000, 4 * 2**20, 9 * 2**20 + 12])
+def test_arrays_a_load_fills_are_aligned_writable_and_large_ones_are_own_maps(tmp_path, nbytes):
+    # Large ones are anonymous maps rather than NumPy's huge-page allocations
+    # (slow to fault in where the kernel compacts memory for them); either
+    # way they must be aligned for TensorFlow to adopt them, and hold what
+    # HDF5 reads into them.
+    import mmap
+
+    values = np.arange(nbytes // 4, dtype="<f4")
+    with h5py.File(tmp_path / "w.h5", "w") as file:
+        file["a"] = values
+    with h5py.File(tmp_path / "w.h5", "r") as file:
+        array = _h5.read_aligned(file["a"])
+    np.testing.assert_array_equal(array, values)
+    assert array.ctypes.data % 64 == 0 and array.flags.writeable
+    owner = array
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    own_map = _h5._ANONYMOUS_PREFAULTED is not None and nbytes >= _h5._OWN_MAP_FROM
+    assert isinstance(owner, mmap.mmap) is own_map
