@@ -57,7 +57,7 @@ def _target(label: str, row: dict | None, metric: str, threshold: float) -> dict
     }
 
 
-def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_facts) -> dict:
+def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_facts) -> dict:
     """Everything results.json holds. ``run_facts``: what the harness learnt while
     running (source fingerprint at the start, the prepared input, the --big part's time)."""
     weights_bytes = shape["weights_bytes"]
@@ -118,15 +118,12 @@ def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_
     ]
 
     big_rows = []
-    for operation, contestant, _kind, _where, which in BIG_OPERATIONS if big_shapes else ():
-        mine, ok = _rows(runs, which, operation, contestant)
-        if not mine:
-            continue  # no S3 link on this machine
-        weights = big_shapes[which]["weights_bytes"]
+    for operation, contestant, _kind in BIG_OPERATIONS if big_shape else ():
+        mine, ok = _rows(runs, "big", operation, contestant)
+        weights = big_shape["weights_bytes"]
         row = {
             "operation": operation,
             "contestant": contestant,
-            "model": which,
             "weights_bytes": weights,
             "repeats": len(ok),
         }
@@ -142,11 +139,11 @@ def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_
             )
         big_rows.append(row)
 
-    if big_shapes:
-        by_key = {(row["operation"], row["contestant"], row["model"]): row for row in big_rows}
+    if big_shape:
+        by_key = {(row["operation"], row["contestant"]): row for row in big_rows}
         targets += [
-            _target(label, by_key.get((operation, contestant, which)), metric, threshold)
-            for label, operation, contestant, which, metric, threshold in BIG_TARGETS
+            _target(label, by_key.get((operation, contestant)), metric, threshold)
+            for label, operation, contestant, metric, threshold in BIG_TARGETS
         ]
 
     command = "python benchmarks/run.py" + "".join(f" {a}" for a in sys.argv[1:])
@@ -174,7 +171,7 @@ def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_
             "big_runtime_s": run_facts.get("big_runtime_s"),
         },
         "model": shape,
-        "big_model": big_shapes.get("big"),
+        "big_model": big_shape,
         "summary": summary,
         "big_summary": big_rows,
         "targets": targets,

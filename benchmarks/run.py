@@ -267,7 +267,7 @@ def run_big(args, harness, run_dir, shape, runs, failures) -> None:
         return
     history = run_dir / "big-history"
     for repeat in range(args.big_repeats):
-        for operation, contestant, kind, _where, which in BIG_OPERATIONS:
+        for operation, contestant, kind in BIG_OPERATIONS:
             if contestant == "history":
                 target = str(history)
             elif kind == "load":
@@ -293,7 +293,7 @@ def run_big(args, harness, run_dir, shape, runs, failures) -> None:
                     "operation": operation,
                     "contestant": contestant,
                     "repeat": repeat + 1,
-                    "model": which,
+                    "model": "big",
                     **result,
                 }
             )
@@ -309,7 +309,6 @@ def main(argv=None) -> int:
     shape = model_shape(args.size_mb * MB / 4)
     big_params = BIG_PARAMS if args.big_size_mb is None else args.big_size_mb * MB / 4
     big_shape = model_shape(big_params) if args.big else None
-    big_shapes = {"big": big_shape} if args.big else {}
     run_dir = WORK_ROOT / f"run-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_dir.mkdir(parents=True)
     started = time.perf_counter()
@@ -448,7 +447,7 @@ def main(argv=None) -> int:
             except OSError:
                 pass
 
-    results = report.summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_facts)
+    results = report.summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_facts)
     report.write_outputs(results, outputs)
     print()
     print(page.markdown_table(results["summary"]))
