@@ -215,5 +215,30 @@ def test_arrays_a_load_fills_are_aligned_writable_and_large_ones_are_own_maps(tm
         owner = owner.base
     if isinstance(owner, memoryview):  # np.frombuffer keeps a view of the buffer
         owner = owner.obj
-    own_map = _h5._ANONYMOUS_PREFAULTED is not None and nbytes >= _h5._OWN_MAP_FROM
+    own_map = _h5._ANONYMOUS is not None and nbytes >= _h5._OWN_MAP_FROM
     assert isinstance(owner, mmap.mmap) is own_map
+
+
+def test_only_windows_on_local_disk_prefault_the_arrays_read_through_them(tmp_path):
+    # A network read arrives slower than pages fault in; faulting a whole
+    # array in before its bytes arrive raised a moto load's peak memory.
+    import fsspec
+
+    from kedro_keras._keras_stores import h5_read_store
+
+    values = np.arange(2**21, dtype="<f4")  # 8 MiB: an own map
+    with h5py.File(tmp_path / "w.h5", "w") as file:
+        file.create_group("layer/vars")["0"] = values
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/w.h5", (tmp_path / "w.h5").read_bytes())
+    with open(tmp_path / "w.h5", "rb") as local, memory.open("/w.h5", "rb") as remote:
+        windows = {"local": _h5.h5_window(local), "remote": _h5.h5_window(remote)}
+        assert {name: window.on_local_disk for name, window in windows.items()} == {
+            "local": True,
+            "remote": False,
+        }
+        for name, window in windows.items():
+            store = h5_read_store(window)
+            assert store.prefault is (name == "local")
+            np.testing.assert_array_equal(store.get("layer").read("0", adoptable=False), values)
+            store.close()

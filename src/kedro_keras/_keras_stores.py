@@ -127,6 +127,8 @@ def _aligned_reads_store_class(store_class: type) -> type:
     if store_class not in _aligned_store_classes:
 
         class AlignedReadsH5IOStore(store_class):  # type: ignore[misc, valid-type]
+            prefault = True  # set per store: only reads from local disk prefault
+
             def __getitem__(self, key: str) -> Any:
                 return self.read(key, adoptable=called_by_keras_loader(1))
 
@@ -139,7 +141,7 @@ def _aligned_reads_store_class(store_class: type) -> type:
                 dataset = checked_dataset(group, key)
                 if "dtype" in dataset.attrs or dataset.dtype.kind not in "biuf":
                     return super().__getitem__(key)  # tagged types (bfloat16): Keras's own code
-                array = read_aligned(dataset)
+                array = read_aligned(dataset, prefault=self.prefault)
                 if adoptable:
                     offer_for_adoption(array)
                 return array
@@ -154,6 +156,7 @@ def h5_read_store(reader: io.BytesIO) -> Any:
     store = store_class(reader, mode="r")
     if hasattr(store, "_h5_entry_group"):  # the store layout we know
         store.__class__ = _aligned_reads_store_class(store_class)
+        store.prefault = getattr(reader, "on_local_disk", False)
     return store
 
 
