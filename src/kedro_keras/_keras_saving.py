@@ -104,13 +104,45 @@ def model_from_config(
 
 def save_state(model: keras.Model, weights_store: Any, assets_store: Any, *, include_optimizer: bool) -> None:
     """Keras's walk over the model's state, writing each array into ``weights_store``."""
-    _lib()._save_state(
-        saveable=model,
-        weights_store=weights_store,
-        assets_store=assets_store,
-        inner_path="",
-        visited_saveables=skipped_saveables(model, include_optimizer),
-    )
+    optimizer = getattr(model, "optimizer", None) if include_optimizer else None
+    with _optimizer_handing_over_variables(optimizer):
+        _lib()._save_state(
+            saveable=model,
+            weights_store=weights_store,
+            assets_store=assets_store,
+            inner_path="",
+            visited_saveables=skipped_saveables(model, include_optimizer),
+        )
+
+
+@contextmanager
+def _optimizer_handing_over_variables(optimizer: Any) -> Iterator[None]:
+    """While a save runs, a Keras optimizer hands the store its variables
+    rather than ``variable.numpy()`` (same keys, same values).
+
+    Keras's own ``save_own_variables`` makes a whole copy of each slot before
+    the store sees it, and Adam keeps two slots the size of each kernel; the
+    store takes a large variable out of the backend a slice at a time. An
+    optimizer with its own ``save_own_variables`` is left alone.
+    """
+    import keras
+
+    if (
+        optimizer is None
+        or type(optimizer).save_own_variables is not keras.optimizers.Optimizer.save_own_variables
+    ):
+        yield
+        return
+
+    def save_own_variables(store: Any) -> None:
+        for index, variable in enumerate(optimizer.variables):
+            store[str(index)] = variable
+
+    optimizer.save_own_variables = save_own_variables
+    try:
+        yield
+    finally:
+        del optimizer.save_own_variables
 
 
 def skipped_saveables(model: keras.Model, include_optimizer: bool) -> set[int]:
