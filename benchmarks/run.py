@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from pathlib import Path
 
@@ -432,6 +433,11 @@ def main(argv=None) -> int:
         failures.append("interrupted")
         if harness.current is not None:
             harness.current.kill()
+    except Exception as error:  # noqa: BLE001 - the rows measured so far are still written out
+        # One failure late in a run (s3rver refusing a 4 GB upload) once
+        # lost every measurement before it.
+        traceback.print_exc()
+        failures.append(f"harness: {error!r}")
     finally:
         if moto is not None:
             moto.stop()
