@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import assert_same_predictions, fit
 
+from conftest import assert_same_predictions, fit
 from kedro_keras import KerasModelDataset, _keras_stores
 
 
