@@ -343,8 +343,10 @@ class TestParallelTransfers:
     """One connection to an object store carries a fraction of the host's
     link: large reads go as concurrent ranged GETs, large uploads as
     concurrent parts, each written straight where it belongs. Reads do so
-    only when one stream is slow, as a real store's connection is; moto on
-    loopback is not, so the tests that want ranges lower the bar."""
+    only when one stream is slow, as a real store's connection is (the first
+    large read brings its rest by ranges while the stream is timed on its
+    start); moto on loopback is not, so the tests that want ranges lower
+    the bar."""
 
     @pytest.fixture
     def every_stream_is_slow(self, monkeypatch):
@@ -386,15 +388,20 @@ class TestParallelTransfers:
             assert file.read(30) == data[:30]
             assert file.read(20 * MB) == data[30 : 20 * MB + 30]  # an array
             assert file.read(1000) == data[20 * MB + 30 : 20 * MB + 1030]
-        # The first MiB comes from the stream, which times it; the rest in
-        # parts of 8 MiB, the smallest worth a request.
+        # The first MiB comes from the stream, which times it; the rest, by
+        # the time a fast stream would have been done with that MiB, in
+        # concurrent parts of 8 MiB, the smallest worth a request.
         first, end = 30 + MB, 20 * MB + 30
         parts = [f"bytes={a}-{min(a + 8 * MB, end) - 1}" for a in range(first, end, 8 * MB)]
         assert calls == ["bytes=0-", *parts, f"bytes={20 * MB + 30}-"]
         assert 1 < counts["most"] <= 3
 
-    def test_a_fast_stream_keeps_serving_large_reads(self, remote_bytes, monkeypatch):
+    def test_a_fast_stream_serves_large_reads_alone(self, remote_bytes, monkeypatch):
+        # Ranges would start beside the timed stream only if it were still
+        # at its first bytes when a fast one would be done: moto reads the
+        # whole object for each range.
         monkeypatch.setattr(_s3_module(), "ONE_STREAM_IS_ENOUGH", 1.0)  # bytes per second: any stream is fast
+        monkeypatch.setattr(_remote_module(), "_PARALLEL_FROM", 4 * MB)
         location, data = remote_bytes
         calls = _count_get_requests(location)
         with location.open_read(location.path) as file:
@@ -402,6 +409,21 @@ class TestParallelTransfers:
             assert file.read(20 * MB) == data[30 : 20 * MB + 30]
             assert file._stream_rate > 1.0  # measured on the first 8 MiB of the large read
         assert calls == ["bytes=0-"]
+
+    def test_a_failed_range_beside_the_timed_stream_is_the_reads_error(
+        self, remote_bytes, monkeypatch, every_stream_is_slow
+    ):
+        from kedro_keras import _s3
+
+        monkeypatch.setattr(_remote_module(), "_STREAM_PROBE", 2 * MB)
+
+        async def refused(*args):
+            raise PermissionError("AccessDenied on the range")
+
+        monkeypatch.setattr(_s3, "_get_range_into", refused)
+        location, _ = remote_bytes
+        with location.open_read(location.path) as file, pytest.raises(PermissionError, match="AccessDenied"):
+            file.read(20 * MB)
 
     def test_with_concurrency_one_a_large_read_is_the_one_stream(self, remote_bytes, every_stream_is_slow):
         location, data = remote_bytes
@@ -499,18 +521,21 @@ class TestParallelTransfers:
         # rather than the store, so a loaded CI machine cannot flip it.
         monkeypatch.setattr(_s3, "ONE_UPLOAD_IS_ENOUGH", 0.0 if one_connection_is_fast else float("inf"))
         location = Location(f"{s3_bucket}/probed.bin", credentials=s3_credentials)
-        calls = []
+        calls, parts = [], []
         location.fs.s3.meta.events.register(
             "before-call.s3", lambda model=None, **_: calls.append(model.name)
         )
+        location.fs.s3.meta.events.register("before-call.s3.UploadPart", lambda **_: parts.append("sent"))
+        location.fs.s3.meta.events.register("after-call.s3.UploadPart", lambda **_: parts.append("answered"))
         data = np.random.default_rng(4).bytes(80 * MB)
         with location.atomic_write(location.path) as file:
             file.write(memoryview(data).toreadonly())
         if one_connection_is_fast:
             assert calls == ["CreateMultipartUpload", "UploadPart", "AbortMultipartUpload", "PutObject"]
-        else:  # 8 MiB timed, then 72 MiB in 8 parts of 9 MiB, one per connection
+        else:  # 8 MiB timed, and beside it 72 MiB in parts of 10 MiB cut from the whole 80 (the last 2 MiB)
             assert calls[0] == "CreateMultipartUpload" and calls[-1] == "CompleteMultipartUpload"
             assert calls.count("UploadPart") == 9 and "PutObject" not in calls
+            assert parts.index("answered") > 1  # the others went up before the timed part was answered
         location.invalidate_cache(location.path)
         with location.open_read(location.path) as file:
             assert file.read() == data
