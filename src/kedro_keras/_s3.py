@@ -227,6 +227,11 @@ class OneConnectionIsEnough(Exception):
     and the object should go up in one PUT."""
 
 
+def seconds_at(nbytes: int, bytes_per_s: float) -> float | None:
+    """How long ``nbytes`` take at a rate (``None``: at no rate, forever)."""
+    return nbytes / bytes_per_s if bytes_per_s > 0 else None
+
+
 def part_size(size: int, concurrency: int, chosen: int | None = None) -> int:
     """Parts (uploaded, or ranges read) small enough that every connection
     has one, large enough that requests stay few: 8 to 64 MiB unless the
@@ -290,28 +295,43 @@ async def _multipart_upload(
             return {"PartNumber": number, "ETag": answer["ETag"]}
 
     tasks: list[asyncio.Future] = []
+
+    def send_from(first: int, shared: int = 0) -> list[asyncio.Future]:
+        # Beside the timed first part, the parts are cut from the whole size,
+        # so the last (shorter by the first part) is what that connection
+        # takes once free, and every connection ends together.
+        size = part_size(gathered.size - first + shared, options.concurrency, options.part_size)
+        return [
+            asyncio.ensure_future(send(number, gathered.part(start, min(size, gathered.size - start))))
+            for number, start in enumerate(range(first, gathered.size, size), start=2 if first else 1)
+        ]
+
     try:
-        parts, first = [], 0
         if probe:
-            # The first part alone, timed from its last rewind (the pass that
-            # sends it, not botocore's set-up) to the answer: a store that
-            # takes one connection this fast is local or close, and one PUT
-            # serves it better.
+            # The first part, timed from its last rewind (the pass that sends
+            # it, not botocore's set-up) to the answer: a store that takes one
+            # connection this fast is local or close, and one PUT serves it
+            # better. Such a connection is done with it in twice the time the
+            # bar allows; one still at it by then is slow, and the other parts
+            # go up beside it (the probe took 0.8 s of a link's 9 s save alone).
             body = gathered.part(0, PROBE_PART_SIZE)
-            parts.append(await send(1, body))
+            tasks.append(asyncio.ensure_future(send(1, body)))
+            fast = seconds_at(2 * PROBE_PART_SIZE, ONE_UPLOAD_IS_ENOUGH)
+            done, _ = await asyncio.wait(tasks, timeout=None if fast is None else round_trip + fast)
+            if not done:
+                tasks += send_from(PROBE_PART_SIZE, shared=PROBE_PART_SIZE)
+            await tasks[0]
             rate = PROBE_PART_SIZE / max(time.monotonic() - body.sent_from - round_trip, 1e-6)
             logger.debug(
                 "One connection to %s took %.0f MB/s (first part, less a round trip)", endpoint, rate / 1e6
             )
             if rate >= ONE_UPLOAD_IS_ENOUGH:
                 raise OneConnectionIsEnough
-            first = PROBE_PART_SIZE
-        size = part_size(gathered.size - first, options.concurrency, options.part_size)
-        tasks = [
-            asyncio.ensure_future(send(number, gathered.part(start, min(size, gathered.size - start))))
-            for number, start in enumerate(range(first, gathered.size, size), start=len(parts) + 1)
-        ]
-        parts += await asyncio.gather(*tasks)
+            if len(tasks) == 1:
+                tasks += send_from(PROBE_PART_SIZE)
+        else:
+            tasks = send_from(0)
+        parts = await asyncio.gather(*tasks)
         await client.complete_multipart_upload(MultipartUpload={"Parts": parts}, **upload, **conditions)
     except BaseException:
         for task in tasks:
