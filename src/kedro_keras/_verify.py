@@ -119,6 +119,8 @@ def diff_files(first: IO[bytes], second: IO[bytes]) -> list[dict[str, str]]:
         groups_a, groups_b = array_headers(a), array_headers(b)
         rows = []
         for group in sorted(set(groups_a) | set(groups_b)):
+            if not groups_a.get(group) and not groups_b.get(group):
+                continue  # nothing stored on either side: the model's own group, input layers
             if group not in groups_b:
                 rows.append({"group": group, "change": "removed"})
                 continue
