@@ -9,6 +9,7 @@ listing, removing) is here, so that the model formats (``_archive``,
 from __future__ import annotations
 
 import ctypes
+import functools
 import io
 import os
 import shutil
@@ -335,6 +336,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 _WRITEBACK_EVERY_S = 0.05
 
 
+@functools.cache  # looked up once per process, not on every local save
 def _sync_file_range() -> Any:
     """libc's sync_file_range, or None where there is none (not Linux):
     Python's os module does not offer it."""
