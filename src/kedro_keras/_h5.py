@@ -254,8 +254,9 @@ def check_local_heap(
 def writes_in_place(file: IO[bytes]) -> bool:
     """Whether HDF5 may write straight into ``file`` (a local file open for
     reading and writing), instead of into an image in memory first: the
-    arrays then go to disk one at a time, so a save needs memory for the
-    largest of them only."""
+    arrays then go to disk one at a time (a large one a slice at a time,
+    ``_keras_stores._slices_to_write``), so a save's memory does not grow
+    with the model."""
     return isinstance(file, io.BufferedRandom)
 
 
