@@ -10,6 +10,7 @@ import string
 from pathlib import Path
 
 from plan import (
+    BIG_LINK_PARAMS,
     BIG_PARAMS,
     CHILD_ENV,
     DEFAULT_REPEATS,
@@ -73,19 +74,21 @@ def markdown_table(summary) -> str:
 
 def big_table(rows) -> str:
     lines = [
-        "| Operation | Model | Contestant | Median time (s) | Peak extra memory (MB) | Memory / weights |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
+        "| Operation | Model | Contestant | Median time (s) | Peak extra memory (MB) | Memory / weights | "
+        "Time / link floor |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         start = (
             f"| {row['operation']} | {_size(row['weights_bytes'])} | **{SHORT_NAMES[row['contestant']]}** |"
         )
         if "median_time_s" not in row:
-            lines.append(f"{start} error | – | – |")
+            lines.append(f"{start} error | – | – | – |")
             continue
+        floor = f"{row['link_floor_ratio']:.2f}x" if "link_floor_ratio" in row else "–"
         lines.append(
             f"{start} {row['median_time_s']:.2f} | {row['median_peak_extra_bytes'] / MB:,.0f} | "
-            f"{row['memory_ratio']:.2f}x |"
+            f"{row['memory_ratio']:.2f}x | {floor} |"
         )
     return "\n".join(lines)
 
@@ -182,12 +185,20 @@ def _big_section(report) -> str:
     big_shape, rows = report["big_model"], report["big_summary"]
     if not rows:
         return ""
+    link_shape = report.get("big_link_model")
+    link_text = ""
+    if link_shape and any(row["model"] == "big_link" for row in rows):
+        link_text = (
+            f" The {_size(link_shape['weights_bytes'])} model ({link_shape['layers']} x "
+            f"`Dense({link_shape['width']})`) goes through the throttled S3 link above; its floor is the "
+            "file's size over the link's aggregate bandwidth."
+        )
     return f"""
 ### The largest models this machine holds (`--big`)
 
 {big_shape["layers"]} x `Dense({big_shape["width"]})`, {big_shape["params"]:,} float32 parameters
 ({big_shape["weights_bytes"] / MB:,.0f} MB of weights) on local disk, through `KerasModelDataset` and
-`KerasTimestampedModelDataset` (whose load reads the version its save wrote). kedro-keras only: plain
+`KerasTimestampedModelDataset` (whose load reads the version its save wrote).{link_text} kedro-keras only: plain
 `model.save` needs 1.17x the weights in memory on top of the model, more than this machine has for the
 largest. Each load input was written by our own save. Median of {report["meta"]["big_repeats"]} run(s).
 
@@ -227,12 +238,13 @@ def _commands(report) -> str:
     default = model_shape(DEFAULT_SIZE_MB * MB / 4)["weights_bytes"]
     quick = model_shape(QUICK_SIZE_MB * MB / 4)["weights_bytes"]
     big = model_shape(BIG_PARAMS)["weights_bytes"]
+    big_link = model_shape(BIG_LINK_PARAMS)["weights_bytes"]
     lines = [
         ("make bench", "installs benchmarks/requirements.txt, then runs benchmarks/run.py $(BENCH_ARGS)"),
         ("python benchmarks/run.py", f"{_size(default)} model, {DEFAULT_REPEATS} repeats"),
         (
             "python benchmarks/run.py --big",
-            f"adds a {_size(big)} model on local disk, kedro-keras only",
+            f"adds a {_size(big)} model (local disk) and a {_size(big_link)} one (S3 link), kedro-keras only",
         ),
         (
             "python benchmarks/run.py --quick",
@@ -267,7 +279,7 @@ def _gpus(count) -> str:
 
 def _link(link: dict | None) -> str:
     if not link:
-        return "not measured in this run (Node.js or s3rver missing, or `--skip-link`)"
+        return "not measured in this run (rclone missing, or `--skip-link`)"
     return (
         f"{link['per_connection_MB_s']:g} MB/s per connection, {link['aggregate_MB_s']:g} MB/s in all and "
         f"{link['first_byte_latency_ms']:g} ms to the first byte of every answer"

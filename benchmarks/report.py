@@ -57,7 +57,7 @@ def _target(label: str, row: dict | None, metric: str, threshold: float) -> dict
     }
 
 
-def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_facts) -> dict:
+def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_facts) -> dict:
     """Everything results.json holds. ``run_facts``: what the harness learnt while
     running (source fingerprint at the start, the prepared input, the --big part's time)."""
     weights_bytes = shape["weights_bytes"]
@@ -118,12 +118,15 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
     ]
 
     big_rows = []
-    for operation, contestant, _kind in BIG_OPERATIONS if big_shape else ():
-        mine, ok = _rows(runs, "big", operation, contestant)
-        weights = big_shape["weights_bytes"]
+    for operation, contestant, _kind, where, which in BIG_OPERATIONS if big_shapes else ():
+        mine, ok = _rows(runs, which, operation, contestant)
+        if where == "link" and not link:
+            continue  # no S3 link in this run: said once, in the link section
+        weights = big_shapes[which]["weights_bytes"]
         row = {
             "operation": operation,
             "contestant": contestant,
+            "model": which,
             "weights_bytes": weights,
             "repeats": len(ok),
         }
@@ -137,13 +140,16 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
                 save_budget_ratio=statistics.median(extras)
                 / max(SAVE_BUDGET_BYTES, SAVE_BUDGET_FRACTION * weights),
             )
+            if where == "link" and link:
+                floor = ok[0]["input_file_bytes"] / (link["aggregate_MB_s"] * 1e6)
+                row.update(link_floor_s=floor, link_floor_ratio=row["median_time_s"] / floor)
         big_rows.append(row)
 
-    if big_shape:
-        by_key = {(row["operation"], row["contestant"]): row for row in big_rows}
+    if big_shapes:
+        by_key = {(row["operation"], row["contestant"], row["model"]): row for row in big_rows}
         targets += [
-            _target(label, by_key.get((operation, contestant)), metric, threshold)
-            for label, operation, contestant, metric, threshold in BIG_TARGETS
+            _target(label, by_key.get((operation, contestant, model)), metric, threshold)
+            for label, operation, contestant, model, metric, threshold in BIG_TARGETS
         ]
 
     command = "python benchmarks/run.py" + "".join(f" {a}" for a in sys.argv[1:])
@@ -171,7 +177,8 @@ def summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_f
             "big_runtime_s": run_facts.get("big_runtime_s"),
         },
         "model": shape,
-        "big_model": big_shape,
+        "big_model": big_shapes.get("big"),
+        "big_link_model": big_shapes.get("big_link"),
         "summary": summary,
         "big_summary": big_rows,
         "targets": targets,

@@ -5,7 +5,7 @@ on loopback).
 
     python benchmarks/run.py                  # ~400 MB model, 5 repeats
     python benchmarks/run.py --quick          # 40 MB model, 1 repeat (development, tests)
-    python benchmarks/run.py --big            # adds a ~10 GB model, local disk, ours only
+    python benchmarks/run.py --big            # adds ~10 GB (local) and ~4 GB (S3 link) models, ours only
 
 This file is the command line and the harness: it plans the runs (plan.py),
 starts one fresh measuring process (child.py) per save or load, so that its
@@ -43,6 +43,7 @@ import report
 import s3_link
 from plan import (
     BENCH_DIR,
+    BIG_LINK_PARAMS,
     BIG_OPERATIONS,
     BIG_PARAMS,
     BUCKET,
@@ -192,7 +193,8 @@ def parse_args(argv=None):
         "--big",
         action="store_true",
         help=f"also save+load a ~{BIG_PARAMS * 4 / 1e9:g} GB model ({BIG_PARAMS:.0e} params) on local disk "
-        "(KerasModelDataset and KerasTimestampedModelDataset), kedro-keras only",
+        f"(KerasModelDataset and KerasTimestampedModelDataset) and a ~{BIG_LINK_PARAMS * 4 / 1e9:g} GB one "
+        "through the S3 link, kedro-keras only",
     )
     parser.add_argument(
         "--big-size-mb",
@@ -241,45 +243,63 @@ def outputs_for(args) -> dict[str, Path]:
     }
 
 
-def run_big(args, harness, run_dir, shape, runs, failures) -> None:
+def run_big(args, harness, run_dir, shapes, link, runs, failures) -> None:
     """The --big part: a ~10 GB model on local disk through KerasModelDataset
-    and KerasTimestampedModelDataset, kedro-keras only. The input is written
-    by our own save (see _prepare)."""
-    print(
-        f"big model: {shape['layers']} x Dense({shape['width']}), {shape['params']:,} params, "
-        f"{shape['weights_bytes'] / MB:.0f} MB",
-        flush=True,
-    )
-    local = run_dir / "big-input.keras"
-    prepared = harness.run_child(
-        {
-            **shape,
-            "credentials": None,
-            "role": "prepare",
-            "prepare_with": "ours",
-            "target": str(local),
-            "local_input": str(local),
-        },
-        "prepare big input file (kedro-keras)",
-        args.timeout * 3,
-    )
-    if not prepared.get("ok"):
-        failures.append("prepare big")
-        return
+    and KerasTimestampedModelDataset, and a ~4 GB one through the S3 link;
+    kedro-keras only. Each input is written by our own save (see _prepare)."""
+    inputs: dict[str, dict] = {}
+    for which, shape in shapes.items():
+        if which == "big_link" and link is None:
+            continue
+        print(
+            f"{which} model: {shape['layers']} x Dense({shape['width']}), {shape['params']:,} params, "
+            f"{shape['weights_bytes'] / MB:.0f} MB",
+            flush=True,
+        )
+        local = run_dir / f"{which}-input.keras"
+        prepared = harness.run_child(
+            {
+                **shape,
+                "credentials": None,
+                "role": "prepare",
+                "prepare_with": "ours",
+                "target": str(local),
+                "local_input": str(local),
+            },
+            f"prepare {which} input file (kedro-keras)",
+            args.timeout * 3,
+        )
+        if not prepared.get("ok"):
+            failures.append(f"prepare {which}")
+            continue
+        inputs[which] = {
+            "local": str(local),
+            "checksum": prepared["checksum"],
+            "file_bytes": prepared["file_bytes"],
+        }
+        if which == "big_link":
+            inputs[which]["link"] = f"s3://{BUCKET}/big-input.keras"
+            s3_link.upload(link, local, inputs[which]["link"])
+            local.unlink()
     history = run_dir / "big-history"
     for repeat in range(args.big_repeats):
-        for operation, contestant, kind in BIG_OPERATIONS:
+        for operation, contestant, kind, where, which in BIG_OPERATIONS:
+            if which not in inputs:
+                continue
+            source = inputs[which]
             if contestant == "history":
                 target = str(history)
             elif kind == "load":
-                target = str(local)
+                target = source[where]
+            elif where == "link":
+                target = f"s3://{BUCKET}/big-save-{repeat}.keras"
             else:
                 target = str(run_dir / f"big-save-{repeat}.keras")
             result = harness.run_child(
                 {
-                    **shape,
-                    "credentials": None,
-                    "checksum": prepared["checksum"],
+                    **shapes[which],
+                    "credentials": link.credentials() if where == "link" else None,
+                    "checksum": source["checksum"],
                     "role": "measure",
                     "contestant": contestant,
                     "kind": kind,
@@ -294,14 +314,16 @@ def run_big(args, harness, run_dir, shape, runs, failures) -> None:
                     "operation": operation,
                     "contestant": contestant,
                     "repeat": repeat + 1,
-                    "model": "big",
+                    "model": which,
+                    "input_file_bytes": source["file_bytes"],
                     **result,
                 }
             )
             if not result.get("ok"):
                 failures.append(f"BIG {operation} / {contestant} / repeat {repeat + 1}")
         shutil.rmtree(history, ignore_errors=True)
-    local.unlink(missing_ok=True)
+    for source in inputs.values():
+        Path(source["local"]).unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
@@ -310,6 +332,10 @@ def main(argv=None) -> int:
     shape = model_shape(args.size_mb * MB / 4)
     big_params = BIG_PARAMS if args.big_size_mb is None else args.big_size_mb * MB / 4
     big_shape = model_shape(big_params) if args.big else None
+    big_link_params = (
+        BIG_LINK_PARAMS if args.big_size_mb is None else big_params * BIG_LINK_PARAMS / BIG_PARAMS
+    )
+    big_shapes = {"big": big_shape, "big_link": model_shape(big_link_params)} if args.big else {}
     run_dir = WORK_ROOT / f"run-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_dir.mkdir(parents=True)
     started = time.perf_counter()
@@ -339,12 +365,15 @@ def main(argv=None) -> int:
             }
             print(f"moto S3 server on {moto.endpoint}", flush=True)
         if not args.skip_s3 and not args.skip_link:
-            link = s3_link.Link(run_dir / "s3rver", BUCKET, run_dir / "s3rver.log")
+            link = s3_link.Link(run_dir / "s3-link", BUCKET, run_dir / "s3-link.log")
             run_facts["s3_link"] = s3_link.describe()
-            print(f"S3 link (s3rver behind a throttle) on {link.endpoint}: {s3_link.describe()}", flush=True)
+            print(
+                f"S3 link (rclone serve s3 behind a throttle) on {link.endpoint}: {s3_link.describe()}",
+                flush=True,
+            )
 
         jobs = plan(args)
-        harness.total = 2 + len(jobs) + (1 + len(BIG_OPERATIONS) * args.big_repeats if args.big else 0)
+        harness.total = 2 + len(jobs) + (2 + len(BIG_OPERATIONS) * args.big_repeats if args.big else 0)
 
         # The load benchmarks' input files, written by plain Keras: the
         # trained model (the main case) and the uncompiled one.
@@ -427,7 +456,7 @@ def main(argv=None) -> int:
 
         if args.big:
             big_started = time.perf_counter()
-            run_big(args, harness, run_dir, big_shape, runs, failures)
+            run_big(args, harness, run_dir, big_shapes, link, runs, failures)
             run_facts["big_runtime_s"] = time.perf_counter() - big_started
     except KeyboardInterrupt:
         failures.append("interrupted")
@@ -453,7 +482,7 @@ def main(argv=None) -> int:
             except OSError:
                 pass
 
-    results = report.summarise(args, shape, big_shape, runs, failures, elapsed, started_at, run_facts)
+    results = report.summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_facts)
     report.write_outputs(results, outputs)
     print()
     print(page.markdown_table(results["summary"]))
