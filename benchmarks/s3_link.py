@@ -9,7 +9,7 @@ over a local folder: a range reads only that range, and a multipart upload
 streams its parts into the object as they arrive, so completing it is a
 rename, as on a real store, not a copy of the whole object):
 
-    client --HTTP--> Link (this module: per-connection rate, latency, aggregate cap) --> rclone
+    client --HTTPS--> Link (this module: per-connection rate, latency, aggregate cap) --HTTP--> rclone
 
 The proxy is asyncio in a thread of benchmarks/run.py, which only waits for
 its measuring children: it never competes with them for the GIL. It counts
@@ -70,9 +70,8 @@ def describe() -> dict:
 
 class _Pace:
     """A rate as a schedule: each chunk is due once the ones before it have
-    had their time. A token bucket: time the proxy spent idle or waking
-    late counts, up to ``_BURST`` bytes' worth, so the rate is what it says
-    (without it, wake-up jitter kept the link at 75 % of its cap)."""
+    had their time. A token bucket: time lost to the proxy waking late is
+    made up, up to ``_BURST`` bytes' worth, so the rate is the one stated."""
 
     def __init__(self, bytes_per_s: float) -> None:
         self.rate, self.free_at = bytes_per_s, 0.0
