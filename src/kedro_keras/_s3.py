@@ -235,9 +235,17 @@ def seconds_at(nbytes: int, bytes_per_s: float) -> float | None:
 def part_size(size: int, concurrency: int, chosen: int | None = None) -> int:
     """Parts (uploaded, or ranges read) small enough that every connection
     has one, large enough that requests stay few: 8 to 64 MiB unless the
-    entry chose (and never more than S3's 10,000 parts)."""
+    entry chose (and never more than S3's 10,000 parts).
+
+    Beyond one round of 64 MiB parts, the size is cut so that every
+    connection takes the same number of parts: a 668 MB array in 64 MiB
+    ranges was 8 parts and then 2.4, the second round on three connections,
+    and took 1.6x the link's time; in 16 parts of 42 MB it takes two full rounds.
+    """
     if chosen is None:
-        chosen = min(PART_SIZE, max(_MIN_PART_SIZE, -(-size // max(1, concurrency))))
+        per_connection = -(-size // max(1, concurrency))
+        rounds = max(1, -(-per_connection // PART_SIZE))
+        chosen = min(PART_SIZE, max(_MIN_PART_SIZE, -(-per_connection // rounds)))
     return max(chosen, -(-size // _MAX_PARTS), 5 * 2**20)
 
 
