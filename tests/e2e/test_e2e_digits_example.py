@@ -219,7 +219,41 @@ def test_kedro_keras_commands_list_inspect_and_verify(digits):
         weights.write_bytes(original)
 
 
-def test_kedro_keras_prune_keeps_the_newest_versions(digits):
+@pytest.fixture
+def kedro_logging_left_alone(monkeypatch):
+    """Kedro configures logging when a project is bootstrapped, with
+    ``logging.config.dictConfig``, which closes every log handler of the
+    process: pytest's own capture among them, so every later test fails to
+    log. In this process the records go to pytest's handlers instead."""
+    from kedro.framework.project import LOGGING
+
+    monkeypatch.setattr(LOGGING, "configure", lambda logging_config: None)
+
+
+@pytest.fixture
+def keras_cli(monkeypatch, kedro_logging_left_alone):
+    """``kedro keras <args>`` in a project, run in this process by Click's
+    test runner on the command group Kedro loads: the same code as the
+    command line, without a new Python and TensorFlow start per command
+    (8-10 s each; the test above types them as a user does)."""
+    from click.testing import CliRunner
+
+    from kedro_keras.cli import commands
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    runner = CliRunner()
+
+    def invoke(project: Path, *args: str, check: bool = True):
+        monkeypatch.chdir(project)
+        result = runner.invoke(commands, ["keras", *args])
+        if check:
+            assert result.exit_code == 0, f"kedro keras {' '.join(args)}: {result.output}{result.exception!r}"
+        return result
+
+    return invoke
+
+
+def test_kedro_keras_prune_keeps_the_newest_versions(digits, keras_cli):
     """Old versions made by copying the run's own (older timestamps), then
     pruned as a user would: a dry run first, then for real."""
     import shutil
@@ -231,54 +265,54 @@ def test_kedro_keras_prune_keeps_the_newest_versions(digits):
         shutil.copytree(models / newest, models / version)
 
     # A copy differs in nothing, layer by layer.
-    diff = kedro(digits, "keras", "diff", "classifier_model", old[0], newest).stdout
+    diff = keras_cli(digits, "diff", "classifier_model", old[0], newest).stdout
     changes = dict(
         line.split("\t", 1) for line in diff.splitlines() if line.startswith(("layers/", "optimizer"))
     )
     assert "layers/dense" in changes and set(changes.values()) == {"same"}, diff
 
-    dry = kedro(digits, "keras", "prune", "classifier_model", "--keep-last", "2", "--dry-run").stdout
+    dry = keras_cli(digits, "prune", "classifier_model", "--keep-last", "2", "--dry-run").stdout
     assert f"would remove classifier_model version {old[0]}" in dry and old[1] not in dry
     assert len(list(models.iterdir())) == 3
 
-    done = kedro(digits, "keras", "prune", "classifier_model", "--keep-last", "1").stdout
+    done = keras_cli(digits, "prune", "classifier_model", "--keep-last", "1").stdout
     assert "classifier_model: 1 version(s) kept of 3" in done
     assert [p.name for p in models.iterdir()] == [newest]
 
-    refused = kedro(digits, "keras", "prune", "classifier_weights", "--keep-last", "1", check=False)
-    assert refused.returncode != 0 and "keeps one file, not versions" in refused.stderr
+    refused = keras_cli(digits, "prune", "classifier_weights", "--keep-last", "1", check=False)
+    assert refused.exit_code != 0 and "keeps one file, not versions" in refused.output
 
 
-def test_kedro_keras_commands_on_s3_entries(digits_s3, s3fs_client):
+def test_kedro_keras_commands_on_s3_entries(digits_s3, s3fs_client, keras_cli):
     """The same commands on the `--env s3` entries: everything read from the
     bucket, a damaged object caught, old versions compared and pruned there."""
     import json
 
     project, bucket = digits_s3
-    out = kedro(project, "keras", "list", "--env", "s3", "--json").stdout
-    listed = {row["name"]: row for row in json.loads(out[out.rindex("\n[\n") :])}
+    out = keras_cli(project, "list", "--env", "s3", "--json").stdout
+    # Log lines may come before the JSON, as in a terminal: it is the last block.
+    listed = {row["name"]: row for row in json.loads(out[out.rindex("\n[\n") :] if "\n[\n" in out else out)}
     assert listed["classifier_model"]["path"].startswith(f"{bucket}/models/classifier.keras/")
     assert listed["classifier_model"]["versions"] == "1, newest first"
     assert listed["classifier_weights"]["size"].endswith("KB")
     assert listed["classifier_weights"]["saved with"].startswith("Keras ")
 
-    shown = kedro(project, "keras", "inspect", "classifier_history", "-e", "s3").stdout
+    shown = keras_cli(project, "inspect", "classifier_history", "-e", "s3").stdout
     rows = dict(line.split("\t", 1) for line in shown.splitlines() if "\t" in line)
     assert rows["model"] == "digits_cnn (Functional)" and rows["path"].startswith(f"{bucket}/models/")
 
     name = bucket.removeprefix("s3://")
     weights = f"{name}/models/classifier.weights.h5"
     assert (
-        "classifier_weights: intact"
-        in kedro(project, "keras", "verify", "classifier_weights", "-e", "s3").stdout
+        "classifier_weights: intact" in keras_cli(project, "verify", "classifier_weights", "-e", "s3").stdout
     )
     original = s3fs_client.cat_file(weights)
     damaged = bytearray(original)
     damaged[len(damaged) // 2] ^= 0xFF
     s3fs_client.pipe_file(weights, bytes(damaged))
     try:
-        broken = kedro(project, "keras", "verify", "classifier_weights", "-e", "s3", check=False)
-        assert broken.returncode == 1 and "classifier_weights: DAMAGED" in broken.stderr, broken.stderr
+        broken = keras_cli(project, "verify", "classifier_weights", "-e", "s3", check=False)
+        assert broken.exit_code == 1 and "classifier_weights: DAMAGED" in broken.output, broken.output
     finally:
         s3fs_client.pipe_file(weights, original)
 
@@ -286,25 +320,14 @@ def test_kedro_keras_commands_on_s3_entries(digits_s3, s3fs_client):
     (newest,) = [p.rsplit("/", 1)[-1] for p in s3fs_client.ls(models)]
     old = "2020-01-01T00.00.00.000Z"
     s3fs_client.copy(f"{models}/{newest}/classifier.keras", f"{models}/{old}/classifier.keras")
-    diff = kedro(project, "keras", "diff", "classifier_model", old, newest, "-e", "s3").stdout
+    diff = keras_cli(project, "diff", "classifier_model", old, newest, "-e", "s3").stdout
     changes = dict(line.split("\t", 1) for line in diff.splitlines() if line.startswith("layers/"))
     assert changes and set(changes.values()) == {"same"}, diff
 
-    done = kedro(project, "keras", "prune", "classifier_model", "--keep-last", "1", "-e", "s3").stdout
+    done = keras_cli(project, "prune", "classifier_model", "--keep-last", "1", "-e", "s3").stdout
     assert f"removed classifier_model version {old}" in done
     s3fs_client.invalidate_cache()
     assert [p.rsplit("/", 1)[-1] for p in s3fs_client.ls(models)] == [newest]
-
-
-@pytest.fixture
-def kedro_logging_left_alone(monkeypatch):
-    """Kedro configures logging when a project is bootstrapped, with
-    ``logging.config.dictConfig``, which closes every log handler of the
-    process: pytest's own capture among them, so every later test fails to
-    log. In this process the records go to pytest's handlers instead."""
-    from kedro.framework.project import LOGGING
-
-    monkeypatch.setattr(LOGGING, "configure", lambda logging_config: None)
 
 
 def test_kedro_keras_commands_in_process_with_clicks_runner(digits, monkeypatch, kedro_logging_left_alone):
