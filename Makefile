@@ -158,7 +158,8 @@ screenshot: $(STAMP)
 	$(BIN)/python -m pip install --quiet pillow
 	$(BIN)/python docs/screenshot.py
 
-# The fuzz tests only, 5,000 damaged files per format (make test runs 400).
+# The fuzz tests only, 5,000 damaged files per format (make test runs 400,
+# 200 of legacy .h5).
 fuzz: export KERAS_BACKEND = tensorflow
 fuzz: export KEDRO_KERAS_FUZZ_EXAMPLES = 5000
 fuzz: $(STAMP)
