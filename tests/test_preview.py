@@ -11,6 +11,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import s3fs
 from kedro.io.core import Version
 
 from kedro_keras import (
@@ -157,3 +158,21 @@ def test_a_preview_imports_no_keras(tmp_path, dataset):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out[-1] == "False" and out[0] == f"{model.count_params():,}"
+
+
+def test_the_preview_counts_a_version_saved_by_another_process_since_the_last_listing(
+    s3_bucket, s3_credentials, trained_model
+):
+    """`kedro keras list` and Kedro-Viz show the preview's versions: in a
+    long-lived process they must not come from s3fs's cached listing."""
+    dataset = KerasModelDataset(
+        filepath=f"{s3_bucket}/model.keras", credentials=s3_credentials, version=Version(None, None)
+    )
+    dataset.save(trained_model)
+    assert rows_of(dataset.preview())["versions"] == "1, newest first"
+
+    elsewhere = s3fs.S3FileSystem(**s3_credentials, skip_instance_cache=True)
+    (first,) = elsewhere.ls(f"{s3_bucket}/model.keras")
+    elsewhere.copy(f"{first}/model.keras", f"{s3_bucket}/model.keras/2999-01-01T00.00.00.000Z/model.keras")
+
+    assert rows_of(dataset.preview())["versions"] == "2, newest first"

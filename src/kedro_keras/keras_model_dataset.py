@@ -371,6 +371,9 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
     def _version_rows(self) -> list[_preview.Row]:
         if self._version is None:
             return []
+        # Kedro-Viz and a notebook are long-lived: the filesystem's listing
+        # may be from before another process saved a version.
+        self._location.invalidate_cache(self._filepath)
         pattern = str(self._get_versioned_path("*"))
         paths = sorted(self._glob(pattern), key=self._get_version_from_path, reverse=True)
         rows = [("versions", f"{len(paths)}, newest first" if paths else "none yet")]
