@@ -84,10 +84,33 @@ $(TORCH_VENV)/.installed: pyproject.toml
 	$(TORCH_VENV)/bin/python -m pip install --quiet $(KERAS_HUB_DEPS)
 	touch $@
 
-# Everything, under every backend: lint first (seconds), the dataset suite
-# under each backend, the real Kedro projects under TensorFlow, then files
-# moved between the backends.
-test: lint docs test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend
+# Everything, under every backend: lint and docs first (seconds), the
+# dataset suite under each backend, the real Kedro projects under TensorFlow,
+# then files moved between the backends. One suite leaves about a third of
+# the two cores idle (the JAX run used 1.3 on average), so runs overlap:
+#   1. the TensorFlow suite, while the other three venvs install beside it
+#      (pip's output kept in .venvs.log, shown if an install fails);
+#   2. JAX then public-API, beside PyTorch then the Keras floor, each run's
+#      output printed whole when it ends (--output-sync);
+#   3. the cross-backend test, which drives all three venvs itself.
+# The named targets (test-jax, ...) each still run alone.
+test: lint docs
+	$(MAKE) --no-print-directory -j2 test-tensorflow other-venvs-logged
+	$(MAKE) --no-print-directory -j2 --output-sync=target jax-runs torch-and-floor-runs
+	$(MAKE) --no-print-directory test-cross-backend
+
+.PHONY: other-venvs-logged jax-runs torch-and-floor-runs
+other-venvs-logged:
+	$(MAKE) --no-print-directory $(JAX_VENV)/.installed $(TORCH_VENV)/.installed $(FLOOR_VENV)/.installed \
+		> .venvs.log 2>&1 || { cat .venvs.log; exit 1; }
+
+jax-runs:
+	$(MAKE) --no-print-directory test-jax
+	$(MAKE) --no-print-directory test-public-api
+
+torch-and-floor-runs:
+	$(MAKE) --no-print-directory test-torch
+	$(MAKE) --no-print-directory test-keras-floor
 
 LINTED := src tests benchmarks examples
 
