@@ -165,15 +165,11 @@ def _versions_of(dataset: Any, name: str) -> list[tuple[str, Any, float | None]]
         return [(v, lambda v=v: dataset._remove(v), None) for v in dataset.versions()]
     if getattr(dataset, "_version", None) is None:
         raise click.ClickException(f"'{name}' keeps one file, not versions: add versioned: true to prune it.")
-    # The filesystem may hold a listing from earlier in this process (a
-    # notebook, a script driving the commands): versions saved since, by any
-    # process, must count before any is removed.
-    location.invalidate_cache(dataset._filepath)
-    paths = sorted(
-        dataset._glob(str(dataset._get_versioned_path("*"))), key=dataset._get_version_from_path, reverse=True
-    )
+    from kedro_keras.keras_model_dataset import saved_versions_newest_first
+
+    # Listed afresh: versions saved since this process last looked count before any is removed.
     found = []
-    for path in paths:
+    for path in saved_versions_newest_first(dataset):
         # A Kedro version is a folder holding the file; a history's version is the file itself.
         target = path if kind == "KerasTimestampedModelDataset" else str(_parent(path))
         found.append(

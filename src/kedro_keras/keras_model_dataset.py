@@ -371,11 +371,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
     def _version_rows(self) -> list[_preview.Row]:
         if self._version is None:
             return []
-        # Kedro-Viz and a notebook are long-lived: the filesystem's listing
-        # may be from before another process saved a version.
-        self._location.invalidate_cache(self._filepath)
-        pattern = str(self._get_versioned_path("*"))
-        paths = sorted(self._glob(pattern), key=self._get_version_from_path, reverse=True)
+        paths = saved_versions_newest_first(self)
         rows = [("versions", f"{len(paths)}, newest first" if paths else "none yet")]
         for path in paths[:5]:  # one small request each on an object store
             size = self._location.fs.info(str(path)).get("size")
@@ -394,6 +390,16 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
     def _release(self) -> None:
         super()._release()
         self._location.invalidate_cache(self._filepath)
+
+
+def saved_versions_newest_first(dataset: Any) -> list[str]:
+    """The path of every version a Kedro-versioned dataset of ours holds,
+    newest first, listed afresh: a long-lived process (Kedro-Viz, a notebook,
+    a script driving ``kedro keras``) may hold the filesystem's listing from
+    before another process saved a version."""
+    dataset._location.invalidate_cache(dataset._filepath)
+    pattern = str(dataset._get_versioned_path("*"))
+    return sorted(dataset._glob(pattern), key=dataset._get_version_from_path, reverse=True)
 
 
 def _check_args(kind: str, args: dict[str, Any], known: set[str]) -> None:
