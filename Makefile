@@ -90,16 +90,15 @@ $(TORCH_VENV)/.installed: pyproject.toml
 # the two cores idle (the JAX run used 1.3 on average), so runs overlap:
 #   1. the TensorFlow suite, while the other three venvs install beside it
 #      (pip's output kept in .venvs.log, shown if an install fails);
-#   2. JAX then public-API, beside PyTorch then the Keras floor, each run's
-#      output printed whole when it ends (--output-sync);
-#   3. the cross-backend test, which drives all three venvs itself.
+#   2. JAX then public-API, beside PyTorch, the Keras floor and then the
+#      cross-backend test (it drives all three venvs itself), each run's
+#      output printed whole when it ends (--output-sync).
 # The named targets (test-jax, ...) each still run alone.
 test: lint docs
 	$(MAKE) --no-print-directory -j2 test-tensorflow other-venvs-logged
-	$(MAKE) --no-print-directory -j2 --output-sync=target jax-runs torch-and-floor-runs
-	$(MAKE) --no-print-directory test-cross-backend
+	$(MAKE) --no-print-directory -j2 --output-sync=target jax-runs other-runs
 
-.PHONY: other-venvs-logged jax-runs torch-and-floor-runs
+.PHONY: other-venvs-logged jax-runs other-runs
 other-venvs-logged:
 	$(MAKE) --no-print-directory $(JAX_VENV)/.installed $(TORCH_VENV)/.installed $(FLOOR_VENV)/.installed \
 		> .venvs.log 2>&1 || { cat .venvs.log; exit 1; }
@@ -108,9 +107,10 @@ jax-runs:
 	$(MAKE) --no-print-directory test-jax
 	$(MAKE) --no-print-directory test-public-api
 
-torch-and-floor-runs:
+other-runs:
 	$(MAKE) --no-print-directory test-torch
 	$(MAKE) --no-print-directory test-keras-floor
+	$(MAKE) --no-print-directory test-cross-backend
 
 LINTED := src tests benchmarks examples
 
