@@ -269,7 +269,8 @@ def read_keras_archive(
         )
         slim = metadata.get("kedro_keras", {}).get("include_optimizer") is False
         config_json = _read_small_member(archive, CONFIG_MEMBER)
-        if safe_mode:  # before Keras deserialises anything, on either path
+        # Anything but a literal false is safe; checked before Keras deserialises anything.
+        if safe_mode is not False:
             refuse_unsafe_config(json.loads(config_json), custom_objects)
 
         with warnings.catch_warnings():

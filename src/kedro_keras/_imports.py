@@ -94,6 +94,25 @@ def check_import_path(import_path: Any) -> None:
     raise ValueError(f"cannot import '{import_path}': there is no module '{missing}'")
 
 
+def check_safe_mode(load_args: dict[str, Any]) -> None:
+    """``safe_mode`` must be the boolean ``true`` or ``false``.
+
+    Keras reads ``None`` as "safe", but a check that tests truthiness reads it
+    as "unsafe"; a YAML ``null``, an empty value or the string ``"false"`` is
+    a typo, never a decision to run a file's code. Only a literal ``false``
+    turns the checks off.
+
+    Raises:
+        ValueError: any other value, naming it.
+    """
+    value = load_args.get("safe_mode", True)
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"safe_mode must be true or false, got {value!r} ({type(value).__name__}); it stays on unless "
+            "it is literally false (an empty or null value is refused rather than guessed)"
+        )
+
+
 def check_custom_objects(custom_objects: Any) -> None:
     """``check_import_path`` on each import path of a ``custom_objects`` value."""
     if isinstance(custom_objects, (list, tuple)):

@@ -100,7 +100,7 @@ def _read_legacy_h5_image(
         model_config = h5_file.attrs.get("model_config")
         if model_config is None:
             raise ValueError("not a Keras HDF5 model: it has no model_config (is it a weights-only file?)")
-        if safe_mode:  # Keras's legacy loader checks less, and only from Keras 3.11.3
+        if safe_mode is not False:  # Keras's legacy loader checks less, and only from Keras 3.11.3
             training_config = h5_file.attrs.get("training_config")
             refuse_unsafe_config(
                 [json.loads(model_config), json.loads(training_config) if training_config else None],

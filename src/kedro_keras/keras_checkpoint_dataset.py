@@ -187,6 +187,10 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
                 f"'{filepath}': load_args {sorted(unknown)} are not known; "
                 "known: custom_objects, compile, safe_mode."
             )
+        try:
+            _imports.check_safe_mode(self._load_args)
+        except ValueError as exc:
+            raise DatasetError(f"'{filepath}': load_args.safe_mode: {exc}.") from exc
         try:  # a typo fails when the catalog is built, not after training
             _imports.check_custom_objects(self._load_args.get("custom_objects"))
         except ValueError as exc:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _exported, _preview
+from kedro_keras import _exported, _imports, _preview
 from kedro_keras._files import Location
 from kedro_keras._h5 import CHUNK
 from kedro_keras._preview import TablePreview
@@ -146,6 +146,10 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
             raise DatasetError(
                 f"'{filepath}': load_args {sorted(unknown)} are not known; known: safe_mode, endpoint, providers."
             )
+        try:
+            _imports.check_safe_mode(self._load_args)
+        except ValueError as exc:
+            raise DatasetError(f"'{filepath}': load_args.safe_mode: {exc}.") from exc
         self._location = Location(filepath, credentials, fs_args, version)
         self.metadata = metadata
         super().__init__(
@@ -333,7 +337,7 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         return loaded
 
     def _load_saved_model(self, folder: PurePosixPath, url: str) -> Any:
-        if self._load_args["safe_mode"]:
+        if self._load_args["safe_mode"] is not False:  # anything but a literal false is safe
             raise DatasetError(
                 f"Refusing to load the SavedModel at '{url}' with safe_mode on: a SavedModel is a "
                 "TensorFlow program whose graph can read and write files and more when it is loaded or "

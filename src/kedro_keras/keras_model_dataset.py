@@ -130,6 +130,10 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         _take_migration_args(self._load_args, self._save_args, filepath)
         _check_args("load_args", self._load_args, {"custom_objects", "compile", "safe_mode", "device"})
+        try:
+            _imports.check_safe_mode(self._load_args)
+        except ValueError as exc:
+            raise DatasetError(f"'{filepath}': load_args.safe_mode: {exc}.") from exc
         _check_args("save_args", self._save_args, {"include_optimizer"})
         try:  # a typo fails when the catalog is built, not after training
             _imports.check_custom_objects(self._load_args.get("custom_objects"))

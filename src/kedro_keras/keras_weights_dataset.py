@@ -176,6 +176,10 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         _check_args("load_args", self._load_args, {"custom_objects", "safe_mode"})
+        try:
+            _imports.check_safe_mode(self._load_args)
+        except ValueError as exc:
+            raise DatasetError(f"'{filepath}': load_args.safe_mode: {exc}.") from exc
         # A typo fails when the catalog is built, not after the training.
         try:
             if isinstance(architecture, str):
@@ -321,7 +325,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             config = json.loads(architecture)
             if saved_with is not None and isinstance(config, dict):
                 saved_with.update(config.get("kedro_keras") or {})
-            if self._load_args["safe_mode"]:
+            if self._load_args["safe_mode"] is not False:  # anything but a literal false is safe
                 refuse_unsafe_config(config, custom_objects)
             return _keras_build.build_model_and_fill(
                 architecture, fill, custom_objects=custom_objects, safe_mode=self._load_args["safe_mode"]
