@@ -94,15 +94,24 @@ def random_states(model: keras.Model) -> list[dict[str, Any]]:
 
 def set_random_states(model: keras.Model, states: list[dict[str, Any]]) -> bool:
     """Put recorded states back; False (and nothing changed) if they do not
-    fit the model's generators."""
+    fit the model's generators. ValueError for a state that is not one
+    ``random_states()`` writes.
+
+    The states come from a file: their dtypes and shapes are checked against
+    the model's own variables before NumPy allocates anything, since a
+    record of a few bytes can declare gigabytes (dtype 'U50000000').
+    """
     import numpy as np
 
+    from kedro_keras.keras_checkpoint_dataset import random_state_shape
+
     variables = _random_state_variables(model)
-    arrays = [np.asarray(state["value"], dtype=state["dtype"]) for state in states]
-    if len(arrays) != len(variables) or any(
-        tuple(array.shape) != tuple(variable.shape) for array, variable in zip(arrays, variables, strict=True)
-    ):
+    if not isinstance(states, list) or len(states) != len(variables):
         return False
+    shapes = [random_state_shape(state, f"random_states[{index}]") for index, state in enumerate(states)]
+    if any(shape != tuple(variable.shape) for shape, variable in zip(shapes, variables, strict=True)):
+        return False
+    arrays = [np.asarray(state["value"], dtype=state["dtype"]) for state in states]
     for variable, array in zip(variables, arrays, strict=True):
         variable.assign(array)
     return True
