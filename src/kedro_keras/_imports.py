@@ -108,7 +108,7 @@ def check_safe_mode(load_args: dict[str, Any]) -> None:
     value = load_args.get("safe_mode", True)
     if not isinstance(value, bool):
         raise ValueError(
-            f"safe_mode must be true or false, got {value!r} ({type(value).__name__}); it stays on unless "
+            f"safe_mode: must be true or false, got {value!r} ({type(value).__name__}); it stays on unless "
             "it is literally false (an empty or null value is refused rather than guessed)"
         )
 
@@ -161,11 +161,13 @@ def import_object(import_path: str) -> Any:
     raise ValueError(f"cannot import '{import_path}': there is no module '{missing_module or import_path}'")
 
 
-def resolve_custom_objects(custom_objects: Any) -> dict[str, Any] | None:
+def resolve_custom_objects(custom_objects: Any, safe_mode: bool = True) -> dict[str, Any] | None:
     """Turn a YAML-friendly ``custom_objects`` into what Keras expects.
 
     Accepts a mapping whose values are objects or import-path strings, or a
-    list of import paths (each registered under its last name).
+    list of import paths (each registered under its last name). With
+    ``safe_mode`` on, what an import path resolves to must be something
+    Keras would take as a custom object (``check_custom_object``).
     """
     if custom_objects is None:
         return None
@@ -176,7 +178,143 @@ def resolve_custom_objects(custom_objects: Any) -> dict[str, Any] | None:
             "custom_objects must be a mapping of names to classes or import "
             f"paths, or a list of import paths; got {type(custom_objects).__name__}"
         )
-    return {
-        name: import_object(value) if isinstance(value, str) else value
-        for name, value in custom_objects.items()
-    }
+    resolved = {}
+    for name, value in custom_objects.items():
+        if isinstance(value, str):
+            obj = import_object(value)
+            if safe_mode is not False:
+                check_custom_object(value, obj)
+            value = obj
+        resolved[name] = value
+    return resolved
+
+
+# The kinds of class Keras serialises by name. A custom object of any other
+# kind is not model code: Keras would only ever call it with arguments the
+# model file chose.
+_KERAS_KINDS = (
+    "layers.Layer",
+    "losses.Loss",
+    "metrics.Metric",
+    "optimizers.Optimizer",
+    "optimizers.schedules.LearningRateSchedule",
+    "initializers.Initializer",
+    "regularizers.Regularizer",
+    "constraints.Constraint",
+)
+# Keras layers that load a program from a path the config chooses: refused by
+# name in a model file, so not to be let back in through custom_objects.
+_PROGRAM_LOADERS = ("TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")
+
+
+def check_custom_object(import_path: str, obj: Any) -> None:
+    """Refuse an import path (from YAML) whose object is not something Keras
+    would take as a custom object, whatever alias reached it: a class of the
+    kinds Keras serialises (layers, models, losses, metrics, optimizers, their
+    schedules, initializers, regularizers, constraints) or an instance of one,
+    or a function that is registered with Keras, is a Keras modelling function,
+    or is defined in the project's own code (not in the standard library, not
+    in an installed package, not in kedro-keras).
+
+    A list of dangerous modules would always miss an alias (``pydoc.pipepager``
+    runs a shell command; ``copyreg._reconstructor`` and ``pandas.read_pickle``
+    unpickle), so this is an allowlist of what model code is.
+
+    Raises:
+        ValueError: naming the path, what it resolved to and why that is refused.
+    """
+    import keras
+
+    kinds = tuple(_keras_attribute(keras, name) for name in _KERAS_KINDS)
+    kinds = tuple(kind for kind in kinds if isinstance(kind, type))
+    shown = f"'{import_path}'"
+    if isinstance(obj, type):
+        loaders = [getattr(keras.layers, name, None) for name in _PROGRAM_LOADERS]
+        if any(isinstance(loader, type) and issubclass(obj, loader) for loader in loaders):
+            raise ValueError(
+                f"refusing {shown}: {obj.__name__} loads a program from a path the model file chooses; "
+                "with safe_mode on it is never a custom object (load_args: {safe_mode: false} for files "
+                "you trust)"
+            )
+        if issubclass(obj, kinds):
+            return
+        raise ValueError(
+            f"refusing {shown}: it is the class {obj.__module__}.{obj.__qualname__}, which is not a Keras "
+            "layer, model, loss, metric, optimizer, schedule, initializer, regularizer or constraint, so "
+            "Keras would only call it with arguments the model file chose"
+        )
+    if isinstance(obj, kinds):
+        return
+    if inspect.isfunction(obj):
+        if _is_registered_or_modelling(obj) or _is_project_code(obj):
+            return
+        raise ValueError(
+            f"refusing {shown}: it is the function {obj.__module__}.{obj.__qualname__} from "
+            f"{_where_defined(obj)}, not your project's own code, not registered with Keras "
+            "(keras.saving.register_keras_serializable) and not a Keras modelling function; a model file "
+            "would choose what it is called with"
+        )
+    if callable(obj) and _is_registered_or_modelling(obj):
+        return
+    raise ValueError(
+        f"refusing {shown}: it is {type(obj).__name__} {obj!r:.80}, not a Keras class or a function of "
+        "your project's own code; name the class or function itself (a partial or other callable object "
+        "can wrap anything)"
+    )
+
+
+def _keras_attribute(keras: Any, dotted: str) -> Any:
+    found = keras
+    for part in dotted.split("."):
+        found = getattr(found, part, None)
+    return found
+
+
+def _is_registered_or_modelling(obj: Any) -> bool:
+    import keras
+
+    from kedro_keras._safe_configs import is_modelling_function
+
+    registered = keras.saving.get_custom_objects().values()
+    return any(obj is value for value in registered) or is_modelling_function(obj)
+
+
+def _where_defined(function: Any) -> str:
+    """The file a function's code is in: its code object's, which re-exports
+    under another module's name cannot change."""
+    filename = function.__code__.co_filename
+    if filename.startswith("<"):  # generated code: judge it by its module's file
+        module = sys.modules.get(function.__module__)
+        filename = getattr(module, "__file__", None) or filename
+    return filename
+
+
+def _installed_code_folders() -> list[str]:
+    import os
+    import site
+    import sysconfig
+
+    folders = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    folders.update(site.getsitepackages())
+    folders.add(os.path.dirname(os.path.dirname(__file__)))  # kedro-keras itself, even when installed -e
+    return [os.path.join(os.path.realpath(folder), "") for folder in folders if folder]
+
+
+def _is_project_code(function: Any) -> bool:
+    """Defined in the project's own code: a Kedro project's package (even
+    installed as a wheel), or any file outside the standard library,
+    installed packages and kedro-keras (a package installed -e, a notebook)."""
+    import os
+
+    top = function.__module__.split(".")[0] if isinstance(function.__module__, str) else ""
+    try:
+        from kedro.framework.project import PACKAGE_NAME
+    except ImportError:  # pragma: no cover - Kedro is a dependency
+        PACKAGE_NAME = None
+    if PACKAGE_NAME and top == PACKAGE_NAME and top != "kedro_keras":
+        return True
+    filename = _where_defined(function)
+    if filename.startswith("<"):
+        return function.__module__ == "__main__"  # typed into this session, e.g. a notebook
+    real = os.path.realpath(filename)
+    return not any(real.startswith(folder) for folder in _installed_code_folders())

@@ -59,16 +59,83 @@ _FUNCTION_CLASSES = frozenset({"function", "__lambda__"})
 _allowed_ids: frozenset[int] | None = None
 
 
-def printable(text: str, limit: int = 200) -> str:
+def printable(text: str, limit: int | None = 200) -> str:
     """Text read from a file, safe to put in a log line or message: control
     characters (a newline that would forge a log line, terminal escapes)
-    shown escaped, and at most ``limit`` characters."""
+    shown escaped, and at most ``limit`` characters (None: all of it)."""
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return shown + ("..." if len(text) > limit else "")
+    return shown + ("..." if limit is not None and len(text) > limit else "")
 
 
 class UnsafeConfigError(ValueError):
     """A configuration names something that is not a model building block."""
+
+
+# What a model's configuration may hold before we let Keras build it. Building
+# costs time in the number of layers and, for models nested in models, in the
+# square of the nesting (measured: 10 nested models 0.06 s, 20 0.15 s, 40
+# 0.44 s; a file of a few KB can nest thousands). keras.applications' largest
+# (NASNetLarge, EfficientNetV2L) hold about 1,040 layers, and no model of
+# tests/real_architectures.py nor keras.applications serialises deeper than 11
+# levels (measured with serialize_keras_object; Keras 3.15); each model nested
+# in another adds three. tests/test_real_architectures.py loads its whole
+# matrix under these defaults. Adjustable per entry with load_args max_layers
+# and max_config_depth.
+DEFAULT_MAX_LAYERS = 10_000
+DEFAULT_MAX_CONFIG_DEPTH = 100
+
+
+BOUND_ARGS = ("max_layers", "max_config_depth")
+
+
+def check_bound_args(load_args: dict[str, Any]) -> None:
+    """``max_layers`` and ``max_config_depth``, if given, are positive integers.
+
+    Raises:
+        ValueError: starting with the key's name, for a message 'load_args.<key>: ...'.
+    """
+    for key in BOUND_ARGS:
+        value = load_args.get(key)
+        if key in load_args and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key}: must be a positive whole number, got {value!r}")
+
+
+class ConfigTooLargeError(ValueError):
+    """A configuration is larger or deeper than a load is allowed to build."""
+
+
+def check_config_bounds(
+    config: Any, max_layers: int = DEFAULT_MAX_LAYERS, max_depth: int = DEFAULT_MAX_CONFIG_DEPTH
+) -> None:
+    """Raise ``ConfigTooLargeError`` if ``config`` holds more than
+    ``max_layers`` layers (nested models' included) or nests deeper than
+    ``max_depth`` levels of JSON, before anything is built from it.
+
+    The walk is iterative and stops at the first limit crossed, so a hostile
+    config costs no more than the limits allow.
+    """
+    layers = 0
+    stack: list[tuple[Any, int]] = [(config, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            raise ConfigTooLargeError(
+                f"the model's configuration nests more than {max_depth} levels deep (models inside "
+                f"models); a real model nests far less. If you trust the file, raise load_args "
+                f"max_config_depth"
+            )
+        if isinstance(item, dict):
+            inner = item.get("layers")
+            if isinstance(inner, list):
+                layers += len(inner)
+                if layers > max_layers:
+                    raise ConfigTooLargeError(
+                        f"the model's configuration holds more than {max_layers} layers; if you trust the "
+                        "file and the model is this large, raise load_args max_layers"
+                    )
+            stack.extend((value, depth + 1) for value in item.values())
+        elif isinstance(item, list):
+            stack.extend((value, depth + 1) for value in item)
 
 
 def _allowed_functions() -> frozenset[int]:
@@ -86,6 +153,12 @@ def _allowed_functions() -> frozenset[int]:
                     found.add(id(value))
         _allowed_ids = frozenset(found)
     return _allowed_ids
+
+
+def is_modelling_function(function: Any) -> bool:
+    """One of Keras's modelling functions (activations, losses, metrics,
+    initializers, regularizers, constraints, ``keras.ops`` math)."""
+    return id(function) in _allowed_functions()
 
 
 def _last_name(name: Any) -> str:
