@@ -38,7 +38,13 @@ from kedro_keras._h5 import (
 )
 from kedro_keras._keras_build import build_model_and_fill, build_optimizer, portable_compile_config
 from kedro_keras._keras_stores import h5_read_store
-from kedro_keras._safe_configs import printable, refuse_unsafe_config
+from kedro_keras._safe_configs import (
+    DEFAULT_MAX_CONFIG_DEPTH,
+    DEFAULT_MAX_LAYERS,
+    check_config_bounds,
+    printable,
+    refuse_unsafe_config,
+)
 from kedro_keras._weights import weights_image, write_weights_in_place
 
 if TYPE_CHECKING:
@@ -251,6 +257,8 @@ def read_keras_archive(
     custom_objects: dict[str, Any] | None = None,
     compile: bool = True,  # noqa: A002 - Keras's own name for it
     safe_mode: bool = True,
+    max_layers: int = DEFAULT_MAX_LAYERS,
+    max_config_depth: int = DEFAULT_MAX_CONFIG_DEPTH,
 ) -> keras.Model:
     """Build the model stored in an open ``.keras`` archive.
 
@@ -269,9 +277,11 @@ def read_keras_archive(
         )
         slim = metadata.get("kedro_keras", {}).get("include_optimizer") is False
         config_json = _read_small_member(archive, CONFIG_MEMBER)
+        config = json.loads(config_json)
+        check_config_bounds(config, max_layers, max_config_depth)  # before Keras builds anything
         # Anything but a literal false is safe; checked before Keras deserialises anything.
         if safe_mode is not False:
-            refuse_unsafe_config(json.loads(config_json), custom_objects)
+            refuse_unsafe_config(config, custom_objects)
 
         with warnings.catch_warnings():
             if slim:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import shutil
 import warnings
@@ -21,12 +20,19 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 from kedro_keras import _keras_saving
 from kedro_keras._files import local_copy
 from kedro_keras._h5 import bounded, check_all_datasets, h5_window, read_all_headers, verify, write_h5_image
-from kedro_keras._safe_configs import refuse_unsafe_config
+from kedro_keras._log import get_logger
+from kedro_keras._safe_configs import (
+    DEFAULT_MAX_CONFIG_DEPTH,
+    DEFAULT_MAX_LAYERS,
+    check_config_bounds,
+    printable,
+    refuse_unsafe_config,
+)
 
 if TYPE_CHECKING:
     import keras
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def write_legacy_h5(model: keras.Model, file: IO[bytes], *, include_optimizer: bool = True) -> None:
@@ -74,6 +80,8 @@ def read_legacy_h5(
     custom_objects: dict[str, Any] | None = None,
     compile: bool = True,  # noqa: A002
     safe_mode: bool = True,
+    max_layers: int = DEFAULT_MAX_LAYERS,
+    max_config_depth: int = DEFAULT_MAX_CONFIG_DEPTH,
 ) -> keras.Model:
     """Build the model stored in a legacy HDF5 file.
 
@@ -83,7 +91,9 @@ def read_legacy_h5(
     window = h5_window(file)
     try:
         check_all_datasets(window)  # Keras's legacy loader reads arrays as it finds them
-        model = _read_legacy_h5_image(window, custom_objects, compile, safe_mode)
+        model = _read_legacy_h5_image(
+            window, custom_objects, compile, safe_mode, (max_layers, max_config_depth)
+        )
     except Exception as exc:
         verify(window, cause=exc)
         raise
@@ -92,7 +102,7 @@ def read_legacy_h5(
 
 
 def _read_legacy_h5_image(
-    file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool
+    file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool, bounds: tuple[int, int]
 ) -> keras.Model:  # noqa: A002
     import h5py
 
@@ -100,12 +110,11 @@ def _read_legacy_h5_image(
         model_config = h5_file.attrs.get("model_config")
         if model_config is None:
             raise ValueError("not a Keras HDF5 model: it has no model_config (is it a weights-only file?)")
+        training_config = h5_file.attrs.get("training_config")
+        configs = [json.loads(model_config), json.loads(training_config) if training_config else None]
+        check_config_bounds(configs, *bounds)  # before Keras builds anything
         if safe_mode is not False:  # Keras's legacy loader checks less, and only from Keras 3.11.3
-            training_config = h5_file.attrs.get("training_config")
-            refuse_unsafe_config(
-                [json.loads(model_config), json.loads(training_config) if training_config else None],
-                custom_objects,
-            )
+            refuse_unsafe_config(configs, custom_objects)
         try:
             return _load_legacy_h5(h5_file, file, custom_objects, compile, safe_mode)
         except Exception as exc:
@@ -117,7 +126,7 @@ def _read_legacy_h5_image(
                 "Could not restore the training configuration of this legacy "
                 "HDF5 model (%s); loaded it uncompiled. Compile it before "
                 "training, or set load_args: {compile: false} to skip this.",
-                exc,
+                printable(str(exc)),
             )
             return _load_legacy_h5(h5_file, file, custom_objects, False, safe_mode)
 

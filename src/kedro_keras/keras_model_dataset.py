@@ -4,7 +4,6 @@ filesystem."""
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 import warnings
@@ -15,16 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _archive, _imports, _legacy_h5, _preview, _progress
+from kedro_keras import _archive, _imports, _legacy_h5, _preview, _progress, _safe_configs
 from kedro_keras._files import Location
 from kedro_keras._h5 import HDF5_SIGNATURE, CorruptFileError
+from kedro_keras._log import get_logger
 from kedro_keras._preview import TablePreview
 from kedro_keras._safe_configs import UnsafeConfigError, printable
 
 if TYPE_CHECKING:
     import keras
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 KERAS_SUFFIX = ".keras"
 LEGACY_SUFFIXES = (".h5", ".hdf5")
@@ -129,11 +129,16 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         _take_migration_args(self._load_args, self._save_args, filepath)
-        _check_args("load_args", self._load_args, {"custom_objects", "compile", "safe_mode", "device"})
+        _check_args(
+            "load_args",
+            self._load_args,
+            {"custom_objects", "compile", "safe_mode", "device", *_safe_configs.BOUND_ARGS},
+        )
         try:
             _imports.check_safe_mode(self._load_args)
+            _safe_configs.check_bound_args(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.safe_mode: {exc}.") from exc
+            raise DatasetError(f"'{filepath}': load_args.{exc}.") from exc
         _check_args("save_args", self._save_args, {"include_optimizer"})
         try:  # a typo fails when the catalog is built, not after training
             _imports.check_custom_objects(self._load_args.get("custom_objects"))
@@ -197,7 +202,9 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         args = deepcopy(self._load_args)
         device = args.pop("device", None)
         try:
-            args["custom_objects"] = _imports.resolve_custom_objects(args.get("custom_objects"))
+            args["custom_objects"] = _imports.resolve_custom_objects(
+                args.get("custom_objects"), safe_mode=args.get("safe_mode", True)
+            )
         except (ValueError, ImportError) as exc:
             raise DatasetError(
                 f"Cannot load the Keras model at '{url}': load_args.custom_objects: {exc}"
@@ -519,6 +526,13 @@ def _service_error_code(exc: BaseException | None) -> str | None:
 
 
 def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
+    """The message for a failed load. Exception texts can quote the file (a
+    layer's name, a config), so they are shown escaped: a newline or a
+    terminal escape from the file must not reach a log or terminal raw."""
+    return printable(_failure_text(url, exc, legacy=legacy), limit=4000)
+
+
+def _failure_text(url: str, exc: Exception, *, legacy: bool) -> str:
     if isinstance(exc, UnsafeConfigError):
         return f"Refusing the Keras model at '{url}': {exc}."
     if isinstance(exc, CorruptFileError):

@@ -5,7 +5,6 @@ named in the catalog or from the architecture saved beside them."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 import uuid
@@ -16,9 +15,19 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _archive, _imports, _keras_build, _preview, _progress, _sharded, _weights
+from kedro_keras import (
+    _archive,
+    _imports,
+    _keras_build,
+    _preview,
+    _progress,
+    _safe_configs,
+    _sharded,
+    _weights,
+)
 from kedro_keras._files import Location
 from kedro_keras._h5 import CorruptFileError, ShardReadError, stored_variable_groups
+from kedro_keras._log import get_logger
 from kedro_keras._preview import TablePreview
 from kedro_keras._safe_configs import UnsafeConfigError, refuse_unsafe_config
 from kedro_keras.keras_model_dataset import _check_args, _check_is_model, unknown_class_hint
@@ -26,7 +35,7 @@ from kedro_keras.keras_model_dataset import _check_args, _check_is_model, unknow
 if TYPE_CHECKING:
     import keras
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 WEIGHTS_SUFFIX = ".weights.h5"
 SHARDED_SUFFIX = ".weights.json"
@@ -175,11 +184,12 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         self.metadata = metadata
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
-        _check_args("load_args", self._load_args, {"custom_objects", "safe_mode"})
+        _check_args("load_args", self._load_args, {"custom_objects", "safe_mode", *_safe_configs.BOUND_ARGS})
         try:
             _imports.check_safe_mode(self._load_args)
+            _safe_configs.check_bound_args(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.safe_mode: {exc}.") from exc
+            raise DatasetError(f"'{filepath}': load_args.{exc}.") from exc
         # A typo fails when the catalog is built, not after the training.
         try:
             if isinstance(architecture, str):
@@ -314,7 +324,9 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         or else from the ``.architecture.json`` beside the weights; what the
         architecture records about its writer goes into ``saved_with``."""
         try:
-            custom_objects = _imports.resolve_custom_objects(self._load_args.get("custom_objects"))
+            custom_objects = _imports.resolve_custom_objects(
+                self._load_args.get("custom_objects"), safe_mode=self._load_args["safe_mode"]
+            )
         except (ValueError, ImportError) as exc:
             raise DatasetError(f"load_args.custom_objects: {exc}") from exc
         if embedded is not None:
@@ -325,6 +337,11 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             config = json.loads(architecture)
             if saved_with is not None and isinstance(config, dict):
                 saved_with.update(config.get("kedro_keras") or {})
+            _safe_configs.check_config_bounds(
+                config,
+                self._load_args.get("max_layers", _safe_configs.DEFAULT_MAX_LAYERS),
+                self._load_args.get("max_config_depth", _safe_configs.DEFAULT_MAX_CONFIG_DEPTH),
+            )
             if self._load_args["safe_mode"] is not False:  # anything but a literal false is safe
                 refuse_unsafe_config(config, custom_objects)
             return _keras_build.build_model_and_fill(
