@@ -11,13 +11,14 @@ environment variable ``KEDRO_KERAS_PROGRESS=0``.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from kedro_keras._log import get_logger
+
+logger = get_logger(__name__)
 
 SHOWN_FROM_BYTES = 100 * 10**6
 SHOWN_AFTER_SECONDS = 5.0

@@ -8,15 +8,16 @@ fsspec's ordinary reads and uploads) if s3fs changes.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from kedro_keras._log import get_logger
+
 if TYPE_CHECKING:
     from kedro_keras._remote import Uploadable
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass(frozen=True)

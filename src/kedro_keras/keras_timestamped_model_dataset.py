@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import random
 import re
 from datetime import datetime, timedelta, timezone
@@ -12,9 +11,10 @@ from typing import Any
 
 from kedro.io.core import DatasetError, Version, VersionNotFoundError
 
+from kedro_keras._log import get_logger
 from kedro_keras.keras_model_dataset import KERAS_SUFFIX, LEGACY_SUFFIXES, KerasModelDataset
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 FILE_PREFIX = "model_"
 # Kedro's own version format, kept to the microsecond so that saves within

@@ -1,0 +1,39 @@
+"""The package's loggers: what they print is data, shown as data.
+
+Model names, layer names, record fields and paths in our log lines come from
+files that strangers may have written. A newline in one would forge a log
+line; an escape sequence would reach the user's terminal (OSC 52 writes the
+clipboard); and Kedro's default handler (``kedro.logging.RichHandler``)
+interprets rich markup such as ``[link=...]`` in messages. So every record of
+ours is formatted once, its control characters escaped, and marked as plain
+text for rich, whichever module logs it and whatever it logs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kedro_keras._safe_configs import printable
+
+
+class ShownAsData(logging.Filter):
+    """Formats a record's message with its arguments, escapes what is not
+    printable, and turns rich markup off for it (``record.markup``, which
+    rich's handler reads before its own setting)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string is logging's to report, not ours
+            return True
+        record.msg, record.args = printable(message, limit=None), ()
+        record.markup = False
+        return True
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with the ``ShownAsData`` filter on it."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(existing, ShownAsData) for existing in logger.filters):
+        logger.addFilter(ShownAsData())
+    return logger
