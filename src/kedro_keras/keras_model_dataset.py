@@ -103,8 +103,11 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             load_args: ``custom_objects`` (names to classes, or to import-path
                 strings such as ``my_project.layers.Scale``, or a list of import
                 paths), ``compile`` (default True), ``safe_mode`` (default
-                True: Lambda layers, whose code runs on load, are refused) and
-                ``device`` (e.g. ``"cpu:0"``: where the variables are placed,
+                True: Lambda layers, whose code runs on load, are refused;
+                only a literal False turns it off), ``max_layers`` (default
+                10,000) and ``max_config_depth`` (default 100): a file whose
+                configuration holds more layers or nests deeper is refused
+                before anything is built, and ``device`` (e.g. ``"cpu:0"``: where the variables are placed,
                 through ``keras.device``; kedro-datasets' ``tf_device`` is read
                 as this).
             save_args: ``include_optimizer`` (default True). False writes a

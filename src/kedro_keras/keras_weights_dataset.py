@@ -148,7 +148,8 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 architecture JSON saved beside the weights.
             architecture_args: Keyword arguments for ``architecture``.
             load_args: ``custom_objects`` (as for ``KerasModelDataset``) and
-                ``safe_mode`` (default True) for the saved architecture.
+                ``safe_mode`` (default True), ``max_layers`` and
+                ``max_config_depth`` (as for ``KerasModelDataset``) for the saved architecture.
             save_args: ``include_optimizer`` (default True, as Keras's
                 ``save_weights``); for ``.weights.json`` only,
                 ``max_shard_size``: GB of arrays per shard (default 0.25). A
