@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 
 import keras
 import numpy as np
@@ -102,6 +103,18 @@ def link_to_dev_zero(path):
     path.symlink_to("/dev/zero")
 
 
+def link_to_sparse_64_mib(path):
+    target = path.with_name("elsewhere.bin")
+    sparse_64_mib(target)
+    path.unlink()
+    path.symlink_to(target)
+
+
+def a_folder(path):
+    path.unlink()
+    path.mkdir()
+
+
 # (how the newest record is altered, what the error says of it)
 HOSTILE = {
     "dtype-U50000000": (
@@ -110,7 +123,9 @@ HOSTILE = {
     ),
     "dtype-object": (changed(random_states=[{"dtype": "O", "value": [1, 2]}]), "declares dtype 'O'"),
     "64-mib": (sparse_64_mib, "is larger than 1 MiB"),
-    "dev-zero": (link_to_dev_zero, "is larger than 1 MiB"),
+    "dev-zero": (link_to_dev_zero, "is a device, pipe or socket, not a file"),
+    "64-mib-behind-a-link": (link_to_sparse_64_mib, "is larger than 1 MiB"),
+    "a-folder": (a_folder, "is a folder, not a file"),
     "deeply-nested": (text(b'{"epoch": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "nested too deeply"),
     "not-json": (text(b"\xff\xfe{ not json"), "is not valid JSON"),
     "not-an-object": (text(b"[2, 0]"), "holds a JSON array, not a JSON object"),
@@ -186,6 +201,22 @@ class TestHostileRecords:
         message = str(raised.value)
         assert "\x1b" not in message and "\n" not in message
         assert "'step' is '\\x1b[2J\\nINFO forged row'" in message
+
+    def test_a_pipe_named_like_a_record_does_not_block_restore(self, folder):
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no named pipes here")
+        record = record_path(folder, NEWEST)
+        record.unlink()
+        os.mkfifo(record)
+        checkpoints = KerasCheckpointDataset(filepath=str(folder)).load()
+        done = threading.Thread(target=checkpoints.restore, daemon=True)
+        done.start()
+        done.join(timeout=30)
+        if done.is_alive():  # blocked on open: a writer's open and close let it go, with EOF
+            os.close(os.open(record, os.O_WRONLY | os.O_NONBLOCK))
+            done.join(timeout=30)
+            pytest.fail("restore() blocked opening a named pipe")
+        assert checkpoints.restored == OLDER
 
     def test_random_states_that_do_not_fit_the_model_are_not_restored(self, folder, caplog):
         # Well-formed, but not the shape of the model's SeedGenerator (2,): not

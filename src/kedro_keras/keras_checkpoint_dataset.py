@@ -321,6 +321,15 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         skips for the checkpoint before) for anything that is not one of ours."""
         path = self._path(version, _RECORD_SUFFIX)
         url = self._location.url(path)
+        # A pipe named like a record would block restore() (and fit's pruning)
+        # forever on open, and a device never ends. Object stores hold only files.
+        kind = self._location.kind(path) if self._location.is_local else "file"
+        if kind not in ("file", None):  # None: removed since the listing, which open_read reports
+            raise DatasetError(
+                f"The checkpoint record '{url}' is a "
+                f"{'folder' if kind == 'directory' else 'device, pipe or socket'}, not a file: it was not "
+                "written by this dataset. Remove it and its model file."
+            )
         try:
             with self._location.open_read(path) as file:
                 raw = file.read(_MAX_RECORD_BYTES + 1)
