@@ -8,8 +8,11 @@ interpreter and Keras are imported when an artifact is loaded.
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from typing import Any
+
+from kedro_keras._safe_configs import printable
 
 FORMATS = ("tf_saved_model", "onnx", "litert")
 FILE_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
@@ -37,8 +40,9 @@ _EXPORT_NEEDS: dict[str, dict[str, list[tuple[str, str]] | None]] = {
 }
 
 # What loading each format needs.
+# onnx too: a file is checked with it (external data, declared sizes) before onnxruntime sees it.
 _LOAD_NEEDS = {
-    "onnx": [("onnxruntime", "kedro-keras[onnx]")],
+    "onnx": [("onnxruntime", "kedro-keras[onnx]"), ("onnx", "kedro-keras[onnx]")],
     "litert": [("ai_edge_litert", "kedro-keras[litert]")],
 }
 
@@ -75,7 +79,7 @@ def why_cannot_load(format: str, backend: str) -> str | None:
                 "or export the model as onnx, which loads anywhere"
             )
         return None
-    missing = _missing(_LOAD_NEEDS[format])
+    missing = list(dict.fromkeys(_missing(_LOAD_NEEDS[format])))
     if missing:
         return f"loading {format} needs {', '.join(missing)} (pip install {' '.join(missing)})"
     return None
@@ -86,13 +90,223 @@ def why_cannot_load(format: str, backend: str) -> str | None:
 # --------------------------------------------------------------------------
 
 
-class OnnxModel:
-    """An ONNX artifact in an onnxruntime session, with Keras's ``predict``."""
+# The most bytes one tensor an artifact declares may take (load_args.max_tensor_bytes).
+# A self-contained ONNX file, like a LiteRT flatbuffer, holds under 2 GiB in
+# all, so a model's own weights stay under this; a larger declared tensor is
+# one the file would have the runtime conjure from a few bytes.
+DEFAULT_MAX_TENSOR_BYTES = 2**30
+# Subgraphs (If, Loop, Scan bodies) nest this deep at most; real models nest a few levels.
+MAX_GRAPH_DEPTH = 32
+# Constants this small are read as values (the shapes ConstantOfShape, Expand, Tile, Range are given).
+_SHAPE_CONSTANT_ELEMENTS = 64
 
-    def __init__(self, content: bytes, providers: list[str] | None = None) -> None:
+
+class RefusedArtifactError(ValueError):
+    """An artifact declares something a runtime would act on unsafely: data
+    in another file, a tensor over the budget, an operator it cannot run."""
+
+
+def _size_text(nbytes: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def _over_budget(what: str, dims: list[int], itemsize: int, max_tensor_bytes: int) -> RefusedArtifactError:
+    shown = "x".join(str(d) for d in dims[:8]) + ("x..." if len(dims) > 8 else "")
+    return RefusedArtifactError(
+        f"{what} declares a tensor of shape [{shown}] ({_size_text(math.prod(dims) * itemsize)}), over the "
+        f"{_size_text(max_tensor_bytes)} budget of load_args.max_tensor_bytes; raise it only for a file you "
+        "trust"
+    )
+
+
+def check_onnx(content: bytes, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> Any:
+    """The parsed ``onnx.ModelProto`` of ``content``, once it is known to be
+    self-contained and to declare no tensor over ``max_tensor_bytes``.
+
+    onnxruntime, given bytes, resolves a tensor's external data against the
+    working directory: a file could make ``predict`` return another file's
+    bytes. This package's exports are single files, so any external data is
+    refused. Sizes are checked where the file states them: initializers,
+    constants, static value shapes, and the constant shapes that
+    ConstantOfShape, Expand, Tile and Range are given.
+
+    Raises:
+        RefusedArtifactError: external data, a tensor over the budget, or
+            subgraphs nested deeper than ``MAX_GRAPH_DEPTH``.
+        ValueError: not an ONNX model.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    model = onnx.ModelProto()
+    try:
+        # Plain protobuf parsing: nothing is read from anywhere else.
+        model.ParseFromString(content)
+    except (DecodeError, RecursionError) as exc:
+        raise ValueError(f"not an ONNX model ({printable(str(exc) or type(exc).__name__)})") from exc
+    if not model.HasField("graph"):
+        raise ValueError("not an ONNX model (it has no graph)")
+    checker = _OnnxChecker(max_tensor_bytes)
+    checker.graph(model.graph, depth=0, outer={})
+    for function in model.functions:
+        checker.nodes(function.node, f"function '{printable(function.name, 80)}'", depth=1, constants={})
+    return model
+
+
+class _OnnxChecker:
+    def __init__(self, max_tensor_bytes: int) -> None:
+        self.max_tensor_bytes = max_tensor_bytes
+
+    def graph(self, graph: Any, depth: int, outer: dict[str, Any]) -> None:
+        if depth > MAX_GRAPH_DEPTH:
+            raise RefusedArtifactError(f"its subgraphs nest more than {MAX_GRAPH_DEPTH} deep")
+        where = f"graph '{printable(graph.name, 80)}'"
+        constants = dict(outer)
+        for tensor in graph.initializer:
+            self.tensor(tensor, f"initializer '{printable(tensor.name, 80)}'")
+            constants[tensor.name] = tensor
+        for sparse in graph.sparse_initializer:
+            self.sparse(sparse, f"sparse initializer '{printable(sparse.values.name, 80)}'")
+        for info in (*graph.input, *graph.output, *graph.value_info):
+            self.value_info(info)
+        self.nodes(graph.node, where, depth, constants)
+
+    def nodes(self, nodes: Any, where: str, depth: int, constants: dict[str, Any]) -> None:
+        import onnx
+
+        for node in nodes:
+            what = f"node '{printable(node.name or node.op_type, 80)}' ({printable(node.op_type, 40)}) in {where}"
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    self.tensor(attribute.t, what)
+                for tensor in attribute.tensors:
+                    self.tensor(tensor, what)
+                if attribute.HasField("sparse_tensor"):
+                    self.sparse(attribute.sparse_tensor, what)
+                for sparse in attribute.sparse_tensors:
+                    self.sparse(sparse, what)
+                if attribute.HasField("g"):
+                    self.graph(attribute.g, depth + 1, constants)
+                for graph in attribute.graphs:
+                    self.graph(graph, depth + 1, constants)
+                if node.op_type == "Constant" and attribute.name == "value" and node.output:
+                    constants[node.output[0]] = attribute.t
+            self.computed(node, what, constants, onnx)
+
+    def computed(self, node: Any, what: str, constants: dict[str, Any], onnx: Any) -> None:
+        """What ops that make a tensor from a constant shape would allocate."""
+        if node.domain not in ("", "ai.onnx"):
+            return
+        values = [_small_constant(constants.get(name)) for name in node.input]
+        if node.op_type == "ConstantOfShape" and values and values[0] is not None:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            self.dims(values[0], _itemsize(value.data_type if value is not None else 1), what)
+        elif node.op_type == "Expand" and len(values) > 1 and values[1] is not None:
+            self.dims(values[1], 1, what)
+        elif node.op_type == "Tile" and len(values) > 1 and values[1] is not None:
+            self.dims(values[1], 1, what)
+        elif (
+            node.op_type == "Range"
+            and len(values) == 3
+            and all(v is not None and len(v) == 1 for v in values)
+        ):
+            start, limit, delta = (v[0] for v in values)
+            count = 0 if delta == 0 else max(math.ceil((limit - start) / delta), 0)
+            self.dims([count], 1, what)
+
+    def dims(self, dims: list[Any], itemsize: int, what: str) -> None:
+        try:
+            sizes = [int(d) for d in dims]
+        except (OverflowError, ValueError) as exc:
+            raise RefusedArtifactError(f"{what} declares a shape that is not a list of sizes") from exc
+        if any(d < 0 for d in sizes):
+            if any(d < -1 for d in sizes):
+                raise RefusedArtifactError(f"{what} declares a negative size in shape {sizes[:8]}")
+            return  # -1: a size onnxruntime infers (Reshape's convention), not one the file states
+        if math.prod(sizes) * itemsize > self.max_tensor_bytes:
+            raise _over_budget(what, sizes, itemsize, self.max_tensor_bytes)
+
+    def tensor(self, tensor: Any, what: str) -> None:
+        import onnx
+
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise RefusedArtifactError(
+                f"{what}: tensor '{printable(tensor.name, 80)}' keeps its data in another file "
+                f"('{printable(location, 120)}', external data), which would be read from the working "
+                "directory; export the model again as one self-contained file"
+            )
+        self.dims(list(tensor.dims), _itemsize(tensor.data_type), what)
+
+    def sparse(self, sparse: Any, what: str) -> None:
+        self.tensor(sparse.values, what)
+        self.tensor(sparse.indices, what)
+        self.dims(list(sparse.dims), _itemsize(sparse.values.data_type), what)
+
+    def value_info(self, info: Any) -> None:
+        kind = info.type.WhichOneof("value")
+        if kind != "tensor_type" or not info.type.tensor_type.HasField("shape"):
+            return
+        tensor_type = info.type.tensor_type
+        dims = tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            self.dims(
+                [d.dim_value for d in dims],
+                _itemsize(tensor_type.elem_type),
+                f"value '{printable(info.name, 80)}'",
+            )
+
+
+def _itemsize(data_type: int) -> int:
+    import onnx
+
+    try:
+        return max(onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize, 1)
+    except Exception:  # noqa: BLE001 - strings, 4-bit types, unknown codes: count one byte each
+        return 1
+
+
+def _small_constant(tensor: Any) -> list[Any] | None:
+    """The values of a small integer or float constant, else None."""
+    if tensor is None or tensor.data_location != 0 or math.prod(tensor.dims) > _SHAPE_CONSTANT_ELEMENTS:
+        return None
+    from onnx import numpy_helper
+
+    try:
+        return numpy_helper.to_array(tensor).reshape(-1).tolist()
+    except Exception:  # noqa: BLE001 - a damaged constant: onnxruntime reports it better
+        return None
+
+
+class OnnxModel:
+    """An ONNX artifact in an onnxruntime session, with Keras's ``predict``.
+
+    The file is checked first (``check_onnx``). With ``safe_mode`` on the
+    session runs without graph optimizations: constant folding computes at
+    session creation whatever the graph's constants describe, which a
+    600-byte file can make gigabytes.
+    """
+
+    def __init__(
+        self,
+        content: bytes,
+        providers: list[str] | None = None,
+        *,
+        safe_mode: bool = True,
+        max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+    ) -> None:
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(content, providers=providers or ["CPUExecutionProvider"])
+        check_onnx(content, max_tensor_bytes)
+        options = onnxruntime.SessionOptions()
+        if safe_mode:
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.session = onnxruntime.InferenceSession(
+            content, options, providers=providers or ["CPUExecutionProvider"]
+        )
         self.input_names = [spec.name for spec in self.session.get_inputs()]
         self.output_names = [spec.name for spec in self.session.get_outputs()]
         self.input_shapes = {spec.name: spec.shape for spec in self.session.get_inputs()}
@@ -111,15 +325,272 @@ class OnnxModel:
     __call__ = predict
 
     def __repr__(self) -> str:
-        return f"OnnxModel(inputs={self.input_shapes}, outputs={self.output_shapes})"
+        return f"OnnxModel(inputs={_shown(self.input_shapes)}, outputs={_shown(self.output_shapes)})"
+
+
+def _shown(shapes: dict[str, Any]) -> str:
+    """Names and shapes from a file, as data: escaped and bounded."""
+    items = [f"{printable(str(name), 80)}: {printable(str(shape), 80)}" for name, shape in shapes.items()]
+    return "{" + ", ".join(items[:16]) + (", ..." if len(items) > 16 else "") + "}"
+
+
+# LiteRT inputs an operator may leave out (-1), by operator: FULLY_CONNECTED's
+# bias, the convolutions' bias, the LSTMs' peephole, projection, layer-norm
+# and input-gate tensors (TFLite's lstm_shared.h). Anywhere else, a missing
+# input is one the kernel dereferences: FULLY_CONNECTED without weights
+# crashes the process in predict.
+_LSTM_OPTIONAL = frozenset({1, 5, 9, 10, 11, 12, 16, 17, 20, 21, 22, 23})
+_LITERT_OPTIONAL_INPUTS = {
+    "FULLY_CONNECTED": frozenset({2}),
+    "CONV_2D": frozenset({2}),
+    "DEPTHWISE_CONV_2D": frozenset({2}),
+    "CONV_3D": frozenset({2}),
+    "TRANSPOSE_CONV": frozenset({3}),
+    "CONV_3D_TRANSPOSE": frozenset({3}),
+    "SVDF": frozenset({3}),
+    "LSTM": _LSTM_OPTIONAL,
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": _LSTM_OPTIONAL,
+    "BIDIRECTIONAL_SEQUENCE_LSTM": frozenset(
+        {1, 5, 9, 10, 11, 12, 16, 17, 18, 22, 26, 27, 28, 29, 33, 34, *range(39, 48)}
+    ),
+    "BIDIRECTIONAL_SEQUENCE_RNN": frozenset(range(9, 12)),
+}
+_LITERT_ITEMSIZE = {
+    0: 4,
+    1: 2,
+    2: 4,
+    3: 1,
+    4: 8,
+    6: 1,
+    7: 2,
+    8: 8,
+    9: 1,
+    10: 8,
+    11: 16,
+    12: 8,
+    15: 4,
+    16: 2,
+    18: 2,
+}
+
+
+def check_litert(
+    content: bytes, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, safe_mode: bool = True
+) -> None:
+    """Check a LiteRT flatbuffer's structure before the interpreter reads it.
+
+    The interpreter trusts the file's indices: an operator with a missing
+    required input, or a signature naming a subgraph that does not exist,
+    crashes the process (a segfault, not an exception). So every operator
+    must be a builtin the schema knows (custom operators are refused with
+    ``safe_mode`` on: they are native code registered by whoever built the
+    interpreter), every index (operator code, tensor, buffer, subgraph) must
+    be in range, required inputs present, data inside the file (no external
+    buffers), and every tensor's declared size within ``max_tensor_bytes``.
+    This checks the structure the interpreter relies on; it is not a sandbox
+    for its kernels.
+
+    Raises:
+        RefusedArtifactError: what is wrong, and where.
+        ValueError: not a LiteRT flatbuffer.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    try:
+        _LiteRTChecker(content, schema, max_tensor_bytes, safe_mode).model()
+    except RefusedArtifactError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - offsets that point outside the file: struct, index, numpy errors
+        raise ValueError(
+            f"not a readable LiteRT flatbuffer ({type(exc).__name__}: {printable(str(exc), 120)})"
+        ) from exc
+
+
+class _LiteRTChecker:
+    def __init__(self, content: bytes, schema: Any, max_tensor_bytes: int, safe_mode: bool) -> None:
+        self.content, self.schema = content, schema
+        self.max_tensor_bytes, self.safe_mode = max_tensor_bytes, safe_mode
+        operators = schema.BuiltinOperator
+        self.names = {
+            v: k for k, v in vars(operators).items() if not k.startswith("_") and isinstance(v, int)
+        }
+        self.custom, self.placeholder = operators.CUSTOM, operators.PLACEHOLDER_FOR_GREATER_OP_CODES
+        # Tables may share offsets; a file that makes a walk longer than its
+        # size allows (one element per byte) is refused, so time stays linear.
+        self.budget = len(content) + 1024
+
+    def spend(self, count: int) -> None:
+        self.budget -= count
+        if self.budget < 0:
+            raise RefusedArtifactError("its tables refer to more elements than the file holds")
+
+    def model(self) -> None:
+        schema = self.schema
+        if len(self.content) < 8 or not schema.Model.ModelBufferHasIdentifier(self.content, 0):
+            raise ValueError("not a LiteRT flatbuffer (no 'TFL3' identifier)")
+        model = schema.Model.GetRootAs(self.content, 0)
+        if (
+            getattr(model, "ExternalBuffersLength", lambda: 0)()
+            or getattr(model, "ExternalBufferGroupsLength", lambda: 0)()
+        ):
+            raise RefusedArtifactError(
+                "it keeps tensor data in other files (external buffers); export the model again as one "
+                "self-contained file"
+            )
+        codes = [self.operator(model.OperatorCodes(i), i) for i in range(model.OperatorCodesLength())]
+        self.spend(len(codes))
+        buffers = model.BuffersLength()
+        self.spend(buffers)
+        for i in range(buffers):
+            self.buffer(model.Buffers(i), i)
+        subgraphs = model.SubgraphsLength()
+        self.spend(subgraphs)
+        tensor_counts = [
+            self.subgraph(model.Subgraphs(i), i, codes, buffers, subgraphs) for i in range(subgraphs)
+        ]
+        for i in range(model.SignatureDefsLength()):
+            self.signature(model.SignatureDefs(i), i, tensor_counts)
+
+    def operator(self, code: Any, index: int) -> str:
+        deprecated, builtin = code.DeprecatedBuiltinCode(), code.BuiltinCode()
+        # TFLite's own rule: the larger of the two fields is the operator.
+        effective = max(builtin, deprecated)
+        if deprecated < 0 or effective not in self.names or effective == self.placeholder:
+            raise RefusedArtifactError(
+                f"operator code {index} is {effective}, not an operator this LiteRT knows"
+            )
+        if effective == self.custom and self.safe_mode:
+            name = printable((code.CustomCode() or b"").decode("utf-8", "replace"), 80)
+            kind = (
+                "a TensorFlow op (Flex), which can read and write files as a SavedModel can"
+                if name.startswith("Flex")
+                else "native code outside LiteRT's builtins"
+            )
+            raise RefusedArtifactError(
+                f"it uses the custom operator '{name}', {kind}; load it only if you trust the file, with "
+                "load_args: {safe_mode: false}"
+            )
+        return self.names[effective]
+
+    def buffer(self, buffer: Any, index: int) -> None:
+        offset, size = buffer.Offset(), buffer.Size()
+        # Offsets 0 and 1 mean "no data here" (the converter's convention).
+        if offset > 1 and offset + size > len(self.content):
+            raise RefusedArtifactError(f"buffer {index} lies outside the file")
+
+    def subgraph(self, subgraph: Any, index: int, codes: list[str], buffers: int, subgraphs: int) -> int:
+        tensors = subgraph.TensorsLength()
+        self.spend(tensors)
+        where = f"subgraph {index}"
+        for t in range(tensors):
+            self.tensor(subgraph.Tensors(t), f"{where}, tensor {t}", buffers)
+        for name, values in (("inputs", subgraph.InputsAsNumpy()), ("outputs", subgraph.OutputsAsNumpy())):
+            self.indices(values, tensors, f"{where} {name}", optional=frozenset())
+        operators = subgraph.OperatorsLength()
+        self.spend(operators)
+        for o in range(operators):
+            op = subgraph.Operators(o)
+            what = f"{where}, operator {o}"
+            opcode = op.OpcodeIndex()
+            if opcode >= len(codes):
+                raise RefusedArtifactError(f"{what} names operator code {opcode}; the file has {len(codes)}")
+            what = f"{what} ({codes[opcode]})"
+            optional = _LITERT_OPTIONAL_INPUTS.get(codes[opcode], frozenset())
+            self.indices(op.InputsAsNumpy(), tensors, f"{what} inputs", optional)
+            self.indices(op.OutputsAsNumpy(), tensors, f"{what} outputs", optional=None)
+            self.indices(op.IntermediatesAsNumpy(), tensors, f"{what} intermediates", optional=None)
+            self.subgraph_options(op, what, subgraphs)
+        return tensors
+
+    def indices(self, values: Any, tensors: int, what: str, optional: frozenset[int] | None) -> None:
+        """Tensor indices in range; -1 (left out) only where ``optional``
+        allows it (None: anywhere)."""
+        if isinstance(values, int):  # the accessor's answer for an absent vector
+            return
+        self.spend(len(values))
+        for position, value in enumerate(values.tolist()):
+            if value == -1 and (optional is None or position in optional):
+                continue
+            if value == -1:
+                raise RefusedArtifactError(f"{what}: required input {position} is missing (-1)")
+            if not 0 <= value < tensors:
+                raise RefusedArtifactError(f"{what}: tensor index {value} is outside the {tensors} tensors")
+
+    def tensor(self, tensor: Any, what: str, buffers: int) -> None:
+        if tensor.Buffer() >= buffers:
+            raise RefusedArtifactError(f"{what} names buffer {tensor.Buffer()}; the file has {buffers}")
+        if getattr(tensor, "ExternalBuffer", lambda: 0)():
+            raise RefusedArtifactError(
+                f"{what} keeps its data in another file (an external buffer); export the model again "
+                "as one self-contained file"
+            )
+        shape = tensor.ShapeAsNumpy()
+        dims = [] if isinstance(shape, int) else shape.tolist()
+        self.spend(len(dims))
+        if any(d < 0 for d in dims):
+            raise RefusedArtifactError(f"{what} declares a negative size in shape {dims[:8]}")
+        itemsize = _LITERT_ITEMSIZE.get(tensor.Type(), 1)
+        if math.prod(dims) * itemsize > self.max_tensor_bytes:
+            raise _over_budget(what, dims, itemsize, self.max_tensor_bytes)
+
+    def subgraph_options(self, op: Any, what: str, subgraphs: int) -> None:
+        """The subgraphs WHILE, IF and CALL_ONCE run must exist."""
+        schema, kind = self.schema, op.BuiltinOptionsType()
+        fields = {
+            schema.BuiltinOptions.WhileOptions: (
+                schema.WhileOptions,
+                ("CondSubgraphIndex", "BodySubgraphIndex"),
+            ),
+            schema.BuiltinOptions.IfOptions: (schema.IfOptions, ("ThenSubgraphIndex", "ElseSubgraphIndex")),
+            schema.BuiltinOptions.CallOnceOptions: (schema.CallOnceOptions, ("InitSubgraphIndex",)),
+        }.get(kind)
+        if fields is None or op.BuiltinOptions() is None:
+            return
+        options_class, names = fields
+        table = op.BuiltinOptions()
+        options = options_class()
+        options.Init(table.Bytes, table.Pos)
+        for name in names:
+            value = getattr(options, name)()
+            if not 0 <= value < subgraphs:
+                raise RefusedArtifactError(f"{what} runs subgraph {value}; the file has {subgraphs}")
+
+    def signature(self, signature: Any, index: int, tensor_counts: list[int]) -> None:
+        subgraph = signature.SubgraphIndex()
+        if not 0 <= subgraph < len(tensor_counts):
+            raise RefusedArtifactError(
+                f"signature {index} names subgraph {subgraph}; the file has {len(tensor_counts)}"
+            )
+        for kind, length, get in (
+            ("inputs", signature.InputsLength(), signature.Inputs),
+            ("outputs", signature.OutputsLength(), signature.Outputs),
+        ):
+            self.spend(length)
+            for i in range(length):
+                tensor = get(i).TensorIndex()
+                if not 0 <= tensor < tensor_counts[subgraph]:
+                    raise RefusedArtifactError(
+                        f"signature {index} {kind} name tensor {tensor}; its subgraph has "
+                        f"{tensor_counts[subgraph]}"
+                    )
 
 
 class LiteRTModel:
-    """A LiteRT (TensorFlow Lite) artifact in LiteRT's interpreter, with ``predict``."""
+    """A LiteRT (TensorFlow Lite) artifact in LiteRT's interpreter, with ``predict``.
 
-    def __init__(self, content: bytes) -> None:
+    The file's structure is checked first (``check_litert``) rather than the
+    interpreter run in a child process: the crashes a file can cause come
+    from indices and operators the interpreter trusts, which the check
+    covers, and a child process per ``predict`` would cost more than most
+    LiteRT models take to run.
+    """
+
+    def __init__(
+        self, content: bytes, *, safe_mode: bool = True, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
+    ) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
+        check_litert(content, max_tensor_bytes, safe_mode)
         self.interpreter = Interpreter(model_content=content)
         signatures = self.interpreter.get_signature_list()
         self._key = next(iter(signatures)) if signatures else None
@@ -165,21 +636,25 @@ class LiteRTModel:
     __call__ = predict
 
     def __repr__(self) -> str:
-        return f"LiteRTModel(inputs={self.input_shapes}, outputs={self.output_names})"
+        outputs = ", ".join(printable(str(name), 80) for name in self.output_names[:16])
+        return f"LiteRTModel(inputs={_shown(self.input_shapes)}, outputs=[{outputs}])"
 
 
 def _by_name(x: Any, names: list[str]) -> list[tuple[str, Any]]:
+    shown = [printable(str(name), 80) for name in names[:16]]  # names from the file, as data
     if isinstance(x, dict):
         unknown = set(x) - set(names)
         if unknown:
-            raise ValueError(f"unknown input(s) {sorted(unknown)}; the artifact's inputs are {names}")
+            raise ValueError(
+                f"unknown input(s) {sorted(map(str, unknown))}; the artifact's inputs are {shown}"
+            )
         return [(name, x[name]) for name in names]
     if isinstance(x, (list, tuple)):
         if len(x) != len(names):
-            raise ValueError(f"{len(x)} inputs given; the artifact's inputs are {names}")
+            raise ValueError(f"{len(x)} inputs given; the artifact's inputs are {shown}")
         return list(zip(names, x, strict=True))
     if len(names) != 1:
-        raise ValueError(f"the artifact has {len(names)} inputs {names}: pass a dict keyed by these names")
+        raise ValueError(f"the artifact has {len(names)} inputs {shown}: pass a dict keyed by these names")
     return [(names[0], x)]
 
 

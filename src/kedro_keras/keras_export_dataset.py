@@ -23,6 +23,8 @@ from kedro_keras import _exported, _imports, _preview
 from kedro_keras._files import Location
 from kedro_keras._h5 import CHUNK
 from kedro_keras._preview import TablePreview
+from kedro_keras._progress import transfer_text
+from kedro_keras._safe_configs import printable
 
 if TYPE_CHECKING:
     import keras
@@ -31,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _EXPORT_FOLDER = re.compile(r"^export-[0-9a-f]{32}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# A manifest lists a SavedModel's few files: a megabyte is thousands of them.
+MAX_MANIFEST_BYTES = 2**20
+# Manifest fields shown in previews and log lines (as data: escaped, bounded).
+_MANIFEST_TEXT = ("export", "model", "keras_version", "backend", "saved_at")
 
 
 class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
@@ -45,6 +52,20 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
     leaves the previous one loadable. ``load()`` gives something that
     predicts: a Keras model over the SavedModel (TensorFlow backend), or an
     ``OnnxModel`` / ``LiteRTModel`` with ``predict(x)``.
+
+    An ONNX or LiteRT file is checked before its runtime reads it, since a
+    file can make a runtime read other files or take the process down:
+    tensor data kept in another file (ONNX external data, LiteRT external
+    buffers) is refused, as every export this dataset writes is one file;
+    any tensor the file declares over ``load_args.max_tensor_bytes``
+    (default 1 GiB, more than a self-contained ONNX or LiteRT file can
+    hold) is refused before anything is allocated; with ``safe_mode`` on,
+    onnxruntime runs without graph optimizations (constant folding would
+    compute, when the session is created, whatever a 600-byte file
+    describes). A LiteRT file's structure is checked instead of run apart:
+    every operator a builtin (custom and TensorFlow "Flex" operators are
+    refused with ``safe_mode`` on), every index in range and every required
+    input present, which is what the interpreter trusts and crashes on.
 
     A SavedModel folder written by anyone else (Keras 2's ``model.save``, as
     kedro-datasets' ``TensorFlowModelDataset`` wrote it; ``tf.saved_model.save``;
@@ -84,7 +105,10 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
     ```
     """
 
-    DEFAULT_LOAD_ARGS: dict[str, Any] = {"safe_mode": True}
+    DEFAULT_LOAD_ARGS: dict[str, Any] = {
+        "safe_mode": True,
+        "max_tensor_bytes": _exported.DEFAULT_MAX_TENSOR_BYTES,
+    }
     DEFAULT_EXPORT_ARGS: dict[str, Any] = {}
 
     def __init__(  # noqa: PLR0913
@@ -112,7 +136,9 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
                 TensorFlow program, is refused; ONNX and LiteRT artifacts are
                 run by their runtimes' fixed operators), ``endpoint`` (the
                 SavedModel endpoint to call; default ``serve``, else
-                ``serving_default``), ``providers`` (onnxruntime's).
+                ``serving_default``), ``providers`` (onnxruntime's),
+                ``max_tensor_bytes`` (the largest tensor an ONNX or LiteRT
+                file may declare; default 1 GiB).
             version: Set by Kedro for ``versioned: true`` entries.
             credentials: Passed to the fsspec filesystem.
             fs_args: Extra arguments for the fsspec filesystem.
@@ -141,15 +167,22 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         self._format = format
         self._export_args = {**self.DEFAULT_EXPORT_ARGS, **(export_args or {})}
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
-        unknown = set(self._load_args) - {"safe_mode", "endpoint", "providers"}
+        unknown = set(self._load_args) - {"safe_mode", "endpoint", "providers", "max_tensor_bytes"}
         if unknown:
             raise DatasetError(
-                f"'{filepath}': load_args {sorted(unknown)} are not known; known: safe_mode, endpoint, providers."
+                f"'{filepath}': load_args {sorted(unknown)} are not known; known: safe_mode, endpoint, "
+                "providers, max_tensor_bytes."
+            )
+        budget = self._load_args["max_tensor_bytes"]
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+            raise DatasetError(
+                f"'{filepath}': load_args.max_tensor_bytes is {budget!r}; give a positive number of bytes "
+                f"(default {_exported.DEFAULT_MAX_TENSOR_BYTES})."
             )
         try:
             _imports.check_safe_mode(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.safe_mode: {exc}.") from exc
+            raise DatasetError(f"'{filepath}': load_args.{exc}.") from exc
         self._location = Location(filepath, credentials, fs_args, version)
         self.metadata = metadata
         super().__init__(
@@ -210,16 +243,14 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
                     "a SavedModel folder not written by kedro-keras" if exists else "nothing saved yet",
                 )
             ]
-        files = manifest.get("files") or {}
+        files = manifest["files"]
+        shown = {key: printable(str(manifest.get(key, "?")), 80) for key in _MANIFEST_TEXT}
         return [
-            ("files", f"{len(files)} in {manifest.get('export')}"),
-            *_preview.size_row(sum(int(entry.get("size", 0)) for entry in files.values())),
-            ("model", str(manifest.get("model", "?"))),
-            (
-                "exported with",
-                f"Keras {manifest.get('keras_version', '?')}, {manifest.get('backend', '?')} backend",
-            ),
-            ("exported at", str(manifest.get("saved_at", "?"))),
+            ("files", f"{len(files)} in {shown['export']}"),
+            *_preview.size_row(sum(entry["size"] for entry in files.values())),
+            ("model", shown["model"]),
+            ("exported with", f"Keras {shown['keras_version']}, {shown['backend']} backend"),
+            ("exported at", shown["saved_at"]),
         ]
 
     # -- save ----------------------------------------------------------------
@@ -318,25 +349,40 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         problem = _exported.why_cannot_load(self._format, keras.backend.backend())
         if problem:
             raise DatasetError(f"Cannot load the {self._format} export at '{url}': {problem}.")
+        start = time.monotonic()
         if self._is_folder:
-            return self._load_saved_model(path, url)
-        if self._location.kind(path) is None:
-            raise DatasetError(f"No {self._format} export at '{url}': the file does not exist.")
+            return self._load_saved_model(path, url, start)
+        kind = self._location.kind(path)
+        if kind != "file":
+            what = "does not exist" if kind is None else f"is a {kind}, not a file"
+            raise DatasetError(f"No {self._format} export at '{url}': the path {what}.")
+        safe_mode = self._load_args["safe_mode"] is not False
+        budget = self._load_args["max_tensor_bytes"]
         try:
             content = self._location.fs.cat_file(str(path))
             loaded = (
-                _exported.OnnxModel(content, self._load_args.get("providers"))
+                _exported.OnnxModel(
+                    content, self._load_args.get("providers"), safe_mode=safe_mode, max_tensor_bytes=budget
+                )
                 if self._format == "onnx"
-                else _exported.LiteRTModel(content)
+                else _exported.LiteRTModel(content, safe_mode=safe_mode, max_tensor_bytes=budget)
             )
+        except _exported.RefusedArtifactError as exc:
+            raise DatasetError(f"Refusing to load the {self._format} export at '{url}': {exc}.") from exc
         except Exception as exc:
             raise DatasetError(
                 f"Cannot load the {self._format} export at '{url}': {_first_line(exc)}"
             ) from exc
-        logger.info("Loaded the %s export at %s: %r", self._format, url, loaded)
+        logger.info(
+            "Loaded the %s export at %s, %s: %r",
+            self._format,
+            url,
+            transfer_text(len(content), time.monotonic() - start),
+            loaded,
+        )
         return loaded
 
-    def _load_saved_model(self, folder: PurePosixPath, url: str) -> Any:
+    def _load_saved_model(self, folder: PurePosixPath, url: str, start: float) -> Any:
         if self._load_args["safe_mode"] is not False:  # anything but a literal false is safe
             raise DatasetError(
                 f"Refusing to load the SavedModel at '{url}' with safe_mode on: a SavedModel is a "
@@ -348,9 +394,9 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         scratch = tempfile.TemporaryDirectory(prefix="kedro-keras-saved-model-")
         try:
             if manifest is not None:
-                local = self._fetch_manifest_files(folder, manifest, Path(scratch.name), url)
+                local, size = self._fetch_manifest_files(folder, manifest, Path(scratch.name), url)
             else:
-                local = self._fetch_foreign_folder(folder, Path(scratch.name), url)
+                local, size = self._fetch_foreign_folder(folder, Path(scratch.name), url)
             model = _exported.saved_model_as_keras(str(local), self._load_args.get("endpoint"))
         except DatasetError:
             scratch.cleanup()
@@ -361,42 +407,71 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         # TensorFlow may read assets (vocabularies) later: the copy lives as long as the model.
         model._kedro_keras_files = scratch
         saved_with = (
-            f" (exported with Keras {manifest['keras_version']} on {manifest['backend']})" if manifest else ""
+            f" (exported with Keras {printable(str(manifest.get('keras_version', '?')), 40)} on "
+            f"{printable(str(manifest.get('backend', '?')), 40)})"
+            if manifest
+            else ""
         )
-        logger.info("Loaded the SavedModel at %s, endpoint '%s'%s", url, model.endpoint, saved_with)
+        logger.info(
+            "Loaded the SavedModel at %s, %s, endpoint '%s'%s",
+            url,
+            transfer_text(size, time.monotonic() - start),
+            printable(str(model.endpoint), 80),
+            saved_with,
+        )
         return model
 
     def _read_manifest(self, folder: PurePosixPath, quiet: bool = False) -> dict[str, Any] | None:
+        """The folder's manifest, checked to be one this package wrote (None if
+        there is none; also if it is unreadable and ``quiet``)."""
         path = folder / MANIFEST
+        url = self._location.url(path)
         try:
+            if self._location.is_local:
+                _check_regular_file(str(path), str(folder), url)
             with self._location.open_read(path) as file:
-                manifest = json.loads(file.read())
+                text = file.read(MAX_MANIFEST_BYTES + 1)
+            if len(text) > MAX_MANIFEST_BYTES:
+                raise DatasetError(
+                    f"Cannot read '{url}': it is over {MAX_MANIFEST_BYTES} bytes, more than any manifest "
+                    "this package writes; it was not written by kedro-keras. Export the model again."
+                )
+            try:
+                manifest = json.loads(text)
+            except (ValueError, RecursionError) as exc:
+                cause = "its JSON nests too deep" if isinstance(exc, RecursionError) else str(exc)
+                raise DatasetError(
+                    f"Cannot read '{url}': {printable(cause)}. Export the model again."
+                ) from exc
+            return _checked_manifest(manifest, url)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, DatasetError) as exc:
             if quiet:
                 return None
-            raise DatasetError(f"Cannot read '{self._location.url(path)}': {exc}") from exc
-        return manifest
+            if isinstance(exc, DatasetError):
+                raise
+            raise DatasetError(f"Cannot read '{url}': {exc}") from exc
 
     def _fetch_manifest_files(
         self, folder: PurePosixPath, manifest: dict[str, Any], into: Path, url: str
-    ) -> Path:
+    ) -> tuple[Path, int]:
         """Copy the committed export to local disk (TensorFlow reads local
         folders only), checking every file's size and SHA-256 on the way."""
-        export = str(manifest.get("export", ""))
-        files = manifest.get("files")
-        if not _EXPORT_FOLDER.match(export) or not isinstance(files, dict):
-            raise DatasetError(f"'{url}/{MANIFEST}' is not a manifest this package wrote.")
-        for name in manifest.get("folders", []):
+        export, files = manifest["export"], manifest["files"]
+        for name in manifest["folders"]:
             (into / _safe_relative(name, url)).mkdir(parents=True, exist_ok=True)
+        total = 0
         for name, expected in files.items():
             target = into / _safe_relative(name, url)
             target.parent.mkdir(parents=True, exist_ok=True)
+            source = folder / export / name
+            if self._location.is_local:
+                _check_regular_file(str(source), str(folder), url)
             digest, size = hashlib.sha256(), 0
             try:
                 with (
-                    self._location.open_read(folder / export / name) as reading,
+                    self._location.open_read(source) as reading,
                     open(target, "wb") as writing,
                 ):
                     while chunk := reading.read(CHUNK):
@@ -414,9 +489,10 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
                     f"{digest.hexdigest()[:12]}..., its manifest says {expected.get('size')} bytes and "
                     f"{str(expected.get('sha256'))[:12]}.... Export the model again."
                 )
-        return into
+            total += size
+        return into, total
 
-    def _fetch_foreign_folder(self, folder: PurePosixPath, into: Path, url: str) -> Path:
+    def _fetch_foreign_folder(self, folder: PurePosixPath, into: Path, url: str) -> tuple[Path, int]:
         """A SavedModel folder someone else wrote (no manifest): used in place
         on local disk, copied from anywhere else."""
         if not self._location.exists(folder / "saved_model.pb"):
@@ -430,16 +506,19 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
             )
             raise DatasetError(f"No SavedModel at '{url}': the path {what}.")
         if self._location.is_local:
-            return Path(str(folder))
+            local = Path(str(folder))
+            return local, sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
         logger.info("'%s' has no manifest (not written by kedro-keras): copying it unchecked", url)
+        total = 0
         for remote in self._location.fs.find(str(folder)):
             name = PurePosixPath(remote).relative_to(str(folder))
             target = into / _safe_relative(str(name), url)
             target.parent.mkdir(parents=True, exist_ok=True)
             with self._location.open_read(remote) as reading, open(target, "wb") as writing:
                 shutil.copyfileobj(reading, writing, CHUNK)
+            total += target.stat().st_size
         (into / "variables").mkdir(exist_ok=True)
-        return into
+        return into, total
 
     def _release(self) -> None:
         super()._release()
@@ -468,11 +547,69 @@ def _call_once_on_zeros(model: keras.Model) -> None:
     model(keras.tree.map_structure(zeros, model.input), training=False)
 
 
+def _checked_manifest(manifest: Any, url: str) -> dict[str, Any]:
+    """``manifest`` if it has the shape this package writes, else a
+    DatasetError (never a TypeError from a field of the wrong type)."""
+
+    def refuse(cause: str) -> DatasetError:
+        return DatasetError(
+            f"'{url}' is not a manifest this package wrote: {cause}. Export the model again, or delete "
+            "the manifest to load the folder as a SavedModel written elsewhere."
+        )
+
+    if not isinstance(manifest, dict):
+        raise refuse(f"it holds a JSON {type(manifest).__name__}, not an object")
+    export, files, folders = manifest.get("export"), manifest.get("files"), manifest.get("folders", [])
+    if not isinstance(export, str) or not _EXPORT_FOLDER.fullmatch(export):
+        raise refuse(f"'export' is {printable(repr(export), 80)}, not an export-<32 hex digits> folder")
+    if not isinstance(files, dict):
+        raise refuse("'files' is not an object")
+    for name, entry in files.items():
+        shown = printable(name, 120)
+        _safe_relative(name, url)
+        if not isinstance(entry, dict):
+            raise refuse(f"the entry of '{shown}' is not an object")
+        size, sha256 = entry.get("size"), entry.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise refuse(f"the size of '{shown}' is not a number of bytes")
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise refuse(f"the SHA-256 of '{shown}' is not 64 hex digits")
+    if not isinstance(folders, list) or not all(isinstance(name, str) for name in folders):
+        raise refuse("'folders' is not a list of names")
+    for name in folders:
+        _safe_relative(name, url)
+    for key in _MANIFEST_TEXT:
+        if key in manifest and not isinstance(manifest[key], str):
+            raise refuse(f"'{key}' is not text")
+    return {**manifest, "folders": folders}
+
+
+def _check_regular_file(path: str, folder: str, url: str) -> None:
+    """A local file the manifest names must be a regular file inside the
+    folder: a symbolic link would fetch a file from elsewhere, a FIFO would
+    block the read forever."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return  # reported, as missing, when it is opened
+    inside = os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep)
+    if not stat.S_ISREG(mode) or not inside:
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file" if inside else "outside it"
+        raise DatasetError(
+            f"The SavedModel at '{url}' has '{printable(os.path.relpath(path, folder), 120)}', which is "
+            f"{what}: refused, as a kedro-keras export holds regular files only. Export the model again."
+        )
+
+
 def _safe_relative(name: str, url: str) -> PurePosixPath:
     """A file name from a manifest or listing, refused if it would leave the folder."""
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or not path.parts:
-        raise DatasetError(f"The export at '{url}' names '{name}', a path outside its folder: refused.")
+        raise DatasetError(
+            f"The export at '{url}' names '{printable(name, 120)}', a path outside its folder: refused."
+        )
     return path
 
 

@@ -1,0 +1,596 @@
+"""KerasExportDataset against hostile files (#27): ONNX and LiteRT files
+that would read other files, grow the process by gigabytes or crash it, and
+manifests of the wrong shape. Each is refused with a DatasetError that names
+the path and the cause, before the runtime acts on it.
+
+Hostile files are built from a real export of a tiny model where the
+backend can write the format, else (ONNX only) with ``onnx.helper``. Loads
+that would crash or grow the process without the checks run in a child
+process, so that a regression fails a test instead of taking pytest down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import keras
+import numpy as np
+import pytest
+from kedro.io import DatasetError
+
+from kedro_keras import KerasExportDataset, _exported
+
+BACKEND = keras.backend.backend()
+SECRET = b"kedro-keras-secret-4b1d0c9e" * 8  # 216 bytes: the first layer's 3x4 floats and more
+# What every onnxruntime this file meets reads (the newest onnx writes a newer one by default).
+IR_VERSION = 8
+CHILD_ENV = {**os.environ, "KERAS_BACKEND": BACKEND, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def tiny_model():
+    keras.utils.set_random_seed(27)
+    inputs = keras.Input((3,), name="x")
+    hidden = keras.layers.Dense(4, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden), name="tiny")
+    model(np.zeros((1, 3), "float32"))
+    return model
+
+
+def skip_unless(problem):
+    """Skip where this backend or venv cannot write or read a format, after
+    checking that the reason given is one the dataset itself gives."""
+    if problem:
+        assert "pip install" in problem or "backend" in problem or "Keras" in problem, problem
+        pytest.skip(problem)
+
+
+# --------------------------------------------------------------------------
+# ONNX
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    """A real ONNX model as an ``onnx.ModelProto``: exported by Keras where
+    this backend can, else the same two layers built with onnx.helper."""
+    skip_unless(_exported.why_cannot_load("onnx", BACKEND))
+    import onnx
+
+    if BACKEND == "tensorflow" and _exported.why_cannot_export("onnx", BACKEND) is None:
+        path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+        KerasExportDataset(filepath=str(path)).save(tiny_model())
+        return onnx.load_model_from_string(path.read_bytes())
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(27)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "kernel_1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "kernel_2"], ["y"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[
+            numpy_helper.from_array(rng.normal(size=(3, 4)).astype("float32"), "kernel_1"),
+            numpy_helper.from_array(rng.normal(size=(4, 2)).astype("float32"), "kernel_2"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION)
+
+
+def copy_of(model):
+    import onnx
+
+    return onnx.ModelProto.FromString(model.SerializeToString())
+
+
+def make_external(tensor, location):
+    """The tensor's data said to be in ``location``, as onnx writes external data."""
+    import onnx
+
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(12 * 4))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def first_matrix(model):
+    return next(t for t in model.graph.initializer if len(t.dims) == 2)
+
+
+def load_refused(path, **load_args):
+    with pytest.raises(DatasetError) as raised:
+        KerasExportDataset(filepath=str(path), load_args=load_args or None).load()
+    return str(raised.value)
+
+
+def onnx_graph(nodes, initializers=(), outputs=None, inputs=None):
+    """A one-input model around ``nodes``, which read 'x' and write 'y'."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        "hostile",
+        inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=list(initializers),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION)
+
+
+def shape_bomb(op_type, values):
+    """``op_type`` given the constant ``values`` (as int64) as its shape, repeats or bounds."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = [numpy_helper.from_array(np.array(v, dtype=np.int64), f"c{i}") for i, v in enumerate(values)]
+    names = [c.name for c in constants]
+    if op_type == "ConstantOfShape":
+        node = helper.make_node(
+            op_type, names, ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+        )
+    elif op_type in ("Expand", "Tile"):
+        constants.append(numpy_helper.from_array(np.ones([1] * len(values[0]), dtype=np.float32), "one"))
+        node = helper.make_node(op_type, ["one", *names], ["big"])
+    else:  # Range
+        node = helper.make_node(op_type, names, ["big"])
+    return onnx_graph(
+        [
+            node,
+            helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+            helper.make_node("Cast", ["s"], ["t"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["x", "t"], ["y"]),
+        ],
+        constants,
+    )
+
+
+class TestOnnxExternalData:
+    @pytest.mark.parametrize("where", ["working directory", "relative path up", "absolute path"])
+    def test_external_data_naming_another_file_is_refused_and_the_file_is_never_read(
+        self, onnx_model, tmp_path, monkeypatch, where
+    ):
+        work = tmp_path / "project"
+        (work / "conf" / "local").mkdir(parents=True)
+        secret_file = {
+            "working directory": work / "weights.bin",
+            "relative path up": work / "conf" / "local" / "credentials.yml",
+            "absolute path": tmp_path / "elsewhere" / "id_rsa",
+        }[where]
+        secret_file.parent.mkdir(parents=True, exist_ok=True)
+        secret_file.write_bytes(SECRET)
+        location = {
+            "working directory": "weights.bin",
+            "relative path up": "../conf/local/credentials.yml",
+            "absolute path": str(secret_file),
+        }[where]
+        served = work / "data"
+        served.mkdir()
+        monkeypatch.chdir(work if where != "relative path up" else served)
+        hostile = copy_of(onnx_model)
+        make_external(first_matrix(hostile), location)
+        path = served / "model.onnx"
+        path.write_bytes(hostile.SerializeToString())
+
+        message = load_refused(path)
+
+        assert str(path) in message
+        assert "external data" in message and location in message
+        assert "export the model again as one self-contained file" in message
+        assert SECRET[:16].decode() not in message
+
+    def test_external_data_inside_a_subgraph_constant_is_refused(self, onnx_model, tmp_path):
+        from onnx import TensorProto, helper, numpy_helper
+
+        constant = numpy_helper.from_array(np.zeros(3, dtype=np.float32), "hidden")
+        make_external(constant, "secret.bin")
+        branch = helper.make_graph(
+            [helper.make_node("Constant", [], ["c"], value=constant)],
+            "then",
+            [],
+            [helper.make_tensor_value_info("c", TensorProto.FLOAT, [3])],
+        )
+        hostile = onnx_graph(
+            [
+                helper.make_node("Constant", [], ["flag"], value=numpy_helper.from_array(np.array(True))),
+                helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch),
+            ]
+        )
+        path = tmp_path / "nested.onnx"
+        path.write_bytes(hostile.SerializeToString())
+
+        message = load_refused(path)
+
+        assert str(path) in message and "external data" in message and "secret.bin" in message
+
+    def test_an_own_export_still_loads_and_predicts_as_before(self, onnx_model, tmp_path, caplog):
+        import onnxruntime
+
+        path = tmp_path / "own.onnx"
+        content = onnx_model.SerializeToString()
+        path.write_bytes(content)
+        x = np.random.default_rng(0).normal(size=(2, 3)).astype("float32")
+        expected = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"]).run(
+            None, {onnx_model.graph.input[0].name: x}
+        )[0]
+
+        with caplog.at_level(logging.INFO, logger="kedro_keras.keras_export_dataset"):
+            served = KerasExportDataset(filepath=str(path)).load()
+
+        np.testing.assert_array_equal(served.predict(x), expected)
+        loads = [r.getMessage() for r in caplog.records if r.name == "kedro_keras.keras_export_dataset"]
+        assert len(loads) == 1
+        size = f"{len(content)} bytes" if len(content) < 1000 else f"{len(content) / 1000:.1f} KB"
+        assert re.match(rf"Loaded the onnx export at {re.escape(str(path))}, {size} in \d+\.\d\d s", loads[0])
+
+
+class TestOnnxDeclaredSizes:
+    def test_an_initializer_over_the_default_budget_is_refused_before_anything_is_allocated(
+        self, onnx_model, tmp_path
+    ):
+        hostile = copy_of(onnx_model)
+        first_matrix(hostile).dims[:] = [
+            50_000,
+            50_000,
+        ]  # 9.3 GiB of float32, in a file of a few hundred bytes
+        path = tmp_path / "huge.onnx"
+        path.write_bytes(hostile.SerializeToString())
+
+        message = load_refused(path)
+
+        assert str(path) in message
+        assert "[50000x50000] (9.3 GiB), over the 1.0 GiB budget of load_args.max_tensor_bytes" in message
+
+    @pytest.mark.parametrize(
+        ("op_type", "values"),
+        [
+            ("ConstantOfShape", [[40_000, 40_000]]),
+            ("Expand", [[40_000, 40_000]]),
+            ("Tile", [[40_000, 40_000]]),
+            ("Range", [0, 2**34, 1]),
+        ],
+    )
+    def test_an_op_told_to_build_a_tensor_over_the_default_budget_is_refused(
+        self, onnx_model, tmp_path, op_type, values
+    ):
+        path = tmp_path / f"{op_type}.onnx"
+        path.write_bytes(shape_bomb(op_type, values).SerializeToString())
+        assert path.stat().st_size < 600
+
+        message = load_refused(path)
+
+        assert str(path) in message and f"({op_type})" in message
+        assert "over the 1.0 GiB budget of load_args.max_tensor_bytes" in message
+
+    def test_a_static_value_shape_over_the_budget_is_refused(self, onnx_model, tmp_path):
+        from onnx import TensorProto, helper
+
+        big = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2**20, 2**10])
+        path = tmp_path / "static.onnx"
+        path.write_bytes(
+            onnx_graph([helper.make_node("Identity", ["x"], ["y"])], outputs=[big]).SerializeToString()
+        )
+
+        message = load_refused(path)
+
+        assert str(path) in message and "value 'y'" in message and "(4.0 GiB)" in message
+
+    def test_a_tighter_budget_refuses_what_the_default_lets_through(self, onnx_model, tmp_path):
+        path = tmp_path / "small.onnx"
+        path.write_bytes(onnx_model.SerializeToString())
+        KerasExportDataset(filepath=str(path)).load()
+
+        message = load_refused(path, max_tensor_bytes=16)
+
+        assert str(path) in message and "over the 16 bytes budget of load_args.max_tensor_bytes" in message
+
+    def test_a_bomb_within_the_budget_does_not_grow_the_process_when_it_is_loaded(self, onnx_model, tmp_path):
+        """16000x16000 float32 (977 MiB): under the default budget, so the
+        checks let it through; constant folding, off with safe_mode, would
+        build it when the session is created (2 GB measured before #27)."""
+        path = tmp_path / "folded.onnx"
+        path.write_bytes(shape_bomb("ConstantOfShape", [[16_000, 16_000]]).SerializeToString())
+        code = textwrap.dedent(
+            f"""
+            import resource, sys
+            from kedro_keras import KerasExportDataset
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            served = KerasExportDataset(filepath={str(path)!r}).load()
+            grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+            print(grown // 1024, served.input_names)
+            """
+        )
+        child = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=CHILD_ENV
+        )
+
+        assert child.returncode == 0, child.stderr[-2000:]
+        grown_mib, names = child.stdout.split(maxsplit=1)
+        assert int(grown_mib) < 200, f"the load grew the process by {grown_mib} MiB"
+        assert names.strip() == "['x']"
+
+
+class TestOnnxNamesAreData:
+    def test_names_from_the_file_reach_the_log_and_repr_escaped(self, onnx_model, tmp_path, caplog):
+        from onnx import TensorProto, helper
+
+        forged = "x\n2026-12-06 INFO Loaded a trusted model\x1b[2J"
+        hostile = onnx_graph(
+            [helper.make_node("Identity", [forged], ["y"])],
+            inputs=[helper.make_tensor_value_info(forged, TensorProto.FLOAT, [1])],
+            outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        )
+        path = tmp_path / "names.onnx"
+        path.write_bytes(hostile.SerializeToString())
+
+        with caplog.at_level(logging.INFO, logger="kedro_keras.keras_export_dataset"):
+            served = KerasExportDataset(filepath=str(path)).load()
+
+        assert served.input_names == [forged]  # the model keeps the real name: predict needs it
+        np.testing.assert_array_equal(served.predict(np.ones(1, "float32")), np.ones(1, "float32"))
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "kedro_keras.keras_export_dataset"]
+        for shown in (line, repr(served)):
+            assert "\n" not in shown and "\x1b" not in shown
+            assert "x\\n2026-12-06 INFO Loaded a trusted model\\x1b[2J" in shown
+
+
+# --------------------------------------------------------------------------
+# LiteRT
+# --------------------------------------------------------------------------
+
+# Each hostile LiteRT file, the cause its refusal must give, and how it is
+# made from a real export's flatbuffer (through the schema's object API).
+LITERT_CASES = {
+    "fully connected without weights": "operator 0 (FULLY_CONNECTED) inputs: required input 1 is missing (-1)",
+    "signature naming a missing subgraph": "signature 0 names subgraph 3; the file has 1",
+    "unknown operator code": "operator code 0 is 9999, not an operator this LiteRT knows",
+    "custom operator": "it uses the custom operator 'Exfiltrate', native code outside LiteRT's builtins",
+    "operator code index out of range": "operator 0 names operator code 7; the file has 1",
+    "tensor index out of range": "tensor index 50 is outside the",
+    "tensor over the budget": "over the 1.0 GiB budget of load_args.max_tensor_bytes",
+}
+
+LITERT_CHILD = """
+import json, sys
+import numpy as np
+from kedro.io import DatasetError
+from kedro_keras import KerasExportDataset
+
+results = {}
+for name, path in json.loads(sys.argv[1]).items():
+    print("trying", name, flush=True)  # the last one shown is the one that crashed
+    try:
+        served = KerasExportDataset(filepath=path).load()
+        served.predict(np.ones((1, 3), "float32"))
+        results[name] = "LOADED"
+    except DatasetError as exc:
+        results[name] = str(exc)
+print("RESULTS", json.dumps(results))
+"""
+
+
+def patched(content, case):
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content, 0))
+    graph = model.subgraphs[0]
+    first = graph.operators[0]
+    if case == "fully connected without weights":
+        first.inputs = [int(first.inputs[0]), -1, -1]
+    elif case == "signature naming a missing subgraph":
+        model.signatureDefs[0].subgraphIndex = 3
+    elif case == "unknown operator code":
+        model.operatorCodes[0].builtinCode = 9999
+        model.operatorCodes[0].deprecatedBuiltinCode = schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES
+    elif case == "custom operator":
+        model.operatorCodes[0].builtinCode = schema.BuiltinOperator.CUSTOM
+        model.operatorCodes[0].deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+        model.operatorCodes[0].customCode = "Exfiltrate"
+    elif case == "operator code index out of range":
+        first.opcodeIndex = 7
+    elif case == "tensor index out of range":
+        first.inputs = [int(first.inputs[0]), 50, -1]
+    elif case == "tensor over the budget":
+        graph.tensors[int(first.outputs[0])].shape = [100_000, 100_000]
+        graph.tensors[int(first.outputs[0])].shapeSignature = None
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+@pytest.fixture(scope="module")
+def litert_refusals(tmp_path_factory):
+    """Every hostile LiteRT file loaded and run in one child process: a
+    crash there fails the tests instead of killing pytest."""
+    skip_unless(
+        _exported.why_cannot_export("litert", BACKEND) or _exported.why_cannot_load("litert", BACKEND)
+    )
+    folder = tmp_path_factory.mktemp("litert")
+    own = folder / "own.tflite"
+    KerasExportDataset(filepath=str(own)).save(tiny_model())
+    content = own.read_bytes()
+    paths = {"own export": str(own)}
+    for case in LITERT_CASES:
+        path = folder / f"{case.replace(' ', '_')}.tflite"
+        path.write_bytes(patched(content, case))
+        paths[case] = str(path)
+    child = subprocess.run(
+        [sys.executable, "-c", LITERT_CHILD, json.dumps(paths)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=CHILD_ENV,
+    )
+    tried = [line for line in child.stdout.splitlines() if line.startswith("trying")]
+    assert child.returncode == 0, (
+        f"the child died ({child.returncode}) at '{tried[-1:]}': {child.stderr[-1500:]}"
+    )
+    results = json.loads(child.stdout.split("RESULTS ", 1)[1])
+    return {case: (paths[case], outcome) for case, outcome in results.items()}
+
+
+class TestLiteRT:
+    @pytest.mark.parametrize("case", list(LITERT_CASES))
+    def test_a_file_the_interpreter_would_trust_is_refused_before_it_runs(self, litert_refusals, case):
+        path, message = litert_refusals[case]
+        assert message.startswith(f"Refusing to load the litert export at '{path}': ")
+        assert LITERT_CASES[case] in message
+
+    def test_an_own_export_still_loads_and_predicts(self, litert_refusals):
+        assert litert_refusals["own export"][1] == "LOADED"
+
+
+# --------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------
+
+
+class TestLoadArgs:
+    @pytest.mark.parametrize("value", [None, "", "false", 0, 1, "False"])
+    def test_safe_mode_that_is_not_a_boolean_is_refused_when_the_catalog_is_built(self, tmp_path, value):
+        path = str(tmp_path / "m.onnx")
+        with pytest.raises(DatasetError) as raised:
+            KerasExportDataset(filepath=path, load_args={"safe_mode": value})
+        message = str(raised.value)
+        assert message.startswith(f"'{path}': load_args.safe_mode: must be true or false, got {value!r} (")
+        assert message.endswith("(an empty or null value is refused rather than guessed).")
+
+    @pytest.mark.parametrize("value", [True, False])
+    def test_safe_mode_true_or_false_is_accepted(self, tmp_path, value):
+        dataset = KerasExportDataset(filepath=str(tmp_path / "m.onnx"), load_args={"safe_mode": value})
+        assert dataset._describe()["load_args"]["safe_mode"] is value
+
+    @pytest.mark.parametrize("value", [0, -1, True, "1GB", 1.5, None])
+    def test_a_budget_that_is_not_a_positive_number_of_bytes_is_refused(self, tmp_path, value):
+        path = str(tmp_path / "m.onnx")
+        with pytest.raises(DatasetError) as raised:
+            KerasExportDataset(filepath=path, load_args={"max_tensor_bytes": value})
+        assert str(raised.value) == (
+            f"'{path}': load_args.max_tensor_bytes is {value!r}; give a positive number of bytes "
+            "(default 1073741824)."
+        )
+
+    def test_the_default_budget_is_one_gibibyte(self, tmp_path):
+        dataset = KerasExportDataset(filepath=str(tmp_path / "m.tflite"))
+        assert dataset._describe()["load_args"]["max_tensor_bytes"] == 2**30
+
+
+# --------------------------------------------------------------------------
+# SavedModel manifests
+# --------------------------------------------------------------------------
+
+VALID_EXPORT = f"export-{uuid.UUID(int=27).hex}"
+SHA = hashlib.sha256(b"").hexdigest()
+
+
+def manifest_of(**fields):
+    return {
+        "format": "tf_saved_model",
+        "export": VALID_EXPORT,
+        "files": {"saved_model.pb": {"size": 0, "sha256": SHA}},
+        "folders": ["variables"],
+        "model": "tiny",
+        "keras_version": "3.15.1",
+        "backend": "tensorflow",
+        "saved_at": "2026-12-06T10:00:00+00:00",
+        **fields,
+    }
+
+
+def stored_preview(folder):
+    preview = KerasExportDataset(filepath=str(folder), load_args={"safe_mode": False}).preview()
+    return dict(preview["data"])
+
+
+MALFORMED = {
+    "a JSON list": (b"[]", "it holds a JSON list, not an object"),
+    "files a list": (json.dumps(manifest_of(files=[])).encode(), "'files' is not an object"),
+    "an entry a number": (
+        json.dumps(manifest_of(files={"saved_model.pb": 3})).encode(),
+        "the entry of 'saved_model.pb' is not an object",
+    ),
+    "a size as text": (
+        json.dumps(manifest_of(files={"saved_model.pb": {"size": "12", "sha256": SHA}})).encode(),
+        "the size of 'saved_model.pb' is not a number of bytes",
+    ),
+    "a folder name a number": (
+        json.dumps(manifest_of(folders=[1])).encode(),
+        "'folders' is not a list of names",
+    ),
+    "the model name a list": (json.dumps(manifest_of(model=["a"])).encode(), "'model' is not text"),
+    "the export a path": (json.dumps(manifest_of(export="../..")).encode(), "'export' is '../..'"),
+    "a name leaving the folder": (
+        json.dumps(manifest_of(files={"../../etc/passwd": {"size": 0, "sha256": SHA}})).encode(),
+        "names '../../etc/passwd', a path outside its folder: refused",
+    ),
+    "nesting": (b"[" * 200_000 + b"]" * 200_000, "its JSON nests too deep"),
+    "over a mebibyte": (
+        json.dumps(manifest_of(padding="a" * 2**20)).encode(),
+        "it is over 1048576 bytes, more than any manifest this package writes",
+    ),
+}
+
+
+class TestManifests:
+    @pytest.mark.parametrize("case", list(MALFORMED))
+    def test_a_malformed_manifest_gives_a_dataset_error_naming_the_cause(self, tmp_path, case):
+        content, cause = MALFORMED[case]
+        folder = tmp_path / "served_saved_model"
+        folder.mkdir()
+        (folder / "manifest.json").write_bytes(content)
+
+        rows = stored_preview(folder)
+
+        assert cause in rows["could not read"]
+        if BACKEND == "tensorflow":
+            message = load_refused(folder, safe_mode=False)
+            assert str(folder) in message and cause in message
+
+    def test_manifest_text_is_shown_escaped_in_the_preview(self, tmp_path):
+        folder = tmp_path / "served_saved_model"
+        folder.mkdir()
+        forged = manifest_of(model="tiny\n\x1b[2Jfiles", keras_version="3.15.1\r\nexported at")
+        (folder / "manifest.json").write_text(json.dumps(forged))
+
+        rows = stored_preview(folder)
+
+        assert rows["model"] == "tiny\\n\\x1b[2Jfiles"
+        assert rows["exported with"] == "Keras 3.15.1\\r\\nexported at, tensorflow backend"
+
+    @pytest.mark.parametrize("kind", ["symbolic link", "fifo"])
+    def test_only_regular_files_inside_the_folder_are_fetched(self, tmp_path, kind):
+        if BACKEND != "tensorflow":
+            message = load_refused(tmp_path / "any_saved_model", safe_mode=False)
+            assert "loads only under the TensorFlow backend" in message
+            return
+        secret = tmp_path / "secret.txt"
+        secret.write_bytes(SECRET)
+        folder = tmp_path / "served_saved_model"
+        (folder / VALID_EXPORT / "variables").mkdir(parents=True)
+        listed = folder / VALID_EXPORT / "saved_model.pb"
+        if kind == "symbolic link":
+            listed.symlink_to(secret)
+        else:
+            os.mkfifo(listed)  # a read would block forever
+        files = {"saved_model.pb": {"size": len(SECRET), "sha256": hashlib.sha256(SECRET).hexdigest()}}
+        (folder / "manifest.json").write_text(json.dumps(manifest_of(files=files)))
+
+        message = load_refused(folder, safe_mode=False)
+
+        what = "a symbolic link" if kind == "symbolic link" else "not a regular file"
+        assert message == (
+            f"The SavedModel at '{folder}' has '{VALID_EXPORT}/saved_model.pb', which is {what}: refused, "
+            "as a kedro-keras export holds regular files only. Export the model again."
+        )
