@@ -241,8 +241,8 @@ class TestHostileRecords:
         assert rows["newest metrics"] == "\\x1b[31mloss\\nforged 0.5"
         assert "\\u001b" not in shown and "could not read" not in rows
 
-    def test_a_records_own_writer_never_writes_what_restore_would_refuse(self, folder):
-        # Every genuine record passes the reader's checks, including its random states.
+    def test_genuine_records_are_small_and_their_random_states_allowlisted(self, folder):
+        # The bounds above leave genuine records far inside them, on every backend.
         for version in (NEWEST, OLDER):
             record = genuine_record(folder, version)
             assert record["random_states"] and record["random_states"][0]["dtype"] in (
@@ -251,6 +251,16 @@ class TestHostileRecords:
                 "int64",
             )
             assert os.path.getsize(record_path(folder, version)) < 4096
+
+
+class TestWriting:
+    def test_a_position_the_name_cannot_hold_is_refused_before_anything_is_written(self, tmp_path):
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"))
+        callback = dataset.load().callback()
+        callback.set_model(build())
+        with pytest.raises(DatasetError, match="named for up to 99999 epochs .* at epoch 100000"):
+            callback.on_epoch_end(99_999, {"loss": 1.0})
+        assert dataset.versions() == [] and not (tmp_path / "c").exists()
 
 
 class TestPruningDuringFit:
