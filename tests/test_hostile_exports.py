@@ -382,8 +382,8 @@ print("RESULTS", json.dumps(results))
 
 def patched(content, case):
     import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
 
+    schema = _exported._litert_schema()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content, 0))
     graph = model.subgraphs[0]
     first = graph.operators[0]

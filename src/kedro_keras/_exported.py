@@ -7,6 +7,7 @@ interpreter and Keras are imported when an artifact is loaded.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 import re
@@ -42,7 +43,7 @@ _EXPORT_NEEDS: dict[str, dict[str, list[tuple[str, str]] | None]] = {
 # What loading each format needs.
 # onnx too: a file is checked with it (external data, declared sizes) before onnxruntime sees it.
 _LOAD_NEEDS = {
-    "onnx": [("onnxruntime", "kedro-keras[onnx]"), ("onnx", "kedro-keras[onnx]")],
+    "onnx": [("onnxruntime", "kedro-keras[onnx]"), ("onnx", "onnx")],
     "litert": [("ai_edge_litert", "kedro-keras[litert]")],
 }
 
@@ -214,7 +215,10 @@ class _OnnxChecker:
             and all(v is not None and len(v) == 1 for v in values)
         ):
             start, limit, delta = (v[0] for v in values)
-            count = 0 if delta == 0 else max(math.ceil((limit - start) / delta), 0)
+            try:
+                count = 0 if delta == 0 else max(math.ceil((limit - start) / delta), 0)
+            except (OverflowError, ValueError):  # infinite or NaN bounds: onnxruntime refuses them itself
+                return
             self.dims([count], 1, what)
 
     def dims(self, dims: list[Any], itemsize: int, what: str) -> None:
@@ -394,8 +398,7 @@ def check_litert(
         RefusedArtifactError: what is wrong, and where.
         ValueError: not a LiteRT flatbuffer.
     """
-    from ai_edge_litert import schema_py_generated as schema
-
+    schema = _litert_schema()
     try:
         _LiteRTChecker(content, schema, max_tensor_bytes, safe_mode).model()
     except RefusedArtifactError:
@@ -404,6 +407,19 @@ def check_litert(
         raise ValueError(
             f"not a readable LiteRT flatbuffer ({type(exc).__name__}: {printable(str(exc), 120)})"
         ) from exc
+
+
+def _litert_schema() -> Any:
+    """LiteRT's flatbuffer schema module: ai_edge_litert's own, else TensorFlow's."""
+    for module in ("ai_edge_litert.schema_py_generated", "tensorflow.lite.python.schema_py_generated"):
+        try:
+            return importlib.import_module(module)
+        except ImportError:
+            continue
+    raise RefusedArtifactError(
+        "this ai-edge-litert has no flatbuffer schema to check the file with; upgrade it "
+        "(pip install -U ai-edge-litert)"
+    )
 
 
 class _LiteRTChecker:

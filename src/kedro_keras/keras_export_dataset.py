@@ -614,5 +614,6 @@ def _safe_relative(name: str, url: str) -> PurePosixPath:
 
 
 def _first_line(exc: BaseException) -> str:
+    """A runtime's error, which may quote names from the file, as data."""
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    return printable(text.splitlines()[0], 500)
