@@ -5,7 +5,6 @@ filesystem fsspec knows."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 import time
@@ -15,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractDataset, DatasetError, Version
 
-from kedro_keras import _archive, _imports, _preview, _weights
+from kedro_keras import _archive, _imports, _preview, _safe_configs, _weights
 from kedro_keras._files import Location
 from kedro_keras._h5 import CorruptFileError, stored_variable_groups
+from kedro_keras._log import get_logger
 from kedro_keras._preview import TablePreview
 from kedro_keras._safe_configs import printable
 from kedro_keras.keras_model_dataset import KerasModelDataset
@@ -26,7 +26,7 @@ from kedro_keras.keras_timestamped_model_dataset import check_keep_last
 if TYPE_CHECKING:
     import keras
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # ckpt-e00003-s0000000: 3 epochs done, 0 batches into the next. Fixed width,
 # so that names sort in training order. ASCII digits and fullmatch: ``\d``
@@ -207,16 +207,17 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         self._weights_only, self._remove_when_done = save_weights_only, remove_when_done
         self._pinned = pinned
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
-        unknown = set(self._load_args) - {"custom_objects", "compile", "safe_mode"}
+        known = {"custom_objects", "compile", "safe_mode", *_safe_configs.BOUND_ARGS}
+        unknown = set(self._load_args) - known
         if unknown:
             raise DatasetError(
-                f"'{filepath}': load_args {sorted(unknown)} are not known; "
-                "known: custom_objects, compile, safe_mode."
+                f"'{filepath}': load_args {sorted(unknown)} are not known; known: {', '.join(sorted(known))}."
             )
         try:
             _imports.check_safe_mode(self._load_args)
+            _safe_configs.check_bound_args(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.safe_mode: {exc}.") from exc
+            raise DatasetError(f"'{filepath}': load_args.{exc}.") from exc
         try:  # a typo fails when the catalog is built, not after training
             _imports.check_custom_objects(self._load_args.get("custom_objects"))
         except ValueError as exc:
