@@ -33,6 +33,9 @@ CHUNK = 64 * 2**20
 
 # Damaged files can make groups link back to each other or nest without end.
 MAX_GROUP_DEPTH = 32
+# Groups and arrays a header walk visits: a model with thousands of layers and
+# its optimizer's state stays far below, and a walk past it takes minutes.
+MAX_ENTRIES = 1_000_000
 
 
 class CorruptFileError(ValueError):
@@ -485,11 +488,25 @@ def array_headers(file: IO[bytes]) -> dict[str, dict[str, tuple[tuple[int, ...],
 
     found: dict[str, dict[str, tuple[tuple[int, ...], int]]] = {}
     seen: set[Any] = set()
+    entries = 0
+
+    def hard_link(group: Any, path: str, name: str) -> None:
+        # Following a soft or external link opens whatever it names: another
+        # file, or a FIFO that never answers. Keras writes none.
+        link = group.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            where = f"{path}/{name}" if path else name
+            raise ValueError(f"refusing '{where}': it is a {type(link).__name__}, not data in this file")
+        nonlocal entries
+        entries += 1
+        if entries > MAX_ENTRIES:
+            raise ValueError(f"the file holds more than {MAX_ENTRIES} entries, far more than a Keras model's")
 
     def walk(group: Any, path: str, depth: int) -> None:
         if depth > MAX_GROUP_DEPTH:
             raise ValueError(f"the file's groups nest more than {MAX_GROUP_DEPTH} deep: it is damaged")
         for name in group:
+            hard_link(group, path, name)
             item = group[name]
             if not isinstance(item, h5py.Group):
                 continue
@@ -499,11 +516,12 @@ def array_headers(file: IO[bytes]) -> dict[str, dict[str, tuple[tuple[int, ...],
                 raise ValueError(f"group '{path}/{name}' is reached twice: the file is damaged")
             seen.add(address)
             if name == "vars":
-                arrays = {
-                    key: (tuple(value.shape), value.dtype.itemsize)
-                    for key, value in item.items()
-                    if isinstance(value, h5py.Dataset)
-                }
+                arrays = {}
+                for key in item:
+                    hard_link(item, f"{path}/{name}", key)
+                    value = item[key]
+                    if isinstance(value, h5py.Dataset):
+                        arrays[key] = (tuple(value.shape), value.dtype.itemsize)
                 found.setdefault(path.replace(_KERAS_2_13_LAYERS, "layers"), {}).update(arrays)
             else:
                 walk(item, f"{path}/{name}" if path else name, depth + 1)

@@ -8,6 +8,7 @@ models, weights, histories and checkpoints read alike.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -19,33 +20,69 @@ from kedro_keras._archive import (
     METADATA_MEMBER,
     WEIGHTS_MEMBER,
     _member_reader,
-    _read_small_member,
+    _refuse_hostile_members,
 )
 from kedro_keras._h5 import OPTIMIZER_GROUP, array_headers
 from kedro_keras._progress import size_text
+from kedro_keras._safe_configs import printable
 
 TablePreview = NewType("TablePreview", dict)
 
 Row = tuple[str, str]
 DEFAULT_LAYERS_SHOWN = 20
 
+# A preview parses the config whole. Keras stores it uncompressed, but a
+# deflated one of 34 KB held 35 MB of JSON: 1.5 million layers, 1.8 GB and a
+# minute to preview. So a preview reads at most this much JSON, with at most
+# this many objects, lists and values (a commas-and-brackets count, taken
+# before parsing; about 150 MB parsed at worst): ResNet152's config holds
+# 31,000, so a model of ten thousand layers still previews.
+MAX_PREVIEW_JSON = 32 * 2**20
+MAX_PREVIEW_JSON_ITEMS = 1_000_000
+# What one cell may hold: Kedro-Viz and a terminal show a line, not a file.
+_MAX_CELL = 1000
+
 
 def table(rows: list[Row]) -> TablePreview:
     """Rows in the ``split`` layout Kedro-Viz renders (pandas' ``to_dict("split")``).
     The path goes last: Kedro-Viz's panel shows it already, and its preview
-    box shows the first rows only."""
+    box shows the first rows only.
+
+    Every row passes here, and most of what they say was read from a file
+    (a model's and its layers' names, a manifest's fields): control
+    characters are shown escaped, so a name cannot forge rows or send
+    escape sequences to a terminal."""
     rows = [row for row in rows if row[0] != "path"] + [row for row in rows if row[0] == "path"]
-    return TablePreview(
-        {"index": list(range(len(rows))), "columns": ["property", "value"], "data": [list(r) for r in rows]}
-    )
+    data = [[printable(str(cell), _MAX_CELL) for cell in row] for row in rows]
+    return TablePreview({"index": list(range(len(data))), "columns": ["property", "value"], "data": data})
+
+
+def bounded_json(data: bytes, name: str) -> Any:
+    """``data`` parsed, if it is within a preview's budget (else ``ValueError``)."""
+    if len(data) > MAX_PREVIEW_JSON:
+        raise ValueError(f"'{name}' holds over {size_text(MAX_PREVIEW_JSON)} of JSON: too large to preview")
+    items = data.count(b",") + data.count(b"{") + data.count(b"[")
+    if items > MAX_PREVIEW_JSON_ITEMS:
+        raise ValueError(f"'{name}' holds over {MAX_PREVIEW_JSON_ITEMS:,} JSON values: too many to preview")
+    return json.loads(data)
+
+
+def _archive_json(archive: zipfile.ZipFile, name: str) -> Any:
+    size = archive.getinfo(name).file_size
+    if size > MAX_PREVIEW_JSON:
+        raise ValueError(f"'{name}' declares {size:,} bytes: too large to preview")
+    with archive.open(name) as member:
+        return bounded_json(member.read(MAX_PREVIEW_JSON + 1), name)
 
 
 def keras_archive_rows(file: IO[bytes], layers_shown: int = DEFAULT_LAYERS_SHOWN) -> list[Row]:
     """A ``.keras`` archive: its config and metadata members and the headers
-    of its weights member (a few small reads, also remotely)."""
+    of its weights member (a few small reads, also remotely), within the
+    budgets a load checks first and a preview's own for the JSON."""
     with zipfile.ZipFile(file) as archive:
-        config = json.loads(_read_small_member(archive, CONFIG_MEMBER))
-        metadata = json.loads(_read_small_member(archive, METADATA_MEMBER))
+        _refuse_hostile_members(archive)
+        config = _archive_json(archive, CONFIG_MEMBER)
+        metadata = _archive_json(archive, METADATA_MEMBER)
         with _member_reader(archive, file, WEIGHTS_MEMBER) as weights:
             headers = array_headers(weights)
     return model_rows(config, headers, layers_shown) + saved_with_rows(metadata)
@@ -121,6 +158,7 @@ def _stored_names(layers: list[dict[str, Any]]) -> list[str]:
     return names
 
 
+@functools.lru_cache(maxsize=1024)
 def _snake_case(name: str) -> str:
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)

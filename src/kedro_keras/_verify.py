@@ -6,17 +6,32 @@ A ``.keras`` archive: every member's zip CRC-32. A ``.h5``/``.weights.h5``
 we wrote: the CRC-32 of our trailer; one written elsewhere has none, and
 its array headers are checked instead. A SavedModel export: every file's
 SHA-256 from its manifest.
+
+The files are as hostile as the ones a load reads, so the same guards come
+first (``_archive._refuse_hostile_members``, ``_h5.checked_dataset``, the
+header walk's refusal of links), and every file is opened only once it is
+known to be a regular one: a FIFO or a device named by a manifest would
+otherwise make a check wait, or read, forever. Every failure is a
+``DatasetError`` whose message says why.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
+import math
+import os
+import re
+import stat
 import zipfile
 from contextlib import contextmanager
 from pathlib import PurePosixPath
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator, TypeVar
 
-from kedro_keras._archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader
+from kedro.io.core import DatasetError
+
+from kedro_keras._archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader, _refuse_hostile_members
 from kedro_keras._h5 import (
     CHUNK,
     CorruptFileError,
@@ -24,12 +39,60 @@ from kedro_keras._h5 import (
     array_headers,
     bounded,
     check_all_datasets,
+    checked_dataset,
     h5_window,
 )
+from kedro_keras._safe_configs import printable
+
+# A Keras archive holds a config, metadata, the weights and a few assets;
+# kedro-keras's SavedModel manifests list a few dozen files.
+MAX_ENTRIES = 100_000
+# Characters of an error message kept: a reason, not a file's contents.
+_MAX_MESSAGE = 1000
+# Items of an array compared at a time (per side, as float64: 32 MB each).
+_SLICE_ITEMS = 4 * 2**20
 
 
+class VerifyError(DatasetError):
+    """A stored model could not be checked or compared; the message says why."""
+
+
+class DamagedFileError(VerifyError, CorruptFileError):
+    """A stored model does not match its checksums."""
+
+
+_T = TypeVar("_T")
+
+
+def _as_dataset_errors(function: Callable[..., _T]) -> Callable[..., _T]:
+    """Whatever goes wrong becomes a ``DatasetError`` with a one-line message
+    (the CLI prints it: a newline in it could forge an output line)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return function(*args, **kwargs)
+        except DatasetError:
+            raise
+        except CorruptFileError as exc:
+            raise DamagedFileError(_one_line(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - h5py, zipfile and fsspec each raise their own
+            raise VerifyError(_one_line(exc)) from exc
+
+    return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line, control characters escaped: a file's names
+    quoted in it (zip members, HDF5 paths) may hold newlines and escapes."""
+    # A KeyError's str() is the repr of its key: quoted, escapes doubled.
+    text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).strip()
+    return printable(text or type(exc).__name__, _MAX_MESSAGE)
+
+
+@_as_dataset_errors
 def verify_dataset(dataset: Any) -> str:
-    """What was checked, or an exception saying what is damaged."""
+    """What was checked, or a ``DatasetError`` saying what is damaged."""
     kind = type(dataset).__name__
     location = dataset._location
     if kind == "KerasCheckpointDataset":
@@ -41,31 +104,48 @@ def verify_dataset(dataset: Any) -> str:
         return _verify_export_folder(dataset, dataset._get_load_path())
     elif kind == "KerasWeightsDataset" and dataset._sharded:
         index_path = dataset._get_load_path()
+        _require_regular_file(location, index_path)  # read whole by the index reader
         index = dataset._read_index(index_path)
-        for shard in index.shards:
-            with location.open_read(index_path.parent / shard) as file:
+        if len(index.shards) > MAX_ENTRIES:
+            raise ValueError(f"the index names {len(index.shards)} shards, more than {MAX_ENTRIES}")
+        for shard in index.shards:  # plain file names: the index reader refuses any other
+            with open_regular_file(location, index_path.parent / shard, within=index_path.parent) as file:
                 _verify_h5(file, f"shard {shard}")
         return f"{len(index.shards)} shards, each against its CRC-32"
     else:
         path = dataset._get_load_path()
     if location.kind(path) is None:
         raise FileNotFoundError(f"nothing at '{location.url(path)}'")
-    with location.open_read(path) as file:
+    with open_regular_file(location, path) as file:
         return f"{location.url(path)}: {verify_file(file, str(path))}"
 
 
+@_as_dataset_errors
 def verify_file(file: IO[bytes], name: str) -> str:
     head = file.read(len(ZIP_SIGNATURE))
     file.seek(0)
     if head == ZIP_SIGNATURE:
         with zipfile.ZipFile(file) as archive:
+            # Refused before testzip reads them: one 256 MiB member listed
+            # 4,000 times would otherwise be read 4,000 times.
+            _refuse_hostile_archive(archive)
             bad = archive.testzip()  # reads every member, checking its CRC-32
             if bad is not None:
                 raise CorruptFileError(f"member '{bad}' of '{name}' does not match its CRC-32")
+            if WEIGHTS_MEMBER in archive.namelist():
+                with _member_reader(archive, file, WEIGHTS_MEMBER) as weights:
+                    check_all_datasets(weights)
             return f"{len(archive.infolist())} archive members against their CRC-32"
     if PurePosixPath(name).suffix in (".onnx", ".tflite"):
         return "no checksum is recorded in this format: nothing to check"
     return _verify_h5(file, name)
+
+
+def _refuse_hostile_archive(archive: zipfile.ZipFile) -> None:
+    count = len(archive.infolist())
+    if count > MAX_ENTRIES:
+        raise ValueError(f"refusing the archive: it lists {count} members, more than {MAX_ENTRIES}")
+    _refuse_hostile_members(archive)
 
 
 def _verify_h5(file: IO[bytes], name: str) -> str:
@@ -75,6 +155,9 @@ def _verify_h5(file: IO[bytes], name: str) -> str:
         return "no checksum recorded (not written by kedro-keras): the array headers were checked"
     _read_through(window)
     window.verify()
+    # After the checksum, so that damage is reported as damage; a file we
+    # wrote has no link and no external storage, but a file can be forged.
+    check_all_datasets(window)
     return f"{window._size:,} bytes against their CRC-32"
 
 
@@ -85,63 +168,190 @@ def _read_through(window: Window) -> None:
         pass
 
 
+# -- SavedModel manifests ------------------------------------------------------
+
+
 def _verify_export_folder(dataset: Any, folder: PurePosixPath) -> str:
+    location = dataset._location
+    # The loader's own reader: size-capped, a regular file only, its fields and names checked.
     manifest = dataset._read_manifest(folder)
     if manifest is None:
-        raise FileNotFoundError(
-            f"no manifest.json in '{dataset._location.url(folder)}' (not written by kedro-keras)"
-        )
-    for name, expected in manifest["files"].items():
-        digest, size = hashlib.sha256(), 0
-        with dataset._location.open_read(folder / manifest["export"] / name) as file:
-            while chunk := file.read(CHUNK):
+        raise FileNotFoundError(f"no manifest.json in '{location.url(folder)}' (not written by kedro-keras)")
+    export, files = manifest["export"], manifest["files"]
+    if len(files) > MAX_ENTRIES:
+        raise ValueError(f"the manifest lists {len(files)} files, more than {MAX_ENTRIES}")
+    root = folder / export
+    for name, expected in files.items():
+        relative = confined_name(name)  # and, beyond the loader's check, no backslash or drive
+        size, sha256 = expected["size"], expected["sha256"]
+        digest, read = hashlib.sha256(), 0
+        with open_regular_file(location, root / relative, within=root) as file:
+            # One byte past the declared size tells a longer file from an intact one.
+            while read <= size and (chunk := file.read(min(CHUNK, size + 1 - read))):
                 digest.update(chunk)
-                size += len(chunk)
-        if size != expected["size"] or digest.hexdigest() != expected["sha256"]:
-            raise CorruptFileError(f"'{manifest['export']}/{name}' does not match its size and SHA-256")
-    return f"{len(manifest['files'])} files against their SHA-256"
+                read += len(chunk)
+        if read != size:
+            has = f"more than {size}" if read > size else f"only {read}"
+            raise CorruptFileError(
+                f"'{export}/{name}' has {has} bytes, its manifest says {size}: it is damaged"
+            )
+        if digest.hexdigest() != sha256:
+            raise CorruptFileError(f"'{export}/{name}' does not match its SHA-256: it is damaged")
+    return f"{len(files)} files against their SHA-256"
 
 
+def confined_name(name: Any) -> PurePosixPath:
+    """A name from a manifest, as a path inside its folder, or ``ValueError``:
+    no absolute path, no ``..``, no backslash (a separator on Windows), no
+    drive, no NUL; otherwise verify would hash any file it can read and call
+    it intact if the digest matched, telling a guesser what a file holds."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or "\\" in name
+        or "\x00" in name
+        or re.match(r"^[A-Za-z]:", name)
+    ):
+        raise ValueError(f"refusing '{name}': not a plain relative path inside the export")
+    path = PurePosixPath(name)
+    if path.is_absolute() or any(part in ("..", ".") for part in name.split("/")) or "" in name.split("/"):
+        raise ValueError(f"refusing '{name}': it points outside the export's folder")
+    return path
+
+
+# -- opening files ---------------------------------------------------------------
+
+
+def _require_regular_file(location: Any, path: PurePosixPath, within: PurePosixPath | None = None) -> None:
+    """Refuse anything but a regular file, before it is opened: opening a
+    FIFO waits for a writer, and a device (``/dev/zero``) never ends."""
+    if location.is_local:
+        local = str(path)
+        if within is not None:
+            # A symbolic link inside the folder could still lead out of it.
+            root, real = os.path.realpath(str(within)), os.path.realpath(local)
+            if os.path.commonpath([root, real]) != root:
+                raise ValueError(f"refusing '{location.url(path)}': it leads outside its folder")
+        mode = os.stat(local).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"refusing '{location.url(path)}': it is {_kind(mode)}, not a regular file")
+        return
+    kind = location.fs.info(str(path)).get("type")
+    if kind != "file":
+        raise ValueError(f"refusing '{location.url(path)}': it is a {kind}, not a file")
+
+
+@contextmanager
+def open_regular_file(
+    location: Any, path: PurePosixPath, within: PurePosixPath | None = None
+) -> Iterator[IO[bytes]]:
+    """``location.open_read(path)``, once ``path`` is known to be a regular
+    file (inside ``within``, if given)."""
+    _require_regular_file(location, path, within)
+    if not location.is_local:
+        with location.open_read(path) as file:
+            yield file
+        return
+    # Opened without blocking and checked again: the path could have become
+    # a FIFO since it was looked at.
+    descriptor = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"refusing '{location.url(path)}': it is {_kind(mode)}, not a regular file")
+        file = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with file:
+        yield file
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
+
+
+# -- diff ------------------------------------------------------------------------
+
+
+@_as_dataset_errors
 def diff_files(first: IO[bytes], second: IO[bytes]) -> list[dict[str, str]]:
     """Per variable group (a layer's, the optimizer's), what differs between
     two stored models: groups added or removed, shapes changed, and for
-    arrays of one shape the largest absolute difference. Arrays are read one
-    pair at a time, so memory stays at the largest array, not the model."""
+    arrays of one shape the largest absolute difference. Every array to be
+    compared is checked as a load checks it (no link, no external storage,
+    no declared size far beyond the stored one) before any is read, and
+    arrays are read a slice at a time, so memory stays bounded whatever
+    the arrays' sizes."""
     import h5py
-    import numpy as np
 
     with (
         _weights_image(first) as a,
         _weights_image(second) as b,
-        h5py.File(bounded(a), "r") as h5_a,
-        h5py.File(bounded(b), "r") as h5_b,
     ):
+        # The header walk refuses soft and external links before following any.
         groups_a, groups_b = array_headers(a), array_headers(b)
-        rows = []
-        for group in sorted(set(groups_a) | set(groups_b)):
-            if not groups_a.get(group) and not groups_b.get(group):
-                continue  # nothing stored on either side: the model's own group, input layers
-            if group not in groups_b:
-                rows.append({"group": group, "change": "removed"})
-                continue
-            if group not in groups_a:
-                rows.append({"group": group, "change": "added"})
-                continue
-            shapes_a = {key: shape for key, (shape, _) in groups_a[group].items()}
-            shapes_b = {key: shape for key, (shape, _) in groups_b[group].items()}
-            if shapes_a != shapes_b:
-                rows.append({"group": group, "change": f"shapes {_shapes(shapes_a)} -> {_shapes(shapes_b)}"})
-                continue
-            largest = 0.0
-            for key in shapes_a:
-                left = np.asarray(h5_a[f"{group}/vars/{key}"][()], dtype="float64")
-                right = np.asarray(h5_b[f"{group}/vars/{key}"][()], dtype="float64")
-                if left.size:
-                    largest = max(largest, float(np.max(np.abs(left - right))))
-            rows.append(
-                {"group": group, "change": "same" if largest == 0 else f"max |difference| {largest:.6g}"}
-            )
+        with h5py.File(bounded(a), "r") as h5_a, h5py.File(bounded(b), "r") as h5_b:
+            rows: list[dict[str, str]] = []
+            compared: list[tuple[int, list[tuple[Any, Any]]]] = []
+            for group in sorted(set(groups_a) | set(groups_b)):
+                if not groups_a.get(group) and not groups_b.get(group):
+                    continue  # nothing stored on either side: the model's own group, input layers
+                if group not in groups_b:
+                    rows.append({"group": group, "change": "removed"})
+                    continue
+                if group not in groups_a:
+                    rows.append({"group": group, "change": "added"})
+                    continue
+                shapes_a = {key: shape for key, (shape, _) in groups_a[group].items()}
+                shapes_b = {key: shape for key, (shape, _) in groups_b[group].items()}
+                if shapes_a != shapes_b:
+                    rows.append(
+                        {"group": group, "change": f"shapes {_shapes(shapes_a)} -> {_shapes(shapes_b)}"}
+                    )
+                    continue
+                vars_a, vars_b = h5_a[f"{group}/vars"], h5_b[f"{group}/vars"]
+                pairs = [(checked_dataset(vars_a, key), checked_dataset(vars_b, key)) for key in shapes_a]
+                rows.append({"group": group, "change": ""})
+                compared.append((len(rows) - 1, pairs))
+            for row, pairs in compared:
+                largest = max((_largest_difference(left, right) for left, right in pairs), default=0.0)
+                rows[row]["change"] = "same" if largest == 0 else f"max |difference| {largest:.6g}"
     return rows
+
+
+def _largest_difference(left: Any, right: Any) -> float:
+    import numpy as np
+
+    largest = 0.0
+    for where in _slices(left.shape, _SLICE_ITEMS):
+        one = np.asarray(left[where], dtype="float64")
+        other = np.asarray(right[where], dtype="float64")
+        if one.size:
+            largest = max(largest, float(np.max(np.abs(one - other))))
+    return largest
+
+
+def _slices(shape: tuple[int, ...], items: int) -> Iterator[tuple[Any, ...]]:
+    """Selections covering an array of ``shape``, each of at most ``items`` items."""
+    if not shape:
+        yield ()
+        return
+    axis = 0  # the first axis whose sub-arrays fit
+    while axis < len(shape) - 1 and math.prod(shape[axis + 1 :]) > items:
+        axis += 1
+    step = max(1, items // max(1, math.prod(shape[axis + 1 :])))
+    for prefix in itertools.product(*(range(n) for n in shape[:axis])):
+        for start in range(0, shape[axis], step):
+            yield (*prefix, slice(start, start + step))
 
 
 def _shapes(shapes: dict[str, tuple[int, ...]]) -> str:
@@ -156,5 +366,7 @@ def _weights_image(file: IO[bytes]) -> Iterator[IO[bytes]]:
     if head != ZIP_SIGNATURE:
         yield h5_window(file)
         return
-    with zipfile.ZipFile(file) as archive, _member_reader(archive, file, WEIGHTS_MEMBER) as member:
-        yield member
+    with zipfile.ZipFile(file) as archive:
+        _refuse_hostile_archive(archive)
+        with _member_reader(archive, file, WEIGHTS_MEMBER) as member:
+            yield member

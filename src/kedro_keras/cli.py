@@ -10,6 +10,12 @@
 A ``kedro.project_commands`` plugin. Kedro imports this module for every
 ``kedro`` command in a project, so it imports only click here; Kedro's
 session, rich and the datasets are imported when a command runs.
+
+What the commands print comes mostly from files (a model's and its layers'
+names, versions' folder names, manifest fields, error messages quoting
+them): everything goes out through ``_echo``, ``_print`` or ``_Failure``,
+which show control characters escaped and let rich interpret no markup, so
+a name can neither forge lines nor reach the terminal as escape sequences.
 """
 
 from __future__ import annotations
@@ -83,9 +89,9 @@ def verify_entry(name: str, version: str | None, env: str | None) -> None:
     try:
         what = verify_dataset(dataset)
     except Exception as exc:  # noqa: BLE001 - the command's answer is the message
-        click.echo(f"{name}: DAMAGED: {exc}", err=True)
+        _echo(f"{name}: DAMAGED: {_reason(exc)}", err=True)
         sys.exit(1)
-    click.echo(f"{name}: intact ({what})")
+    _echo(f"{name}: intact ({what})")
 
 
 @keras_commands.command(name="prune")
@@ -118,10 +124,8 @@ def prune_entry(name: str, keep_last: int, older_than: float | None, dry_run: bo
     for version, remove in doomed:
         if not dry_run:
             remove()
-        click.echo(f"{'would remove' if dry_run else 'removed'} {name} version {version}")
-    click.echo(
-        f"{name}: {len(versions) - (0 if dry_run else len(doomed))} version(s) kept of {len(versions)}"
-    )
+        _echo(f"{'would remove' if dry_run else 'removed'} {name} version {version}")
+    _echo(f"{name}: {len(versions) - (0 if dry_run else len(doomed))} version(s) kept of {len(versions)}")
 
 
 @keras_commands.command(name="diff")
@@ -133,13 +137,16 @@ def prune_entry(name: str, keep_last: int, older_than: float | None, dry_run: bo
 def diff_versions(name: str, first: str, second: str, env: str | None, as_json: bool) -> None:
     """Compare versions FIRST and SECOND of NAME, layer by layer: groups added
     or removed, shapes changed, and the largest absolute weight difference."""
-    from kedro_keras._verify import diff_files
+    from kedro_keras._verify import diff_files, open_regular_file
 
     dataset = _entry(name, env, None)
     paths = [_version_path(dataset, name, version) for version in (first, second)]
     location = dataset._location
-    with location.open_read(paths[0]) as one, location.open_read(paths[1]) as other:
-        rows = diff_files(one, other)
+    try:
+        with open_regular_file(location, paths[0]) as one, open_regular_file(location, paths[1]) as other:
+            rows = diff_files(one, other)
+    except Exception as exc:  # noqa: BLE001 - the command's answer is the message
+        raise _Failure(f"cannot compare {name} {first} and {second}: {_reason(exc)}") from exc
     _print(rows, ["group", "change"], as_json, title=f"{name}: {first} -> {second}")
 
 
@@ -147,13 +154,11 @@ def _version_path(dataset: Any, name: str, version: str) -> Any:
     if type(dataset).__name__ == "KerasCheckpointDataset":
         path = dataset._model_path(version)
     elif getattr(dataset, "_version", None) is None:
-        raise click.ClickException(
-            f"'{name}' keeps one file, not versions: add versioned: true to compare them."
-        )
+        raise _Failure(f"'{name}' keeps one file, not versions: add versioned: true to compare them.")
     else:
         path = dataset._get_versioned_path(version)
     if not dataset._location.exists(path):
-        raise click.ClickException(f"'{name}' has no version '{version}' (kedro keras list shows them).")
+        raise _Failure(f"'{name}' has no version '{version}' (kedro keras list shows them).")
     return path
 
 
@@ -164,7 +169,7 @@ def _versions_of(dataset: Any, name: str) -> list[tuple[str, Any, float | None]]
     if kind == "KerasCheckpointDataset":
         return [(v, lambda v=v: dataset._remove(v), None) for v in dataset.versions()]
     if getattr(dataset, "_version", None) is None:
-        raise click.ClickException(f"'{name}' keeps one file, not versions: add versioned: true to prune it.")
+        raise _Failure(f"'{name}' keeps one file, not versions: add versioned: true to prune it.")
     from kedro_keras.keras_model_dataset import saved_versions_newest_first
 
     # Listed afresh: versions saved since this process last looked count before any is removed.
@@ -214,9 +219,9 @@ def _entry(name: str, env: str | None, version: str | None) -> Any:
     catalog = _catalog(env, {name: version} if version else None)
     dataset = catalog.get(name)  # a dataset factory's entries too
     if dataset is None:
-        raise click.ClickException(f"'{name}' is not an entry of this project's catalog.")
+        raise _Failure(f"'{name}' is not an entry of this project's catalog.")
     if not type(dataset).__module__.startswith("kedro_keras."):
-        raise click.ClickException(f"'{name}' is a {type(dataset).__name__}, not a kedro-keras dataset.")
+        raise _Failure(f"'{name}' is a {type(dataset).__name__}, not a kedro-keras dataset.")
     return dataset
 
 
@@ -244,20 +249,49 @@ def _rows(dataset: Any) -> dict[str, str]:
         return {"path": "?", "versions": f"could not read: {exc}"}
 
 
+def _shown(value: Any) -> str:
+    """``value`` as one line of plain text: control characters (newlines,
+    tabs, ESC, bidirectional overrides) shown escaped, nothing cut off."""
+    from kedro_keras._safe_configs import printable
+
+    text = str(value)
+    return printable(text, limit=len(text))
+
+
+def _reason(exc: BaseException) -> str:
+    # Not cut at its first newline: a file's name quoted in it may hold one.
+    return str(exc).strip() or type(exc).__name__
+
+
+def _echo(text: str, err: bool = False) -> None:
+    click.echo(_shown(text), err=err)
+
+
+class _Failure(click.ClickException):
+    """A non-zero exit with a one-line reason, which may quote a file."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_shown(message))
+
+
 def _print(rows: list[dict[str, str]], columns: list[str], as_json: bool, title: str) -> None:
+    # Escaped for JSON too: a script printing a value must not send a file's escape sequences on.
+    rows = [{column: _shown(row[column]) for column in columns} for row in rows]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=title)
+        # Text cells: rich reads no markup ([red], [link=...]) nor emoji codes in them.
+        table = Table(title=Text(_shown(title)))
         for column in columns:
             table.add_column(column)
         for row in rows:
-            table.add_row(*(str(row[column]) for column in columns))
+            table.add_row(*(Text(row[column]) for column in columns))
         Console().print(table)
         return
     for row in rows:  # piped: one tab-separated line per row
-        click.echo("\t".join(str(row[column]) for column in columns))
+        click.echo("\t".join(row[column] for column in columns))
