@@ -29,7 +29,7 @@ import pytest
 from click.testing import CliRunner
 from kedro.io.core import DatasetError
 
-from kedro_keras import KerasExportDataset, KerasModelDataset, KerasWeightsDataset, _verify, cli
+from kedro_keras import KerasExportDataset, KerasModelDataset, KerasWeightsDataset, _preview, _verify, cli
 from kedro_keras._archive import WEIGHTS_MEMBER
 from kedro_keras._h5 import CorruptFileError
 from kedro_keras._verify import diff_files, open_regular_file, verify_dataset, verify_file
@@ -341,14 +341,22 @@ def with_central_copies(archive: bytes, name: str, names: list[str]) -> bytes:
 
 @pytest.mark.parametrize("copies", ["same name", "other names"])
 def test_verify_refuses_members_that_share_their_bytes_before_reading_them(saved, copies):
-    names = [WEIGHTS_MEMBER] * 4000 if copies == "same name" else [f"w{i}.h5" for i in range(4000)]
+    # 60,000 repeats: the load's own check of repeats takes a minute over them (quadratic).
+    names = [WEIGHTS_MEMBER] * 60_000 if copies == "same name" else [f"w{i}.h5" for i in range(4000)]
     archive = with_central_copies(saved[".keras", 0], WEIGHTS_MEMBER, names)
     with pytest.raises(DatasetError, match="more than once" if copies == "same name" else "overlap"):
         finishes(lambda: verify_file(io.BytesIO(archive), "m.keras"), seconds=10)
 
 
+def test_a_preview_refuses_repeated_members_in_bounded_time(tmp_path, saved):
+    path = tmp_path / "repeated.keras"
+    path.write_bytes(with_central_copies(saved[".keras", 0], WEIGHTS_MEMBER, [WEIGHTS_MEMBER] * 60_000))
+    preview = finishes(lambda: KerasModelDataset(filepath=str(path)).preview(), seconds=10)
+    assert "more than once" in dict(preview["data"])["could not read"]
+
+
 def test_verify_refuses_more_members_than_its_budget(saved, monkeypatch):
-    monkeypatch.setattr(_verify, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(_preview, "MAX_ARCHIVE_MEMBERS", 3)
     extra = [Member.plain("assets/a", b"a"), Member.plain("assets/b", b"b")]
     archive = build_zip([*members_of(saved[".keras", 0]), *extra])
     with pytest.raises(DatasetError, match="more than 3"):

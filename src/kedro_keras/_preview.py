@@ -13,6 +13,7 @@ import json
 import math
 import re
 import zipfile
+from collections import Counter
 from typing import IO, Any, NewType
 
 from kedro_keras._archive import (
@@ -75,12 +76,34 @@ def _archive_json(archive: zipfile.ZipFile, name: str) -> Any:
         return bounded_json(member.read(MAX_PREVIEW_JSON + 1), name)
 
 
+# A Keras archive holds a config, metadata, the weights and a few assets.
+MAX_ARCHIVE_MEMBERS = 100_000
+
+
+def refuse_hostile_archive(archive: zipfile.ZipFile) -> None:
+    """The load's checks of an archive's members (names inside it, no
+    repeats, no overlaps, no bombs), within a budget of members, before a
+    reader touches one: one 256 MiB member listed 4,000 times would
+    otherwise be read 4,000 times."""
+    members = archive.infolist()
+    if len(members) > MAX_ARCHIVE_MEMBERS:
+        raise ValueError(
+            f"refusing the archive: it lists {len(members)} members, more than {MAX_ARCHIVE_MEMBERS}"
+        )
+    # Repeats found in one pass first: the load's own check counts them in quadratic time.
+    repeated = sorted(name for name, count in Counter(info.filename for info in members).items() if count > 1)
+    if repeated:
+        shown = ", ".join(repr(name) for name in repeated[:3])
+        raise ValueError(f"refusing the archive: it lists {shown} more than once")
+    _refuse_hostile_members(archive)
+
+
 def keras_archive_rows(file: IO[bytes], layers_shown: int = DEFAULT_LAYERS_SHOWN) -> list[Row]:
     """A ``.keras`` archive: its config and metadata members and the headers
     of its weights member (a few small reads, also remotely), within the
     budgets a load checks first and a preview's own for the JSON."""
     with zipfile.ZipFile(file) as archive:
-        _refuse_hostile_members(archive)
+        refuse_hostile_archive(archive)
         config = _archive_json(archive, CONFIG_MEMBER)
         metadata = _archive_json(archive, METADATA_MEMBER)
         with _member_reader(archive, file, WEIGHTS_MEMBER) as weights:

@@ -8,8 +8,9 @@ its array headers are checked instead. A SavedModel export: every file's
 SHA-256 from its manifest.
 
 The files are as hostile as the ones a load reads, so the same guards come
-first (``_archive._refuse_hostile_members``, ``_h5.checked_dataset``, the
-header walk's refusal of links), and every file is opened only once it is
+first (the archive checks, through ``_preview.refuse_hostile_archive``,
+``_h5.checked_dataset``, the header walk's refusal of links, the loader's
+manifest reader), and every file is opened only once it is
 known to be a regular one: a FIFO or a device named by a manifest would
 otherwise make a check wait, or read, forever. Every failure is a
 ``DatasetError`` whose message says why.
@@ -31,7 +32,7 @@ from typing import IO, Any, Callable, Iterator, TypeVar
 
 from kedro.io.core import DatasetError
 
-from kedro_keras._archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader, _refuse_hostile_members
+from kedro_keras._archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader
 from kedro_keras._h5 import (
     CHUNK,
     CorruptFileError,
@@ -42,10 +43,11 @@ from kedro_keras._h5 import (
     checked_dataset,
     h5_window,
 )
+from kedro_keras._preview import refuse_hostile_archive
 from kedro_keras._safe_configs import printable
 
-# A Keras archive holds a config, metadata, the weights and a few assets;
-# kedro-keras's SavedModel manifests list a few dozen files.
+# kedro-keras's SavedModel manifests list a few dozen files, sharded weights
+# a shard per quarter GB.
 MAX_ENTRIES = 100_000
 # Characters of an error message kept: a reason, not a file's contents.
 _MAX_MESSAGE = 1000
@@ -128,7 +130,7 @@ def verify_file(file: IO[bytes], name: str) -> str:
         with zipfile.ZipFile(file) as archive:
             # Refused before testzip reads them: one 256 MiB member listed
             # 4,000 times would otherwise be read 4,000 times.
-            _refuse_hostile_archive(archive)
+            refuse_hostile_archive(archive)
             bad = archive.testzip()  # reads every member, checking its CRC-32
             if bad is not None:
                 raise CorruptFileError(f"member '{bad}' of '{name}' does not match its CRC-32")
@@ -139,13 +141,6 @@ def verify_file(file: IO[bytes], name: str) -> str:
     if PurePosixPath(name).suffix in (".onnx", ".tflite"):
         return "no checksum is recorded in this format: nothing to check"
     return _verify_h5(file, name)
-
-
-def _refuse_hostile_archive(archive: zipfile.ZipFile) -> None:
-    count = len(archive.infolist())
-    if count > MAX_ENTRIES:
-        raise ValueError(f"refusing the archive: it lists {count} members, more than {MAX_ENTRIES}")
-    _refuse_hostile_members(archive)
 
 
 def _verify_h5(file: IO[bytes], name: str) -> str:
@@ -367,6 +362,6 @@ def _weights_image(file: IO[bytes]) -> Iterator[IO[bytes]]:
         yield h5_window(file)
         return
     with zipfile.ZipFile(file) as archive:
-        _refuse_hostile_archive(archive)
+        refuse_hostile_archive(archive)
         with _member_reader(archive, file, WEIGHTS_MEMBER) as member:
             yield member
