@@ -312,6 +312,17 @@ def test_a_shard_that_is_a_fifo_is_refused(tmp_path):
         finishes(lambda: verify_dataset(dataset), shard)
 
 
+def test_remote_files_are_opened_once_the_store_says_they_are_files(s3_bucket, s3_credentials):
+    dataset = KerasModelDataset(filepath=f"{s3_bucket}/m.keras", credentials=s3_credentials)
+    dataset.save(tiny_model())
+    assert verify_dataset(dataset).endswith("archive members against their CRC-32")
+    location, path = dataset._location, dataset._get_load_path()
+    with open_regular_file(location, path) as one, open_regular_file(location, path) as other:
+        assert {row["change"] for row in diff_files(one, other)} == {"same"}
+    with pytest.raises(ValueError, match="it is a directory, not a file"):
+        open_regular_file(location, path.parent).__enter__()
+
+
 # -- verify: archives ----------------------------------------------------------------
 
 
