@@ -35,11 +35,11 @@ IR_VERSION = 8
 CHILD_ENV = {**os.environ, "KERAS_BACKEND": BACKEND, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def tiny_model():
+def tiny_model(activation=None):
     keras.utils.set_random_seed(27)
     inputs = keras.Input((3,), name="x")
     hidden = keras.layers.Dense(4, activation="relu")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(2)(hidden), name="tiny")
+    model = keras.Model(inputs, keras.layers.Dense(2, activation=activation)(hidden), name="tiny")
     model(np.zeros((1, 3), "float32"))
     return model
 
@@ -356,9 +356,11 @@ LITERT_CASES = {
     "signature naming a missing subgraph": "signature 0 names subgraph 3; the file has 1",
     "unknown operator code": "operator code 0 is 9999, not an operator this LiteRT knows",
     "custom operator": "it uses the custom operator 'Exfiltrate', native code outside LiteRT's builtins",
-    "operator code index out of range": "operator 0 names operator code 7; the file has 1",
+    "operator code index out of range": "operator 0 names operator code 7; the file has 2",
     "tensor index out of range": "tensor index 50 is outside the",
     "tensor over the budget": "over the 1.0 GiB budget of load_args.max_tensor_bytes",
+    # Well-formed, but SPLIT's kernel trusts its inputs and options: only running it shows the crash.
+    "softmax swapped for split": "run once on zeros in a child process, the interpreter crashed (SIGSEGV)",
 }
 
 LITERT_CHILD = """
@@ -402,6 +404,9 @@ def patched(content, case):
         first.opcodeIndex = 7
     elif case == "tensor index out of range":
         first.inputs = [int(first.inputs[0]), 50, -1]
+    elif case == "softmax swapped for split":
+        softmax = next(c for c in model.operatorCodes if c.builtinCode == schema.BuiltinOperator.SOFTMAX)
+        softmax.builtinCode = softmax.deprecatedBuiltinCode = schema.BuiltinOperator.SPLIT
     elif case == "tensor over the budget":
         graph.tensors[int(first.outputs[0])].shape = [100_000, 100_000]
         graph.tensors[int(first.outputs[0])].shapeSignature = None
@@ -419,7 +424,7 @@ def litert_refusals(tmp_path_factory):
     )
     folder = tmp_path_factory.mktemp("litert")
     own = folder / "own.tflite"
-    KerasExportDataset(filepath=str(own)).save(tiny_model())
+    KerasExportDataset(filepath=str(own)).save(tiny_model(activation="softmax"))
     content = own.read_bytes()
     paths = {"own export": str(own)}
     for case in LITERT_CASES:
@@ -442,6 +447,10 @@ def litert_refusals(tmp_path_factory):
 
 
 class TestLiteRT:
+    """With safe_mode on, a LiteRT file's structure is checked, then it is
+    run once on zeros in a child process (a crash there refuses the file),
+    then it runs here."""
+
     @pytest.mark.parametrize("case", list(LITERT_CASES))
     def test_a_file_the_interpreter_would_trust_is_refused_before_it_runs(self, litert_refusals, case):
         path, message = litert_refusals[case]
@@ -450,6 +459,16 @@ class TestLiteRT:
 
     def test_an_own_export_still_loads_and_predicts(self, litert_refusals):
         assert litert_refusals["own export"][1] == "LOADED"
+
+    def test_a_run_on_zeros_that_does_not_finish_in_time_is_refused(self, litert_refusals):
+        with open(litert_refusals["own export"][0], "rb") as file:
+            content = file.read()
+        with pytest.raises(_exported.RefusedArtifactError) as raised:
+            _exported.probe_litert_in_child(content, timeout=0.001)
+        assert str(raised.value) == (
+            "run once on zeros in a child process, the interpreter did not finish within 0.001 s "
+            "(KEDRO_KERAS_LITERT_PROBE_SECONDS)"
+        )
 
 
 # --------------------------------------------------------------------------

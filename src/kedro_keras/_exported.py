@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import os
 import re
 from typing import Any
 
@@ -152,6 +153,9 @@ def check_onnx(content: bytes, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES)
         raise ValueError("not an ONNX model (it has no graph)")
     checker = _OnnxChecker(max_tensor_bytes)
     checker.graph(model.graph, depth=0, outer={})
+    for info in model.training_info:  # graphs onnxruntime may read beside the main one
+        for graph in (info.initialization, info.algorithm):
+            checker.graph(graph, depth=1, outer={})
     for function in model.functions:
         checker.nodes(function.node, f"function '{printable(function.name, 80)}'", depth=1, constants={})
     return model
@@ -238,8 +242,11 @@ class _OnnxChecker:
 
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            name = f"'{printable(tensor.name, 80)}'"
+            if tensor.name and name not in what:
+                what = f"{what}, tensor {name}"
             raise RefusedArtifactError(
-                f"{what}: tensor '{printable(tensor.name, 80)}' keeps its data in another file "
+                f"{what} keeps its data in another file "
                 f"('{printable(location, 120)}', external data), which would be read from the working "
                 "directory; export the model again as one self-contained file"
             )
@@ -591,14 +598,81 @@ class _LiteRTChecker:
                     )
 
 
+# A LiteRT file is run once, on zeros, in a child process before this one
+# runs it (safe_mode). The limit covers the child's start and one inference.
+LITERT_PROBE_SECONDS = float(os.environ.get("KEDRO_KERAS_LITERT_PROBE_SECONDS", "60"))
+_LITERT_PROBE = """
+import sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+interpreter = Interpreter(model_content=sys.stdin.buffer.read())
+signatures = interpreter.get_signature_list()
+for key in signatures:
+    runner = interpreter.get_signature_runner(key)
+    runner(**{name: np.zeros(d["shape"], d["dtype"]) for name, d in runner.get_input_details().items()})
+if not signatures:
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+    interpreter.invoke()
+"""
+
+
+def probe_litert_in_child(content: bytes, timeout: float | None = None) -> None:
+    """Run a LiteRT file once, on zeros of its declared input shapes, in a
+    child process: a file that crashes the interpreter there is refused
+    instead of crashing this process.
+
+    Raises:
+        RefusedArtifactError: the child was killed by a signal or did not
+            finish within ``timeout``. A Python error in the child is left
+            to the real load, which reports it better.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    timeout = LITERT_PROBE_SECONDS if timeout is None else timeout
+    try:
+        # -I: isolated, so no module beside the model (the current folder),
+        # user site or PYTHON* variable changes what the child imports.
+        child = subprocess.run(
+            [sys.executable, "-I", "-c", _LITERT_PROBE],
+            input=content,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RefusedArtifactError(
+            f"run once on zeros in a child process, the interpreter did not finish within {timeout:g} s "
+            "(KEDRO_KERAS_LITERT_PROBE_SECONDS)"
+        ) from exc
+    if child.returncode < 0:
+        try:
+            name = signal.Signals(-child.returncode).name
+        except ValueError:
+            name = f"signal {-child.returncode}"
+        raise RefusedArtifactError(
+            f"run once on zeros in a child process, the interpreter crashed ({name}): the file is damaged "
+            "or built to crash it"
+        )
+
+
 class LiteRTModel:
     """A LiteRT (TensorFlow Lite) artifact in LiteRT's interpreter, with ``predict``.
 
-    The file's structure is checked first (``check_litert``) rather than the
-    interpreter run in a child process: the crashes a file can cause come
-    from indices and operators the interpreter trusts, which the check
-    covers, and a child process per ``predict`` would cost more than most
-    LiteRT models take to run.
+    The interpreter trusts the file and crashes the process on some damaged
+    ones, so with ``safe_mode`` on a file is checked twice before it runs
+    here: its structure (``check_litert``: operators, indices, required
+    inputs, sizes), then a run on zeros in a child process
+    (``probe_litert_in_child``), which catches the crashes a structural
+    check cannot foresee (kernels that trust their options or shapes).
+    ``predict`` itself runs in this process, as a child per call would cost
+    more than most LiteRT models take to run: inputs of other shapes than
+    the declared ones take kernel paths the probe did not.
     """
 
     def __init__(
@@ -607,6 +681,8 @@ class LiteRTModel:
         from ai_edge_litert.interpreter import Interpreter
 
         check_litert(content, max_tensor_bytes, safe_mode)
+        if safe_mode:
+            probe_litert_in_child(content)
         self.interpreter = Interpreter(model_content=content)
         signatures = self.interpreter.get_signature_list()
         self._key = next(iter(signatures)) if signatures else None

@@ -62,10 +62,13 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
     hold) is refused before anything is allocated; with ``safe_mode`` on,
     onnxruntime runs without graph optimizations (constant folding would
     compute, when the session is created, whatever a 600-byte file
-    describes). A LiteRT file's structure is checked instead of run apart:
-    every operator a builtin (custom and TensorFlow "Flex" operators are
-    refused with ``safe_mode`` on), every index in range and every required
-    input present, which is what the interpreter trusts and crashes on.
+    describes). LiteRT's interpreter trusts the file and crashes the
+    process on some damaged ones, so a LiteRT file's structure is checked
+    (every operator a builtin, every index in range, every required input
+    present; custom and TensorFlow "Flex" operators are refused with
+    ``safe_mode`` on), then, with ``safe_mode`` on, it is run once on zeros
+    in a child process, where a crash refuses the file instead of ending
+    this process; ``predict`` runs in this process.
 
     A SavedModel folder written by anyone else (Keras 2's ``model.save``, as
     kedro-datasets' ``TensorFlowModelDataset`` wrote it; ``tf.saved_model.save``;
