@@ -130,23 +130,35 @@ def onnx_graph(nodes, initializers=(), outputs=None, inputs=None):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION)
 
 
-def shape_bomb(op_type, values):
-    """``op_type`` given the constant ``values`` (as int64) as its shape, repeats or bounds."""
+def shape_bomb(op_type, values, given_by="initializer"):
+    """``op_type`` given the constant ``values`` (as int64) as its shape, sizes,
+    repeats or bounds, as initializers or by a Constant node's ``value_ints``."""
     from onnx import TensorProto, helper, numpy_helper
 
     constants = [numpy_helper.from_array(np.array(v, dtype=np.int64), f"c{i}") for i, v in enumerate(values)]
     names = [c.name for c in constants]
+    before = []
+    if given_by == "value_ints":
+        before = [helper.make_node("Constant", [], ["c0"], value_ints=values[0])]
+        constants = []
+    one = numpy_helper.from_array(np.ones([1] * len(values[0] or [0]), dtype=np.float32), "one")
     if op_type == "ConstantOfShape":
         node = helper.make_node(
             op_type, names, ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
         )
     elif op_type in ("Expand", "Tile"):
-        constants.append(numpy_helper.from_array(np.ones([1] * len(values[0]), dtype=np.float32), "one"))
+        constants.append(one)
         node = helper.make_node(op_type, ["one", *names], ["big"])
+    elif op_type == "Resize":
+        constants.append(one)
+        node = helper.make_node(op_type, ["one", "", "", *names], ["big"])
+    elif op_type == "RandomNormal":
+        node = helper.make_node(op_type, [], ["big"], shape=values[0])
     else:  # Range
         node = helper.make_node(op_type, names, ["big"])
     return onnx_graph(
         [
+            *before,
             node,
             helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
             helper.make_node("Cast", ["s"], ["t"], to=TensorProto.FLOAT),
@@ -253,19 +265,22 @@ class TestOnnxDeclaredSizes:
         assert "[50000x50000] (9.3 GiB), over the 1.0 GiB budget of load_args.max_tensor_bytes" in message
 
     @pytest.mark.parametrize(
-        ("op_type", "values"),
+        ("op_type", "values", "given_by"),
         [
-            ("ConstantOfShape", [[40_000, 40_000]]),
-            ("Expand", [[40_000, 40_000]]),
-            ("Tile", [[40_000, 40_000]]),
-            ("Range", [0, 2**34, 1]),
+            ("ConstantOfShape", [[40_000, 40_000]], "initializer"),
+            ("ConstantOfShape", [[40_000, 40_000]], "value_ints"),
+            ("Expand", [[40_000, 40_000]], "initializer"),
+            ("Tile", [[40_000, 40_000]], "initializer"),
+            ("Resize", [[1, 1, 40_000, 40_000]], "initializer"),
+            ("RandomNormal", [[40_000, 40_000]], "attribute"),
+            ("Range", [0, 2**34, 1], "initializer"),
         ],
     )
     def test_an_op_told_to_build_a_tensor_over_the_default_budget_is_refused(
-        self, onnx_model, tmp_path, op_type, values
+        self, onnx_model, tmp_path, op_type, values, given_by
     ):
         path = tmp_path / f"{op_type}.onnx"
-        path.write_bytes(shape_bomb(op_type, values).SerializeToString())
+        path.write_bytes(shape_bomb(op_type, values, given_by).SerializeToString())
         assert path.stat().st_size < 600
 
         message = load_refused(path)

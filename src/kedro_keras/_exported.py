@@ -180,8 +180,6 @@ class _OnnxChecker:
         self.nodes(graph.node, where, depth, constants)
 
     def nodes(self, nodes: Any, where: str, depth: int, constants: dict[str, Any]) -> None:
-        import onnx
-
         for node in nodes:
             what = f"node '{printable(node.name or node.op_type, 80)}' ({printable(node.op_type, 40)}) in {where}"
             for attribute in node.attribute:
@@ -197,16 +195,23 @@ class _OnnxChecker:
                     self.graph(attribute.g, depth + 1, constants)
                 for graph in attribute.graphs:
                     self.graph(graph, depth + 1, constants)
-                if node.op_type == "Constant" and attribute.name == "value" and node.output:
-                    constants[node.output[0]] = attribute.t
-            self.computed(node, what, constants, onnx)
+                if node.op_type == "Constant" and node.output:
+                    constants[node.output[0]] = _constant_attribute(attribute)
+            self.computed(node, what, constants)
 
-    def computed(self, node: Any, what: str, constants: dict[str, Any], onnx: Any) -> None:
+    def computed(self, node: Any, what: str, constants: dict[str, Any]) -> None:
         """What ops that make a tensor from a constant shape would allocate."""
         if node.domain not in ("", "ai.onnx"):
             return
         values = [_small_constant(constants.get(name)) for name in node.input]
-        if node.op_type == "ConstantOfShape" and values and values[0] is not None:
+        if node.op_type in ("RandomNormal", "RandomUniform"):
+            attributes = {a.name: a for a in node.attribute}
+            if "shape" in attributes:
+                dtype = attributes["dtype"].i if "dtype" in attributes else 1
+                self.dims(list(attributes["shape"].ints), _itemsize(dtype), what)
+        elif node.op_type == "Resize" and len(values) > 3 and values[3] is not None:
+            self.dims(values[3], 1, what)
+        elif node.op_type == "ConstantOfShape" and values and values[0] is not None:
             value = next((a.t for a in node.attribute if a.name == "value"), None)
             self.dims(values[0], _itemsize(value.data_type if value is not None else 1), what)
         elif node.op_type == "Expand" and len(values) > 1 and values[1] is not None:
@@ -280,8 +285,19 @@ def _itemsize(data_type: int) -> int:
         return 1
 
 
+def _constant_attribute(attribute: Any) -> Any:
+    """What a Constant node's attribute holds: a tensor, or a list of numbers."""
+    if attribute.name in ("value_int", "value_float"):
+        return [attribute.i if attribute.name == "value_int" else attribute.f]
+    if attribute.name in ("value_ints", "value_floats"):
+        return list(attribute.ints if attribute.name == "value_ints" else attribute.floats)
+    return attribute.t if attribute.name == "value" else None
+
+
 def _small_constant(tensor: Any) -> list[Any] | None:
     """The values of a small integer or float constant, else None."""
+    if isinstance(tensor, list):
+        return tensor if len(tensor) <= _SHAPE_CONSTANT_ELEMENTS else None
     if tensor is None or tensor.data_location != 0 or math.prod(tensor.dims) > _SHAPE_CONSTANT_ELEMENTS:
         return None
     from onnx import numpy_helper
@@ -691,13 +707,13 @@ class LiteRTModel:
             details = self._runner.get_input_details()
             self.input_names = list(signatures[self._key]["inputs"])
             self.output_names = list(signatures[self._key]["outputs"])
-            self.input_shapes = {name: list(details[name]["shape"]) for name in self.input_names}
+            self.input_shapes = {name: [int(n) for n in details[name]["shape"]] for name in self.input_names}
         else:  # no signature: tensors by index
             self.interpreter.allocate_tensors()
             details = self.interpreter.get_input_details()
             self.input_names = [d["name"] for d in details]
             self.output_names = [d["name"] for d in self.interpreter.get_output_details()]
-            self.input_shapes = {d["name"]: list(d["shape"]) for d in details}
+            self.input_shapes = {d["name"]: [int(n) for n in d["shape"]] for d in details}
 
     def predict(self, x: Any, **_: Any) -> Any:
         """Outputs for ``x`` (as for ``OnnxModel.predict``). The batch size is
