@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 from kedro_keras import _exported, _imports, _preview
 from kedro_keras._files import Location
 from kedro_keras._h5 import CHUNK
+from kedro_keras._log import get_logger
 from kedro_keras._preview import TablePreview
 from kedro_keras._progress import transfer_text
 from kedro_keras._safe_configs import printable
@@ -29,7 +29,7 @@ from kedro_keras._safe_configs import printable
 if TYPE_CHECKING:
     import keras
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MANIFEST = "manifest.json"
 _EXPORT_FOLDER = re.compile(r"^export-[0-9a-f]{32}$")
