@@ -311,3 +311,67 @@ def test_a_failed_loads_message_shows_the_files_text_escaped(tmp_path):
     message = str(raised.value)
     assert "a/b\\n\\x1b[2J forged" in message
     assert "\x1b" not in message and "\n" not in message.split("Cannot load the Keras model", 1)[1]
+
+
+# -- files that are not files ---------------------------------------------------------
+
+
+@pytest.fixture
+def fifo_unblocker():
+    """Opens each FIFO for writing if a reader ever opens it (the regression
+    this guards against), then closes it, so a test fails instead of hanging."""
+    import os
+    import threading
+
+    fifos, done = [], threading.Event()
+    readers_seen = []
+
+    def unblock():
+        while not done.is_set():
+            for fifo in fifos:
+                try:
+                    descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:
+                    continue  # no reader yet
+                readers_seen.append(fifo)
+                os.close(descriptor)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=unblock, daemon=True)
+    thread.start()
+    yield fifos, readers_seen
+    done.set()
+    thread.join()
+
+
+@pytest.mark.parametrize("what", ["model", "weights", "architecture", "device"])
+def test_a_fifo_or_device_planted_as_a_model_file_is_refused_without_opening_it(
+    what, tmp_path, fifo_unblocker
+):
+    import os
+
+    fifos, readers_seen = fifo_unblocker
+    kind_of_dataset = "model" if what in ("model", "device") else "weights"
+    saved(tmp_path, relu_lambda_model(), kind_of_dataset)  # a real save, then its file replaced
+    dataset = DATASETS[kind_of_dataset]
+    names = {"model": "m.keras", "device": "m.keras", "weights": "m.weights.h5"}
+    target = tmp_path / names.get(what, "m.architecture.json")
+    if target.exists():
+        target.unlink()
+    if what == "device":
+        target.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(target)
+        fifos.append(str(target))
+    kind = "a device" if what == "device" else "a FIFO"
+    with pytest.raises(DatasetError, match=rf"it is {kind}, not a regular file"):
+        dataset(tmp_path).load()
+    assert readers_seen == []
+    rows = dict((row["property"], row["value"]) for row in _preview_rows(dataset(tmp_path).preview()))
+    assert readers_seen == []
+    assert any(kind in value for value in rows.values()), rows
+
+
+def _preview_rows(preview):
+    columns = preview["columns"]
+    return [dict(zip(columns, row, strict=True)) for row in preview["data"]]

@@ -19,6 +19,7 @@ import threading
 import time
 import warnings
 import zipfile
+from collections import Counter
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, Iterator
 
@@ -336,7 +337,7 @@ def _refuse_hostile_members(archive: zipfile.ZipFile) -> None:
     members = archive.infolist()
     names = [info.filename for info in members]
     if len(set(names)) != len(names):
-        repeated = sorted({name for name in names if names.count(name) > 1})
+        repeated = sorted(name for name, count in Counter(names).items() if count > 1)
         raise ValueError(f"refusing the archive: it lists {', '.join(map(repr, repeated))} more than once")
     by_offset = sorted(members, key=lambda info: info.header_offset)
     for info, following in zip(by_offset, by_offset[1:], strict=False):
@@ -405,6 +406,7 @@ def _read_keras_archive_public(
 # Members we read whole (config, metadata) are JSON a few MB at most; a
 # declared size beyond this is a zip bomb or not a Keras file.
 _MAX_JSON_MEMBER = 256 * 2**20
+MAX_CONFIG_BYTES = _MAX_JSON_MEMBER  # a model configuration, in whatever file it is stored
 
 
 def _read_small_member(archive: zipfile.ZipFile, name: str) -> bytes:

@@ -84,6 +84,35 @@ def _part_size(value: Any, filepath: str) -> int | None:
     return size
 
 
+class NotARegularFileError(OSError):
+    """A path to be read is a FIFO, a device or a socket."""
+
+
+def refuse_special_file(path: str) -> None:
+    """Raise ``NotARegularFileError`` if the local ``path`` is a FIFO, a
+    device or a socket (a symlink is followed to what it leads to).
+
+    Opening a FIFO blocks until someone writes to it, and ``/dev/zero`` reads
+    for ever; a model file planted as either would hang a load or a preview.
+    Opened without blocking, so asking cannot hang either. A folder or a
+    missing path is left to the opener, whose errors the datasets explain.
+    """
+    import stat
+
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return
+    try:
+        mode = os.fstat(descriptor).st_mode
+    finally:
+        os.close(descriptor)
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    raise NotARegularFileError(f"refusing to read '{path}': it is {kind}, not a regular file")
+
+
 class Location:
     """A filesystem plus the arguments to open files on it.
 
@@ -198,6 +227,7 @@ class Location:
         """
         args = self.open_args_load
         if self.is_local:
+            refuse_special_file(str(path))
             with self.fs.open(str(path), mode="rb", **args) as file:
                 yield file
             return

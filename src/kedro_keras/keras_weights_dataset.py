@@ -371,13 +371,20 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         url = self._location.url(architecture_path)
         try:
             with self._location.open_read(architecture_path) as file:
-                return file.read(), url
+                # As much as a .keras archive's config.json may hold, and no more read.
+                architecture = file.read(_archive.MAX_CONFIG_BYTES + 1)
         except FileNotFoundError as exc:
             raise DatasetError(
                 f"Cannot rebuild the model for '{self._location.url(weights_path)}': no "
                 f"architecture was saved at '{url}' and the catalog entry gives no "
                 "'architecture' builder. Add architecture: <import path to a builder>."
             ) from exc
+        if len(architecture) > _archive.MAX_CONFIG_BYTES:
+            raise DatasetError(
+                f"Refusing the architecture at '{url}': it holds more than {_archive.MAX_CONFIG_BYTES} "
+                "bytes, far more than a Keras model's configuration."
+            )
+        return architecture, url
 
     def _build_from_builder(self) -> keras.Model:
         builder = self._architecture
