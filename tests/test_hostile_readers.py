@@ -513,3 +513,14 @@ def test_diff_cli_turns_a_refusal_into_a_one_line_error(tmp_path, saved, monkeyp
     assert result.exit_code == 1 and "Traceback" not in result.output
     (line,) = result.output.splitlines()
     assert line.startswith("Error: cannot compare w 0 and 1: refusing ") and "SoftLink" in line
+
+
+def test_diff_of_a_checkpoint_entry_with_a_name_that_is_no_version_is_a_one_line_error(tmp_path, monkeypatch):
+    from kedro_keras import KerasCheckpointDataset
+
+    dataset = KerasCheckpointDataset(filepath=str(tmp_path / "checkpoints"))
+    monkeypatch.setattr(cli, "_entry", lambda name, env, version: dataset)
+    result = CliRunner().invoke(cli.commands, ["keras", "diff", "c", "../../etc/passwd", "e00001"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith("Error: 'c' has no version '../../etc/passwd'")

@@ -151,8 +151,13 @@ def diff_versions(name: str, first: str, second: str, env: str | None, as_json: 
 
 
 def _version_path(dataset: Any, name: str, version: str) -> Any:
+    from kedro.io import DatasetError
+
     if type(dataset).__name__ == "KerasCheckpointDataset":
-        path = dataset._model_path(version)
+        try:
+            path = dataset._model_path(version)
+        except DatasetError as exc:  # not a checkpoint name at all (and never a path)
+            raise _Failure(f"'{name}' has no version '{version}': {exc}") from exc
     elif getattr(dataset, "_version", None) is None:
         raise _Failure(f"'{name}' keeps one file, not versions: add versioned: true to compare them.")
     else:
