@@ -72,7 +72,9 @@ $(FLOOR_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
 	# One resolver call, so tensorflow-cpu cannot lift keras off the floor.
-	$(FLOOR_VENV)/bin/python -m pip install --quiet tensorflow-cpu -e ".[s3,test]" "keras==$(KERAS_FLOOR)"
+	# onnx, onnxruntime: the hostile ONNX files (tests/test_hostile_exports.py)
+	# are refused under the lowest Keras too.
+	$(FLOOR_VENV)/bin/python -m pip install --quiet tensorflow-cpu -e ".[s3,test]" "keras==$(KERAS_FLOOR)" onnx onnxruntime
 	touch $@
 
 $(TORCH_VENV)/.installed: pyproject.toml
