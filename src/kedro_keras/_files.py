@@ -84,6 +84,21 @@ def _part_size(value: Any, filepath: str) -> int | None:
     return size
 
 
+def checked_filepath(filepath: Any) -> str:
+    """A dataset's ``filepath`` as a string, once it names something: an
+    empty value would become the current folder, and ``None`` a folder named
+    'None', so both are refused when the catalog is built.
+
+    Raises:
+        DatasetError: naming what was given.
+    """
+    if not isinstance(filepath, (str, os.PathLike)) or not str(filepath).strip():
+        raise DatasetError(
+            f"filepath must name a file or folder (a local path or an fsspec URL), got {filepath!r}"
+        )
+    return str(filepath)
+
+
 class NotARegularFileError(OSError):
     """A path to be read is a FIFO, a device or a socket."""
 

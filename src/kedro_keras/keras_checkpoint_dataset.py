@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kedro.io.core import AbstractDataset, DatasetError, Version
 
 from kedro_keras import _archive, _imports, _preview, _safe_configs, _weights
-from kedro_keras._files import Location
+from kedro_keras._files import Location, checked_filepath
 from kedro_keras._h5 import CorruptFileError, stored_variable_groups
 from kedro_keras._log import get_logger
 from kedro_keras._preview import TablePreview
@@ -176,7 +176,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         Raises:
             DatasetError: an option has a value it cannot take.
         """
-        filepath = str(filepath)
+        filepath = checked_filepath(filepath)
         if filepath.lower().endswith((_FULL_SUFFIX, ".h5")):
             raise DatasetError(
                 f"KerasCheckpointDataset's filepath is the folder that holds the checkpoints, but "
@@ -205,6 +205,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
             mode == "auto" and monitor is not None and any(word in monitor for word in _LARGER_IS_BETTER)
         )
         self._weights_only, self._remove_when_done = save_weights_only, remove_when_done
+        self._mode = mode
         self._pinned = pinned
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         known = {"custom_objects", "compile", "safe_mode", *_safe_configs.BOUND_ARGS}
@@ -236,6 +237,9 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
             "monitor": self._monitor,
             "save_best_only": self._save_best_only,
             "save_weights_only": self._weights_only,
+            "mode": self._mode,
+            "remove_when_done": self._remove_when_done,
+            "load_args": self._load_args,
             "load_version": self._pinned,
         }
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
 from kedro_keras import _exported, _imports, _preview
-from kedro_keras._files import Location
+from kedro_keras._files import Location, checked_filepath
 from kedro_keras._h5 import CHUNK
 from kedro_keras._log import get_logger
 from kedro_keras._preview import TablePreview
@@ -150,7 +150,7 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         Raises:
             DatasetError: an unknown format, or a suffix that contradicts it.
         """
-        filepath = str(filepath)
+        filepath = checked_filepath(filepath)
         suffix = PurePosixPath(filepath).suffix.lower()
         inferred = next((name for name, end in _exported.FILE_SUFFIXES.items() if end == suffix), None)
         format = format or inferred or "tf_saved_model"  # noqa: A001

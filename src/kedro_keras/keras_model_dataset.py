@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
 from kedro_keras import _archive, _imports, _legacy_h5, _preview, _progress, _safe_configs
-from kedro_keras._files import Location
+from kedro_keras._files import Location, checked_filepath
 from kedro_keras._h5 import HDF5_SIGNATURE, CorruptFileError
 from kedro_keras._log import get_logger
 from kedro_keras._preview import TablePreview
@@ -123,7 +123,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         Raises:
             DatasetError: the extension is not one Keras can save a whole model in.
         """
-        filepath = str(filepath)
+        filepath = checked_filepath(filepath)
         self._legacy = self._is_legacy_format(filepath)
         self._location = Location(filepath, credentials, fs_args, version)
         self._fs = self._location.fs
@@ -413,7 +413,8 @@ def saved_versions_newest_first(dataset: Any) -> list[str]:
     before another process saved a version."""
     dataset._location.invalidate_cache(dataset._filepath)
     pattern = str(dataset._get_versioned_path("*"))
-    return sorted(dataset._glob(pattern), key=dataset._get_version_from_path, reverse=True)
+    # Through the Location every dataset of ours has: not all of them have a _glob.
+    return sorted(dataset._location.glob(pattern), key=dataset._get_version_from_path, reverse=True)
 
 
 def _check_args(kind: str, args: dict[str, Any], known: set[str]) -> None:

@@ -25,7 +25,7 @@ from kedro_keras import (
     _sharded,
     _weights,
 )
-from kedro_keras._files import Location
+from kedro_keras._files import Location, checked_filepath
 from kedro_keras._h5 import CorruptFileError, ShardReadError, stored_variable_groups
 from kedro_keras._log import get_logger
 from kedro_keras._preview import TablePreview
@@ -165,7 +165,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 ``.weights.h5`` file or is not a positive number, or
                 ``architecture`` is neither an import path nor a callable.
         """
-        filepath = str(filepath)
+        filepath = checked_filepath(filepath)
         self._sharded = filepath.endswith(SHARDED_SUFFIX)
         if not (filepath.endswith(WEIGHTS_SUFFIX) or self._sharded):
             raise DatasetError(
