@@ -74,3 +74,18 @@ def test_prune_lists_and_removes_the_versions_of_a_versioned_export(tmp_path, mo
         "served: 1 version(s) kept of 3",
     ]
     assert sorted(p.name for p in (tmp_path / filepath.rsplit("/", 1)[1]).iterdir()) == [saved[2]]
+
+
+@pytest.mark.parametrize("dataset", DATASETS, ids=lambda d: d.__name__)
+def test_an_unknown_load_arg_is_refused_in_one_wording_by_every_dataset(dataset, tmp_path):
+    filepath = str(tmp_path / ("m.weights.h5" if dataset is KerasWeightsDataset else "m.keras"))
+    if dataset is KerasExportDataset:
+        filepath = str(tmp_path / "m.onnx")
+    elif dataset in (KerasCheckpointDataset, KerasTimestampedModelDataset):
+        filepath = str(tmp_path / "folder")
+    with pytest.raises(DatasetError) as raised:
+        dataset(filepath=filepath, load_args={"safe_mdoe": False})
+    assert str(raised.value).startswith(
+        f"Unknown load_args ['safe_mdoe'] for '{filepath}'; the ones understood are ['"
+    )
+    assert "'safe_mode'" in str(raised.value)

@@ -147,7 +147,7 @@ MISTAKES = {
         lambda folder, model: KerasModelDataset(
             filepath=str(folder / "clf.keras"), load_args={"compiel": False}
         ),
-        r"Unknown load_args \['compiel'\]; the ones understood are",
+        r"Unknown load_args \['compiel'\] for '.*clf.keras'; the ones understood are",
     ),
 }
 

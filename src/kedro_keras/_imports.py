@@ -94,6 +94,23 @@ def check_import_path(import_path: Any) -> None:
     raise ValueError(f"cannot import '{import_path}': there is no module '{missing}'")
 
 
+def check_known_args(kind: str, args: dict[str, Any], known: set[str], filepath: str) -> None:
+    """Refuse keys of ``load_args``/``save_args``/... that the dataset does not
+    read, so a typo fails when the catalog is built. One wording for every
+    dataset.
+
+    Raises:
+        DatasetError: naming the unknown keys, the entry and the known ones.
+    """
+    from kedro.io.core import DatasetError
+
+    unknown = set(args) - known
+    if unknown:
+        raise DatasetError(
+            f"Unknown {kind} {sorted(unknown)} for '{filepath}'; the ones understood are {sorted(known)}."
+        )
+
+
 def check_safe_mode(load_args: dict[str, Any]) -> None:
     """``safe_mode`` must be the boolean ``true`` or ``false``.
 

@@ -208,12 +208,12 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         self._mode = mode
         self._pinned = pinned
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
-        known = {"custom_objects", "compile", "safe_mode", *_safe_configs.BOUND_ARGS}
-        unknown = set(self._load_args) - known
-        if unknown:
-            raise DatasetError(
-                f"'{filepath}': load_args {sorted(unknown)} are not known; known: {', '.join(sorted(known))}."
-            )
+        _imports.check_known_args(
+            "load_args",
+            self._load_args,
+            {"custom_objects", "compile", "safe_mode", *_safe_configs.BOUND_ARGS},
+            filepath,
+        )
         try:
             _imports.check_safe_mode(self._load_args)
             _safe_configs.check_bound_args(self._load_args)

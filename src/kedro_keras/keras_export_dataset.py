@@ -170,12 +170,9 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         self._format = format
         self._export_args = {**self.DEFAULT_EXPORT_ARGS, **(export_args or {})}
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
-        unknown = set(self._load_args) - {"safe_mode", "endpoint", "providers", "max_tensor_bytes"}
-        if unknown:
-            raise DatasetError(
-                f"'{filepath}': load_args {sorted(unknown)} are not known; known: safe_mode, endpoint, "
-                "providers, max_tensor_bytes."
-            )
+        _imports.check_known_args(
+            "load_args", self._load_args, {"safe_mode", "endpoint", "providers", "max_tensor_bytes"}, filepath
+        )
         budget = self._load_args["max_tensor_bytes"]
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
             raise DatasetError(

@@ -132,17 +132,18 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         _take_migration_args(self._load_args, self._save_args, filepath)
-        _check_args(
+        _imports.check_known_args(
             "load_args",
             self._load_args,
             {"custom_objects", "compile", "safe_mode", "device", *_safe_configs.BOUND_ARGS},
+            filepath,
         )
         try:
             _imports.check_safe_mode(self._load_args)
             _safe_configs.check_bound_args(self._load_args)
         except ValueError as exc:
             raise DatasetError(f"'{filepath}': load_args.{exc}.") from exc
-        _check_args("save_args", self._save_args, {"include_optimizer"})
+        _imports.check_known_args("save_args", self._save_args, {"include_optimizer"}, filepath)
         try:  # a typo fails when the catalog is built, not after training
             _imports.check_custom_objects(self._load_args.get("custom_objects"))
         except ValueError as exc:
@@ -415,12 +416,6 @@ def saved_versions_newest_first(dataset: Any) -> list[str]:
     pattern = str(dataset._get_versioned_path("*"))
     # Through the Location every dataset of ours has: not all of them have a _glob.
     return sorted(dataset._location.glob(pattern), key=dataset._get_version_from_path, reverse=True)
-
-
-def _check_args(kind: str, args: dict[str, Any], known: set[str]) -> None:
-    unknown = set(args) - known
-    if unknown:
-        raise DatasetError(f"Unknown {kind} {sorted(unknown)}; the ones understood are {sorted(known)}.")
 
 
 # Arguments kedro-datasets' TensorFlowModelDataset takes, for entries moved

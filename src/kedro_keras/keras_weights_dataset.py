@@ -30,7 +30,7 @@ from kedro_keras._h5 import CorruptFileError, ShardReadError, stored_variable_gr
 from kedro_keras._log import get_logger
 from kedro_keras._preview import TablePreview
 from kedro_keras._safe_configs import UnsafeConfigError, refuse_unsafe_config
-from kedro_keras.keras_model_dataset import _check_args, _check_is_model, unknown_class_hint
+from kedro_keras.keras_model_dataset import _check_is_model, unknown_class_hint
 
 if TYPE_CHECKING:
     import keras
@@ -185,7 +185,9 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         self.metadata = metadata
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
-        _check_args("load_args", self._load_args, {"custom_objects", "safe_mode", *_safe_configs.BOUND_ARGS})
+        _imports.check_known_args(
+            "load_args", self._load_args, {"custom_objects", "safe_mode", *_safe_configs.BOUND_ARGS}, filepath
+        )
         try:
             _imports.check_safe_mode(self._load_args)
             _safe_configs.check_bound_args(self._load_args)
@@ -203,7 +205,9 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from exc
         if self._sharded:
             self._save_args.setdefault("max_shard_size", DEFAULT_MAX_SHARD_SIZE)
-            _check_args("save_args", self._save_args, {"include_optimizer", "max_shard_size"})
+            _imports.check_known_args(
+                "save_args", self._save_args, {"include_optimizer", "max_shard_size"}, filepath
+            )
             _check_max_shard_size(self._save_args["max_shard_size"], filepath)
         elif "max_shard_size" in self._save_args:
             raise DatasetError(
@@ -212,7 +216,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 "shards, or remove max_shard_size."
             )
         else:
-            _check_args("save_args", self._save_args, {"include_optimizer"})
+            _imports.check_known_args("save_args", self._save_args, {"include_optimizer"}, filepath)
 
         super().__init__(
             filepath=self._location.path,
