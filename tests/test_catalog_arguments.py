@@ -50,7 +50,7 @@ def test_prune_lists_and_removes_the_versions_of_a_versioned_export(tmp_path, mo
     problem = _exported.why_cannot_export("onnx", keras.backend.backend()) or _exported.why_cannot_load(
         "onnx", keras.backend.backend()
     )
-    format = "tf_saved_model" if problem else "onnx"  # noqa: A001 - the dataset's own name
+    format = "tf_saved_model" if problem else "onnx"  # the dataset's own name
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     model(np.zeros((1, 3), "float32"))

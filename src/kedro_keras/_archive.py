@@ -256,7 +256,7 @@ def read_keras_archive(
     file: IO[bytes],
     *,
     custom_objects: dict[str, Any] | None = None,
-    compile: bool = True,  # noqa: A002 - Keras's own name for it
+    compile: bool = True,  # Keras's own name for it
     safe_mode: bool = True,
     max_layers: int = DEFAULT_MAX_LAYERS,
     max_config_depth: int = DEFAULT_MAX_CONFIG_DEPTH,
@@ -373,7 +373,7 @@ def _refuse_hostile_members(archive: zipfile.ZipFile) -> None:
 
 def _read_keras_archive_public(
     file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool
-) -> keras.Model:  # noqa: A002
+) -> keras.Model:
     import keras
 
     with zipfile.ZipFile(file) as archive:

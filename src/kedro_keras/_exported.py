@@ -426,7 +426,7 @@ def check_litert(
         _LiteRTChecker(content, schema, max_tensor_bytes, safe_mode).model()
     except RefusedArtifactError:
         raise
-    except Exception as exc:  # noqa: BLE001 - offsets that point outside the file: struct, index, numpy errors
+    except Exception as exc:  # offsets that point outside the file: struct, index, numpy errors
         raise ValueError(
             f"not a readable LiteRT flatbuffer ({type(exc).__name__}: {printable(str(exc), 120)})"
         ) from exc

@@ -27,7 +27,7 @@ def build_model_and_fill(
     fill: Callable[[keras.Model], None],
     *,
     custom_objects: dict[str, Any] | None = None,
-    compile: bool = True,  # noqa: A002
+    compile: bool = True,
     safe_mode: bool = True,
 ) -> keras.Model:
     """Rebuild a model from its JSON config and fill its state with ``fill``.

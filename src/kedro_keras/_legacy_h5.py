@@ -78,7 +78,7 @@ def read_legacy_h5(
     file: IO[bytes],
     *,
     custom_objects: dict[str, Any] | None = None,
-    compile: bool = True,  # noqa: A002
+    compile: bool = True,
     safe_mode: bool = True,
     max_layers: int = DEFAULT_MAX_LAYERS,
     max_config_depth: int = DEFAULT_MAX_CONFIG_DEPTH,
@@ -103,7 +103,7 @@ def read_legacy_h5(
 
 def _read_legacy_h5_image(
     file: IO[bytes], custom_objects: Any, compile: bool, safe_mode: bool, bounds: tuple[int, int]
-) -> keras.Model:  # noqa: A002
+) -> keras.Model:
     import h5py
 
     with h5py.File(bounded(file), "r") as h5_file:
@@ -136,7 +136,7 @@ def _load_legacy_h5(
     file: IO[bytes],
     custom_objects: Any,
     compile: bool,
-    safe_mode: bool,  # noqa: A002
+    safe_mode: bool,
 ) -> keras.Model:
     legacy_h5_format = _keras_saving.legacy_h5_format()
     if legacy_h5_format is None:  # Keras's public loader, through a local copy

@@ -364,7 +364,7 @@ async def _sent(request: Callable[[], Any], body: Any, stall_seconds: float, end
             return await _unless_stalled(request(), body, stall_seconds, endpoint)
         except StalledError:
             raise  # the bound is the bound: no retry on top of it
-        except Exception as exc:  # noqa: BLE001 - sorted below
+        except Exception as exc:  # sorted below
             code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
             transient = not code or code in {
                 "SlowDown",

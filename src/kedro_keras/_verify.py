@@ -78,7 +78,7 @@ def _as_dataset_errors(function: Callable[..., _T]) -> Callable[..., _T]:
             raise
         except CorruptFileError as exc:
             raise DamagedFileError(_one_line(exc)) from exc
-        except Exception as exc:  # noqa: BLE001 - h5py, zipfile and fsspec each raise their own
+        except Exception as exc:  # h5py, zipfile and fsspec each raise their own
             raise VerifyError(_one_line(exc)) from exc
 
     return wrapper

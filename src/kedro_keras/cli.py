@@ -145,7 +145,7 @@ def diff_versions(name: str, first: str, second: str, env: str | None, as_json: 
     try:
         with open_regular_file(location, paths[0]) as one, open_regular_file(location, paths[1]) as other:
             rows = diff_files(one, other)
-    except Exception as exc:  # noqa: BLE001 - the command's answer is the message
+    except Exception as exc:  # the command's answer is the message
         raise _Failure(f"cannot compare {name} {first} and {second}: {_reason(exc)}") from exc
     _print(rows, ["group", "change"], as_json, title=f"{name}: {first} -> {second}")
 

@@ -114,11 +114,11 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
     }
     DEFAULT_EXPORT_ARGS: dict[str, Any] = {}
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
         *,
         filepath: str,
-        format: str | None = None,  # noqa: A002 - model.export's own name
+        format: str | None = None,  # model.export's own name
         export_args: dict[str, Any] | None = None,
         load_args: dict[str, Any] | None = None,
         version: Version | None = None,
@@ -153,7 +153,7 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         filepath = checked_filepath(filepath)
         suffix = PurePosixPath(filepath).suffix.lower()
         inferred = next((name for name, end in _exported.FILE_SUFFIXES.items() if end == suffix), None)
-        format = format or inferred or "tf_saved_model"  # noqa: A001
+        format = format or inferred or "tf_saved_model"
         if format not in _exported.FORMATS:
             raise DatasetError(
                 f"'{filepath}': format '{format}' is not one this dataset exports; "
@@ -525,7 +525,7 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         self._location.invalidate_cache(self._filepath)
 
 
-def _export(model: keras.Model, local: str, format: str, export_args: dict[str, Any]) -> None:  # noqa: A002
+def _export(model: keras.Model, local: str, format: str, export_args: dict[str, Any]) -> None:
     try:
         model.export(local, format=format, verbose=False, **export_args)
     except ValueError as exc:

@@ -83,7 +83,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
     DEFAULT_LOAD_ARGS: dict[str, Any] = {"compile": True, "safe_mode": True}
     DEFAULT_SAVE_ARGS: dict[str, Any] = {"include_optimizer": True}
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
         *,
         filepath: str,

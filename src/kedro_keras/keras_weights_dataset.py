@@ -590,7 +590,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         self._after_publishing(data, index_path, architecture, replaced, written, empty_first_later)
         logger.info("Saved weights of model '%s' to %s (%d shards)", data.name, url, len(written))
 
-    def _after_publishing(  # noqa: PLR0913
+    def _after_publishing(
         self,
         data: keras.Model,
         index_path: PurePosixPath,

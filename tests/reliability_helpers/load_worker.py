@@ -89,7 +89,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
 
-    import keras  # noqa: F401 - imported once, before the first request
+    import keras  # imported once, before the first request
     from kedro.io import DatasetError
 
     from kedro_keras import KerasModelDataset, KerasWeightsDataset
