@@ -35,7 +35,7 @@ TORCH_VERSION := 2.13.0
 # code involved).
 DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py
 
-.PHONY: lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo bench screenshot fuzz clean
+.PHONY: test-quick lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo bench screenshot fuzz clean
 
 $(STAMP): pyproject.toml examples/digits/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -129,6 +129,16 @@ lint: $(STAMP)
 test-tensorflow: export KERAS_BACKEND = tensorflow
 test-tensorflow: $(STAMP)
 	$(BIN)/python -m pytest --ignore=tests/test_cross_backend.py
+
+# The edit-test loop: the TensorFlow dataset suite without the Kedro projects
+# (tests/e2e), the kill -9 tests, fuzzing, the real-architecture matrix and the
+# cross-backend run. make test runs all of it before anything lands.
+QUICK_SKIPS := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore=tests/test_reliability_fuzz.py \
+	--ignore=tests/test_reliability_atomic.py --ignore=tests/test_saved_model_folders.py \
+	--ignore=tests/test_real_architectures.py
+test-quick: export KERAS_BACKEND = tensorflow
+test-quick: lint $(STAMP)
+	$(BIN)/python -m pytest -q $(QUICK_SKIPS)
 
 test-jax: export KERAS_BACKEND = jax
 test-jax: $(JAX_VENV)/.installed
