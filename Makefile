@@ -122,9 +122,12 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # ruff: pyflakes, pycodestyle, import order, bugbear, and the formatter's check.
+# lint-imports: the layer contract in pyproject.toml (imports only go down the
+# layers of docs/design.md, no cycles, nothing imports the package's __init__).
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/lint-imports --no-cache
 
 test-tensorflow: export KERAS_BACKEND = tensorflow
 test-tensorflow: $(STAMP)

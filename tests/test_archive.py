@@ -83,7 +83,7 @@ def test_a_repeated_name_is_refused(tmp_path, archive_bytes):
 def test_compressed_members_declaring_too_much_in_all_are_refused(tmp_path, archive_bytes, monkeypatch):
     """Each member within the per-member limits, together over the budget
     (lowered here from 1 GiB so that the test inflates nothing large)."""
-    from kedro_keras import _archive
+    from kedro_keras._formats import archive as _archive
 
     monkeypatch.setattr(_archive, "_MAX_INFLATED_TOTAL", 10 * 2**20)
     source = zipfile.ZipFile(io.BytesIO(archive_bytes))
@@ -103,7 +103,7 @@ class TestWeightsWrittenInPlace:
     no image of the model in memory, whatever its size."""
 
     def test_a_local_save_builds_no_image_in_memory(self, tmp_path, trained_model, data, monkeypatch):
-        from kedro_keras import _archive
+        from kedro_keras._formats import archive as _archive
 
         def no_image(*args, **kwargs):
             raise AssertionError("the weights image was built in memory")
@@ -120,7 +120,7 @@ class TestWeightsWrittenInPlace:
             assert weights.compress_type == zipfile.ZIP_STORED and weights.file_size > 0
 
     def test_elsewhere_the_image_is_built_in_memory_as_before(self, trained_model, data, monkeypatch):
-        from kedro_keras import _archive
+        from kedro_keras._formats import archive as _archive
 
         built = []
         image = _archive.weights_image
@@ -131,7 +131,7 @@ class TestWeightsWrittenInPlace:
         assert_same_state(dataset.load(), trained_model, data)
 
     def test_zip64_headers_when_the_weights_may_pass_4_gib(self, tmp_path, trained_model, data, monkeypatch):
-        from kedro_keras import _archive
+        from kedro_keras._formats import archive as _archive
 
         monkeypatch.setattr(_archive, "_ZIP64_MARGIN", 0)
         path = tmp_path / "model.keras"
@@ -148,7 +148,7 @@ class TestWeightsWrittenInPlace:
     def test_without_zipfiles_member_sizes_the_image_goes_through_memory(
         self, tmp_path, trained_model, data, monkeypatch
     ):
-        from kedro_keras import _archive
+        from kedro_keras._formats import archive as _archive
 
         monkeypatch.setattr(_archive, "_ZIPFILE_MEMBER_SIZES_SETTABLE", False)
         path = tmp_path / "model.keras"

@@ -16,9 +16,9 @@ from kedro_keras import (
     KerasModelDataset,
     KerasTimestampedModelDataset,
     KerasWeightsDataset,
-    _exported,
     cli,
 )
+from kedro_keras._dataset import exported as _exported
 
 DATASETS = [
     KerasModelDataset,

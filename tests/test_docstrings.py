@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 import kedro_keras
-from kedro_keras import _exported
+from kedro_keras._dataset import exported as _exported
 
 EXAMPLES = [
     "KerasModelDataset",

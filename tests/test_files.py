@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from kedro_keras import _files
-from kedro_keras._files import Location
+from kedro_keras._io import files as _files
+from kedro_keras._io.files import Location
 
 
 class Boom(Exception):
@@ -128,7 +128,8 @@ def test_s3_write_is_one_put_and_exclusive_is_atomic(s3_bucket, s3_credentials):
     assert calls.count("PutObject") == 1 and "CreateMultipartUpload" not in calls
     # The store itself refuses to replace an object on an exclusive write (If-None-Match),
     # so two savers racing past the existence check cannot both publish.
-    from kedro_keras import _files, _s3
+    from kedro_keras._io import files as _files
+    from kedro_keras._io import s3 as _s3
 
     with pytest.raises(FileExistsError):
         _s3.single_put(location.fs)(path, _files.GatherBuffer(), True, location.transfer)
@@ -138,7 +139,7 @@ def test_s3_write_is_one_put_and_exclusive_is_atomic(s3_bucket, s3_credentials):
 
 
 def test_s3_write_above_the_single_put_limit_is_multipart(s3_bucket, s3_credentials, monkeypatch):
-    from kedro_keras import _files
+    from kedro_keras._io import files as _files
 
     monkeypatch.setattr(_files, "SINGLE_PUT_LIMIT", MB)
     monkeypatch.setattr(_files, "SINGLE_PUT_LIMIT_ONE_CONNECTION", 0)  # no probe part

@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
-from kedro_keras import _h5
-from kedro_keras._h5 import checked_dataset
+from kedro_keras._io import h5 as _h5
+from kedro_keras._io.h5 import checked_dataset
 
 
 @pytest.fixture
@@ -164,7 +164,8 @@ def test_weights_files_are_written_in_place_and_carry_their_checksum(tmp_path, t
     in memory), followed by the CRC-32 trailer a load checks."""
     import keras
 
-    from kedro_keras import KerasWeightsDataset, _weights
+    from kedro_keras import KerasWeightsDataset
+    from kedro_keras._formats import weights as _weights
 
     monkeypatch.setattr(_weights, "weights_image", lambda *a, **k: pytest.fail("an image in memory"))
     path = tmp_path / "m.weights.h5"
@@ -225,7 +226,7 @@ def test_only_windows_on_local_disk_prefault_the_arrays_read_through_them(tmp_pa
     # array in before its bytes arrive raised a moto load's peak memory.
     import fsspec
 
-    from kedro_keras._keras_stores import h5_read_store
+    from kedro_keras._keras.stores import h5_read_store
 
     values = np.arange(2**21, dtype="<f4")  # 8 MiB: an own map
     with h5py.File(tmp_path / "w.h5", "w") as file:

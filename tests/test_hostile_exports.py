@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 from kedro.io import DatasetError
 
-from kedro_keras import KerasExportDataset, _exported
+from kedro_keras import KerasExportDataset
+from kedro_keras._dataset import exported as _exported
 
 BACKEND = keras.backend.backend()
 SECRET = b"kedro-keras-secret-4b1d0c9e" * 8  # 216 bytes: the first layer's 3x4 floats and more

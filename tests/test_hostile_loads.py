@@ -74,7 +74,7 @@ GADGETS = [
     "functools.partial",
     "operator.attrgetter",
     "h5py.File",
-    "kedro_keras._files.Location",
+    "kedro_keras._io.files.Location",
     # Present only where these packages are installed (the TensorFlow run has both).
     "pandas.read_pickle",
     "tensorflow.io.gfile.rmtree",
@@ -290,7 +290,7 @@ def test_the_log_filter_keeps_ordinary_messages_unchanged(tmp_path, caplog):
 def test_the_config_bounds_walk_a_hostile_nesting_without_recursion():
     """5,000 levels: a recursive walk would hit Python's recursion limit (a
     RecursionError, not a refusal) long before the bound."""
-    from kedro_keras._safe_configs import ConfigTooLargeError, check_config_bounds
+    from kedro_keras._formats.safe_configs import ConfigTooLargeError, check_config_bounds
 
     deep: list = []
     for _ in range(5_000):

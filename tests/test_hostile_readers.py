@@ -29,10 +29,12 @@ import pytest
 from click.testing import CliRunner
 from kedro.io.core import DatasetError
 
-from kedro_keras import KerasExportDataset, KerasModelDataset, KerasWeightsDataset, _preview, _verify, cli
-from kedro_keras._archive import WEIGHTS_MEMBER
-from kedro_keras._h5 import CorruptFileError
-from kedro_keras._verify import diff_files, open_regular_file, verify_dataset, verify_file
+from kedro_keras import KerasExportDataset, KerasModelDataset, KerasWeightsDataset, cli
+from kedro_keras._dataset import preview as _preview
+from kedro_keras._dataset import verify as _verify
+from kedro_keras._dataset.verify import diff_files, open_regular_file, verify_dataset, verify_file
+from kedro_keras._formats.archive import WEIGHTS_MEMBER
+from kedro_keras._io.h5 import CorruptFileError
 from reliability_helpers.archives import DEFLATED, Member, build_zip, member_span, members_of
 
 needs_fifos = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")

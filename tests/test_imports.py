@@ -7,7 +7,7 @@ import collections.abc
 import pytest
 
 import keras_test_models
-from kedro_keras import _imports
+from kedro_keras._formats import imports as _imports
 
 
 @pytest.mark.parametrize(

@@ -287,7 +287,10 @@ class TestKerasCheckpointDatasetMistakes:
             ({"keep_last": 0}, "keep_last must be"),
             ({"save_freq": "batch"}, "save_freq must be"),
             ({"mode": "lowest"}, "mode must be"),
-            ({"load_args": {"compile": False, "custom_object": {}}}, "not known"),
+            (
+                {"load_args": {"compile": False, "custom_object": {}}},
+                r"Unknown load_args \[.custom_object.\]",
+            ),
             ({"load_args": {"custom_objects": {"Scale": "no_such_module.Scale"}}}, "no_such_module"),
         ],
     )

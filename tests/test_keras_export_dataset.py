@@ -19,7 +19,8 @@ import pytest
 from kedro.io import DatasetError
 from kedro.io.core import Version
 
-from kedro_keras import KerasExportDataset, _exported
+from kedro_keras import KerasExportDataset
+from kedro_keras._dataset import exported as _exported
 
 BACKEND = keras.backend.backend()
 TRUSTED = {"safe_mode": False}  # a SavedModel is a program: the tests trust their own
@@ -132,7 +133,7 @@ class TestKerasExportDataset:
             ({"filepath": "m.onnx", "format": "litert"}, "ends in '.tflite'"),
             ({"filepath": "m.keras", "format": "tf_saved_model"}, "a SavedModel is a folder"),
             ({"filepath": "m", "format": "torchscript"}, "choose one of tf_saved_model, onnx, litert"),
-            ({"filepath": "m.onnx", "load_args": {"safe": False}}, "not known"),
+            ({"filepath": "m.onnx", "load_args": {"safe": False}}, "Unknown load_args ['safe'] for 'm.onnx'"),
         ],
     )
     def test_bad_options_fail_when_the_catalog_is_built(self, options, words):

@@ -39,7 +39,7 @@ def flip_weights_byte(path, where):
 @pytest.fixture
 def handed_over(monkeypatch):
     """The arrays offered to TensorFlow for adoption, in order."""
-    from kedro_keras import _keras_build
+    from kedro_keras._keras import build as _keras_build
 
     arrays = []
     adoptable_init = _keras_build._Adoptable.__init__
@@ -94,7 +94,7 @@ class TestKerasModelDataset:
         these small models takes that path: the weights, the optimizer state
         (an ordinary assign of an offered array) and the variables' own tensor
         type must be as after a plain Keras load, and the model trains on."""
-        from kedro_keras import _keras_build
+        from kedro_keras._keras import build as _keras_build
 
         monkeypatch.setattr(_keras_build, "_ADOPT_MIN", 1)
         adopted = []
@@ -195,7 +195,7 @@ class TestKerasModelDataset:
     ):
         """Some layers keep what the store gives them (a Discretization's
         summary): a deferred array must still hold its values afterwards."""
-        from kedro_keras import _keras_build
+        from kedro_keras._keras import build as _keras_build
 
         monkeypatch.setattr(_keras_build, "_ADOPT_MIN", 1)
 
@@ -635,7 +635,7 @@ class TestKerasModelDatasetVersioned:
             KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=version).save(trained_model)
 
     def test_a_version_written_by_another_run_meanwhile_is_not_overwritten(self, tmp_path, data, monkeypatch):
-        from kedro_keras import _archive
+        from kedro_keras._formats import archive as _archive
 
         version = Version(None, "2026-01-01T00.00.00.000Z")
         theirs = fit(keras_test_models.build_functional(hidden=2), data)

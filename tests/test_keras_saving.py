@@ -8,7 +8,8 @@ import inspect
 
 import pytest
 
-from kedro_keras import _keras_build, _keras_saving
+from kedro_keras._keras import build as _keras_build
+from kedro_keras._keras import saving as _keras_saving
 
 
 @pytest.mark.private_api

@@ -110,7 +110,8 @@ class TestKerasTimestampedModelDataset:
         """Two saves that pick the same microsecond: the later one moves on."""
         from datetime import datetime, timezone
 
-        from kedro_keras import _archive, keras_timestamped_model_dataset
+        from kedro_keras import keras_timestamped_model_dataset
+        from kedro_keras._formats import archive as _archive
 
         class FrozenClock(datetime):
             @classmethod

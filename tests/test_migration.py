@@ -18,7 +18,8 @@ from kedro.io.core import DatasetError, Version
 from kedro_datasets.tensorflow import TensorFlowModelDataset
 
 import keras_test_models
-from kedro_keras import KerasModelDataset, _legacy_h5
+from kedro_keras import KerasModelDataset
+from kedro_keras._formats import legacy_h5 as _legacy_h5
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from kedro_keras import (
     KerasModelDataset,
     KerasTimestampedModelDataset,
     KerasWeightsDataset,
-    _exported,
 )
+from kedro_keras._dataset import exported as _exported
 
 
 def trained():

@@ -11,9 +11,10 @@ import pytest
 from rich.console import Console
 
 from conftest import assert_same_predictions
-from kedro_keras import KerasModelDataset, KerasWeightsDataset, _progress
+from kedro_keras import KerasModelDataset, KerasWeightsDataset
+from kedro_keras._io import progress as _progress
 
-PROGRESS_LOGGER = "kedro_keras._progress"
+PROGRESS_LOGGER = "kedro_keras._io.progress"
 
 
 @pytest.fixture

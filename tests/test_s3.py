@@ -2,7 +2,7 @@
 
 import pytest
 
-from kedro_keras._s3 import PART_SIZE, part_size
+from kedro_keras._io.s3 import PART_SIZE, part_size
 
 MiB = 2**20
 

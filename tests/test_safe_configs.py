@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 from kedro.io.core import DatasetError
 
-from kedro_keras import KerasModelDataset, KerasTimestampedModelDataset, KerasWeightsDataset, _legacy_h5
+from kedro_keras import KerasModelDataset, KerasTimestampedModelDataset, KerasWeightsDataset
+from kedro_keras._formats import legacy_h5 as _legacy_h5
 
 GADGETS = {
     "set_floatx": ("keras.config", "set_floatx"),

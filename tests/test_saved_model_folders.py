@@ -14,7 +14,7 @@ import pytest
 from kedro.io import DatasetError
 
 from kedro_keras import KerasExportDataset
-from kedro_keras._files import Location
+from kedro_keras._io.files import Location
 
 TRUSTED = {"safe_mode": False}
 

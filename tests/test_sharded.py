@@ -14,7 +14,7 @@ import pytest
 
 import keras_test_models
 from conftest import fit
-from kedro_keras import _sharded
+from kedro_keras._formats import sharded as _sharded
 
 
 class InMemoryShards:

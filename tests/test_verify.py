@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kedro_keras import KerasModelDataset, KerasTimestampedModelDataset, KerasWeightsDataset
-from kedro_keras._h5 import CorruptFileError
-from kedro_keras._verify import diff_files, verify_dataset, verify_file
+from kedro_keras._dataset.verify import diff_files, verify_dataset, verify_file
+from kedro_keras._io.h5 import CorruptFileError
 
 
 def model_of(width, seed=0):

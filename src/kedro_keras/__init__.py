@@ -6,13 +6,12 @@ Importing this package imports neither Keras nor a backend; that happens the
 first time a model is loaded or saved.
 """
 
+from kedro_keras._version import __version__
 from kedro_keras.keras_checkpoint_dataset import Checkpoints, KerasCheckpointDataset
 from kedro_keras.keras_export_dataset import KerasExportDataset
 from kedro_keras.keras_model_dataset import KerasModelDataset
 from kedro_keras.keras_timestamped_model_dataset import KerasTimestampedModelDataset
 from kedro_keras.keras_weights_dataset import KerasWeightsDataset
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Checkpoints",

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import logging
 
-from kedro_keras._safe_configs import printable
+
+def printable(text: str, limit: int | None = 200) -> str:
+    """Text read from a file, safe to put in a log line or message: control
+    characters (a newline that would forge a log line, terminal escapes)
+    shown escaped, and at most ``limit`` characters (None: all of it)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if limit is not None and len(text) > limit else "")
 
 
 class ShownAsData(logging.Filter):

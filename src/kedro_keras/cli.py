@@ -83,7 +83,7 @@ def inspect_entry(name: str, version: str | None, env: str | None, as_json: bool
 def verify_entry(name: str, version: str | None, env: str | None) -> None:
     """Check NAME's stored file against its checksums, reading it once,
     without building the model. Exits 1 if it is damaged."""
-    from kedro_keras._verify import verify_dataset
+    from kedro_keras._dataset.verify import verify_dataset
 
     dataset = _entry(name, env, version)
     try:
@@ -137,7 +137,7 @@ def prune_entry(name: str, keep_last: int, older_than: float | None, dry_run: bo
 def diff_versions(name: str, first: str, second: str, env: str | None, as_json: bool) -> None:
     """Compare versions FIRST and SECOND of NAME, layer by layer: groups added
     or removed, shapes changed, and the largest absolute weight difference."""
-    from kedro_keras._verify import diff_files, open_regular_file
+    from kedro_keras._dataset.verify import diff_files, open_regular_file
 
     dataset = _entry(name, env, None)
     paths = [_version_path(dataset, name, version) for version in (first, second)]
@@ -257,7 +257,7 @@ def _rows(dataset: Any) -> dict[str, str]:
 def _shown(value: Any) -> str:
     """``value`` as one line of plain text: control characters (newlines,
     tabs, ESC, bidirectional overrides) shown escaped, nothing cut off."""
-    from kedro_keras._safe_configs import printable
+    from kedro_keras._log import printable
 
     text = str(value)
     return printable(text, limit=len(text))

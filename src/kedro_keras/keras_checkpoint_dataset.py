@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
@@ -14,12 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractDataset, DatasetError, Version
 
-from kedro_keras import _archive, _imports, _preview, _safe_configs, _weights
-from kedro_keras._files import Location, checked_filepath
-from kedro_keras._h5 import CorruptFileError, stored_variable_groups
-from kedro_keras._log import get_logger
-from kedro_keras._preview import TablePreview
-from kedro_keras._safe_configs import printable
+from kedro_keras._dataset import checkpoint_record as _record
+from kedro_keras._dataset import preview as _preview
+from kedro_keras._dataset.preview import TablePreview
+from kedro_keras._formats import archive as _archive
+from kedro_keras._formats import imports as _imports
+from kedro_keras._formats import safe_configs as _safe_configs
+from kedro_keras._formats import weights as _weights
+from kedro_keras._io.files import Location, checked_filepath
+from kedro_keras._io.h5 import CorruptFileError, stored_variable_groups
+from kedro_keras._log import get_logger, printable
 from kedro_keras.keras_model_dataset import KerasModelDataset
 from kedro_keras.keras_timestamped_model_dataset import check_keep_last
 
@@ -28,35 +31,6 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-# ckpt-e00003-s0000000: 3 epochs done, 0 batches into the next. Fixed width,
-# so that names sort in training order. ASCII digits and fullmatch: ``\d``
-# takes any script's digits and ``$`` a trailing newline, and a version is
-# put into paths and log lines.
-_PREFIX = "ckpt-"
-_VERSION = re.compile(r"e([0-9]{5})-s([0-9]{7})")
-_MAX_EPOCH, _MAX_STEP = 10**5, 10**7  # what the fixed-width name can hold
-# A record is a few KB: the position, the metrics and two numbers per random
-# generator. The folder may be shared or an object store anyone in the team
-# writes to, so a record is read only up to this size, never whole: a larger
-# one (or a link to /dev/zero) is not one of ours and is refused unparsed.
-_MAX_RECORD_BYTES = 2**20
-# The dtypes random_states() writes: SeedGenerator states are uint32 (JAX,
-# NumPy), int32 (PyTorch, OpenVINO) or int64 (TensorFlow); the floats leave
-# room for another kind of non-weight variable. Anything else (a 'U50000000'
-# declares 200 MB per element) is refused before NumPy allocates it.
-_STATE_DTYPES = {
-    "int32": (-(2**31), 2**31 - 1),
-    "uint32": (0, 2**32 - 1),
-    "int64": (-(2**63), 2**63 - 1),
-    "uint64": (0, 2**64 - 1),
-    "float32": None,
-    "float64": None,
-}
-# A SeedGenerator's state is 2 numbers; restoring then requires the exact
-# shape of the model's own variable. These bounds hold before a model is at hand.
-_MAX_STATE_ELEMENTS = 1024
-_MAX_STATE_DIMS = 4
-_MAX_STATES_BYTES = 2**20
 _RECORD_SUFFIX = ".json"  # written last: a checkpoint without one is incomplete
 _FULL_SUFFIX = ".keras"
 _WEIGHTS_SUFFIX = ".weights.h5"
@@ -196,7 +170,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
             monitor = "val_loss"
         pinned = version.load if version and version.load else load_version
         if pinned is not None:
-            _check_version(pinned)
+            _record.check_version(pinned)
         self._location = Location(filepath, credentials, fs_args)
         self._folder = self._location.path
         self._keep_last, self._save_freq = keep_last, save_freq
@@ -262,10 +236,10 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         suffix = _WEIGHTS_SUFFIX if self._weights_only else _FULL_SUFFIX
         found = []
         for name in names:
-            if name.startswith(_PREFIX) and name.endswith(_RECORD_SUFFIX):
-                version = name[len(_PREFIX) : -len(_RECORD_SUFFIX)]
+            if name.startswith(_record.PREFIX) and name.endswith(_RECORD_SUFFIX):
+                version = name[len(_record.PREFIX) : -len(_RECORD_SUFFIX)]
                 # Anything else there (a planted name with newlines or escapes) is not ours: ignored.
-                if _is_version(version) and f"{_PREFIX}{version}{suffix}" in names:
+                if _record.is_version(version) and f"{_record.PREFIX}{version}{suffix}" in names:
                     found.append(version)
         return sorted(found, reverse=True)
 
@@ -312,8 +286,8 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
     def _path(self, version: str, suffix: str) -> PurePosixPath:
         # Every path is built here, from user input and listings alike: a
         # version can never bring '/', '..' or control characters into one.
-        _check_version(version)
-        return self._folder / f"{_PREFIX}{version}{suffix}"
+        _record.check_version(version)
+        return self._folder / f"{_record.PREFIX}{version}{suffix}"
 
     def _model_path(self, version: str) -> PurePosixPath:
         return self._path(version, _WEIGHTS_SUFFIX if self._weights_only else _FULL_SUFFIX)
@@ -337,14 +311,14 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
             )
         try:
             with self._location.open_read(path) as file:
-                raw = file.read(_MAX_RECORD_BYTES + 1)
+                raw = file.read(_record.MAX_RECORD_BYTES + 1)
         except OSError as exc:
             raise DatasetError(
                 f"Cannot read the checkpoint record '{url}': {printable(str(exc), 300)}"
             ) from exc
-        if len(raw) > _MAX_RECORD_BYTES:
+        if len(raw) > _record.MAX_RECORD_BYTES:
             raise DatasetError(
-                f"The checkpoint record '{url}' is larger than {_MAX_RECORD_BYTES // 2**20} MiB; ours are "
+                f"The checkpoint record '{url}' is larger than {_record.MAX_RECORD_BYTES // 2**20} MiB; ours are "
                 "a few KB, so it was not written by this dataset and is not read. Remove it (and its "
                 "model file) if you did not put it there on purpose."
             )
@@ -361,7 +335,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
                 "cut short or damaged. Remove it and its model file."
             ) from exc
         try:
-            return _checked_record(record, version)
+            return _record.checked_record(record, version)
         except ValueError as exc:
             raise DatasetError(
                 f"The checkpoint record '{url}' is not one this dataset writes: {exc}. "
@@ -421,10 +395,10 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
     def _write_checkpoint(
         self, model: keras.Model, epochs_done: int, steps: int, record: dict[str, Any]
     ) -> str:
-        if not (0 <= epochs_done < _MAX_EPOCH and 0 <= steps < _MAX_STEP):
+        if not (0 <= epochs_done < _record.MAX_EPOCH and 0 <= steps < _record.MAX_STEP):
             raise DatasetError(
-                f"Checkpoints in '{self._url()}' are named for up to {_MAX_EPOCH - 1} epochs and "
-                f"{_MAX_STEP - 1} batches into one; this one is at epoch {epochs_done}, batch {steps}. "
+                f"Checkpoints in '{self._url()}' are named for up to {_record.MAX_EPOCH - 1} epochs and "
+                f"{_record.MAX_STEP - 1} batches into one; this one is at epoch {epochs_done}, batch {steps}. "
                 "Train in fewer, longer epochs."
             )
         version = f"e{epochs_done:05d}-s{steps:07d}"
@@ -450,9 +424,11 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         }
         encoded = json.dumps(record, indent=2).encode()
         try:  # what restore() would refuse is never written: a checkpoint that cannot be resumed from
-            _checked_record(json.loads(encoded), version)
-            if len(encoded) > _MAX_RECORD_BYTES:
-                raise ValueError(f"it is {len(encoded)} bytes, over the {_MAX_RECORD_BYTES} bytes read back")
+            _record.checked_record(json.loads(encoded), version)
+            if len(encoded) > _record.MAX_RECORD_BYTES:
+                raise ValueError(
+                    f"it is {len(encoded)} bytes, over the {_record.MAX_RECORD_BYTES} bytes read back"
+                )
         except ValueError as exc:
             raise DatasetError(
                 f"Could not write the record of checkpoint '{self._location.url(path)}': {exc}. "
@@ -597,7 +573,7 @@ class Checkpoints:
         record = dataset._record(version)
         restored = dataset._read_checkpoint(version, model)
         if record.get("random_states") is not None:
-            from kedro_keras._checkpoint_callback import set_random_states
+            from kedro_keras._dataset.checkpoint_callback import set_random_states
 
             if not set_random_states(restored, record["random_states"]):  # already checked: no ValueError
                 logger.warning(
@@ -619,120 +595,6 @@ class Checkpoints:
 
     def callback(self) -> keras.callbacks.Callback:
         """A Keras callback that writes a checkpoint as the entry says."""
-        from kedro_keras._checkpoint_callback import CheckpointCallback
+        from kedro_keras._dataset.checkpoint_callback import CheckpointCallback
 
         return CheckpointCallback(self._dataset, self.best_value)
-
-
-def _is_version(version: Any) -> bool:
-    return isinstance(version, str) and _VERSION.fullmatch(version) is not None
-
-
-def _check_version(version: str) -> None:
-    if not _is_version(version):
-        raise DatasetError(
-            f"'{printable(str(version), 80)}' is not a checkpoint version: versions look like "
-            "'e00003-s0000000' (epochs done, batches into the next), as listed by versions()."
-        )
-
-
-def _shown(value: Any) -> str:
-    """A value from a record, for a message: short, escaped, and only its
-    type when it is a container (its text could be a megabyte)."""
-    if isinstance(value, str):
-        return f"'{printable(value, 60)}'"
-    if isinstance(value, (bool, int, float)) or value is None:
-        return printable(repr(value), 60)
-    return f"a JSON {'array' if isinstance(value, list) else 'object'}"
-
-
-def _whole(record: dict[str, Any], key: str, below: int) -> int:
-    value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < below:
-        raise ValueError(f"'{key}' is {_shown(value)}, not a whole number from 0 to {below - 1}")
-    return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _checked_record(record: Any, version: str) -> dict[str, Any]:
-    """``record`` if it has the shape ``_write_checkpoint`` gives one, else
-    ValueError saying what is wrong (every value shown escaped). Keys it does
-    not know are left alone: a newer kedro-keras may add some."""
-    if not isinstance(record, dict):
-        raise ValueError(f"it holds {_shown(record)}, not a JSON object")
-    named = _VERSION.fullmatch(version)
-    if named is None:  # unreachable through _path, which checks every version; kept for direct callers
-        raise ValueError(f"'{printable(str(version), 80)}' is not a checkpoint version")
-    for key, below, in_name in (("epoch", _MAX_EPOCH, named[1]), ("step", _MAX_STEP, named[2])):
-        if _whole(record, key, below) != int(in_name):
-            raise ValueError(f"'{key}' is {record[key]} but the file name says {int(in_name)}")
-    for key in ("file", "saved_at", "monitor", "keras_version", "backend"):
-        if record.get(key) is not None and not isinstance(record[key], str):
-            raise ValueError(f"'{key}' is {_shown(record[key])}, not a string")
-    for key in ("value", "best"):
-        if record.get(key) is not None and not _is_number(record[key]):
-            raise ValueError(f"'{key}' is {_shown(record[key])}, not a number")
-    logs = record.get("logs")
-    if logs is not None:
-        if not isinstance(logs, dict):
-            raise ValueError(f"'logs' is {_shown(logs)}, not an object of metrics")
-        for name, value in logs.items():
-            if value is not None and not _is_number(value):
-                raise ValueError(f"metric '{printable(name, 60)}' in 'logs' is {_shown(value)}, not a number")
-    states = record.get("random_states")
-    if states is not None:
-        if not isinstance(states, list):
-            raise ValueError(f"'random_states' is {_shown(states)}, not a list")
-        declared = 0
-        for index, state in enumerate(states):
-            shape = random_state_shape(state, f"random_states[{index}]")
-            declared += math.prod(shape) * _itemsize(state["dtype"])
-            if declared > _MAX_STATES_BYTES:
-                raise ValueError(
-                    f"'random_states' declare more than {_MAX_STATES_BYTES // 2**20} MiB of arrays; "
-                    "a model's random generators hold a few numbers each"
-                )
-    return record
-
-
-def _itemsize(dtype: str) -> int:
-    return int(dtype[-2:]) // 8  # every dtype of _STATE_DTYPES ends in its width in bits
-
-
-def random_state_shape(state: Any, where: str = "random state") -> tuple[int, ...]:
-    """The shape of a recorded random state, found without allocating it;
-    ValueError if its dtype is not one ``random_states()`` writes, or its
-    value is not a small rectangular array of numbers that dtype holds."""
-    if not isinstance(state, dict) or set(state) != {"dtype", "value"}:
-        raise ValueError(f"{where} is {_shown(state)}, not an object of 'dtype' and 'value'")
-    dtype = state["dtype"]
-    if not isinstance(dtype, str) or dtype not in _STATE_DTYPES:
-        raise ValueError(
-            f"{where} declares dtype {_shown(dtype)}; refused before allocating it: random states are "
-            f"one of {', '.join(_STATE_DTYPES)}"
-        )
-    shape: list[int] = []
-    level = [state["value"]]
-    while level and isinstance(level[0], list):  # one level of nesting at a time, no recursion
-        if len(shape) == _MAX_STATE_DIMS:
-            raise ValueError(f"{where} has more than {_MAX_STATE_DIMS} dimensions")
-        width = len(level[0])
-        if any(not isinstance(row, list) or len(row) != width for row in level):
-            raise ValueError(f"{where} is not a rectangular array")
-        shape.append(width)
-        if math.prod(shape) > _MAX_STATE_ELEMENTS:
-            raise ValueError(f"{where} has more than {_MAX_STATE_ELEMENTS} elements")
-        level = [item for row in level for item in row]
-    bounds = _STATE_DTYPES[dtype]
-    for item in level:
-        fits = (
-            _is_number(item)
-            if bounds is None
-            else isinstance(item, int) and not isinstance(item, bool) and bounds[0] <= item <= bounds[1]
-        )
-        if not fits:
-            raise ValueError(f"{where} holds {_shown(item)}, which is not a {dtype}")
-    return tuple(shape)

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _exported, _imports, _preview
-from kedro_keras._files import Location, checked_filepath
-from kedro_keras._h5 import CHUNK
-from kedro_keras._log import get_logger
-from kedro_keras._preview import TablePreview
-from kedro_keras._progress import transfer_text
-from kedro_keras._safe_configs import printable
+from kedro_keras._dataset import exported as _exported
+from kedro_keras._dataset import preview as _preview
+from kedro_keras._dataset.preview import TablePreview
+from kedro_keras._formats import imports as _imports
+from kedro_keras._io.files import Location, checked_filepath
+from kedro_keras._io.h5 import CHUNK
+from kedro_keras._io.progress import transfer_text
+from kedro_keras._log import get_logger, printable
+from kedro_keras._version import __version__
 
 if TYPE_CHECKING:
     import keras
@@ -303,8 +305,6 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         manifest (one small atomic write), then remove the export it replaced."""
         import keras
 
-        import kedro_keras
-
         export = f"export-{uuid.uuid4().hex}"
         files: dict[str, dict[str, Any]] = {}
         for source in sorted(p for p in local.rglob("*") if p.is_file()):
@@ -328,7 +328,7 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
             "model": model.name,
             "keras_version": keras.__version__,
             "backend": backend,
-            "kedro_keras_version": kedro_keras.__version__,
+            "kedro_keras_version": __version__,
             "saved_at": datetime.now(tz=timezone.utc).isoformat(timespec="seconds"),
         }
         with self._location.atomic_write(folder / MANIFEST) as writing:

@@ -14,12 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import _archive, _imports, _legacy_h5, _preview, _progress, _safe_configs
-from kedro_keras._files import Location, checked_filepath
-from kedro_keras._h5 import HDF5_SIGNATURE, CorruptFileError
-from kedro_keras._log import get_logger
-from kedro_keras._preview import TablePreview
-from kedro_keras._safe_configs import UnsafeConfigError, printable
+from kedro_keras._dataset import preview as _preview
+from kedro_keras._dataset.preview import TablePreview
+from kedro_keras._formats import archive as _archive
+from kedro_keras._formats import imports as _imports
+from kedro_keras._formats import legacy_h5 as _legacy_h5
+from kedro_keras._formats import safe_configs as _safe_configs
+from kedro_keras._formats.safe_configs import UnsafeConfigError
+from kedro_keras._io import progress as _progress
+from kedro_keras._io.files import Location, checked_filepath
+from kedro_keras._io.h5 import HDF5_SIGNATURE, CorruptFileError
+from kedro_keras._log import get_logger, printable
 
 if TYPE_CHECKING:
     import keras

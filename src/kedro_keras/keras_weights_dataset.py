@@ -15,21 +15,19 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-from kedro_keras import (
-    _archive,
-    _imports,
-    _keras_build,
-    _preview,
-    _progress,
-    _safe_configs,
-    _sharded,
-    _weights,
-)
-from kedro_keras._files import Location, checked_filepath
-from kedro_keras._h5 import CorruptFileError, ShardReadError, stored_variable_groups
+from kedro_keras._dataset import preview as _preview
+from kedro_keras._dataset.preview import TablePreview
+from kedro_keras._formats import archive as _archive
+from kedro_keras._formats import imports as _imports
+from kedro_keras._formats import safe_configs as _safe_configs
+from kedro_keras._formats import sharded as _sharded
+from kedro_keras._formats import weights as _weights
+from kedro_keras._formats.safe_configs import UnsafeConfigError, refuse_unsafe_config
+from kedro_keras._io import progress as _progress
+from kedro_keras._io.files import Location, checked_filepath
+from kedro_keras._io.h5 import CorruptFileError, ShardReadError, stored_variable_groups
+from kedro_keras._keras import build as _keras_build
 from kedro_keras._log import get_logger
-from kedro_keras._preview import TablePreview
-from kedro_keras._safe_configs import UnsafeConfigError, refuse_unsafe_config
 from kedro_keras.keras_model_dataset import _check_is_model, unknown_class_hint
 
 if TYPE_CHECKING:

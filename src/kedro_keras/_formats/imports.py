@@ -290,7 +290,7 @@ def _keras_attribute(keras: Any, dotted: str) -> Any:
 def _is_registered_or_modelling(obj: Any) -> bool:
     import keras
 
-    from kedro_keras._safe_configs import is_modelling_function
+    from kedro_keras._formats.safe_configs import is_modelling_function
 
     registered = keras.saving.get_custom_objects().values()
     return any(obj is value for value in registered) or is_modelling_function(obj)

@@ -103,7 +103,7 @@ def set_random_states(model: keras.Model, states: list[dict[str, Any]]) -> bool:
     """
     import numpy as np
 
-    from kedro_keras.keras_checkpoint_dataset import random_state_shape
+    from kedro_keras._dataset.checkpoint_record import random_state_shape
 
     variables = _random_state_variables(model)
     if not isinstance(states, list) or len(states) != len(variables):

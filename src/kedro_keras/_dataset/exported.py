@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any
 
-from kedro_keras._safe_configs import printable
+from kedro_keras._log import printable
 
 FORMATS = ("tf_saved_model", "onnx", "litert")
 FILE_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}

@@ -25,9 +25,15 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from zlib_ng.zlib_ng import crc32
 
-from kedro_keras import _keras_saving
-from kedro_keras._files import local_copy
-from kedro_keras._h5 import (
+from kedro_keras._formats.safe_configs import (
+    DEFAULT_MAX_CONFIG_DEPTH,
+    DEFAULT_MAX_LAYERS,
+    check_config_bounds,
+    printable,
+    refuse_unsafe_config,
+)
+from kedro_keras._formats.weights import kedro_keras_metadata, weights_image, write_weights_in_place
+from kedro_keras._io.h5 import (
     CHUNK,
     Window,
     bounded,
@@ -37,16 +43,10 @@ from kedro_keras._h5 import (
     without_optimizer_group,
     writes_in_place,
 )
-from kedro_keras._keras_build import build_model_and_fill, build_optimizer, portable_compile_config
-from kedro_keras._keras_stores import h5_read_store
-from kedro_keras._safe_configs import (
-    DEFAULT_MAX_CONFIG_DEPTH,
-    DEFAULT_MAX_LAYERS,
-    check_config_bounds,
-    printable,
-    refuse_unsafe_config,
-)
-from kedro_keras._weights import weights_image, write_weights_in_place
+from kedro_keras._keras import saving as _keras_saving
+from kedro_keras._keras.build import build_model_and_fill, build_optimizer, portable_compile_config
+from kedro_keras._keras.saving import local_copy
+from kedro_keras._keras.stores import h5_read_store
 
 if TYPE_CHECKING:
     import keras
@@ -56,20 +56,6 @@ METADATA_MEMBER = "metadata.json"
 WEIGHTS_MEMBER = "model.weights.h5"
 # How a .keras archive (a zip) starts, whatever the file is called.
 ZIP_SIGNATURE = b"PK\x03\x04"
-
-
-def kedro_keras_metadata(include_optimizer: bool) -> dict[str, Any]:
-    """What we add to a saved model's metadata, for describe and debugging."""
-    import keras
-
-    from kedro_keras import __version__
-
-    return {
-        "keras_version": keras.version(),
-        "backend": keras.backend.backend(),
-        "kedro_keras_version": __version__,
-        "include_optimizer": include_optimizer,
-    }
 
 
 def write_keras_archive(model: keras.Model, file: IO[bytes], *, include_optimizer: bool = True) -> None:

@@ -17,17 +17,24 @@ import warnings
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, Iterator
 
-from kedro_keras import _keras_saving
-from kedro_keras._files import local_copy
-from kedro_keras._h5 import bounded, check_all_datasets, h5_window, read_all_headers, verify, write_h5_image
-from kedro_keras._log import get_logger
-from kedro_keras._safe_configs import (
+from kedro_keras._formats.safe_configs import (
     DEFAULT_MAX_CONFIG_DEPTH,
     DEFAULT_MAX_LAYERS,
     check_config_bounds,
     printable,
     refuse_unsafe_config,
 )
+from kedro_keras._io.h5 import (
+    bounded,
+    check_all_datasets,
+    h5_window,
+    read_all_headers,
+    verify,
+    write_h5_image,
+)
+from kedro_keras._keras import saving as _keras_saving
+from kedro_keras._keras.saving import local_copy
+from kedro_keras._log import get_logger
 
 if TYPE_CHECKING:
     import keras
@@ -179,8 +186,6 @@ def probe_h5_in_child(location: Any, path: str, timeout: float | None = None) ->
     import subprocess
     import sys
 
-    import kedro_keras
-
     timeout = _H5_PROBE_SECONDS if timeout is None else timeout
     try:
         request = pickle.dumps((location, str(path)))
@@ -189,8 +194,9 @@ def probe_h5_in_child(location: Any, path: str, timeout: float | None = None) ->
         return
     # Appended, not prepended: the child's own site-packages and standard
     # library come first, as in this process.
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(kedro_keras.__file__)))
-    code = f"import sys; sys.path.append({package_root!r}); from kedro_keras._legacy_h5 import _probe_h5_main; _probe_h5_main()"
+    # This file is <root>/kedro_keras/_formats/legacy_h5.py.
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = f"import sys; sys.path.append({package_root!r}); from kedro_keras._formats.legacy_h5 import _probe_h5_main; _probe_h5_main()"
     child = subprocess.Popen(
         # -I: isolated, so no module beside the model (the current folder),
         # user site or PYTHON* variable can change what the child imports.

@@ -23,6 +23,8 @@ import importlib
 import re
 from typing import Any
 
+from kedro_keras._log import printable
+
 # Public Keras modules whose functions may appear in a layer, loss or metric config.
 _MODELLING_MODULES = (
     "activations",
@@ -57,14 +59,6 @@ _OPS_THAT_CALL = frozenset(
 _REFUSED_CLASSES = frozenset({"TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer"})
 _FUNCTION_CLASSES = frozenset({"function", "__lambda__"})
 _allowed_ids: frozenset[int] | None = None
-
-
-def printable(text: str, limit: int | None = 200) -> str:
-    """Text read from a file, safe to put in a log line or message: control
-    characters (a newline that would forge a log line, terminal escapes)
-    shown escaped, and at most ``limit`` characters (None: all of it)."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return shown + ("..." if limit is not None and len(text) > limit else "")
 
 
 class UnsafeConfigError(ValueError):

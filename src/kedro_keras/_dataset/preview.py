@@ -16,16 +16,16 @@ import zipfile
 from collections import Counter
 from typing import IO, Any, NewType
 
-from kedro_keras._archive import (
+from kedro_keras._formats.archive import (
     CONFIG_MEMBER,
     METADATA_MEMBER,
     WEIGHTS_MEMBER,
     _member_reader,
     _refuse_hostile_members,
 )
-from kedro_keras._h5 import OPTIMIZER_GROUP, array_headers
-from kedro_keras._progress import size_text
-from kedro_keras._safe_configs import printable
+from kedro_keras._io.h5 import OPTIMIZER_GROUP, array_headers
+from kedro_keras._io.progress import size_text
+from kedro_keras._log import printable
 
 TablePreview = NewType("TablePreview", dict)
 

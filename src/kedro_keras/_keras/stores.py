@@ -17,7 +17,7 @@ from collections import OrderedDict
 from contextlib import ExitStack
 from typing import Any, Callable, NamedTuple
 
-from kedro_keras._h5 import (
+from kedro_keras._io.h5 import (
     CorruptFileError,
     ShardReadError,
     Window,
@@ -26,8 +26,8 @@ from kedro_keras._h5 import (
     read_aligned,
     write_h5_image,
 )
-from kedro_keras._keras_build import offer_for_adoption
-from kedro_keras._keras_saving import available, h5_store_class, save_state
+from kedro_keras._keras.build import offer_for_adoption
+from kedro_keras._keras.saving import available, h5_store_class, save_state
 
 
 def to_numpy_once(value: Any) -> Any:

@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from kedro_keras import _s3
-from kedro_keras._progress import NO_PROGRESS, Transfer, _NoProgress
-from kedro_keras._s3 import TransferOptions, ranged_filler, stream_opener
+from kedro_keras._io import s3 as _s3
+from kedro_keras._io.progress import NO_PROGRESS, Transfer, _NoProgress
+from kedro_keras._io.s3 import TransferOptions, ranged_filler, stream_opener
 
 # --------------------------------------------------------------------------
 # Remote reads

@@ -246,3 +246,14 @@ def legacy_h5_format() -> Any | None:
     ):
         return None
     return module
+
+
+@contextmanager
+def local_copy(suffix: str) -> Iterator[str]:
+    """A path in a fresh temporary folder, removed afterwards: where the
+    public-API fallbacks let Keras read or write a local file."""
+    folder = tempfile.mkdtemp(prefix="kedro-keras-")
+    try:
+        yield os.path.join(folder, f"model{suffix}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from kedro_keras._log import get_logger
 
 if TYPE_CHECKING:
-    from kedro_keras._remote import Uploadable
+    from kedro_keras._io.remote import Uploadable
 
 logger = get_logger(__name__)
 

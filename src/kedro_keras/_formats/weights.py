@@ -14,9 +14,7 @@ import warnings
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, Iterator
 
-from kedro_keras import _keras_saving
-from kedro_keras._files import local_copy
-from kedro_keras._h5 import (
+from kedro_keras._io.h5 import (
     CHUNK,
     FileRegion,
     check_all_datasets,
@@ -27,14 +25,29 @@ from kedro_keras._h5 import (
     write_h5_image,
     writes_in_place,
 )
-from kedro_keras._keras_build import build_optimizer
-from kedro_keras._keras_stores import h5_read_store, h5_write_store, variable_layout
+from kedro_keras._keras import saving as _keras_saving
+from kedro_keras._keras.build import build_optimizer
+from kedro_keras._keras.saving import local_copy
+from kedro_keras._keras.stores import h5_read_store, h5_write_store, variable_layout
+from kedro_keras._version import __version__
 
 if TYPE_CHECKING:
     import keras
 
 # Per-variable-group layout: {"layers/dense": {"0": (4, 8), "1": (8,)}}.
 Layout = dict[str, dict[str, tuple[int, ...]]]
+
+
+def kedro_keras_metadata(include_optimizer: bool) -> dict[str, Any]:
+    """What we add to a saved model's metadata, for describe and debugging."""
+    import keras
+
+    return {
+        "keras_version": keras.version(),
+        "backend": keras.backend.backend(),
+        "kedro_keras_version": __version__,
+        "include_optimizer": include_optimizer,
+    }
 
 
 def weights_image(model: keras.Model, assets_store: Any, *, include_optimizer: bool) -> io.BytesIO:
@@ -93,8 +106,6 @@ def architecture_json(model: keras.Model, include_optimizer: bool = True) -> str
     own, and ``model_from_json`` ignores keys it does not know."""
     import json
     from datetime import datetime, timezone
-
-    from kedro_keras._archive import kedro_keras_metadata
 
     config = json.loads(model.to_json())
     config["kedro_keras"] = {

@@ -12,7 +12,6 @@ import ctypes
 import functools
 import io
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -27,9 +26,9 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
 from kedro.io.core import DatasetError, Version, get_protocol_and_path
 
-from kedro_keras import _progress
-from kedro_keras._progress import NO_PROGRESS, Transfer, _NoProgress
-from kedro_keras._remote import (
+from kedro_keras._io import progress as _progress
+from kedro_keras._io.progress import NO_PROGRESS, Transfer, _NoProgress
+from kedro_keras._io.remote import (
     SINGLE_PUT_LIMIT,
     SINGLE_PUT_LIMIT_ONE_CONNECTION,
     FileChangedError,
@@ -38,9 +37,15 @@ from kedro_keras._remote import (
     SpooledUpload,
     Uploadable,
 )
-from kedro_keras._s3 import OneConnectionIsEnough, TransferOptions, bound_retries, multipart_put, single_put
+from kedro_keras._io.s3 import (
+    OneConnectionIsEnough,
+    TransferOptions,
+    bound_retries,
+    multipart_put,
+    single_put,
+)
 
-__all__ = ["FileChangedError", "GatherBuffer", "Location", "local_copy"]
+__all__ = ["FileChangedError", "GatherBuffer", "Location"]
 
 # Object stores whose files upload on ``commit()`` and can be ``discard()``ed:
 # writing to them with ``autocommit=False`` is all-or-nothing with no extra copy.
@@ -417,14 +422,3 @@ def _written_back_as_it_goes(fd: int) -> Iterator[None]:
     finally:
         done.set()
         thread.join()  # before the file (and its descriptor number) is closed
-
-
-@contextmanager
-def local_copy(suffix: str) -> Iterator[str]:
-    """A path in a fresh temporary folder, removed afterwards: where the
-    public-API fallbacks let Keras read or write a local file."""
-    folder = tempfile.mkdtemp(prefix="kedro-keras-")
-    try:
-        yield os.path.join(folder, f"model{suffix}")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

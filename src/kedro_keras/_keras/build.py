@@ -16,7 +16,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
-from kedro_keras import _keras_saving
+from kedro_keras._keras import saving as _keras_saving
 
 if TYPE_CHECKING:
     import keras

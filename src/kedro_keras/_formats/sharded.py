@@ -31,10 +31,8 @@ import re
 import shutil
 from typing import IO, TYPE_CHECKING, Any, Callable
 
-from kedro_keras import _keras_saving
-from kedro_keras._archive import kedro_keras_metadata
-from kedro_keras._files import local_copy
-from kedro_keras._h5 import (
+from kedro_keras._formats.weights import Layout, kedro_keras_metadata, quiet_absent_optimizer_state
+from kedro_keras._io.h5 import (
     CHUNK,
     OPTIMIZER_GROUP,
     ShardReadError,
@@ -45,9 +43,10 @@ from kedro_keras._h5 import (
     without_optimizer_group,
     write_h5_image,
 )
-from kedro_keras._keras_build import build_optimizer
-from kedro_keras._keras_stores import shard_writer, sharded_read_store
-from kedro_keras._weights import Layout, quiet_absent_optimizer_state
+from kedro_keras._keras import saving as _keras_saving
+from kedro_keras._keras.build import build_optimizer
+from kedro_keras._keras.saving import local_copy
+from kedro_keras._keras.stores import shard_writer, sharded_read_store
 
 if TYPE_CHECKING:
     import keras

@@ -32,8 +32,9 @@ from typing import IO, Any, Callable, Iterator, TypeVar
 
 from kedro.io.core import DatasetError
 
-from kedro_keras._archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader
-from kedro_keras._h5 import (
+from kedro_keras._dataset.preview import refuse_hostile_archive
+from kedro_keras._formats.archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader
+from kedro_keras._io.h5 import (
     CHUNK,
     CorruptFileError,
     Window,
@@ -43,8 +44,7 @@ from kedro_keras._h5 import (
     checked_dataset,
     h5_window,
 )
-from kedro_keras._preview import refuse_hostile_archive
-from kedro_keras._safe_configs import printable
+from kedro_keras._log import printable
 
 # kedro-keras's SavedModel manifests list a few dozen files, sharded weights
 # a shard per quarter GB.
