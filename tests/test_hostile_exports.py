@@ -28,6 +28,8 @@ from kedro.io import DatasetError
 
 from kedro_keras import KerasExportDataset
 from kedro_keras._dataset import exported as _exported
+from kedro_keras._formats import litert as _litert
+from kedro_keras._formats.onnx import RefusedArtifactError
 
 BACKEND = keras.backend.backend()
 SECRET = b"kedro-keras-secret-4b1d0c9e" * 8  # 216 bytes: the first layer's 3x4 floats and more
@@ -401,7 +403,7 @@ print("RESULTS", json.dumps(results))
 def patched(content, case):
     import flatbuffers
 
-    schema = _exported._litert_schema()
+    schema = _litert._litert_schema()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content, 0))
     graph = model.subgraphs[0]
     first = graph.operators[0]
@@ -506,8 +508,8 @@ class TestLiteRT:
             return
         with open(litert_refusals["own export"][0], "rb") as file:
             content = file.read()
-        with pytest.raises(_exported.RefusedArtifactError) as raised:
-            _exported.probe_litert_in_child(content, timeout=0.001)
+        with pytest.raises(RefusedArtifactError) as raised:
+            _litert.probe_litert_in_child(content, timeout=0.001)
         assert str(raised.value) == (
             "run once on zeros in a child process, the interpreter did not finish within 0.001 s "
             "(KEDRO_KERAS_LITERT_PROBE_SECONDS)"

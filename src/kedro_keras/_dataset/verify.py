@@ -32,6 +32,7 @@ from typing import IO, Any, Callable, Iterator, TypeVar
 
 from kedro.io.core import DatasetError
 
+from kedro_keras._dataset.export_folder import read_manifest
 from kedro_keras._dataset.preview import refuse_hostile_archive
 from kedro_keras._formats.archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader
 from kedro_keras._io.h5 import (
@@ -169,7 +170,7 @@ def _read_through(window: Window) -> None:
 def _verify_export_folder(dataset: Any, folder: PurePosixPath) -> str:
     location = dataset._location
     # The loader's own reader: size-capped, a regular file only, its fields and names checked.
-    manifest = dataset._read_manifest(folder)
+    manifest = read_manifest(location, folder)
     if manifest is None:
         raise FileNotFoundError(f"no manifest.json in '{location.url(folder)}' (not written by kedro-keras)")
     export, files = manifest["export"], manifest["files"]

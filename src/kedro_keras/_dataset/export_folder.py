@@ -1,0 +1,242 @@
+"""A SavedModel folder as ``KerasExportDataset`` keeps it: the files uploaded
+under a fresh ``export-<hex>`` name, then committed by a small manifest
+(their sizes and SHA-256s) in one atomic write; read back by checking the
+manifest and every file against it. And folders someone else wrote (no
+manifest), fetched as they are. Functions of the dataset's ``Location``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from kedro.io.core import DatasetError
+
+from kedro_keras._io.files import Location
+from kedro_keras._io.h5 import CHUNK
+from kedro_keras._log import get_logger, printable
+from kedro_keras._version import __version__
+
+if TYPE_CHECKING:
+    import keras
+
+logger = get_logger(__name__)
+
+MANIFEST = "manifest.json"
+_EXPORT_FOLDER = re.compile(r"^export-[0-9a-f]{32}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# A manifest lists a SavedModel's few files: a megabyte is thousands of them.
+MAX_MANIFEST_BYTES = 2**20
+# Manifest fields shown in previews and log lines (as data: escaped, bounded).
+MANIFEST_TEXT = ("export", "model", "keras_version", "backend", "saved_at")
+
+
+def publish_folder(
+    location: Location, local: Path, folder: PurePosixPath, format: str, model: keras.Model, backend: str
+) -> None:
+    """Upload the files under a fresh name, then commit them with the
+    manifest (one small atomic write), then remove the export it replaced."""
+    import keras
+
+    export = f"export-{uuid.uuid4().hex}"
+    files: dict[str, dict[str, Any]] = {}
+    for source in sorted(p for p in local.rglob("*") if p.is_file()):
+        name = source.relative_to(local).as_posix()
+        digest, size = hashlib.sha256(), 0
+        with (
+            open(source, "rb") as reading,
+            location.atomic_write(folder / export / name) as writing,
+        ):
+            while chunk := reading.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                writing.write(chunk)
+        files[name] = {"size": size, "sha256": digest.hexdigest()}
+    previous = read_manifest(location, folder, quiet=True)
+    manifest = {
+        "format": format,
+        "export": export,
+        "files": files,
+        "folders": sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_dir()),
+        "model": model.name,
+        "keras_version": keras.__version__,
+        "backend": backend,
+        "kedro_keras_version": __version__,
+        "saved_at": datetime.now(tz=timezone.utc).isoformat(timespec="seconds"),
+    }
+    with location.atomic_write(folder / MANIFEST) as writing:
+        writing.write(json.dumps(manifest, indent=2).encode())
+    if previous and _EXPORT_FOLDER.match(str(previous.get("export", ""))):
+        try:
+            location.fs.rm(str(folder / previous["export"]), recursive=True)
+        except Exception as exc:  # noqa: BLE001 - the new export is committed; leftovers are only space
+            logger.warning("Could not remove the replaced export %s: %s", previous["export"], exc)
+
+
+def read_manifest(location: Location, folder: PurePosixPath, quiet: bool = False) -> dict[str, Any] | None:
+    """The folder's manifest, checked to be one this package wrote (None if
+    there is none; also if it is unreadable and ``quiet``)."""
+    path = folder / MANIFEST
+    url = location.url(path)
+    try:
+        if location.is_local:
+            _check_regular_file(str(path), str(folder), url)
+        with location.open_read(path) as file:
+            text = file.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise DatasetError(
+                f"Cannot read '{url}': it is over {MAX_MANIFEST_BYTES} bytes, more than any manifest "
+                "this package writes; it was not written by kedro-keras. Export the model again."
+            )
+        try:
+            manifest = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            cause = "its JSON nests too deep" if isinstance(exc, RecursionError) else str(exc)
+            raise DatasetError(f"Cannot read '{url}': {printable(cause)}. Export the model again.") from exc
+        return _checked_manifest(manifest, url)
+    except FileNotFoundError:
+        return None
+    except (OSError, DatasetError) as exc:
+        if quiet:
+            return None
+        if isinstance(exc, DatasetError):
+            raise
+        raise DatasetError(f"Cannot read '{url}': {exc}") from exc
+
+
+def fetch_manifest_files(
+    location: Location, folder: PurePosixPath, manifest: dict[str, Any], into: Path, url: str
+) -> tuple[Path, int]:
+    """Copy the committed export to local disk (TensorFlow reads local
+    folders only), checking every file's size and SHA-256 on the way."""
+    export, files = manifest["export"], manifest["files"]
+    for name in manifest["folders"]:
+        (into / _safe_relative(name, url)).mkdir(parents=True, exist_ok=True)
+    total = 0
+    for name, expected in files.items():
+        target = into / _safe_relative(name, url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = folder / export / name
+        if location.is_local:
+            _check_regular_file(str(source), str(folder), url)
+        digest, size = hashlib.sha256(), 0
+        try:
+            with (
+                location.open_read(source) as reading,
+                open(target, "wb") as writing,
+            ):
+                while chunk := reading.read(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    writing.write(chunk)
+        except FileNotFoundError as exc:
+            raise DatasetError(
+                f"The SavedModel at '{url}' is incomplete: '{export}/{name}', listed in its manifest, "
+                "is missing."
+            ) from exc
+        if size != expected.get("size") or digest.hexdigest() != expected.get("sha256"):
+            raise DatasetError(
+                f"The SavedModel at '{url}' is damaged: '{export}/{name}' has {size} bytes and SHA-256 "
+                f"{digest.hexdigest()[:12]}..., its manifest says {expected.get('size')} bytes and "
+                f"{str(expected.get('sha256'))[:12]}.... Export the model again."
+            )
+        total += size
+    return into, total
+
+
+def fetch_foreign_folder(location: Location, folder: PurePosixPath, into: Path, url: str) -> tuple[Path, int]:
+    """A SavedModel folder someone else wrote (no manifest): used in place
+    on local disk, copied from anywhere else."""
+    if not location.exists(folder / "saved_model.pb"):
+        kind = location.kind(folder)
+        what = (
+            "does not exist" if kind is None else "is a file" if kind == "file" else "holds no saved_model.pb"
+        )
+        raise DatasetError(f"No SavedModel at '{url}': the path {what}.")
+    if location.is_local:
+        local = Path(str(folder))
+        return local, sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
+    logger.info("'%s' has no manifest (not written by kedro-keras): copying it unchecked", url)
+    total = 0
+    for remote in location.fs.find(str(folder)):
+        name = PurePosixPath(remote).relative_to(str(folder))
+        target = into / _safe_relative(str(name), url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with location.open_read(remote) as reading, open(target, "wb") as writing:
+            shutil.copyfileobj(reading, writing, CHUNK)
+        total += target.stat().st_size
+    (into / "variables").mkdir(exist_ok=True)
+    return into, total
+
+
+def _checked_manifest(manifest: Any, url: str) -> dict[str, Any]:
+    """``manifest`` if it has the shape this package writes, else a
+    DatasetError (never a TypeError from a field of the wrong type)."""
+
+    def refuse(cause: str) -> DatasetError:
+        return DatasetError(
+            f"'{url}' is not a manifest this package wrote: {cause}. Export the model again, or delete "
+            "the manifest to load the folder as a SavedModel written elsewhere."
+        )
+
+    if not isinstance(manifest, dict):
+        raise refuse(f"it holds a JSON {type(manifest).__name__}, not an object")
+    export, files, folders = manifest.get("export"), manifest.get("files"), manifest.get("folders", [])
+    if not isinstance(export, str) or not _EXPORT_FOLDER.fullmatch(export):
+        raise refuse(f"'export' is {printable(repr(export), 80)}, not an export-<32 hex digits> folder")
+    if not isinstance(files, dict):
+        raise refuse("'files' is not an object")
+    for name, entry in files.items():
+        shown = printable(name, 120)
+        _safe_relative(name, url)
+        if not isinstance(entry, dict):
+            raise refuse(f"the entry of '{shown}' is not an object")
+        size, sha256 = entry.get("size"), entry.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise refuse(f"the size of '{shown}' is not a number of bytes")
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise refuse(f"the SHA-256 of '{shown}' is not 64 hex digits")
+    if not isinstance(folders, list) or not all(isinstance(name, str) for name in folders):
+        raise refuse("'folders' is not a list of names")
+    for name in folders:
+        _safe_relative(name, url)
+    for key in MANIFEST_TEXT:
+        if key in manifest and not isinstance(manifest[key], str):
+            raise refuse(f"'{key}' is not text")
+    return {**manifest, "folders": folders}
+
+
+def _check_regular_file(path: str, folder: str, url: str) -> None:
+    """A local file the manifest names must be a regular file inside the
+    folder: a symbolic link would fetch a file from elsewhere, a FIFO would
+    block the read forever."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return  # reported, as missing, when it is opened
+    inside = os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep)
+    if not stat.S_ISREG(mode) or not inside:
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file" if inside else "outside it"
+        raise DatasetError(
+            f"The SavedModel at '{url}' has '{printable(os.path.relpath(path, folder), 120)}', which is "
+            f"{what}: refused, as a kedro-keras export holds regular files only. Export the model again."
+        )
+
+
+def _safe_relative(name: str, url: str) -> PurePosixPath:
+    """A file name from a manifest or listing, refused if it would leave the folder."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise DatasetError(
+            f"The export at '{url}' names '{printable(name, 120)}', a path outside its folder: refused."
+        )
+    return path
