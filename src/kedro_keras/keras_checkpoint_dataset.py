@@ -20,6 +20,7 @@ from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats import safe_configs as _safe_configs
 from kedro_keras._formats import weights as _weights
+from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._io.h5 import CorruptFileError, stored_variable_groups
 from kedro_keras._log import get_logger, printable
@@ -33,7 +34,6 @@ logger = get_logger(__name__)
 
 _RECORD_SUFFIX = ".json"  # written last: a checkpoint without one is incomplete
 _FULL_SUFFIX = ".keras"
-_WEIGHTS_SUFFIX = ".weights.h5"
 # Metric names for which larger is better when mode is "auto" (Keras's rule, widened).
 _LARGER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "fmeasure")
 
@@ -233,7 +233,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
     def versions(self) -> list[str]:
         """The complete checkpoints, newest first (e.g. ``e00003-s0000000``)."""
         names = self._location.names_in(self._folder)
-        suffix = _WEIGHTS_SUFFIX if self._weights_only else _FULL_SUFFIX
+        suffix = WEIGHTS_SUFFIX if self._weights_only else _FULL_SUFFIX
         found = []
         for name in names:
             if name.startswith(_record.PREFIX) and name.endswith(_RECORD_SUFFIX):
@@ -290,7 +290,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         return self._folder / f"{_record.PREFIX}{version}{suffix}"
 
     def _model_path(self, version: str) -> PurePosixPath:
-        return self._path(version, _WEIGHTS_SUFFIX if self._weights_only else _FULL_SUFFIX)
+        return self._path(version, WEIGHTS_SUFFIX if self._weights_only else _FULL_SUFFIX)
 
     def _url(self) -> str:
         return self._location.url(self._folder)

@@ -21,6 +21,7 @@ from kedro_keras._formats import imports as _imports
 from kedro_keras._formats import legacy_h5 as _legacy_h5
 from kedro_keras._formats import safe_configs as _safe_configs
 from kedro_keras._formats.safe_configs import UnsafeConfigError
+from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io import progress as _progress
 from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._io.h5 import HDF5_SIGNATURE, CorruptFileError
@@ -165,10 +166,10 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
     def _is_legacy_format(filepath: str) -> bool:
         """True for legacy HDF5, False for ``.keras``; anything else is refused."""
         suffix = PurePosixPath(filepath).suffix.lower()
-        if filepath.lower().endswith(".weights.h5"):
+        if filepath.lower().endswith(WEIGHTS_SUFFIX):
             raise DatasetError(
                 f"'{filepath}' is a weights-only file name; use "
-                "kedro_keras.KerasWeightsDataset for '.weights.h5' files, or "
+                f"kedro_keras.KerasWeightsDataset for '{WEIGHTS_SUFFIX}' files, or "
                 f"name the whole model '*{KERAS_SUFFIX}'."
             )
         if suffix != KERAS_SUFFIX and suffix not in LEGACY_SUFFIXES:

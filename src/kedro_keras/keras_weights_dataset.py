@@ -7,22 +7,23 @@ from __future__ import annotations
 import json
 import math
 import time
-import uuid
-from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset.preview import TablePreview
+from kedro_keras._dataset.sharded_commit import save_sharded
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats import safe_configs as _safe_configs
 from kedro_keras._formats import sharded as _sharded
 from kedro_keras._formats import weights as _weights
 from kedro_keras._formats.safe_configs import UnsafeConfigError, refuse_unsafe_config
+from kedro_keras._formats.sharded import INDEX_SUFFIX
+from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io import progress as _progress
 from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._io.h5 import CorruptFileError, ShardReadError, stored_variable_groups
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-WEIGHTS_SUFFIX = ".weights.h5"
-SHARDED_SUFFIX = ".weights.json"
 ARCHITECTURE_SUFFIX = ".architecture.json"
 # GB of arrays per shard when a .weights.json entry gives no max_shard_size.
 # Each shard is laid out in memory before it is written (HDF5 must seek), so
@@ -164,11 +163,11 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 ``architecture`` is neither an import path nor a callable.
         """
         filepath = checked_filepath(filepath)
-        self._sharded = filepath.endswith(SHARDED_SUFFIX)
+        self._sharded = filepath.endswith(INDEX_SUFFIX)
         if not (filepath.endswith(WEIGHTS_SUFFIX) or self._sharded):
             raise DatasetError(
                 f"KerasWeightsDataset needs a file name ending in '{WEIGHTS_SUFFIX}' "
-                f"(Keras's weights format) or '{SHARDED_SUFFIX}' (sharded weights); got '{filepath}'."
+                f"(Keras's weights format) or '{INDEX_SUFFIX}' (sharded weights); got '{filepath}'."
             )
         if architecture is not None and not (isinstance(architecture, str) or callable(architecture)):
             raise DatasetError(
@@ -210,7 +209,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         elif "max_shard_size" in self._save_args:
             raise DatasetError(
                 f"save_args.max_shard_size is for sharded weights, but '{filepath}' is one "
-                f"'{WEIGHTS_SUFFIX}' file. Name it '...{SHARDED_SUFFIX}' to save an index plus "
+                f"'{WEIGHTS_SUFFIX}' file. Name it '...{INDEX_SUFFIX}' to save an index plus "
                 "shards, or remove max_shard_size."
             )
         else:
@@ -292,7 +291,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 raise DatasetError(f"Cannot read '{url}': permission denied ({exc}).") from exc
             except OSError as exc:
                 raise DatasetError(
-                    f"'{url}' is not a valid .weights.h5 file ({exc}): the file is truncated, "
+                    f"'{url}' is not a valid {WEIGHTS_SUFFIX} file ({exc}): the file is truncated, "
                     "corrupt, or in another format."
                 ) from exc
             except Exception as exc:
@@ -413,7 +412,15 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 "is not built yet, so it has no weights. Call it on data first."
             )
         if self._sharded:
-            self._save_sharded(data, weights_path)
+            save_sharded(
+                self._location,
+                data,
+                weights_path,
+                _architecture_path(weights_path),
+                versioned=self._version is not None,
+                max_shard_size=self._save_args["max_shard_size"],
+                include_optimizer=self._save_args["include_optimizer"],
+            )
             return
         architecture_path = _architecture_path(weights_path)
         start = time.monotonic()
@@ -527,143 +534,10 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             )
         if isinstance(error, OSError):
             return DatasetError(
-                f"'{shard_url}' (a shard of '{url}') is not a valid .weights.h5 file ({error}): "
+                f"'{shard_url}' (a shard of '{url}') is not a valid {WEIGHTS_SUFFIX} file ({error}): "
                 "the file is truncated, corrupt, or in another format."
             )
         return DatasetError(f"Cannot load the shard '{shard_url}' of '{url}': {error}")
-
-    def _save_sharded(self, data: keras.Model, index_path: PurePosixPath) -> None:
-        """Write shards, then publish the index, then tidy up.
-
-        Nothing the current index names is touched until the new index
-        replaces it in one step: the new shards have names of their own (a
-        new version's folder is empty, so there they get Keras's own names).
-        Only then are the shards the old index named, and the new one does
-        not, removed. A save that fails or dies before the index is
-        published leaves the previous weights loadable as they were, plus
-        shard files that no index names.
-        """
-        url = self._location.url(index_path)
-        directory = index_path.parent
-        base = _base_name(index_path)
-        prefix = f"{base}_" if self._version is not None else f"{base}_{uuid.uuid4().hex[:8]}_"
-        include_optimizer = self._save_args["include_optimizer"]
-        # Plain Keras opens this name first, whatever the index says.
-        first = f"{base}_00000{_sharded.SHARD_SUFFIX}"
-        written: list[str] = []
-
-        @contextmanager
-        def open_shard(name: str) -> Iterator[IO[bytes]]:
-            with self._location.atomic_write(directory / name, exclusive=True) as file:
-                yield file
-            written.append(name)
-
-        try:
-            index = _sharded.write_sharded_weights(
-                data,
-                shard_name=lambda position: f"{prefix}{position:05}{_sharded.SHARD_SUFFIX}",
-                open_shard=open_shard,
-                max_shard_size=self._save_args["max_shard_size"],
-                include_optimizer=include_optimizer,
-            )
-            architecture = _weights.architecture_json(data, include_optimizer)
-            index_json = _sharded.sharded_index_json(index, architecture, include_optimizer=include_optimizer)
-            replaced = self._shards_named_by(index_path)
-            # Unless a shard of ours has that name, an empty file stands
-            # there; if the current index (from plain Keras) has weights
-            # under it, only once that index is replaced.
-            empty_first = first not in written
-            empty_first_later = empty_first and first in (replaced or ())
-            if empty_first and not empty_first_later:
-                self._write_empty_shard(directory / first)
-            with self._location.atomic_write(index_path) as file:
-                file.write(index_json.encode())
-        except Exception as exc:
-            self._remove_quietly(directory, written)
-            raise DatasetError(
-                f"Could not save the weights of model '{data.name}' to '{url}': {exc}. "
-                "Any weights previously saved there are unchanged."
-            ) from exc
-        self._location.invalidate_cache(index_path)
-        self._after_publishing(data, index_path, architecture, replaced, written, empty_first_later)
-        logger.info("Saved weights of model '%s' to %s (%d shards)", data.name, url, len(written))
-
-    def _after_publishing(
-        self,
-        data: keras.Model,
-        index_path: PurePosixPath,
-        architecture: str,
-        replaced: set[str] | None,
-        written: list[str],
-        empty_first: bool,
-    ) -> None:
-        """The steps after the new index is published: none of them can
-        change what loads, so a failure is a warning, not a failed save."""
-        directory = index_path.parent
-        url = self._location.url(index_path)
-        architecture_path = _architecture_path(index_path)
-        try:
-            # For plain Keras users (keras.models.model_from_json); the
-            # dataset rebuilds from the copy inside the index.
-            with self._location.atomic_write(architecture_path) as file:
-                file.write(architecture.encode())
-        except Exception as exc:  # noqa: BLE001
-            logger.warning(
-                "Saved the weights of model '%s' to %s, but not its architecture to %s (%s); the "
-                "dataset rebuilds the model from the copy in the index.",
-                data.name,
-                url,
-                self._location.url(architecture_path),
-                exc,
-            )
-        first = f"{_base_name(index_path)}_00000{_sharded.SHARD_SUFFIX}"
-        if empty_first:
-            try:
-                self._write_empty_shard(directory / first)
-            except Exception as exc:  # noqa: BLE001
-                logger.warning("Could not empty %s, a shard of the previous save: %s", first, exc)
-        if replaced is None:
-            logger.warning(
-                "The index %s replaced was unreadable, so the shards it named (if any) are left in place.",
-                url,
-            )
-            return
-        self._remove_quietly(directory, sorted(replaced - set(written) - {first}))
-
-    def _shards_named_by(self, index_path: PurePosixPath) -> set[str] | None:
-        """The shards the index at ``index_path`` names: empty if there is
-        none, None if it cannot be read."""
-        try:
-            with self._location.open_read(index_path) as file:
-                named = _sharded.read_sharded_index(file).shards
-        except FileNotFoundError:
-            return set()
-        except Exception:  # noqa: BLE001 - a damaged index names nothing we can trust
-            return None
-        # Only names a save of this index gives its shards: an index planted
-        # beside it cannot make a save delete another model's file.
-        ours = {name for name in named if _sharded.is_shard_name_of(name, _base_name(index_path))}
-        if len(ours) < len(named):
-            logger.warning(
-                "The index %s named files that are not its shards (%s); they are left in place.",
-                self._location.url(index_path),
-                ", ".join(sorted(set(named) - ours)),
-            )
-        return ours
-
-    def _write_empty_shard(self, path: PurePosixPath) -> None:
-        with self._location.atomic_write(path) as file:
-            _sharded.write_empty_shard(file)
-
-    def _remove_quietly(self, directory: PurePosixPath, names: list[str]) -> None:
-        for name in names:
-            try:
-                self._location.remove(directory / name)
-            except FileNotFoundError:
-                pass
-            except Exception as exc:  # noqa: BLE001 - left behind, named by no index
-                logger.warning("Could not remove %s: %s", self._location.url(directory / name), exc)
-        self._location.invalidate_cache(directory)
 
     def preview(self, layers: int = _preview.DEFAULT_LAYERS_SHOWN) -> TablePreview:
         """What the stored weights are, for Kedro-Viz (as ``KerasModelDataset.preview``):
@@ -681,7 +555,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         rows = _preview.size_row(self._location.fs.info(str(path)).get("size"))
         if self._sharded:
             index = self._read_index(path)
-            return [("format", "sharded .weights.json"), *rows, ("shards", str(len(index.shards)))]
+            return [("format", f"sharded {INDEX_SUFFIX}"), *rows, ("shards", str(len(index.shards)))]
         config = None
         if self._location.exists(_architecture_path(path)):  # written beside the weights by every save
             config = json.loads(self._read_architecture_beside(path)[0])
@@ -694,7 +568,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         if self._architecture is not None:
             rows.append(("loaded into", f"the model {self._architecture} builds"))
         with self._location.open_read(path) as file:
-            return [("format", ".weights.h5"), *rows, *_preview.weights_rows(file, config, layers)]
+            return [("format", WEIGHTS_SUFFIX), *rows, *_preview.weights_rows(file, config, layers)]
 
     def _exists(self) -> bool:
         try:
@@ -714,7 +588,7 @@ def _architecture_path(weights_path: PurePosixPath) -> PurePosixPath:
 
 def _base_name(weights_path: PurePosixPath) -> str:
     """``clf`` for ``clf.weights.h5`` and ``clf.weights.json``."""
-    suffix = SHARDED_SUFFIX if weights_path.name.endswith(SHARDED_SUFFIX) else WEIGHTS_SUFFIX
+    suffix = INDEX_SUFFIX if weights_path.name.endswith(INDEX_SUFFIX) else WEIGHTS_SUFFIX
     return weights_path.name[: -len(suffix)]
 
 

@@ -31,7 +31,12 @@ import re
 import shutil
 from typing import IO, TYPE_CHECKING, Any, Callable
 
-from kedro_keras._formats.weights import Layout, kedro_keras_metadata, quiet_absent_optimizer_state
+from kedro_keras._formats.weights import (
+    WEIGHTS_SUFFIX,
+    Layout,
+    kedro_keras_metadata,
+    quiet_absent_optimizer_state,
+)
 from kedro_keras._io.h5 import (
     CHUNK,
     OPTIMIZER_GROUP,
@@ -51,7 +56,7 @@ from kedro_keras._keras.stores import shard_writer, sharded_read_store
 if TYPE_CHECKING:
     import keras
 
-SHARD_SUFFIX = ".weights.h5"
+INDEX_SUFFIX = ".weights.json"
 # An index is JSON a few MB at most; beyond this it is not one.
 _MAX_INDEX_BYTES = 256 * 2**20
 
@@ -120,11 +125,30 @@ def read_sharded_index(file: IO[bytes]) -> ShardedIndex:
     return ShardedIndex(document, checked)
 
 
+def index_base(index_name: str) -> str:
+    """``m`` for the index ``m.weights.json``: what its shards' names start with."""
+    return index_name[: -len(INDEX_SUFFIX)]
+
+
+def shard_name(base: str, position: int, save_id: str | None = None) -> str:
+    """The name a save of ``<base>.weights.json`` gives its shard at ``position``:
+    Keras's ``<base>_00000.weights.h5``, or ``<base>_<save_id>_00000.weights.h5``
+    for a save whose shard names must be its own (``save_id``: 8 hex digits)."""
+    prefix = f"{base}_" if save_id is None else f"{base}_{save_id}_"
+    return f"{prefix}{position:05}{WEIGHTS_SUFFIX}"
+
+
+def first_shard_name(index_name: str) -> str:
+    """``m_00000.weights.h5`` for the index ``m.weights.json``: the shard plain
+    Keras's loader opens first, whatever the index names."""
+    return shard_name(index_base(index_name), 0)
+
+
 def is_shard_name_of(name: str, base: str) -> bool:
     """Whether ``name`` is one a save of ``<base>.weights.json`` gives a shard:
     ``<base>_00000.weights.h5`` (Keras's names, and ours in a version folder)
     or ``<base>_<8 hex>_00000.weights.h5`` (ours beside an older index)."""
-    pattern = rf"{re.escape(base)}_([0-9a-f]{{8}}_)?\d{{5}}{re.escape(SHARD_SUFFIX)}"
+    pattern = rf"{re.escape(base)}_([0-9a-f]{{8}}_)?\d{{5}}{re.escape(WEIGHTS_SUFFIX)}"
     return re.fullmatch(pattern, name) is not None
 
 
@@ -141,12 +165,12 @@ def check_shard_name(name: str) -> None:
         or "\\" in name
         or "\x00" in name
         or name in (".", "..")
-        or not name.endswith(SHARD_SUFFIX)
+        or not name.endswith(WEIGHTS_SUFFIX)
         or len(name) > 255
     ):
         raise ValueError(
             f"refusing shard '{name}': a shard must be a plain file name ending in "
-            f"'{SHARD_SUFFIX}' in the index's own folder"
+            f"'{WEIGHTS_SUFFIX}' in the index's own folder"
         )
 
 
@@ -205,7 +229,7 @@ def _write_sharded_weights_public(
     """Fallback: ``save_weights(max_shard_size=)`` to a temp folder, then each
     shard copied out under our name, with our trailer (and without the
     optimizer's group for ``include_optimizer=False``)."""
-    with local_copy(".weights.json") as local_index:
+    with local_copy(INDEX_SUFFIX) as local_index:
         # Keras refuses a variable larger than a shard: raise the limit to the
         # largest variable (the fast path gives such a variable its own shard).
         largest = max((_variable_bytes(variable) for variable in model.weights), default=0)
@@ -327,7 +351,7 @@ def _read_sharded_weights_public(
 ) -> None:
     """Fallback: the index and its shards copied to a temp folder (each shard
     checked against its trailer on the way), then ``model.load_weights``."""
-    with local_copy(".weights.json") as local_index:
+    with local_copy(INDEX_SUFFIX) as local_index:
         folder = os.path.dirname(local_index)
         for name in index.shards:
             try:
@@ -340,7 +364,7 @@ def _read_sharded_weights_public(
                 raise ShardReadError(name, exc) from exc
             verified.add(name)
         # Keras opens '<base>_00000.weights.h5' first, whatever the index names.
-        first = os.path.basename(local_index)[: -len(".weights.json")] + "_00000" + SHARD_SUFFIX
+        first = first_shard_name(os.path.basename(local_index))
         if first not in index.shards:
             with open(os.path.join(folder, first), "wb") as file:
                 write_empty_shard(file)

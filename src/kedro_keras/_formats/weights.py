@@ -34,6 +34,8 @@ from kedro_keras._version import __version__
 if TYPE_CHECKING:
     import keras
 
+# Keras's weights file, and each shard of sharded weights.
+WEIGHTS_SUFFIX = ".weights.h5"
 # Per-variable-group layout: {"layers/dense": {"0": (4, 8), "1": (8,)}}.
 Layout = dict[str, dict[str, tuple[int, ...]]]
 
@@ -93,7 +95,7 @@ def write_weights(model: keras.Model, file: IO[bytes], *, include_optimizer: boo
         image = weights_image(model, None, include_optimizer=include_optimizer)
         write_h5_image(file, image.getbuffer().toreadonly())
         return
-    with local_copy(".weights.h5") as local_path:
+    with local_copy(WEIGHTS_SUFFIX) as local_path:
         model.save_weights(local_path)
         with open(local_path, "rb") as local_file:
             data = local_file.read()
@@ -187,7 +189,7 @@ def read_weights_into(model: keras.Model, file: IO[bytes], visited: set[int] | N
             verify(window)
         return
     check_all_datasets(window)
-    with local_copy(".weights.h5") as local_path:
+    with local_copy(WEIGHTS_SUFFIX) as local_path:
         with open(local_path, "wb") as local_file:
             shutil.copyfileobj(window, local_file, CHUNK)  # checks the checksum on the way
         verify(window)
