@@ -151,12 +151,12 @@ def small_parts(monkeypatch):
     512 MB would be sent, without making one. (Parts larger than loopback's
     socket buffers, so that a stalled part is seen as one.)"""
     import kedro_keras._io.files
-    import kedro_keras._io.s3
+    import kedro_keras._io.transfer
 
     monkeypatch.setattr(kedro_keras._io.files, "SINGLE_PUT_LIMIT", 16 * 2**20)
     monkeypatch.setattr(kedro_keras._io.files, "SINGLE_PUT_LIMIT_ONE_CONNECTION", 0)  # no probe part
-    monkeypatch.setattr(kedro_keras._io.s3, "PART_SIZE", 16 * 2**20)
-    monkeypatch.setattr(kedro_keras._io.s3, "_MIN_PART_SIZE", 16 * 2**20)
+    monkeypatch.setattr(kedro_keras._io.transfer, "PART_SIZE", 16 * 2**20)
+    monkeypatch.setattr(kedro_keras._io.transfer, "_MIN_PART_SIZE", 16 * 2**20)
 
 
 def uploads_in_progress(bucket, s3_credentials):

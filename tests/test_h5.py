@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from kedro_keras._io import h5 as _h5
-from kedro_keras._io.h5 import checked_dataset
+from kedro_keras._io.h5_guards import checked_dataset
 
 
 @pytest.fixture

@@ -155,11 +155,11 @@ def test_a_save_cut_off_by_the_network_keeps_the_previous_model(
 
     if size == "large-own-parts":
         import kedro_keras._io.files
-        import kedro_keras._io.s3
+        import kedro_keras._io.transfer
 
         monkeypatch.setattr(kedro_keras._io.files, "SINGLE_PUT_LIMIT", 5 * MB)
         monkeypatch.setattr(kedro_keras._io.files, "SINGLE_PUT_LIMIT_ONE_CONNECTION", 0)  # no probe part
-        monkeypatch.setattr(kedro_keras._io.s3, "PART_SIZE", 5 * MB)
+        monkeypatch.setattr(kedro_keras._io.transfer, "PART_SIZE", 5 * MB)
     old, new = models[size.removesuffix("-own-parts")]
     direct = s3fs.S3FileSystem(**s3_credentials)
     bucket = s3_bucket.removeprefix("s3://")

@@ -104,7 +104,7 @@ def test_an_object_replaced_while_streaming_is_an_error_not_a_mix(remote_bytes):
 def test_gather_buffer_is_a_seekable_file_that_zipfile_can_write(tmp_path):
     import zipfile
 
-    from kedro_keras._io.remote import GatherBuffer
+    from kedro_keras._io.upload import GatherBuffer
 
     big = memoryview(bytes(range(256)) * (8 * 1024)).toreadonly()  # 2 MB, read-only
     gathered = GatherBuffer()
@@ -125,7 +125,7 @@ def test_gather_buffer_is_a_seekable_file_that_zipfile_can_write(tmp_path):
 
 def test_gather_buffer_copies_writable_buffers():
     """A caller may reuse a writable buffer after write() returns."""
-    from kedro_keras._io.remote import GatherBuffer
+    from kedro_keras._io.upload import GatherBuffer
 
     reused = bytearray(b"a" * (2 * MB))
     gathered = GatherBuffer()
@@ -289,9 +289,9 @@ class TestSpooledUploads:
 
         from conftest import assert_same_predictions
         from kedro_keras import KerasModelDataset
-        from kedro_keras._io import remote as _remote
+        from kedro_keras._io import upload as _upload
 
-        monkeypatch.setattr(_remote.GatherBuffer, "__init__", never_in_memory)
+        monkeypatch.setattr(_upload.GatherBuffer, "__init__", never_in_memory)
         dataset = KerasModelDataset(filepath=f"{s3_bucket}/m.keras", credentials=s3_credentials)
         dataset.save(trained_model)
         loaded = dataset.load()
@@ -312,11 +312,11 @@ class TestSpooledUploads:
 
         from kedro_keras import KerasWeightsDataset
         from kedro_keras._io import files as _files
-        from kedro_keras._io import s3 as _s3
+        from kedro_keras._io import transfer as _transfer
 
         monkeypatch.setattr(_files, "SINGLE_PUT_LIMIT", 5 * MB)
         monkeypatch.setattr(_files, "SINGLE_PUT_LIMIT_ONE_CONNECTION", 0)  # no probe part
-        monkeypatch.setattr(_s3, "PART_SIZE", 5 * MB)
+        monkeypatch.setattr(_transfer, "PART_SIZE", 5 * MB)
         inputs = keras.Input((1024,))
         model = keras.Model(inputs, keras.layers.Dense(3072)(inputs))  # 12.6 MB of weights
         path = f"{s3_bucket}/m.weights.h5"
@@ -332,11 +332,11 @@ class TestSpooledUploads:
         self, s3_bucket, s3_credentials, trained_model, monkeypatch
     ):
         from kedro_keras import KerasModelDataset
-        from kedro_keras._io import remote as _remote
+        from kedro_keras._io import upload as _upload
 
         made = []
-        init = _remote.GatherBuffer.__init__
-        monkeypatch.setattr(_remote.GatherBuffer, "__init__", lambda self: made.append(1) or init(self))
+        init = _upload.GatherBuffer.__init__
+        monkeypatch.setattr(_upload.GatherBuffer, "__init__", lambda self: made.append(1) or init(self))
         KerasModelDataset(filepath=f"{s3_bucket}/m.keras", credentials=s3_credentials).save(trained_model)
         assert made == [1]
 
@@ -356,10 +356,10 @@ class TestParallelTransfers:
 
     @pytest.fixture
     def every_stream_is_slow(self, monkeypatch):
-        from kedro_keras._io import s3 as _s3
+        from kedro_keras._io import transfer as _transfer
 
-        monkeypatch.setattr(_s3, "ONE_STREAM_IS_ENOUGH", float("inf"))
-        monkeypatch.setattr(_s3, "ONE_UPLOAD_IS_ENOUGH", float("inf"))
+        monkeypatch.setattr(_transfer, "ONE_STREAM_IS_ENOUGH", float("inf"))
+        monkeypatch.setattr(_transfer, "ONE_UPLOAD_IS_ENOUGH", float("inf"))
 
     @staticmethod
     def _in_flight(monkeypatch):
@@ -406,7 +406,8 @@ class TestParallelTransfers:
         # Ranges would start beside the timed stream only if it were still
         # at its first bytes when a fast one would be done: moto reads the
         # whole object for each range.
-        monkeypatch.setattr(_s3_module(), "ONE_STREAM_IS_ENOUGH", 1.0)  # bytes per second: any stream is fast
+        # Bytes per second: any stream is fast.
+        monkeypatch.setattr(_transfer_module(), "ONE_STREAM_IS_ENOUGH", 1.0)
         monkeypatch.setattr(_remote_module(), "_PARALLEL_FROM", 4 * MB)
         location, data = remote_bytes
         calls = _count_get_requests(location)
@@ -521,11 +522,12 @@ class TestParallelTransfers:
         LAN) gets one PUT after the first part; on a slow link it goes on in parts."""
         import numpy as np
 
-        from kedro_keras._io import s3 as _s3
+        from kedro_keras._io import transfer as _transfer
 
         # The judgement is the store's speed against a bar; the bar is moved
         # rather than the store, so a loaded CI machine cannot flip it.
-        monkeypatch.setattr(_s3, "ONE_UPLOAD_IS_ENOUGH", 0.0 if one_connection_is_fast else float("inf"))
+        bar = 0.0 if one_connection_is_fast else float("inf")
+        monkeypatch.setattr(_transfer, "ONE_UPLOAD_IS_ENOUGH", bar)
         location = Location(f"{s3_bucket}/probed.bin", credentials=s3_credentials)
         calls, parts = [], []
         location.fs.s3.meta.events.register(
@@ -577,7 +579,7 @@ def _remote_module():
     return _remote
 
 
-def _s3_module():
-    from kedro_keras._io import s3 as _s3
+def _transfer_module():
+    from kedro_keras._io import transfer as _transfer
 
-    return _s3
+    return _transfer

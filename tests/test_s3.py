@@ -1,8 +1,8 @@
-"""How large arrays and uploads are cut into parts (``_s3.part_size``)."""
+"""How large arrays and uploads are cut into parts (``transfer.part_size``)."""
 
 import pytest
 
-from kedro_keras._io.s3 import PART_SIZE, part_size
+from kedro_keras._io.transfer import PART_SIZE, part_size
 
 MiB = 2**20
 

@@ -22,7 +22,8 @@ from kedro_keras._formats import safe_configs as _safe_configs
 from kedro_keras._formats import weights as _weights
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io.files import Location, checked_filepath
-from kedro_keras._io.h5 import CorruptFileError, stored_variable_groups
+from kedro_keras._io.h5 import CorruptFileError
+from kedro_keras._io.h5_guards import stored_variable_groups
 from kedro_keras._log import get_logger, printable
 from kedro_keras.keras_model_dataset import KerasModelDataset
 from kedro_keras.keras_timestamped_model_dataset import check_keep_last

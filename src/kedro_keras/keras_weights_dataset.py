@@ -26,7 +26,8 @@ from kedro_keras._formats.sharded import INDEX_SUFFIX
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io import progress as _progress
 from kedro_keras._io.files import Location, checked_filepath
-from kedro_keras._io.h5 import CorruptFileError, ShardReadError, stored_variable_groups
+from kedro_keras._io.h5 import CorruptFileError, ShardReadError
+from kedro_keras._io.h5_guards import stored_variable_groups
 from kedro_keras._keras import build as _keras_build
 from kedro_keras._log import get_logger
 from kedro_keras.keras_model_dataset import _check_is_model, unknown_class_hint

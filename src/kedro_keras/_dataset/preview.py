@@ -23,7 +23,8 @@ from kedro_keras._formats.archive import (
     _member_reader,
     _refuse_hostile_members,
 )
-from kedro_keras._io.h5 import OPTIMIZER_GROUP, array_headers
+from kedro_keras._io.h5 import OPTIMIZER_GROUP
+from kedro_keras._io.h5_guards import array_headers
 from kedro_keras._io.progress import size_text
 from kedro_keras._log import printable
 

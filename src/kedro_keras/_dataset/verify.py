@@ -35,16 +35,8 @@ from kedro.io.core import DatasetError
 from kedro_keras._dataset.export_folder import read_manifest
 from kedro_keras._dataset.preview import refuse_hostile_archive
 from kedro_keras._formats.archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader
-from kedro_keras._io.h5 import (
-    CHUNK,
-    CorruptFileError,
-    Window,
-    array_headers,
-    bounded,
-    check_all_datasets,
-    checked_dataset,
-    h5_window,
-)
+from kedro_keras._io.h5 import CHUNK, CorruptFileError, Window, bounded, h5_window
+from kedro_keras._io.h5_guards import array_headers, check_all_datasets, checked_dataset
 from kedro_keras._log import printable
 
 # kedro-keras's SavedModel manifests list a few dozen files, sharded weights

@@ -37,12 +37,12 @@ from kedro_keras._io.h5 import (
     CHUNK,
     Window,
     bounded,
-    check_all_datasets,
     region_crc32,
     verify,
     without_optimizer_group,
     writes_in_place,
 )
+from kedro_keras._io.h5_guards import check_all_datasets
 from kedro_keras._keras import saving as _keras_saving
 from kedro_keras._keras.build import build_model_and_fill, build_optimizer, portable_compile_config
 from kedro_keras._keras.saving import local_copy

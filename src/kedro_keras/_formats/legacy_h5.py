@@ -24,14 +24,8 @@ from kedro_keras._formats.safe_configs import (
     printable,
     refuse_unsafe_config,
 )
-from kedro_keras._io.h5 import (
-    bounded,
-    check_all_datasets,
-    h5_window,
-    read_all_headers,
-    verify,
-    write_h5_image,
-)
+from kedro_keras._io.h5 import bounded, h5_window, verify, write_h5_image
+from kedro_keras._io.h5_guards import check_all_datasets, read_all_headers
 from kedro_keras._keras import saving as _keras_saving
 from kedro_keras._keras.saving import local_copy
 from kedro_keras._log import get_logger

@@ -41,13 +41,12 @@ from kedro_keras._io.h5 import (
     CHUNK,
     OPTIMIZER_GROUP,
     ShardReadError,
-    check_all_datasets,
     h5_window,
-    stored_variable_groups,
     verify,
     without_optimizer_group,
     write_h5_image,
 )
+from kedro_keras._io.h5_guards import check_all_datasets, stored_variable_groups
 from kedro_keras._keras import saving as _keras_saving
 from kedro_keras._keras.build import build_optimizer
 from kedro_keras._keras.saving import local_copy

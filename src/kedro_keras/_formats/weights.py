@@ -17,7 +17,6 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 from kedro_keras._io.h5 import (
     CHUNK,
     FileRegion,
-    check_all_datasets,
     finish_h5_in_place,
     h5_window,
     verify,
@@ -25,6 +24,7 @@ from kedro_keras._io.h5 import (
     write_h5_image,
     writes_in_place,
 )
+from kedro_keras._io.h5_guards import check_all_datasets
 from kedro_keras._keras import saving as _keras_saving
 from kedro_keras._keras.build import build_optimizer
 from kedro_keras._keras.saving import local_copy

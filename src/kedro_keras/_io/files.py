@@ -28,22 +28,15 @@ from kedro.io.core import DatasetError, Version, get_protocol_and_path
 
 from kedro_keras._io import progress as _progress
 from kedro_keras._io.progress import NO_PROGRESS, Transfer, _NoProgress
-from kedro_keras._io.remote import (
+from kedro_keras._io.remote import FileChangedError, RemoteReader
+from kedro_keras._io.s3 import bound_retries, multipart_put, single_put
+from kedro_keras._io.transfer import (
     SINGLE_PUT_LIMIT,
     SINGLE_PUT_LIMIT_ONE_CONNECTION,
-    FileChangedError,
-    GatherBuffer,
-    RemoteReader,
-    SpooledUpload,
-    Uploadable,
-)
-from kedro_keras._io.s3 import (
     OneConnectionIsEnough,
     TransferOptions,
-    bound_retries,
-    multipart_put,
-    single_put,
 )
+from kedro_keras._io.upload import GatherBuffer, SpooledUpload, Uploadable
 
 __all__ = ["FileChangedError", "GatherBuffer", "Location"]
 

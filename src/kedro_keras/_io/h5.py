@@ -5,7 +5,8 @@ A ``.keras`` archive stores its weights as an uncompressed HDF5 member, and
 ``.h5``/``.weights.h5`` files are HDF5 images followed by our CRC-32
 trailer. Either way HDF5 reads through a ``Window`` on the open (local or
 remote) file, which checks the CRC-32 as HDF5 reads. Nothing here imports
-Keras or knows where a file lives.
+Keras or knows where a file lives. The header walk and the checks on what
+the headers declare are in ``h5_guards``.
 """
 
 from __future__ import annotations
@@ -30,12 +31,6 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Pieces in which a buffer is written out or re-read for its checksum:
 # bounds the transient copy each makes.
 CHUNK = 64 * 2**20
-
-# Damaged files can make groups link back to each other or nest without end.
-MAX_GROUP_DEPTH = 32
-# Groups and arrays a header walk visits: a model with thousands of layers and
-# its optimizer's state stays far below, and a walk past it takes minutes.
-MAX_ENTRIES = 1_000_000
 
 
 class CorruptFileError(ValueError):
@@ -64,7 +59,7 @@ class Window(io.BytesIO):
     def __init__(self, file: IO[bytes], offset: int, size: int, expected_crc: int | None = None) -> None:
         super().__init__()
         self._file, self._offset, self._size, self._position = file, offset, size, 0
-        # Local files and _files.RemoteReader read straight into the caller's
+        # Local files and remote.RemoteReader read straight into the caller's
         # buffer; fsspec's buffered files implement readinto as read-then-copy.
         self._direct = not isinstance(file, AbstractBufferedFile) and hasattr(file, "readinto")
         self.on_local_disk = _is_regular_file(file)
@@ -423,29 +418,6 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any, prefault: bool = True) -> 
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def read_all_headers(h5_file: Any) -> None:
-    import h5py
-
-    seen: set[Any] = set()
-
-    def visit(item: Any, depth: int) -> None:
-        for key in item.attrs:
-            item.attrs[key]
-        if not isinstance(item, h5py.Group) or depth > MAX_GROUP_DEPTH:
-            return
-        info = h5py.h5o.get_info(item.id)
-        address = getattr(info, "token", None) or info.addr
-        if address in seen:
-            return
-        seen.add(address)
-        for name in item:
-            child = item.get(name, getlink=True)
-            if isinstance(child, h5py.HardLink):
-                visit(item[name], depth + 1)
-
-    visit(h5_file, 0)
-
-
 def without_optimizer_group(h5_bytes: bytes) -> bytes:
     import h5py
 
@@ -459,79 +431,6 @@ def without_optimizer_group(h5_bytes: bytes) -> bytes:
     return target_buffer.getvalue()
 
 
-# Keras 2.13 files name the layers' groups after its checkpoint tracking;
-# Keras 3 reads them under 'layers' (H5IOStore.get), so compare them so too.
-_KERAS_2_13_LAYERS = "_layer_checkpoint_dependencies"
-
-
-def stored_variable_groups(file: IO[bytes]) -> dict[str, dict[str, tuple[int, ...]]]:
-    """The arrays of a ``.weights.h5`` image, by Keras's variable path.
-
-    ``{"layers/dense": {"0": (4, 8), "1": (8,)}}`` for each ``.../vars``
-    group outside the optimizer's: a builder's model is compared on its
-    own state. Headers only, no array is read.
-    """
-    return {
-        path: {key: shape for key, (shape, _) in arrays.items()}
-        for path, arrays in array_headers(file).items()
-        if path != OPTIMIZER_GROUP and not path.startswith(f"{OPTIMIZER_GROUP}/")
-    }
-
-
-def array_headers(file: IO[bytes]) -> dict[str, dict[str, tuple[tuple[int, ...], int]]]:
-    """Every ``.../vars`` group of a ``.weights.h5`` image (the optimizer's
-    too): ``{path: {key: (shape, bytes per item)}}``, from the headers only.
-    An explicit walk, not h5py's ``visititems``, which loops forever on a
-    damaged file whose groups link back to each other.
-    """
-    import h5py
-
-    found: dict[str, dict[str, tuple[tuple[int, ...], int]]] = {}
-    seen: set[Any] = set()
-    entries = 0
-
-    def hard_link(group: Any, path: str, name: str) -> None:
-        # Following a soft or external link opens whatever it names: another
-        # file, or a FIFO that never answers. Keras writes none.
-        link = group.get(name, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            where = f"{path}/{name}" if path else name
-            raise ValueError(f"refusing '{where}': it is a {type(link).__name__}, not data in this file")
-        nonlocal entries
-        entries += 1
-        if entries > MAX_ENTRIES:
-            raise ValueError(f"the file holds more than {MAX_ENTRIES} entries, far more than a Keras model's")
-
-    def walk(group: Any, path: str, depth: int) -> None:
-        if depth > MAX_GROUP_DEPTH:
-            raise ValueError(f"the file's groups nest more than {MAX_GROUP_DEPTH} deep: it is damaged")
-        for name in group:
-            hard_link(group, path, name)
-            item = group[name]
-            if not isinstance(item, h5py.Group):
-                continue
-            info = h5py.h5o.get_info(item.id)
-            address = getattr(info, "token", None) or info.addr
-            if address in seen:
-                raise ValueError(f"group '{path}/{name}' is reached twice: the file is damaged")
-            seen.add(address)
-            if name == "vars":
-                arrays = {}
-                for key in item:
-                    hard_link(item, f"{path}/{name}", key)
-                    value = item[key]
-                    if isinstance(value, h5py.Dataset):
-                        arrays[key] = (tuple(value.shape), value.dtype.itemsize)
-                found.setdefault(path.replace(_KERAS_2_13_LAYERS, "layers"), {}).update(arrays)
-            else:
-                walk(item, f"{path}/{name}" if path else name, depth + 1)
-
-    with h5py.File(bounded(file), "r") as h5_file:
-        walk(h5_file, "", 0)
-    file.seek(0)
-    return found
-
-
 class ShardReadError(Exception):
     """Reading one shard of sharded weights failed: ``shard`` names it, ``error`` says why."""
 
@@ -539,71 +438,3 @@ class ShardReadError(Exception):
         super().__init__(f"shard '{shard}': {error}")
         self.shard = shard
         self.error = error
-
-
-# A dataset may declare far more than the file stores (an unwritten dataset
-# reads as zeros): a 7 KB file could make a load allocate gigabytes. Keras's
-# files store every array uncompressed, so declared and stored sizes match.
-_BOMB_FLOOR = 2**20
-_MAX_EXPANSION = 16
-
-
-def checked_dataset(group: Any, key: str) -> Any:
-    """The dataset ``key`` of ``group``, refused unless it is plain data in
-    this file: no link, no external or virtual storage, and no declared
-    size far beyond what the file stores. Checked before anything is
-    allocated, whatever Keras version is installed (Keras's own
-    ``safe_get_h5_dataset`` is missing from several)."""
-    import h5py
-
-    link = group.get(key, getlink=True)
-    if link is None:
-        raise KeyError(key)
-    if not isinstance(link, h5py.HardLink):
-        raise ValueError(f"refusing '{key}': it is a {type(link).__name__}, not data in this file")
-    dataset = group[key]
-    if not isinstance(dataset, h5py.Dataset):
-        raise ValueError(f"refusing '{key}': expected an array, found a {type(dataset).__name__}")
-    if dataset.is_virtual or dataset.external:
-        raise ValueError(f"refusing '{key}': its data lives outside this file")
-    declared = dataset.size * dataset.dtype.itemsize
-    stored = dataset.id.get_storage_size()
-    if declared > _BOMB_FLOOR and declared > _MAX_EXPANSION * stored:
-        raise ValueError(
-            f"refusing '{key}': it declares {declared} bytes ({dataset.shape}) but the file stores "
-            f"{stored}: the file is damaged or built to exhaust memory"
-        )
-    return dataset
-
-
-def check_all_datasets(file: IO[bytes]) -> None:
-    """``checked_dataset`` on every array of an HDF5 image (headers only).
-
-    For the paths where Keras's own code reads the arrays (the public-API
-    fallback, legacy ``.h5``): a file that declares more than it stores, or
-    keeps its data elsewhere, is refused before Keras allocates anything.
-    """
-    import h5py
-
-    seen: set[Any] = set()
-
-    def walk(group: Any, depth: int) -> None:
-        if depth > MAX_GROUP_DEPTH:
-            raise ValueError(f"the file's groups nest more than {MAX_GROUP_DEPTH} deep: it is damaged")
-        for name in group:
-            link = group.get(name, getlink=True)
-            if not isinstance(link, h5py.HardLink):
-                checked_dataset(group, name)  # refuses it, naming the kind of link
-            item = group[name]
-            if isinstance(item, h5py.Group):
-                info = h5py.h5o.get_info(item.id)
-                address = getattr(info, "token", None) or info.addr
-                if address not in seen:
-                    seen.add(address)
-                    walk(item, depth + 1)
-            else:
-                checked_dataset(group, name)
-
-    with h5py.File(bounded(file), "r") as h5_file:
-        walk(h5_file, 0)
-    file.seek(0)

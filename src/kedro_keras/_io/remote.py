@@ -1,17 +1,13 @@
-"""Remote files read and written the way object stores like: the fsspec
-half of the I/O layer that is about bytes in flight.
-
-``RemoteReader`` serves a model read (almost front to back) from one
-streaming GET; ``GatherBuffer`` holds a file to upload mostly by reference
-to the caller's buffers. The s3fs internals they use are in ``_s3``.
+"""Remote files read the way object stores like: ``RemoteReader`` serves a
+model read (almost front to back) from one streaming GET, with concurrent
+ranged GETs for large reads. The s3fs internals it uses are in ``s3``, the
+transfer options and part sizes in ``transfer``; uploads are ``upload``'s.
 """
 
 from __future__ import annotations
 
 import gc
-import io
 import mmap
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -19,13 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from kedro_keras._io import s3 as _s3
+from kedro_keras._io import transfer as _transfer
 from kedro_keras._io.progress import NO_PROGRESS, Transfer, _NoProgress
-from kedro_keras._io.s3 import TransferOptions, ranged_filler, stream_opener
-
-# --------------------------------------------------------------------------
-# Remote reads
-# --------------------------------------------------------------------------
+from kedro_keras._io.s3 import ranged_filler, stream_opener
+from kedro_keras._io.transfer import STREAM_PIECE, SizedFile, TransferOptions
 
 # A read this far past the stream is served by a ranged request instead of
 # holding everything in between (the zip directory at the end of the file).
@@ -47,9 +40,6 @@ _SMALL_CACHE_BYTES = 16 * 2**20
 _RANGE_PIECE = 64 * 2**20
 
 
-_STREAM_PIECE = 8 * 2**20
-
-
 _STREAM_ATTEMPTS = 3
 
 
@@ -57,7 +47,7 @@ _STREAM_ATTEMPTS = 3
 # fetched as concurrent ranged GETs of 8 to 64 MiB each.
 _PARALLEL_FROM = 16 * 2**20
 
-# ...unless one stream already carries _s3.ONE_STREAM_IS_ENOUGH: the first
+# ...unless one stream already carries _transfer.ONE_STREAM_IS_ENOUGH: the first
 # large read measures the stream on its first _STREAM_PROBE bytes.
 # Not smaller: bytes that arrived while the model was being built wait in
 # the socket's buffers and read at memory speed (a 2 MiB probe took a
@@ -65,38 +55,11 @@ _PARALLEL_FROM = 16 * 2**20
 _STREAM_PROBE = 8 * 2**20
 
 
-class _SizedFile(io.RawIOBase):
-    """A seekable binary file of ``size`` bytes whose reads go through ``readinto``."""
-
-    size: int
-    _position: int
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
-        self._position = max(0, base + position)
-        return self._position
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            size = self.size - self._position
-        buffer = bytearray(max(0, min(size, self.size - self._position)))
-        return bytes(memoryview(buffer)[: self.readinto(buffer)])
-
-
 class FileChangedError(OSError):
     """The object was replaced between two reads of one load."""
 
 
-class RemoteReader(_SizedFile):
+class RemoteReader(SizedFile):
     """A remote fsspec file read as one stream where the reads allow it.
 
     A model file is read almost front to back: the zip directory at the end
@@ -216,7 +179,7 @@ class RemoteReader(_SizedFile):
 
     def _ranges_pay(self) -> bool:
         """Until the stream is timed, and after, unless one stream is fast enough."""
-        return self._stream_rate is None or self._stream_rate < _s3.ONE_STREAM_IS_ENOUGH
+        return self._stream_rate is None or self._stream_rate < _transfer.ONE_STREAM_IS_ENOUGH
 
     def _probe_stream(self, position: int, target: memoryview) -> int:
         """Serve the first bytes of a large read from the stream, timing it."""
@@ -245,7 +208,7 @@ class RemoteReader(_SizedFile):
         probed = threading.Event()
 
         def rest_unless_probed_in_time() -> bool:
-            if probed.wait(_s3.seconds_at(probe.nbytes, _s3.ONE_STREAM_IS_ENOUGH)):
+            if probed.wait(_transfer.seconds_at(probe.nbytes, _transfer.ONE_STREAM_IS_ENOUGH)):
                 return False
             self._fill_parallel_ranges(position + probe.nbytes, rest)
             return True
@@ -275,7 +238,7 @@ class RemoteReader(_SizedFile):
 
     def _fill_parallel_ranges(self, position: int, target: memoryview) -> None:
         concurrency = self._options.concurrency
-        part = _s3.part_size(target.nbytes, concurrency, self._options.part_size)
+        part = _transfer.part_size(target.nbytes, concurrency, self._options.part_size)
         assert self._fill_ranges is not None
         try:
             self._fill_ranges(position, target, part, concurrency)
@@ -348,7 +311,7 @@ class RemoteReader(_SizedFile):
             try:
                 if self._stream is None:
                     self._stream = self._open_stream(self._stream_position)
-                count = self._stream.readinto(target[done : done + _STREAM_PIECE])
+                count = self._stream.readinto(target[done : done + STREAM_PIECE])
                 failures = 0  # a stream that moves on is healthy again
             except Exception as exc:  # a dropped connection: resume where it stopped
                 self._close_stream()
@@ -423,196 +386,3 @@ def _garbage_collection_paused() -> Iterator[None]:
             _gc_pause_users -= 1
             if _gc_pause_users == 0 and _gc_was_enabled:
                 gc.enable()
-
-
-# --------------------------------------------------------------------------
-# Remote writes
-# --------------------------------------------------------------------------
-
-# Up to this size an object goes up in one PUT: all or nothing by itself,
-# one request, and no orphaned parts (which stay billed) if the process dies
-# mid-upload. Beyond it, a multipart upload's concurrent parts win: one
-# connection carries a fraction of a real store's link. (On moto, which
-# copies the parts again on completion, one PUT would be faster.) With
-# fs_args.concurrency 1 there is nothing to win below 512 MiB; with
-# fs_args.part_size, anything larger than one part goes in parts.
-SINGLE_PUT_LIMIT = 64 * 2**20
-SINGLE_PUT_LIMIT_ONE_CONNECTION = 512 * 2**20
-
-
-# Writes at least this large are kept by reference when the buffer is read-only.
-_BY_REFERENCE = 2**20
-
-
-class Uploadable(_SizedFile):
-    """A file an upload reads, in one request or in parts read concurrently,
-    and tells ``progress`` how far it has got."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._position = 0
-        self.progress: Transfer | _NoProgress = NO_PROGRESS
-        self._parts_read: dict[int, int] = {}  # a part's start: how much of it has been read
-
-    def read_at(self, position: int, buffer: Any) -> int:
-        raise NotImplementedError
-
-    def readinto(self, buffer: Any) -> int:
-        count = self.read_at(self._position, buffer)
-        self._position += count
-        self.progress.at(self._position)
-        return count
-
-    def part(self, start: int, size: int) -> _Part:
-        """Bytes ``start`` to ``start + size`` as a file of their own, with its
-        own position (an upload's parts may be read concurrently)."""
-        return _Part(self, start, size)
-
-    def _part_read(self, start: int, count: int) -> None:
-        self._parts_read[start] = count
-        self.progress.at(sum(self._parts_read.values()))
-
-
-class GatherBuffer(Uploadable):
-    """A seekable in-memory file that keeps large read-only writes by reference.
-
-    Writing a model's archive copies its small parts (zip headers, config)
-    and only references the weights' read-only buffer, so sending the file
-    needs no second copy of the model in memory.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pieces: list[bytes | bytearray | memoryview] = []
-        self._starts: list[int] = []
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        if self._position < self.size:
-            self._overwrite(view)  # zipfile rewrites a member's local header
-            return view.nbytes
-        if self._position > self.size:
-            self.write_zeros(self._position - self.size)
-        if isinstance(data, bytes) or (view.readonly and view.nbytes >= _BY_REFERENCE):
-            self._append(view)
-        elif self._pieces and isinstance(self._pieces[-1], bytearray):
-            self._pieces[-1] += view
-            self.size += view.nbytes
-        else:
-            self._append(bytearray(view))
-        self._position = self.size
-        return view.nbytes
-
-    def write_zeros(self, count: int) -> None:
-        self._position = self.size
-        self.write(bytearray(count))
-
-    def _append(self, piece: Any) -> None:
-        self._pieces.append(piece)
-        self._starts.append(self.size)
-        self.size += len(piece) if not isinstance(piece, memoryview) else piece.nbytes
-        self._position = self.size
-
-    def _overwrite(self, view: memoryview) -> None:
-        end = self._position + view.nbytes
-        if end > self.size:
-            raise io.UnsupportedOperation("a rewrite may not extend the file")
-        for index, start in enumerate(self._starts):
-            piece = self._pieces[index]
-            piece_end = start + (piece.nbytes if isinstance(piece, memoryview) else len(piece))
-            if piece_end <= self._position or start >= end:
-                continue
-            if not isinstance(piece, bytearray):
-                piece = self._pieces[index] = bytearray(piece)  # rare: small pieces only
-            lo, hi = max(start, self._position), min(piece_end, end)
-            piece[lo - start : hi - start] = view[lo - self._position : hi - self._position]
-        self._position = end
-
-    def pieces(self) -> Iterator[memoryview]:
-        """The file's bytes, in order, without copying them."""
-        for piece in self._pieces:
-            yield memoryview(piece)
-
-    def read_at(self, position: int, buffer: Any) -> int:
-        """Fill ``buffer`` from ``position`` on, leaving the file's position alone."""
-        target = memoryview(buffer).cast("B")
-        done = 0
-        for index in range(self._piece_at(position), len(self._pieces)):
-            if done == target.nbytes:
-                break
-            piece = memoryview(self._pieces[index])
-            offset = position - self._starts[index]
-            count = min(target.nbytes - done, piece.nbytes - offset)
-            target[done : done + count] = piece[offset : offset + count]
-            done += count
-            position += count
-        return done
-
-    def _piece_at(self, position: int) -> int:
-        import bisect
-
-        return max(0, bisect.bisect_right(self._starts, position) - 1)
-
-
-class SpooledUpload(Uploadable):
-    """A file written to local disk first, uploaded from there.
-
-    For models whose image would take more memory than a save may: HDF5
-    writes the model into the local file in place, one array at a time, and
-    the upload reads it back a part at a time. Offers what an upload needs
-    of a ``GatherBuffer``: ``read_at``, ``part``, ``pieces``, ``progress``.
-    """
-
-    def __init__(self, file: Any) -> None:
-        super().__init__()
-        file.flush()
-        self._file = file
-        self.size = os.fstat(file.fileno()).st_size
-        self._lock = threading.Lock()  # parts may be read concurrently
-
-    def read_at(self, position: int, buffer: Any) -> int:
-        """Fill ``buffer`` from ``position`` on, leaving the file's position alone."""
-        target = memoryview(buffer).cast("B")[: max(0, self.size - position)]
-        done = 0
-        with self._lock:
-            self._file.seek(position)
-            while done < target.nbytes:
-                count = self._file.readinto(target[done:])
-                if not count:
-                    break
-                done += count
-        return done
-
-    def pieces(self) -> Iterator[memoryview]:
-        """The file's bytes in order, one piece in memory at a time."""
-        for start in range(0, self.size, _STREAM_PIECE):
-            piece = bytearray(min(_STREAM_PIECE, self.size - start))
-            yield memoryview(piece)[: self.read_at(start, piece)]
-
-
-class _Part(_SizedFile):
-    """A stretch of an ``Uploadable``, read without copying the rest."""
-
-    def __init__(self, whole: Uploadable, start: int, size: int) -> None:
-        super().__init__()
-        self._whole, self._start, self.size = whole, start, size
-        self._position = 0
-        # When the body was last rewound: an upload reads it from the start,
-        # after botocore's set-up and (over HTTP) its signing pass over it.
-        self.sent_from: float = time.monotonic()
-
-    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
-        if position == 0 and whence == io.SEEK_SET:
-            self.sent_from = time.monotonic()
-        return super().seek(position, whence)
-
-    def readinto(self, buffer: Any) -> int:
-        target = memoryview(buffer).cast("B")[: max(0, self.size - self._position)]
-        count = self._whole.read_at(self._start + self._position, target)
-        self._position += count
-        self._whole._part_read(self._start, self._position)
-        return count

@@ -9,26 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from kedro_keras._io import transfer as _transfer
+from kedro_keras._io.transfer import (
+    PROBE_PART_SIZE,
+    OneConnectionIsEnough,
+    TransferOptions,
+    part_size,
+    seconds_at,
+)
 from kedro_keras._log import get_logger
 
 if TYPE_CHECKING:
-    from kedro_keras._io.remote import Uploadable
+    from kedro_keras._io.upload import Uploadable
 
 logger = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class TransferOptions:
-    """How an entry moves bytes to and from an object store (its ``fs_args``)."""
-
-    stall_seconds: float
-    # Requests in flight at once for one large read or upload (1: one stream).
-    concurrency: int = 8
-    # Bytes per ranged GET or uploaded part; None: chosen from the size.
-    part_size: int | None = None
 
 
 class StalledError(ConnectionError):
@@ -204,51 +200,6 @@ class _S3Stream:
 
 _PUT_ATTEMPTS = 3
 
-# Parts of a multipart upload: S3 takes at most 10,000, each at least 5 MiB.
-PART_SIZE = 64 * 2**20
-_MIN_PART_SIZE = 8 * 2**20
-_MAX_PARTS = 10_000
-
-
-# Whether one connection is enough is judged on a first part this large,
-# timed less one round trip (a bodyless request's): the bandwidth, not the
-# latency, decides.
-PROBE_PART_SIZE = 8 * 2**20
-
-# One stream carrying this much means a store that is local or close (a test
-# server, a fast link): a request more costs more than it gains.
-ONE_STREAM_IS_ENOUGH = 150e6  # bytes per second
-# Uploads are slower everywhere (the server hashes and stores each byte):
-# moto here takes one 150-190 MB/s, a real store's connection 20-80 MB/s.
-ONE_UPLOAD_IS_ENOUGH = 100e6
-
-
-class OneConnectionIsEnough(Exception):
-    """The probe part went up fast enough: the multipart upload was aborted
-    and the object should go up in one PUT."""
-
-
-def seconds_at(nbytes: int, bytes_per_s: float) -> float | None:
-    """How long ``nbytes`` take at a rate (``None``: at no rate, forever)."""
-    return nbytes / bytes_per_s if bytes_per_s > 0 else None
-
-
-def part_size(size: int, concurrency: int, chosen: int | None = None) -> int:
-    """Parts (uploaded, or ranges read) small enough that every connection
-    has one, large enough that requests stay few: 8 to 64 MiB unless the
-    entry chose (and never more than S3's 10,000 parts).
-
-    Beyond one round of 64 MiB parts, the size is cut so that every
-    connection takes the same number of parts: a 668 MB array in 64 MiB
-    ranges was 8 parts and then 2.4, the second round on three connections,
-    and took 1.6x the link's time; in 16 parts of 42 MB it takes two full rounds.
-    """
-    if chosen is None:
-        per_connection = -(-size // max(1, concurrency))
-        rounds = max(1, -(-per_connection // PART_SIZE))
-        chosen = min(PART_SIZE, max(_MIN_PART_SIZE, -(-per_connection // rounds)))
-    return max(chosen, -(-size // _MAX_PARTS), 5 * 2**20)
-
 
 async def _client_for(fs: Any, bucket: str) -> Any:
     await fs.set_session()
@@ -325,7 +276,7 @@ async def _multipart_upload(
             # go up beside it (the probe took 0.8 s of a link's 9 s save alone).
             body = gathered.part(0, PROBE_PART_SIZE)
             tasks.append(asyncio.ensure_future(send(1, body)))
-            fast = seconds_at(2 * PROBE_PART_SIZE, ONE_UPLOAD_IS_ENOUGH)
+            fast = seconds_at(2 * PROBE_PART_SIZE, _transfer.ONE_UPLOAD_IS_ENOUGH)
             done, _ = await asyncio.wait(tasks, timeout=None if fast is None else round_trip + fast)
             if not done:
                 tasks += send_from(PROBE_PART_SIZE, shared=PROBE_PART_SIZE)
@@ -334,7 +285,7 @@ async def _multipart_upload(
             logger.debug(
                 "One connection to %s took %.0f MB/s (first part, less a round trip)", endpoint, rate / 1e6
             )
-            if rate >= ONE_UPLOAD_IS_ENOUGH:
+            if rate >= _transfer.ONE_UPLOAD_IS_ENOUGH:
                 raise OneConnectionIsEnough
             if len(tasks) == 1:
                 tasks += send_from(PROBE_PART_SIZE)

@@ -21,11 +21,11 @@ from kedro_keras._io.h5 import (
     CorruptFileError,
     ShardReadError,
     Window,
-    checked_dataset,
     h5_window,
     read_aligned,
     write_h5_image,
 )
+from kedro_keras._io.h5_guards import checked_dataset
 from kedro_keras._keras.build import offer_for_adoption
 from kedro_keras._keras.saving import available, h5_store_class, save_state
 
