@@ -492,31 +492,6 @@ def _file_not_found_in(exc: BaseException | None) -> FileNotFoundError | None:
     return None
 
 
-def unknown_class_hint(exc: BaseException) -> str | None:
-    """For Keras's "could not locate" / "could not be deserialized" errors: the
-    class or function it could not find, and the custom_objects line to add,
-    with the module the file records for it."""
-    text = str(exc)
-    found = re.search(r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'", text)
-    if not found:
-        return None
-    name = printable(found.group(1), limit=80)
-    # The config Keras quotes after the name is that object's own.
-    module = re.search(r"['\"]module['\"]: ['\"]([\w.]+)['\"]", text[found.end() :])
-    where = (
-        printable(module.group(1), limit=120)
-        if module and module.group(1).split(".")[0] not in ("keras", "builtins")
-        else None
-    )
-    path = f"{where}.{name}" if where else f"<your module>.{name}"
-    recorded = f" (the file records it in module '{where}')" if where else ""
-    return (
-        f"it uses '{name}'{recorded}, which Keras cannot find. Give it in load_args, e.g. "
-        f"custom_objects: {{{name}: {path}}} (an import path), or decorate it with "
-        "@keras.saving.register_keras_serializable() in a module that is imported."
-    )
-
-
 def _service_error_code(exc: BaseException | None) -> str | None:
     """The object store's own error code (AccessDenied, InvalidAccessKeyId,
     SignatureDoesNotMatch, ...) from anywhere in the cause chain."""
@@ -550,7 +525,7 @@ def _failure_text(url: str, exc: Exception, *, legacy: bool) -> str:
             f"'{url}' is not a valid .keras archive ({exc}): the file is truncated, "
             "corrupt, or in another format."
         )
-    unknown = unknown_class_hint(exc)
+    unknown = _imports.unknown_class_hint(exc)
     if unknown:
         return f"Cannot load the Keras model at '{url}': {unknown}"
     if isinstance(exc, PermissionError):

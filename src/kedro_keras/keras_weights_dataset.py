@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
+from kedro_keras._dataset import architecture as _architecture
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset.preview import TablePreview
-from kedro_keras._dataset.sharded_commit import save_sharded
+from kedro_keras._dataset.sharded_commit import check_shards_exist, read_index, save_sharded, shard_error
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats import safe_configs as _safe_configs
 from kedro_keras._formats import sharded as _sharded
 from kedro_keras._formats import weights as _weights
-from kedro_keras._formats.safe_configs import UnsafeConfigError, refuse_unsafe_config
 from kedro_keras._formats.sharded import INDEX_SUFFIX
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io import progress as _progress
@@ -30,14 +30,13 @@ from kedro_keras._io.h5 import CorruptFileError, ShardReadError
 from kedro_keras._io.h5_guards import stored_variable_groups
 from kedro_keras._keras import build as _keras_build
 from kedro_keras._log import get_logger
-from kedro_keras.keras_model_dataset import _check_is_model, unknown_class_hint
+from kedro_keras.keras_model_dataset import _check_is_model
 
 if TYPE_CHECKING:
     import keras
 
 logger = get_logger(__name__)
 
-ARCHITECTURE_SUFFIX = ".architecture.json"
 # GB of arrays per shard when a .weights.json entry gives no max_shard_size.
 # Each shard is laid out in memory before it is written (HDF5 must seek), so
 # this is what a save needs beyond the model; Keras's own 5 GB default writes
@@ -304,9 +303,11 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             # A user's builder may call its model on data or set weights
             # itself: build it exactly as written.
             model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
-            saved_with.update(self._saved_with_beside(weights_path))
+            saved_with.update(_architecture.saved_with_beside(self._location, weights_path))
         else:
-            model = self._rebuild_from_saved_architecture(weights_path, fill, saved_with=saved_with)
+            model = _architecture.rebuild_from_saved_architecture(
+                self._location, weights_path, fill, self._load_args, saved_with=saved_with
+            )
         logger.info(
             "Loaded weights from %s%s into model '%s': %s",
             url,
@@ -316,92 +317,8 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         )
         return model
 
-    def _rebuild_from_saved_architecture(
-        self,
-        weights_path: PurePosixPath,
-        fill: Callable[[keras.Model], None],
-        embedded: str | None = None,
-        saved_with: dict[str, Any] | None = None,
-    ) -> keras.Model:
-        """Rebuild from ``embedded`` (the architecture a sharded index carries)
-        or else from the ``.architecture.json`` beside the weights; what the
-        architecture records about its writer goes into ``saved_with``."""
-        try:
-            custom_objects = _imports.resolve_custom_objects(
-                self._load_args.get("custom_objects"), safe_mode=self._load_args["safe_mode"]
-            )
-        except (ValueError, ImportError) as exc:
-            raise DatasetError(f"load_args.custom_objects: {exc}") from exc
-        if embedded is not None:
-            architecture, url = embedded, self._location.url(weights_path)
-        else:
-            architecture, url = self._read_architecture_beside(weights_path)
-        try:
-            config = json.loads(architecture)
-            if saved_with is not None and isinstance(config, dict):
-                saved_with.update(config.get("kedro_keras") or {})
-            _safe_configs.check_config_bounds(
-                config,
-                self._load_args.get("max_layers", _safe_configs.DEFAULT_MAX_LAYERS),
-                self._load_args.get("max_config_depth", _safe_configs.DEFAULT_MAX_CONFIG_DEPTH),
-            )
-            if self._load_args["safe_mode"] is not False:  # anything but a literal false is safe
-                refuse_unsafe_config(config, custom_objects)
-            return _keras_build.build_model_and_fill(
-                architecture, fill, custom_objects=custom_objects, safe_mode=self._load_args["safe_mode"]
-            )
-        except DatasetError:
-            raise
-        except UnsafeConfigError as exc:
-            raise DatasetError(f"Refusing the architecture at '{url}': {exc}.") from exc
-        except Exception as exc:
-            cause = unknown_class_hint(exc) or exc
-            raise DatasetError(f"Cannot rebuild the model from the architecture at '{url}': {cause}") from exc
-
-    def _saved_with_beside(self, weights_path: PurePosixPath) -> dict[str, Any]:
-        """What wrote the weights, from the architecture saved beside them,
-        for the log line of a load that builds the model from a builder.
-        Never raises: that file may be absent (weights saved elsewhere)."""
-        try:
-            config = json.loads(self._read_architecture_beside(weights_path)[0])
-            return dict(config.get("kedro_keras") or {})
-        except Exception:  # noqa: BLE001 - a log line's detail only
-            return {}
-
-    def _read_architecture_beside(self, weights_path: PurePosixPath) -> tuple[bytes, str]:
-        architecture_path = _architecture_path(weights_path)
-        url = self._location.url(architecture_path)
-        try:
-            with self._location.open_read(architecture_path) as file:
-                # As much as a .keras archive's config.json may hold, and no more read.
-                architecture = file.read(_archive.MAX_CONFIG_BYTES + 1)
-        except FileNotFoundError as exc:
-            raise DatasetError(
-                f"Cannot rebuild the model for '{self._location.url(weights_path)}': no "
-                f"architecture was saved at '{url}' and the catalog entry gives no "
-                "'architecture' builder. Add architecture: <import path to a builder>."
-            ) from exc
-        if len(architecture) > _archive.MAX_CONFIG_BYTES:
-            raise DatasetError(
-                f"Refusing the architecture at '{url}': it holds more than {_archive.MAX_CONFIG_BYTES} "
-                "bytes, far more than a Keras model's configuration."
-            )
-        return architecture, url
-
     def _build_from_builder(self) -> keras.Model:
-        builder = self._architecture
-        name = builder if isinstance(builder, str) else getattr(builder, "__qualname__", repr(builder))
-        try:
-            if isinstance(builder, str):
-                builder = _imports.import_object(builder)
-            if not callable(builder):
-                raise ValueError(f"'{name}' is a {type(builder).__name__}, not a function or class")
-            return _keras_build.build_from_builder(builder, self._architecture_args)
-        except Exception as exc:
-            raise DatasetError(
-                f"The architecture builder '{name}' (args {self._architecture_args}) "
-                f"did not give a model: {type(exc).__name__}: {exc}"
-            ) from exc
+        return _architecture.build_from_builder(self._architecture, self._architecture_args)
 
     def save(self, data: keras.Model) -> None:
         weights_path = self._get_save_path()
@@ -417,13 +334,13 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 self._location,
                 data,
                 weights_path,
-                _architecture_path(weights_path),
+                _architecture.architecture_path(weights_path),
                 versioned=self._version is not None,
                 max_shard_size=self._save_args["max_shard_size"],
                 include_optimizer=self._save_args["include_optimizer"],
             )
             return
-        architecture_path = _architecture_path(weights_path)
+        architecture_path = _architecture.architecture_path(weights_path)
         start = time.monotonic()
         try:
             # Both files are published only if both were written in full.
@@ -459,7 +376,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         url = self._location.url(index_path)
         index = self._read_index(index_path)
         directory = index_path.parent
-        self._check_shards_exist(index, directory, url)
+        check_shards_exist(self._location, index, directory, url)
         saved_with: dict[str, Any] = {}
 
         def open_shard(name: str) -> Any:
@@ -481,7 +398,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             except DatasetError:
                 raise
             except ShardReadError as exc:
-                raise self._shard_error(exc, directory, url) from exc
+                raise shard_error(self._location, exc, directory, url) from exc
             except Exception as exc:
                 raise DatasetError(
                     f"Cannot load the weights at '{url}' into model '{model.name}': {exc}"
@@ -490,7 +407,9 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         if self._architecture is not None:
             model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
         else:
-            model = self._rebuild_from_saved_architecture(index_path, fill, index.architecture, saved_with)
+            model = _architecture.rebuild_from_saved_architecture(
+                self._location, index_path, fill, self._load_args, index.architecture, saved_with
+            )
         logger.info(
             "Loaded weights from %s (%d shards)%s into model '%s'",
             url,
@@ -501,44 +420,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         return model
 
     def _read_index(self, index_path: PurePosixPath) -> _sharded.ShardedIndex:
-        url = self._location.url(index_path)
-        try:
-            with self._location.open_read(index_path) as file:
-                return _sharded.read_sharded_index(file)
-        except FileNotFoundError as exc:
-            raise DatasetError(f"No Keras weights at '{url}': the file does not exist.") from exc
-        except ValueError as exc:
-            raise DatasetError(f"'{url}' is not a valid sharded-weights index: {exc}.") from exc
-
-    def _check_shards_exist(self, index: _sharded.ShardedIndex, directory: PurePosixPath, url: str) -> None:
-        present = self._location.names_in(directory)
-        missing = [name for name in index.shards if name not in present]
-        if missing:
-            raise DatasetError(
-                f"'{url}' names shards that do not exist: "
-                f"{', '.join(repr(self._location.url(directory / name)) for name in missing)}. "
-                "The files were moved or deleted: restore them or save the weights again."
-            )
-
-    def _shard_error(self, exc: ShardReadError, directory: PurePosixPath, url: str) -> DatasetError:
-        shard_url = self._location.url(directory / exc.shard)
-        error = exc.error
-        if isinstance(error, CorruptFileError):
-            return DatasetError(
-                f"'{shard_url}' (a shard of '{url}') is corrupt: {error}. Restore it from a good "
-                "copy or save the weights again."
-            )
-        if isinstance(error, FileNotFoundError):
-            return DatasetError(
-                f"'{shard_url}', a shard named by '{url}', does not exist (was the model saved "
-                "again while it was being loaded?)."
-            )
-        if isinstance(error, OSError):
-            return DatasetError(
-                f"'{shard_url}' (a shard of '{url}') is not a valid {WEIGHTS_SUFFIX} file ({error}): "
-                "the file is truncated, corrupt, or in another format."
-            )
-        return DatasetError(f"Cannot load the shard '{shard_url}' of '{url}': {error}")
+        return read_index(self._location, index_path)
 
     def preview(self, layers: int = _preview.DEFAULT_LAYERS_SHOWN) -> TablePreview:
         """What the stored weights are, for Kedro-Viz (as ``KerasModelDataset.preview``):
@@ -558,9 +440,11 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             index = self._read_index(path)
             return [("format", f"sharded {INDEX_SUFFIX}"), *rows, ("shards", str(len(index.shards)))]
         config = None
-        if self._location.exists(_architecture_path(path)):  # written beside the weights by every save
-            config = json.loads(self._read_architecture_beside(path)[0])
-            rows.append(("architecture", _architecture_path(path).name))
+        if self._location.exists(
+            _architecture.architecture_path(path)
+        ):  # written beside the weights by every save
+            config = json.loads(_architecture.read_architecture_beside(self._location, path)[0])
+            rows.append(("architecture", _architecture.architecture_path(path).name))
             if isinstance(config, dict) and config.get("kedro_keras"):
                 record = config["kedro_keras"]
                 rows += _preview.saved_with_rows(
@@ -581,16 +465,6 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
     def _release(self) -> None:
         super()._release()
         self._location.invalidate_cache(self._filepath)
-
-
-def _architecture_path(weights_path: PurePosixPath) -> PurePosixPath:
-    return weights_path.with_name(_base_name(weights_path) + ARCHITECTURE_SUFFIX)
-
-
-def _base_name(weights_path: PurePosixPath) -> str:
-    """``clf`` for ``clf.weights.h5`` and ``clf.weights.json``."""
-    suffix = INDEX_SUFFIX if weights_path.name.endswith(INDEX_SUFFIX) else WEIGHTS_SUFFIX
-    return weights_path.name[: -len(suffix)]
 
 
 def _check_max_shard_size(value: Any, filepath: str) -> None:

@@ -1,5 +1,6 @@
-"""Saving sharded weights (a ``.weights.json`` index plus shards) so that a
-save replaces the previous one only once it is complete.
+"""Sharded weights (a ``.weights.json`` index plus shards) at a ``Location``:
+a save that replaces the previous one only once it is complete, and what a
+load checks of the index it finds.
 
 The index is the commit point (docs/design.md, "Sharded weights"): the new
 shards get names of their own, the index is published last in one
@@ -20,6 +21,7 @@ from kedro.io.core import DatasetError
 from kedro_keras._formats import sharded as _sharded
 from kedro_keras._formats import weights as _weights
 from kedro_keras._io.files import Location
+from kedro_keras._io.h5 import CorruptFileError, ShardReadError
 from kedro_keras._log import get_logger
 
 if TYPE_CHECKING:
@@ -193,3 +195,52 @@ def remove_quietly(location: Location, directory: PurePosixPath, names: list[str
         except Exception as exc:  # noqa: BLE001 - left behind, named by no index
             logger.warning("Could not remove %s: %s", location.url(directory / name), exc)
     location.invalidate_cache(directory)
+
+
+def read_index(location: Location, index_path: PurePosixPath) -> _sharded.ShardedIndex:
+    """The index at ``index_path``, checked (``_sharded.read_sharded_index``)."""
+    url = location.url(index_path)
+    try:
+        with location.open_read(index_path) as file:
+            return _sharded.read_sharded_index(file)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"No Keras weights at '{url}': the file does not exist.") from exc
+    except ValueError as exc:
+        raise DatasetError(f"'{url}' is not a valid sharded-weights index: {exc}.") from exc
+
+
+def check_shards_exist(
+    location: Location, index: _sharded.ShardedIndex, directory: PurePosixPath, url: str
+) -> None:
+    """Refuse an index naming a shard that is not in ``directory`` (one listing)."""
+    present = location.names_in(directory)
+    missing = [name for name in index.shards if name not in present]
+    if missing:
+        raise DatasetError(
+            f"'{url}' names shards that do not exist: "
+            f"{', '.join(repr(location.url(directory / name)) for name in missing)}. "
+            "The files were moved or deleted: restore them or save the weights again."
+        )
+
+
+def shard_error(location: Location, exc: ShardReadError, directory: PurePosixPath, url: str) -> DatasetError:
+    """What a load says of a shard it could not read."""
+    shard_url = location.url(directory / exc.shard)
+    error = exc.error
+    if isinstance(error, CorruptFileError):
+        return DatasetError(
+            f"'{shard_url}' (a shard of '{url}') is corrupt: {error}. Restore it from a good "
+            "copy or save the weights again."
+        )
+    if isinstance(error, FileNotFoundError):
+        # A save removes the shards of the index it replaced once it is published.
+        return DatasetError(
+            f"'{shard_url}', a shard named by '{url}', does not exist (was the model saved "
+            "again while it was being loaded?)."
+        )
+    if isinstance(error, OSError):
+        return DatasetError(
+            f"'{shard_url}' (a shard of '{url}') is not a valid {_weights.WEIGHTS_SUFFIX} file ({error}): "
+            "the file is truncated, corrupt, or in another format."
+        )
+    return DatasetError(f"Cannot load the shard '{shard_url}' of '{url}': {error}")

@@ -13,6 +13,8 @@ import re
 import sys
 from typing import Any
 
+from kedro_keras._log import printable
+
 # Only dotted Python names, matched against the whole string (``re.fullmatch``:
 # a ``$`` would let a trailing newline through).
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
@@ -335,3 +337,28 @@ def _is_project_code(function: Any) -> bool:
         return function.__module__ == "__main__"  # typed into this session, e.g. a notebook
     real = os.path.realpath(filename)
     return not any(real.startswith(folder) for folder in _installed_code_folders())
+
+
+def unknown_class_hint(exc: BaseException) -> str | None:
+    """For Keras's "could not locate" / "could not be deserialized" errors: the
+    class or function it could not find, and the custom_objects line to add,
+    with the module the file records for it."""
+    text = str(exc)
+    found = re.search(r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'", text)
+    if not found:
+        return None
+    name = printable(found.group(1), limit=80)
+    # The config Keras quotes after the name is that object's own.
+    module = re.search(r"['\"]module['\"]: ['\"]([\w.]+)['\"]", text[found.end() :])
+    where = (
+        printable(module.group(1), limit=120)
+        if module and module.group(1).split(".")[0] not in ("keras", "builtins")
+        else None
+    )
+    path = f"{where}.{name}" if where else f"<your module>.{name}"
+    recorded = f" (the file records it in module '{where}')" if where else ""
+    return (
+        f"it uses '{name}'{recorded}, which Keras cannot find. Give it in load_args, e.g. "
+        f"custom_objects: {{{name}: {path}}} (an import path), or decorate it with "
+        "@keras.saving.register_keras_serializable() in a module that is imported."
+    )
