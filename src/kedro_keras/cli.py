@@ -221,16 +221,18 @@ def _our_entries(env: str | None) -> list[tuple[str, Any]]:
 
 
 def _entry(name: str, env: str | None, version: str | None) -> Any:
-    catalog = _catalog(env, {name: version} if version else None)
-    dataset = catalog.get(name)  # a dataset factory's entries too
-    if dataset is None:
+    from kedro.io.core import Version
+
+    # A version pinned through the catalog's public get(): a copy of the entry, as --load-versions makes.
+    dataset = _catalog(env).get(name, version=Version(version, None) if version else None)
+    if dataset is None:  # a dataset factory's entries too are found by get()
         raise _Failure(f"'{name}' is not an entry of this project's catalog.")
     if not type(dataset).__module__.startswith("kedro_keras."):
         raise _Failure(f"'{name}' is a {type(dataset).__name__}, not a kedro-keras dataset.")
     return dataset
 
 
-def _catalog(env: str | None, load_versions: dict[str, str] | None = None) -> Any:
+def _catalog(env: str | None) -> Any:
     from pathlib import Path
 
     from kedro.framework.session import KedroSession
@@ -238,13 +240,7 @@ def _catalog(env: str | None, load_versions: dict[str, str] | None = None) -> An
 
     project = Path.cwd()
     bootstrap_project(project)
-    session = KedroSession.create(project_path=project, env=env)
-    return session.load_context().catalog if not load_versions else _with_versions(session, load_versions)
-
-
-def _with_versions(session: Any, load_versions: dict[str, str]) -> Any:
-    context = session.load_context()
-    return context._get_catalog(load_versions=load_versions)
+    return KedroSession.create(project_path=project, env=env).load_context().catalog
 
 
 def _rows(dataset: Any) -> dict[str, str]:

@@ -271,6 +271,11 @@ def test_kedro_keras_prune_keeps_the_newest_versions(digits, keras_cli):
     )
     assert "layers/dense" in changes and set(changes.values()) == {"same"}, diff
 
+    # --version pins one version through the catalog's public get() (Kedro's _get_catalog before).
+    shown = keras_cli(digits, "inspect", "classifier_model", "--version", old[0]).stdout
+    (path,) = [line for line in shown.splitlines() if line.startswith("path")]
+    assert f"/{old[0]}/" in path and newest not in path, shown
+
     dry = keras_cli(digits, "prune", "classifier_model", "--keep-last", "2", "--dry-run").stdout
     assert f"would remove classifier_model version {old[0]}" in dry and old[1] not in dry
     assert len(list(models.iterdir())) == 3
