@@ -375,3 +375,22 @@ def test_a_fifo_or_device_planted_as_a_model_file_is_refused_without_opening_it(
 def _preview_rows(preview):
     columns = preview["columns"]
     return [dict(zip(columns, row, strict=True)) for row in preview["data"]]
+
+
+def test_a_failed_loads_whole_traceback_shows_the_files_text_escaped(tmp_path):
+    """Kedro prints the chained cause too: Keras's own error quoting the name
+    reaches it escaped, not only our message."""
+    import traceback
+
+    saved(tmp_path, relu_lambda_model())
+    hostile = "a/b\n[12-06-26 10:00:00] INFO  forged \x1b[31mred"
+    rewrite_member(
+        tmp_path / "m.keras", "config.json", lambda c: {**c, "config": {**c["config"], "name": hostile}}
+    )
+    with pytest.raises(DatasetError) as raised:
+        KerasModelDataset(filepath=str(tmp_path / "m.keras")).load()
+    printed = "".join(traceback.format_exception(raised.value))
+    assert "\x1b" not in printed and "\nforged" not in printed and "\n[12-06-26" not in printed
+    assert "a/b\\n[12-06-26 10:00:00] INFO  forged \\x1b[31mred" in str(raised.value.__cause__)
+    assert type(raised.value.__cause__).__name__ == "ShownAsDataError"
+    assert str(raised.value.__cause__).startswith("ValueError: ")  # Keras's refusal of the '/'

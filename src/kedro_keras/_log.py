@@ -22,6 +22,24 @@ def printable(text: str, limit: int | None = 200) -> str:
     return shown + ("..." if limit is not None and len(text) > limit else "")
 
 
+class ShownAsDataError(Exception):
+    """An exception whose message quoted a file (a layer's name, a config),
+    told again with its control characters escaped. Chained under our own
+    ``DatasetError`` in its place, so that a traceback Kedro prints cannot
+    carry a file's newlines or escape sequences to the terminal either."""
+
+
+def as_data(exc: BaseException) -> BaseException:
+    """``exc`` itself if its message is printable as it is; else a
+    ``ShownAsDataError`` naming its type and escaped message, with its
+    traceback (what it chained is left out: it is the same text again)."""
+    text = str(exc)
+    if printable(text, limit=None) == text:
+        return exc
+    shown = ShownAsDataError(f"{type(exc).__name__}: {printable(text, limit=None)}")
+    return shown.with_traceback(exc.__traceback__)
+
+
 class ShownAsData(logging.Filter):
     """Formats a record's message with its arguments, escapes what is not
     printable, and turns rich markup off for it (``record.markup``, which

@@ -24,7 +24,7 @@ from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._io.h5 import CorruptFileError
 from kedro_keras._io.h5_guards import stored_variable_groups
-from kedro_keras._log import get_logger, printable
+from kedro_keras._log import as_data, get_logger, printable
 from kedro_keras.keras_model_dataset import KerasModelDataset
 from kedro_keras.keras_timestamped_model_dataset import check_keep_last
 
@@ -193,11 +193,11 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
             _imports.check_safe_mode(self._load_args)
             _safe_configs.check_bound_args(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.{exc}.") from exc
+            raise DatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
         try:  # a typo fails when the catalog is built, not after training
             _imports.check_custom_objects(self._load_args.get("custom_objects"))
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from exc
+            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
         self._credentials, self._fs_args = credentials, fs_args
         self.metadata = metadata
         # Records already reported as unreadable while ranking: pruning runs
@@ -316,7 +316,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         except OSError as exc:
             raise DatasetError(
                 f"Cannot read the checkpoint record '{url}': {printable(str(exc), 300)}"
-            ) from exc
+            ) from as_data(exc)
         if len(raw) > _record.MAX_RECORD_BYTES:
             raise DatasetError(
                 f"The checkpoint record '{url}' is larger than {_record.MAX_RECORD_BYTES // 2**20} MiB; ours are "
@@ -329,19 +329,19 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
             raise DatasetError(
                 f"The checkpoint record '{url}' is nested too deeply to be a checkpoint record; "
                 "it was not written by this dataset. Remove it and its model file."
-            ) from exc
+            ) from as_data(exc)
         except ValueError as exc:  # not JSON, not UTF-8, an integer of thousands of digits
             raise DatasetError(
                 f"The checkpoint record '{url}' is not valid JSON ({printable(str(exc), 200)}): it was "
                 "cut short or damaged. Remove it and its model file."
-            ) from exc
+            ) from as_data(exc)
         try:
             return _record.checked_record(record, version)
         except ValueError as exc:
             raise DatasetError(
                 f"The checkpoint record '{url}' is not one this dataset writes: {exc}. "
                 "Remove it and its model file."
-            ) from exc
+            ) from as_data(exc)
 
     def _read_checkpoint(self, version: str, model: keras.Model | None) -> keras.Model:
         path = self._model_path(version)
@@ -372,17 +372,17 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         except DatasetError:
             raise
         except CorruptFileError as exc:
-            raise DatasetError(f"Checkpoint '{url}' is corrupt: {exc}.") from exc
+            raise DatasetError(f"Checkpoint '{url}' is corrupt: {exc}.") from as_data(exc)
         except OSError as exc:  # unreadable: an older checkpoint may do
-            raise DatasetError(f"Cannot read checkpoint '{url}': {exc}") from exc
-        except Exception as exc:
+            raise DatasetError(f"Cannot read checkpoint '{url}': {exc}") from as_data(exc)
+        except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
             # The checksum held, so the file is whole: it is the model that
             # differs (what Keras says when our own check could not run).
             raise _NotSkippable(
                 f"Checkpoint '{url}' does not fit the model '{model.name}': {exc}. Was it written by "
                 "another architecture? Point the entry at a new folder, or build the model as in "
                 "the run that wrote it."
-            ) from exc
+            ) from as_data(exc)
         return model
 
     def _full_dataset(self, path: PurePosixPath) -> KerasModelDataset:
@@ -409,11 +409,11 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
             try:
                 with self._location.atomic_write(path, size_hint=_archive.state_bytes(model)) as file:
                     _weights.write_weights(model, file)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise DatasetError(
                     f"Could not write checkpoint '{self._location.url(path)}': {exc}. "
                     "The previous checkpoints are unchanged."
-                ) from exc
+                ) from as_data(exc)
         else:
             self._full_dataset(path).save(model)
         record = {
@@ -435,7 +435,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
                 f"Could not write the record of checkpoint '{self._location.url(path)}': {exc}. "
                 "Please report it to kedro-keras with the model's layers; the previous checkpoints "
                 "are unchanged."
-            ) from exc
+            ) from as_data(exc)
         # The record goes last: until it is there, the checkpoint does not exist.
         with self._location.atomic_write(self._path(version, _RECORD_SUFFIX)) as file:
             file.write(encoded)

@@ -29,7 +29,7 @@ from kedro_keras._formats.onnx import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactE
 from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._io.h5 import CHUNK
 from kedro_keras._io.progress import transfer_text
-from kedro_keras._log import get_logger, printable
+from kedro_keras._log import as_data, get_logger, printable
 
 if TYPE_CHECKING:
     import keras
@@ -179,7 +179,7 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         try:
             _imports.check_safe_mode(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.{exc}.") from exc
+            raise DatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
         self._location = Location(filepath, credentials, fs_args, version)
         self.metadata = metadata
         super().__init__(
@@ -269,11 +269,11 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
             try:
                 # model.export writes local paths only; the artifact is then published from there.
                 _export(data, local, self._format, self._export_args)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise DatasetError(
                     f"Could not export model '{data.name}' as {self._format} (backend {backend}) for "
                     f"'{url}': {_first_line(exc)}. Any export previously saved there is unchanged."
-                ) from exc
+                ) from as_data(exc)
             try:
                 if self._is_folder:
                     publish_folder(self._location, Path(local), path, self._format, data, backend)
@@ -281,11 +281,11 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
                     with self._location.atomic_write(path, exclusive=self._version is not None) as target:
                         with open(local, "rb") as source:
                             shutil.copyfileobj(source, target, CHUNK)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise DatasetError(
                     f"Could not publish the {self._format} export of '{data.name}' to '{url}': {exc}. "
                     "Any export previously saved there is unchanged."
-                ) from exc
+                ) from as_data(exc)
         self._location.invalidate_cache(path)
         logger.info(
             "Exported model '%s' as %s to %s in %.1f s",
@@ -324,11 +324,13 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
                 else _exported.LiteRTModel(content, safe_mode=safe_mode, max_tensor_bytes=budget)
             )
         except RefusedArtifactError as exc:
-            raise DatasetError(f"Refusing to load the {self._format} export at '{url}': {exc}.") from exc
-        except Exception as exc:
+            raise DatasetError(f"Refusing to load the {self._format} export at '{url}': {exc}.") from as_data(
+                exc
+            )
+        except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
             raise DatasetError(
                 f"Cannot load the {self._format} export at '{url}': {_first_line(exc)}"
-            ) from exc
+            ) from as_data(exc)
         logger.info(
             "Loaded the %s export at %s, %s: %r",
             self._format,
@@ -357,9 +359,9 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         except DatasetError:
             scratch.cleanup()
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
             scratch.cleanup()
-            raise DatasetError(f"Cannot load the SavedModel at '{url}': {_first_line(exc)}") from exc
+            raise DatasetError(f"Cannot load the SavedModel at '{url}': {_first_line(exc)}") from as_data(exc)
         # TensorFlow may read assets (vocabularies) later: the copy lives as long as the model.
         model._kedro_keras_files = scratch
         saved_with = (

@@ -25,7 +25,7 @@ from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io import progress as _progress
 from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._io.h5 import HDF5_SIGNATURE, CorruptFileError
-from kedro_keras._log import get_logger, printable
+from kedro_keras._log import as_data, get_logger, printable
 
 if TYPE_CHECKING:
     import keras
@@ -148,12 +148,12 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             _imports.check_safe_mode(self._load_args)
             _safe_configs.check_bound_args(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.{exc}.") from exc
+            raise DatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
         _imports.check_known_args("save_args", self._save_args, {"include_optimizer"}, filepath)
         try:  # a typo fails when the catalog is built, not after training
             _imports.check_custom_objects(self._load_args.get("custom_objects"))
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from exc
+            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
 
         super().__init__(
             filepath=self._location.path,
@@ -218,7 +218,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         except (ValueError, ImportError) as exc:
             raise DatasetError(
                 f"Cannot load the Keras model at '{url}': load_args.custom_objects: {exc}"
-            ) from exc
+            ) from as_data(exc)
         legacy = self._legacy
         try:
             if legacy:  # checked before the HDF5 probe, which costs a child process
@@ -231,7 +231,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
                     raise
                 legacy = True
                 model, saved_with, size = self._read(path, legacy, args, device)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
             missing = _file_not_found_in(exc)
             if missing is not None:
                 # Also when the file vanished between opening and reading (a
@@ -239,8 +239,8 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
                 raise DatasetError(f"No Keras model at '{url}': {self._what_is_missing(path)}.") from missing
             folder = self._describe_folder(path, url)
             if folder:
-                raise DatasetError(folder) from exc
-            raise DatasetError(_load_failure(url, exc, legacy=legacy)) from exc
+                raise DatasetError(folder) from as_data(exc)
+            raise DatasetError(_load_failure(url, exc, legacy=legacy)) from as_data(exc)
         logger.info(
             "Loaded Keras model '%s' from %s%s: %s",
             model.name,
@@ -334,11 +334,11 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
                 break
             except FileExistsError:
                 path = self._next_save_path(path)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise DatasetError(
                     f"Could not save Keras model '{data.name}' to '{url}': {exc}. "
                     "Any model previously saved there is unchanged."
-                ) from exc
+                ) from as_data(exc)
         else:
             raise DatasetError(
                 f"Could not save Keras model '{data.name}': every version tried already existed."

@@ -11,7 +11,7 @@ from typing import Any
 
 from kedro.io.core import DatasetError, Version, VersionNotFoundError
 
-from kedro_keras._log import get_logger
+from kedro_keras._log import as_data, get_logger
 from kedro_keras.keras_model_dataset import KERAS_SUFFIX, LEGACY_SUFFIXES, KerasModelDataset
 
 logger = get_logger(__name__)
@@ -159,10 +159,10 @@ class KerasTimestampedModelDataset(KerasModelDataset):
             paths = self._glob(pattern)
         except FileNotFoundError:
             paths = []
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
             raise VersionNotFoundError(
                 f"Could not list the models in '{self._location.url(self._filepath)}': {exc}"
-            ) from exc
+            ) from as_data(exc)
         stamped = [path for path in paths if _VERSION.match(_version_of(path))]
         return sorted(stamped, key=_version_of, reverse=True)
 

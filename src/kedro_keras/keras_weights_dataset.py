@@ -29,7 +29,7 @@ from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._io.h5 import CorruptFileError, ShardReadError
 from kedro_keras._io.h5_guards import stored_variable_groups
 from kedro_keras._keras import build as _keras_build
-from kedro_keras._log import get_logger
+from kedro_keras._log import as_data, get_logger
 from kedro_keras.keras_model_dataset import _check_is_model
 
 if TYPE_CHECKING:
@@ -189,17 +189,17 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             _imports.check_safe_mode(self._load_args)
             _safe_configs.check_bound_args(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.{exc}.") from exc
+            raise DatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
         # A typo fails when the catalog is built, not after the training.
         try:
             if isinstance(architecture, str):
                 _imports.check_import_path(architecture)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': architecture: {exc}.") from exc
+            raise DatasetError(f"'{filepath}': architecture: {exc}.") from as_data(exc)
         try:
             _imports.check_custom_objects(self._load_args.get("custom_objects"))
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from exc
+            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
         if self._sharded:
             self._save_args.setdefault("max_shard_size", DEFAULT_MAX_SHARD_SIZE)
             _imports.check_known_args(
@@ -286,18 +286,18 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             except CorruptFileError as exc:
                 raise DatasetError(
                     f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the weights again."
-                ) from exc
+                ) from as_data(exc)
             except PermissionError as exc:
-                raise DatasetError(f"Cannot read '{url}': permission denied ({exc}).") from exc
+                raise DatasetError(f"Cannot read '{url}': permission denied ({exc}).") from as_data(exc)
             except OSError as exc:
                 raise DatasetError(
                     f"'{url}' is not a valid {WEIGHTS_SUFFIX} file ({exc}): the file is truncated, "
                     "corrupt, or in another format."
-                ) from exc
-            except Exception as exc:
+                ) from as_data(exc)
+            except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise DatasetError(
                     f"Cannot load the weights at '{url}' into model '{model.name}': {exc}"
-                ) from exc
+                ) from as_data(exc)
 
         if self._architecture is not None:
             # A user's builder may call its model on data or set weights
@@ -356,11 +356,11 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 )
                 _weights.write_weights(data, weights_file, **self._save_args)
                 size = _preview.file_size(weights_file)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
             raise DatasetError(
                 f"Could not save the weights of model '{data.name}' to '{url}': {exc}. "
                 "Any weights previously saved there are unchanged."
-            ) from exc
+            ) from as_data(exc)
         self._location.invalidate_cache(weights_path)
         logger.info(
             "Saved weights of model '%s' to %s: %s",
@@ -398,11 +398,11 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             except DatasetError:
                 raise
             except ShardReadError as exc:
-                raise shard_error(self._location, exc, directory, url) from exc
-            except Exception as exc:
+                raise shard_error(self._location, exc, directory, url) from as_data(exc)
+            except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise DatasetError(
                     f"Cannot load the weights at '{url}' into model '{model.name}': {exc}"
-                ) from exc
+                ) from as_data(exc)
 
         if self._architecture is not None:
             model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)

@@ -20,6 +20,7 @@ from kedro_keras._formats.sharded import INDEX_SUFFIX
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io.files import Location
 from kedro_keras._keras import build as _keras_build
+from kedro_keras._log import as_data
 
 if TYPE_CHECKING:
     import keras
@@ -54,7 +55,7 @@ def rebuild_from_saved_architecture(
             load_args.get("custom_objects"), safe_mode=load_args["safe_mode"]
         )
     except (ValueError, ImportError) as exc:
-        raise DatasetError(f"load_args.custom_objects: {exc}") from exc
+        raise DatasetError(f"load_args.custom_objects: {exc}") from as_data(exc)
     if embedded is not None:
         architecture, url = embedded, location.url(weights_path)
     else:
@@ -76,10 +77,12 @@ def rebuild_from_saved_architecture(
     except DatasetError:
         raise
     except UnsafeConfigError as exc:
-        raise DatasetError(f"Refusing the architecture at '{url}': {exc}.") from exc
-    except Exception as exc:
+        raise DatasetError(f"Refusing the architecture at '{url}': {exc}.") from as_data(exc)
+    except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
         cause = _imports.unknown_class_hint(exc) or exc
-        raise DatasetError(f"Cannot rebuild the model from the architecture at '{url}': {cause}") from exc
+        raise DatasetError(
+            f"Cannot rebuild the model from the architecture at '{url}': {cause}"
+        ) from as_data(exc)
 
 
 def saved_with_beside(location: Location, weights_path: PurePosixPath) -> dict[str, Any]:
@@ -106,7 +109,7 @@ def read_architecture_beside(location: Location, weights_path: PurePosixPath) ->
             f"Cannot rebuild the model for '{location.url(weights_path)}': no "
             f"architecture was saved at '{url}' and the catalog entry gives no "
             "'architecture' builder. Add architecture: <import path to a builder>."
-        ) from exc
+        ) from as_data(exc)
     if len(architecture) > _archive.MAX_CONFIG_BYTES:
         raise DatasetError(
             f"Refusing the architecture at '{url}': it holds more than {_archive.MAX_CONFIG_BYTES} "
@@ -125,8 +128,8 @@ def build_from_builder(builder: str | Callable[..., Any], args: dict[str, Any]) 
         if not callable(builder):
             raise ValueError(f"'{name}' is a {type(builder).__name__}, not a function or class")
         return _keras_build.build_from_builder(builder, args)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
         raise DatasetError(
             f"The architecture builder '{name}' (args {args}) "
             f"did not give a model: {type(exc).__name__}: {exc}"
-        ) from exc
+        ) from as_data(exc)

@@ -21,7 +21,7 @@ from kedro.io.core import DatasetError
 
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK
-from kedro_keras._log import get_logger, printable
+from kedro_keras._log import as_data, get_logger, printable
 from kedro_keras._version import __version__
 
 if TYPE_CHECKING:
@@ -99,7 +99,9 @@ def read_manifest(location: Location, folder: PurePosixPath, quiet: bool = False
             manifest = json.loads(text)
         except (ValueError, RecursionError) as exc:
             cause = "its JSON nests too deep" if isinstance(exc, RecursionError) else str(exc)
-            raise DatasetError(f"Cannot read '{url}': {printable(cause)}. Export the model again.") from exc
+            raise DatasetError(
+                f"Cannot read '{url}': {printable(cause)}. Export the model again."
+            ) from as_data(exc)
         return _checked_manifest(manifest, url)
     except FileNotFoundError:
         return None
@@ -108,7 +110,7 @@ def read_manifest(location: Location, folder: PurePosixPath, quiet: bool = False
             return None
         if isinstance(exc, DatasetError):
             raise
-        raise DatasetError(f"Cannot read '{url}': {exc}") from exc
+        raise DatasetError(f"Cannot read '{url}': {exc}") from as_data(exc)
 
 
 def fetch_manifest_files(
@@ -140,7 +142,7 @@ def fetch_manifest_files(
             raise DatasetError(
                 f"The SavedModel at '{url}' is incomplete: '{export}/{name}', listed in its manifest, "
                 "is missing."
-            ) from exc
+            ) from as_data(exc)
         if size != expected.get("size") or digest.hexdigest() != expected.get("sha256"):
             raise DatasetError(
                 f"The SavedModel at '{url}' is damaged: '{export}/{name}' has {size} bytes and SHA-256 "

@@ -22,7 +22,7 @@ from kedro_keras._formats import sharded as _sharded
 from kedro_keras._formats import weights as _weights
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CorruptFileError, ShardReadError
-from kedro_keras._log import get_logger
+from kedro_keras._log import as_data, get_logger
 
 if TYPE_CHECKING:
     import keras
@@ -88,12 +88,12 @@ def save_sharded(
             write_empty_shard(location, directory / first)
         with location.atomic_write(index_path) as file:
             file.write(index_json.encode())
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
         remove_quietly(location, directory, written)
         raise DatasetError(
             f"Could not save the weights of model '{data.name}' to '{url}': {exc}. "
             "Any weights previously saved there are unchanged."
-        ) from exc
+        ) from as_data(exc)
     location.invalidate_cache(index_path)
     after_publishing(
         location,
@@ -204,9 +204,9 @@ def read_index(location: Location, index_path: PurePosixPath) -> _sharded.Sharde
         with location.open_read(index_path) as file:
             return _sharded.read_sharded_index(file)
     except FileNotFoundError as exc:
-        raise DatasetError(f"No Keras weights at '{url}': the file does not exist.") from exc
+        raise DatasetError(f"No Keras weights at '{url}': the file does not exist.") from as_data(exc)
     except ValueError as exc:
-        raise DatasetError(f"'{url}' is not a valid sharded-weights index: {exc}.") from exc
+        raise DatasetError(f"'{url}' is not a valid sharded-weights index: {exc}.") from as_data(exc)
 
 
 def check_shards_exist(

@@ -37,7 +37,7 @@ from kedro_keras._dataset.preview import refuse_hostile_archive
 from kedro_keras._formats.archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader
 from kedro_keras._io.h5 import CHUNK, CorruptFileError, Window, bounded, h5_window
 from kedro_keras._io.h5_guards import array_headers, check_all_datasets, checked_dataset
-from kedro_keras._log import printable
+from kedro_keras._log import as_data, printable
 
 # kedro-keras's SavedModel manifests list a few dozen files, sharded weights
 # a shard per quarter GB.
@@ -70,9 +70,9 @@ def _as_dataset_errors(function: Callable[..., _T]) -> Callable[..., _T]:
         except DatasetError:
             raise
         except CorruptFileError as exc:
-            raise DamagedFileError(_one_line(exc)) from exc
-        except Exception as exc:  # h5py, zipfile and fsspec each raise their own
-            raise VerifyError(_one_line(exc)) from exc
+            raise DamagedFileError(_one_line(exc)) from as_data(exc)
+        except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError; h5py, zipfile and fsspec each raise their own
+            raise VerifyError(_one_line(exc)) from as_data(exc)
 
     return wrapper
 
