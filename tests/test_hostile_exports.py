@@ -529,7 +529,7 @@ class TestLoadArgs:
             KerasExportDataset(filepath=path, load_args={"safe_mode": value})
         message = str(raised.value)
         assert message.startswith(f"'{path}': load_args.safe_mode: must be true or false, got {value!r} (")
-        assert message.endswith("(an empty or null value is refused rather than guessed).")
+        assert message.endswith("and any other value is refused rather than guessed.")
 
     @pytest.mark.parametrize("value", [True, False])
     def test_safe_mode_true_or_false_is_accepted(self, tmp_path, value):

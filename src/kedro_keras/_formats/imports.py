@@ -127,8 +127,8 @@ def check_safe_mode(load_args: dict[str, Any]) -> None:
     value = load_args.get("safe_mode", True)
     if not isinstance(value, bool):
         raise ValueError(
-            f"safe_mode: must be true or false, got {value!r} ({type(value).__name__}); it stays on unless "
-            "it is literally false (an empty or null value is refused rather than guessed)"
+            f"safe_mode: must be true or false, got {value!r} ({type(value).__name__}); safe_mode stays on "
+            "unless it is literally false, and any other value is refused rather than guessed"
         )
 
 
@@ -270,8 +270,8 @@ def check_custom_object(import_path: str, obj: Any) -> None:
         raise ValueError(
             f"refusing {shown}: it is the function {obj.__module__}.{obj.__qualname__} from "
             f"{_where_defined(obj)}, not your project's own code, not registered with Keras "
-            "(keras.saving.register_keras_serializable) and not a Keras modelling function; a model file "
-            "would choose what it is called with"
+            "(keras.saving.register_keras_serializable) and not a Keras modelling function, so a model "
+            "file could have it called with arguments of the file's choosing"
         )
     if callable(obj) and _is_registered_or_modelling(obj):
         return
