@@ -107,19 +107,16 @@ def refuse_special_file(path: str) -> None:
 
     Opening a FIFO blocks until someone writes to it, and ``/dev/zero`` reads
     for ever; a model file planted as either would hang a load or a preview.
-    Opened without blocking, so asking cannot hang either. A folder or a
-    missing path is left to the opener, whose errors the datasets explain.
+    Asked with ``stat``, which opens nothing (even a non-blocking open of a
+    FIFO would let a writer waiting on it through). A folder or a missing
+    path is left to the opener, whose errors the datasets explain.
     """
     import stat
 
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        mode = os.stat(path).st_mode
     except OSError:
         return
-    try:
-        mode = os.fstat(descriptor).st_mode
-    finally:
-        os.close(descriptor)
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return
     kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
