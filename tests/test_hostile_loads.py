@@ -394,3 +394,53 @@ def test_a_failed_loads_whole_traceback_shows_the_files_text_escaped(tmp_path):
     assert "a/b\\n[12-06-26 10:00:00] INFO  forged \\x1b[31mred" in str(raised.value.__cause__)
     assert type(raised.value.__cause__).__name__ == "ShownAsDataError"
     assert str(raised.value.__cause__).startswith("ValueError: ")  # Keras's refusal of the '/'
+
+
+# An instance of a Keras kind wraps any callable: refused however it is reached.
+wrapped_pager = keras.layers.Lambda(lambda x: x)
+
+
+def test_an_instance_of_a_keras_kind_named_in_custom_objects_is_refused(tmp_path):
+    saved(tmp_path, relu_lambda_model())
+    with pytest.raises(DatasetError, match=r"refusing 'test_hostile_loads.wrapped_pager': it is Lambda"):
+        KerasModelDataset(
+            filepath=str(tmp_path / "m.keras"),
+            load_args={"custom_objects": {"x": "test_hostile_loads.wrapped_pager"}},
+        ).load()
+
+
+def test_a_registered_name_beside_a_keras_function_does_not_let_it_through(tmp_path):
+    """Keras finds a function by its name; a registered_name naming the
+    project's own function must not make set_floatx pass (Keras 3.12 would
+    then call set_floatx; 3.15 refuses it itself)."""
+
+    def gadget(config):
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "Lambda":
+                layer["config"]["function"] = {
+                    "module": "keras.config",
+                    "class_name": "function",
+                    "config": "set_floatx",
+                    "registered_name": "kedro_keras_tests>registered_relu",
+                }
+        return config
+
+    saved(tmp_path, relu_lambda_model())
+    rewrite_member(tmp_path / "m.keras", "config.json", gadget)
+    before = keras.config.floatx()
+    with pytest.raises(DatasetError, match=r"calls 'keras.config.set_floatx', which is not a model building"):
+        KerasModelDataset(filepath=str(tmp_path / "m.keras")).load()
+    assert keras.config.floatx() == before
+
+
+def test_a_fifo_planted_as_a_legacy_h5_model_is_refused_without_opening_it(tmp_path, fifo_unblocker):
+    import os
+
+    fifos, readers_seen = fifo_unblocker
+    os.mkfifo(tmp_path / "m.h5")
+    fifos.append(str(tmp_path / "m.h5"))
+    with pytest.warns(UserWarning, match="legacy HDF5"):
+        dataset = KerasModelDataset(filepath=str(tmp_path / "m.h5"))
+    with pytest.raises(DatasetError, match=r"it is a FIFO, not a regular file"):
+        dataset.load()
+    assert readers_seen == []

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+from kedro.io.core import DatasetError
+
 
 def printable(text: str, limit: int | None = 200) -> str:
     """Text read from a file, safe to put in a log line or message: control
@@ -20,6 +22,17 @@ def printable(text: str, limit: int | None = 200) -> str:
     shown escaped, and at most ``limit`` characters (None: all of it)."""
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
     return shown + ("..." if limit is not None and len(text) > limit else "")
+
+
+class SafeDatasetError(DatasetError):
+    """A ``DatasetError`` whose message, which may quote a file (a layer's or
+    a model's name, a shard's, a record's field, Keras's own error about
+    them), is kept with its control characters escaped: Kedro prints it, and
+    a newline or an escape sequence from a file must not reach a log or a
+    terminal raw. Every error the datasets raise is one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(str(message), limit=None))
 
 
 class ShownAsDataError(Exception):
@@ -48,8 +61,8 @@ class ShownAsData(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string is logging's to report, not ours
-            return True
+        except Exception:  # noqa: BLE001 - a bad format string: shown as it is, escaped, unformatted
+            message = f"{record.msg} {record.args!r}"
         record.msg, record.args = printable(message, limit=None), ()
         record.markup = False
         return True

@@ -221,7 +221,7 @@ def _our_entries(env: str | None) -> list[tuple[str, Any]]:
 
 
 def _entry(name: str, env: str | None, version: str | None) -> Any:
-    from kedro.io.core import Version
+    from kedro.io.core import AbstractVersionedDataset, Version
 
     # A version pinned through the catalog's public get(): a copy of the entry, as --load-versions makes.
     dataset = _catalog(env).get(name, version=Version(version, None) if version else None)
@@ -229,6 +229,12 @@ def _entry(name: str, env: str | None, version: str | None) -> Any:
         raise _Failure(f"'{name}' is not an entry of this project's catalog.")
     if not type(dataset).__module__.startswith("kedro_keras."):
         raise _Failure(f"'{name}' is a {type(dataset).__name__}, not a kedro-keras dataset.")
+    if version and (not isinstance(dataset, AbstractVersionedDataset) or dataset._version is None):
+        # Otherwise the newest file would be read and reported as if it were the version asked for.
+        raise _Failure(
+            f"'{name}' keeps no Kedro versions, so --version does not apply to it "
+            "(versioned: true entries and histories have them)."
+        )
     return dataset
 
 

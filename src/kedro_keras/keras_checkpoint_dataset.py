@@ -24,7 +24,7 @@ from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._io.h5 import CorruptFileError
 from kedro_keras._io.h5_guards import stored_variable_groups
-from kedro_keras._log import as_data, get_logger, printable
+from kedro_keras._log import SafeDatasetError, as_data, get_logger, printable
 from kedro_keras.keras_model_dataset import KerasModelDataset
 from kedro_keras.keras_timestamped_model_dataset import check_keep_last
 
@@ -153,7 +153,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         """
         filepath = checked_filepath(filepath)
         if filepath.lower().endswith((_FULL_SUFFIX, ".h5")):
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"KerasCheckpointDataset's filepath is the folder that holds the checkpoints, but "
                 f"'{filepath}' looks like a model file. Name a folder, e.g. "
                 "'data/06_models/classifier_checkpoints'."
@@ -162,11 +162,11 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         if save_freq != "epoch" and (
             isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
         ):
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"save_freq must be 'epoch' or a number of batches of at least 1; got {save_freq!r}."
             )
         if mode not in ("auto", "min", "max"):
-            raise DatasetError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}.")
+            raise SafeDatasetError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}.")
         if save_best_only and monitor is None:
             monitor = "val_loss"
         pinned = version.load if version and version.load else load_version
@@ -193,11 +193,11 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
             _imports.check_safe_mode(self._load_args)
             _safe_configs.check_bound_args(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
+            raise SafeDatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
         try:  # a typo fails when the catalog is built, not after training
             _imports.check_custom_objects(self._load_args.get("custom_objects"))
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
+            raise SafeDatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
         self._credentials, self._fs_args = credentials, fs_args
         self.metadata = metadata
         # Records already reported as unreadable while ranking: pruning runs
@@ -222,7 +222,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         return Checkpoints(self)
 
     def save(self, data: Any) -> None:
-        raise DatasetError(
+        raise SafeDatasetError(
             f"'{self._location.url(self._folder)}' holds training checkpoints, written by the callback "
             "during fit: use the entry as a node input (checkpoints.callback()), not as an output. "
             "Save the trained model to a KerasModelDataset entry."
@@ -305,7 +305,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         # forever on open, and a device never ends. Object stores hold only files.
         kind = self._location.kind(path) if self._location.is_local else "file"
         if kind not in ("file", None):  # None: removed since the listing, which open_read reports
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"The checkpoint record '{url}' is a "
                 f"{'folder' if kind == 'directory' else 'device, pipe or socket'}, not a file: it was not "
                 "written by this dataset. Remove it and its model file."
@@ -314,11 +314,11 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
             with self._location.open_read(path) as file:
                 raw = file.read(_record.MAX_RECORD_BYTES + 1)
         except OSError as exc:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"Cannot read the checkpoint record '{url}': {printable(str(exc), 300)}"
             ) from as_data(exc)
         if len(raw) > _record.MAX_RECORD_BYTES:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"The checkpoint record '{url}' is larger than {_record.MAX_RECORD_BYTES // 2**20} MiB; ours are "
                 "a few KB, so it was not written by this dataset and is not read. Remove it (and its "
                 "model file) if you did not put it there on purpose."
@@ -326,19 +326,19 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         try:
             record = json.loads(raw)
         except RecursionError as exc:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"The checkpoint record '{url}' is nested too deeply to be a checkpoint record; "
                 "it was not written by this dataset. Remove it and its model file."
             ) from as_data(exc)
         except ValueError as exc:  # not JSON, not UTF-8, an integer of thousands of digits
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"The checkpoint record '{url}' is not valid JSON ({printable(str(exc), 200)}): it was "
                 "cut short or damaged. Remove it and its model file."
             ) from as_data(exc)
         try:
             return _record.checked_record(record, version)
         except ValueError as exc:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"The checkpoint record '{url}' is not one this dataset writes: {exc}. "
                 "Remove it and its model file."
             ) from as_data(exc)
@@ -372,9 +372,9 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         except DatasetError:
             raise
         except CorruptFileError as exc:
-            raise DatasetError(f"Checkpoint '{url}' is corrupt: {exc}.") from as_data(exc)
+            raise SafeDatasetError(f"Checkpoint '{url}' is corrupt: {exc}.") from as_data(exc)
         except OSError as exc:  # unreadable: an older checkpoint may do
-            raise DatasetError(f"Cannot read checkpoint '{url}': {exc}") from as_data(exc)
+            raise SafeDatasetError(f"Cannot read checkpoint '{url}': {exc}") from as_data(exc)
         except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
             # The checksum held, so the file is whole: it is the model that
             # differs (what Keras says when our own check could not run).
@@ -397,7 +397,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         self, model: keras.Model, epochs_done: int, steps: int, record: dict[str, Any]
     ) -> str:
         if not (0 <= epochs_done < _record.MAX_EPOCH and 0 <= steps < _record.MAX_STEP):
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"Checkpoints in '{self._url()}' are named for up to {_record.MAX_EPOCH - 1} epochs and "
                 f"{_record.MAX_STEP - 1} batches into one; this one is at epoch {epochs_done}, batch {steps}. "
                 "Train in fewer, longer epochs."
@@ -410,7 +410,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
                 with self._location.atomic_write(path, size_hint=_archive.state_bytes(model)) as file:
                     _weights.write_weights(model, file)
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-                raise DatasetError(
+                raise SafeDatasetError(
                     f"Could not write checkpoint '{self._location.url(path)}': {exc}. "
                     "The previous checkpoints are unchanged."
                 ) from as_data(exc)
@@ -431,7 +431,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
                     f"it is {len(encoded)} bytes, over the {_record.MAX_RECORD_BYTES} bytes read back"
                 )
         except ValueError as exc:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"Could not write the record of checkpoint '{self._location.url(path)}': {exc}. "
                 "Please report it to kedro-keras with the model's layers; the previous checkpoints "
                 "are unchanged."
@@ -534,7 +534,7 @@ class Checkpoints:
         if dataset._pinned is not None:
             if dataset._pinned not in versions:
                 listed = ", ".join(versions[:5]) if versions else "none"
-                raise DatasetError(
+                raise SafeDatasetError(
                     f"Checkpoint '{dataset._pinned}' is not in '{dataset._url()}'. Checkpoints there: {listed}."
                 )
             return self._restore_version(dataset._pinned, model)
@@ -554,7 +554,7 @@ class Checkpoints:
                 )
             return restored
         if failures:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"None of the {len(failures)} checkpoint(s) in '{dataset._url()}' could be read; "
                 f"newest: {failures[0]}"
             )
@@ -565,7 +565,7 @@ class Checkpoints:
         """The checkpoint best by ``monitor`` (None if there is none)."""
         dataset = self._dataset
         if dataset._monitor is None:
-            raise DatasetError(f"'{dataset._url()}': best() needs monitor: in the catalog entry.")
+            raise SafeDatasetError(f"'{dataset._url()}': best() needs monitor: in the catalog entry.")
         version = dataset._best_version(dataset.versions())
         return None if version is None else dataset._read_checkpoint(version, model)
 

@@ -29,7 +29,7 @@ from kedro_keras._formats.onnx import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactE
 from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._io.h5 import CHUNK
 from kedro_keras._io.progress import transfer_text
-from kedro_keras._log import as_data, get_logger, printable
+from kedro_keras._log import SafeDatasetError, as_data, get_logger, printable
 
 if TYPE_CHECKING:
     import keras
@@ -152,15 +152,17 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         inferred = next((name for name, end in _exported.FILE_SUFFIXES.items() if end == suffix), None)
         format = format or inferred or "tf_saved_model"
         if format not in _exported.FORMATS:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"'{filepath}': format '{format}' is not one this dataset exports; "
                 f"choose one of {', '.join(_exported.FORMATS)}."
             )
         wanted = _exported.FILE_SUFFIXES.get(format)
         if wanted and suffix != wanted:
-            raise DatasetError(f"'{filepath}': a {format} export is one file whose name ends in '{wanted}'.")
+            raise SafeDatasetError(
+                f"'{filepath}': a {format} export is one file whose name ends in '{wanted}'."
+            )
         if format == "tf_saved_model" and suffix in (".keras", ".h5", ".onnx", ".tflite"):
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"'{filepath}': a SavedModel is a folder; name it without '{suffix}' "
                 "(e.g. data/06_models/classifier_saved_model)."
             )
@@ -172,14 +174,14 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         )
         budget = self._load_args["max_tensor_bytes"]
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"'{filepath}': load_args.max_tensor_bytes is {budget!r}; give a positive number of bytes "
                 f"(default {DEFAULT_MAX_TENSOR_BYTES})."
             )
         try:
             _imports.check_safe_mode(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
+            raise SafeDatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
         self._location = Location(filepath, credentials, fs_args, version)
         self.metadata = metadata
         super().__init__(
@@ -258,11 +260,11 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         path = self._get_save_path()
         url = self._location.url(path)
         if not isinstance(data, keras.Model):
-            raise DatasetError(f"Cannot export {type(data).__name__} to '{url}': expected a keras.Model.")
+            raise SafeDatasetError(f"Cannot export {type(data).__name__} to '{url}': expected a keras.Model.")
         backend = keras.backend.backend()
         problem = _exported.why_cannot_export(self._format, backend)
         if problem:
-            raise DatasetError(f"Cannot export model '{data.name}' to '{url}': {problem}.")
+            raise SafeDatasetError(f"Cannot export model '{data.name}' to '{url}': {problem}.")
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="kedro-keras-export-") as scratch:
             local = os.path.join(scratch, "model" + _exported.FILE_SUFFIXES.get(self._format, ""))
@@ -270,7 +272,7 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
                 # model.export writes local paths only; the artifact is then published from there.
                 _export(data, local, self._format, self._export_args)
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-                raise DatasetError(
+                raise SafeDatasetError(
                     f"Could not export model '{data.name}' as {self._format} (backend {backend}) for "
                     f"'{url}': {_first_line(exc)}. Any export previously saved there is unchanged."
                 ) from as_data(exc)
@@ -282,7 +284,7 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
                         with open(local, "rb") as source:
                             shutil.copyfileobj(source, target, CHUNK)
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-                raise DatasetError(
+                raise SafeDatasetError(
                     f"Could not publish the {self._format} export of '{data.name}' to '{url}': {exc}. "
                     "Any export previously saved there is unchanged."
                 ) from as_data(exc)
@@ -304,14 +306,14 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         url = self._location.url(path)
         problem = _exported.why_cannot_load(self._format, keras.backend.backend())
         if problem:
-            raise DatasetError(f"Cannot load the {self._format} export at '{url}': {problem}.")
+            raise SafeDatasetError(f"Cannot load the {self._format} export at '{url}': {problem}.")
         start = time.monotonic()
         if self._is_folder:
             return self._load_saved_model(path, url, start)
         kind = self._location.kind(path)
         if kind != "file":
             what = "does not exist" if kind is None else f"is a {kind}, not a file"
-            raise DatasetError(f"No {self._format} export at '{url}': the path {what}.")
+            raise SafeDatasetError(f"No {self._format} export at '{url}': the path {what}.")
         safe_mode = self._load_args["safe_mode"] is not False
         budget = self._load_args["max_tensor_bytes"]
         try:
@@ -324,11 +326,11 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
                 else _exported.LiteRTModel(content, safe_mode=safe_mode, max_tensor_bytes=budget)
             )
         except RefusedArtifactError as exc:
-            raise DatasetError(f"Refusing to load the {self._format} export at '{url}': {exc}.") from as_data(
-                exc
-            )
+            raise SafeDatasetError(
+                f"Refusing to load the {self._format} export at '{url}': {exc}."
+            ) from as_data(exc)
         except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"Cannot load the {self._format} export at '{url}': {_first_line(exc)}"
             ) from as_data(exc)
         logger.info(
@@ -342,7 +344,7 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
 
     def _load_saved_model(self, folder: PurePosixPath, url: str, start: float) -> Any:
         if self._load_args["safe_mode"] is not False:  # anything but a literal false is safe
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"Refusing to load the SavedModel at '{url}' with safe_mode on: a SavedModel is a "
                 "TensorFlow program whose graph can read and write files and more when it is loaded or "
                 "called, which no check can vet. Load only folders you trust, with "
@@ -361,7 +363,9 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
             raise
         except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
             scratch.cleanup()
-            raise DatasetError(f"Cannot load the SavedModel at '{url}': {_first_line(exc)}") from as_data(exc)
+            raise SafeDatasetError(f"Cannot load the SavedModel at '{url}': {_first_line(exc)}") from as_data(
+                exc
+            )
         # TensorFlow may read assets (vocabularies) later: the copy lives as long as the model.
         model._kedro_keras_files = scratch
         saved_with = (

@@ -25,7 +25,7 @@ from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io import progress as _progress
 from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._io.h5 import HDF5_SIGNATURE, CorruptFileError
-from kedro_keras._log import as_data, get_logger, printable
+from kedro_keras._log import SafeDatasetError, as_data, get_logger, printable
 
 if TYPE_CHECKING:
     import keras
@@ -148,12 +148,12 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             _imports.check_safe_mode(self._load_args)
             _safe_configs.check_bound_args(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
+            raise SafeDatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
         _imports.check_known_args("save_args", self._save_args, {"include_optimizer"}, filepath)
         try:  # a typo fails when the catalog is built, not after training
             _imports.check_custom_objects(self._load_args.get("custom_objects"))
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
+            raise SafeDatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
 
         super().__init__(
             filepath=self._location.path,
@@ -167,13 +167,13 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         """True for legacy HDF5, False for ``.keras``; anything else is refused."""
         suffix = PurePosixPath(filepath).suffix.lower()
         if filepath.lower().endswith(WEIGHTS_SUFFIX):
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"'{filepath}' is a weights-only file name; use "
                 f"kedro_keras.KerasWeightsDataset for '{WEIGHTS_SUFFIX}' files, or "
                 f"name the whole model '*{KERAS_SUFFIX}'."
             )
         if suffix != KERAS_SUFFIX and suffix not in LEGACY_SUFFIXES:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"KerasModelDataset cannot tell the format of '{filepath}': its "
                 f"name must end in '{KERAS_SUFFIX}' (recommended) or "
                 f"'{LEGACY_SUFFIXES[0]}' (legacy HDF5)."
@@ -215,8 +215,8 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             args["custom_objects"] = _imports.resolve_custom_objects(
                 args.get("custom_objects"), safe_mode=args.get("safe_mode", True)
             )
-        except (ValueError, ImportError) as exc:
-            raise DatasetError(
+        except Exception as exc:  # noqa: BLE001 - whatever the named module raises on import, as a DatasetError
+            raise SafeDatasetError(
                 f"Cannot load the Keras model at '{url}': load_args.custom_objects: {exc}"
             ) from as_data(exc)
         legacy = self._legacy
@@ -236,11 +236,13 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             if missing is not None:
                 # Also when the file vanished between opening and reading (a
                 # concurrent keep_last prune): zipfile reports that as BadZipFile.
-                raise DatasetError(f"No Keras model at '{url}': {self._what_is_missing(path)}.") from missing
+                raise SafeDatasetError(
+                    f"No Keras model at '{url}': {self._what_is_missing(path)}."
+                ) from missing
             folder = self._describe_folder(path, url)
             if folder:
-                raise DatasetError(folder) from as_data(exc)
-            raise DatasetError(_load_failure(url, exc, legacy=legacy)) from as_data(exc)
+                raise SafeDatasetError(folder) from as_data(exc)
+            raise SafeDatasetError(_load_failure(url, exc, legacy=legacy)) from as_data(exc)
         logger.info(
             "Loaded Keras model '%s' from %s%s: %s",
             model.name,
@@ -335,12 +337,12 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             except FileExistsError:
                 path = self._next_save_path(path)
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-                raise DatasetError(
+                raise SafeDatasetError(
                     f"Could not save Keras model '{data.name}' to '{url}': {exc}. "
                     "Any model previously saved there is unchanged."
                 ) from as_data(exc)
         else:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"Could not save Keras model '{data.name}': every version tried already existed."
             )
         self._location.invalidate_cache(path)
@@ -355,7 +357,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
     def _next_save_path(self, taken: PurePosixPath) -> PurePosixPath:
         """Where to save when ``taken`` appeared while we wrote; Kedro's own
         versions are fixed, so here that is an error."""
-        raise DatasetError(
+        raise SafeDatasetError(
             f"Save path '{self._location.url(taken)}' was created by another run while "
             "this one was saving; versions are never overwritten."
         )
@@ -459,7 +461,7 @@ def _take_migration_args(load_args: dict[str, Any], save_args: dict[str, Any], f
             stacklevel=4,
         )
         return
-    raise DatasetError(
+    raise SafeDatasetError(
         f"'{filepath}': save_args.save_format: {save_format!r} does not match the file name, which "
         f"decides the format here ('{KERAS_SUFFIX}', or '{LEGACY_SUFFIXES[0]}' for legacy HDF5). "
         "Keras 3 no longer saves TensorFlow SavedModel folders with model.save; remove save_format "
@@ -481,7 +483,7 @@ def _check_is_model(data: Any, url: str) -> None:
     import keras
 
     if not isinstance(data, keras.Model):
-        raise DatasetError(f"Cannot save {type(data).__name__} to '{url}': expected a keras.Model.")
+        raise SafeDatasetError(f"Cannot save {type(data).__name__} to '{url}': expected a keras.Model.")
 
 
 def _file_not_found_in(exc: BaseException | None) -> FileNotFoundError | None:

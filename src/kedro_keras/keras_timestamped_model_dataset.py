@@ -11,7 +11,7 @@ from typing import Any
 
 from kedro.io.core import DatasetError, Version, VersionNotFoundError
 
-from kedro_keras._log import as_data, get_logger
+from kedro_keras._log import SafeDatasetError, as_data, get_logger
 from kedro_keras.keras_model_dataset import KERAS_SUFFIX, LEGACY_SUFFIXES, KerasModelDataset
 
 logger = get_logger(__name__)
@@ -123,7 +123,7 @@ class KerasTimestampedModelDataset(KerasModelDataset):
     @staticmethod
     def _is_legacy_format(filepath: str) -> bool:
         if filepath.lower().endswith((KERAS_SUFFIX, *LEGACY_SUFFIXES)):
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"KerasTimestampedModelDataset's filepath is a folder that holds "
                 f"one file per save, but '{filepath}' looks like a model file. "
                 "Name the folder (e.g. 'data/06_models/classifier_history'), or "
@@ -187,7 +187,7 @@ class KerasTimestampedModelDataset(KerasModelDataset):
 
     def _refuse_a_file_as_folder(self) -> None:
         if self._location.fs.isfile(str(self._filepath)):
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"'{self._location.url(self._filepath)}' is a file, but KerasTimestampedModelDataset's "
                 "filepath is the folder that holds the history (model_<timestamp>.keras files). Point "
                 "filepath at a folder, or use KerasModelDataset for one model file."
@@ -210,7 +210,7 @@ class KerasTimestampedModelDataset(KerasModelDataset):
             if not self._exists():
                 available = self.versions()
                 listed = ", ".join(available[:5]) if available else "none"
-                raise DatasetError(
+                raise SafeDatasetError(
                     f"Version '{self._version.load}' is not in "
                     f"'{self._location.url(self._filepath)}'. Newest versions there: {listed}."
                 )
@@ -252,7 +252,9 @@ def check_keep_last(keep_last: object) -> None:
     if keep_last is not None and (
         isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
     ):
-        raise DatasetError(f"keep_last must be a whole number of at least 1 (or null); got {keep_last!r}.")
+        raise SafeDatasetError(
+            f"keep_last must be a whole number of at least 1 (or null); got {keep_last!r}."
+        )
 
 
 def _version_of(path: str | PurePosixPath) -> str:
@@ -262,7 +264,7 @@ def _version_of(path: str | PurePosixPath) -> str:
 
 def _check_version_string(version: str) -> None:
     if not isinstance(version, str) or not _VERSION.match(version):
-        raise DatasetError(
+        raise SafeDatasetError(
             f"'{version}' is not a model version: versions look like "
             f"'2026-11-21T10.33.42.123456Z' (UTC, to the microsecond), as listed "
             "by versions()."

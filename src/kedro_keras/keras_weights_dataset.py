@@ -29,7 +29,7 @@ from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._io.h5 import CorruptFileError, ShardReadError
 from kedro_keras._io.h5_guards import stored_variable_groups
 from kedro_keras._keras import build as _keras_build
-from kedro_keras._log import as_data, get_logger
+from kedro_keras._log import SafeDatasetError, as_data, get_logger
 from kedro_keras.keras_model_dataset import _check_is_model
 
 if TYPE_CHECKING:
@@ -165,12 +165,12 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         filepath = checked_filepath(filepath)
         self._sharded = filepath.endswith(INDEX_SUFFIX)
         if not (filepath.endswith(WEIGHTS_SUFFIX) or self._sharded):
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"KerasWeightsDataset needs a file name ending in '{WEIGHTS_SUFFIX}' "
                 f"(Keras's weights format) or '{INDEX_SUFFIX}' (sharded weights); got '{filepath}'."
             )
         if architecture is not None and not (isinstance(architecture, str) or callable(architecture)):
-            raise DatasetError(
+            raise SafeDatasetError(
                 "architecture must be an import path such as "
                 f"'my_project.models.build_model' or a callable; got {architecture!r}."
             )
@@ -189,17 +189,17 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             _imports.check_safe_mode(self._load_args)
             _safe_configs.check_bound_args(self._load_args)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
+            raise SafeDatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
         # A typo fails when the catalog is built, not after the training.
         try:
             if isinstance(architecture, str):
                 _imports.check_import_path(architecture)
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': architecture: {exc}.") from as_data(exc)
+            raise SafeDatasetError(f"'{filepath}': architecture: {exc}.") from as_data(exc)
         try:
             _imports.check_custom_objects(self._load_args.get("custom_objects"))
         except ValueError as exc:
-            raise DatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
+            raise SafeDatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
         if self._sharded:
             self._save_args.setdefault("max_shard_size", DEFAULT_MAX_SHARD_SIZE)
             _imports.check_known_args(
@@ -207,7 +207,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             )
             _check_max_shard_size(self._save_args["max_shard_size"], filepath)
         elif "max_shard_size" in self._save_args:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"save_args.max_shard_size is for sharded weights, but '{filepath}' is one "
                 f"'{WEIGHTS_SUFFIX}' file. Name it '...{INDEX_SUFFIX}' to save an index plus "
                 "shards, or remove max_shard_size."
@@ -255,9 +255,9 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         if kind is None:
             bucket = self._location.missing_bucket(weights_path)
             cause = f"the bucket '{bucket}' does not exist" if bucket else "the file does not exist"
-            raise DatasetError(f"No Keras weights at '{url}': {cause}.")
+            raise SafeDatasetError(f"No Keras weights at '{url}': {cause}.")
         if kind == "directory":
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"'{url}' is a folder, not a weights file"
                 + (
                     " (a folder of versions: add versioned: true to the catalog entry)."
@@ -277,25 +277,25 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                     if not visited:  # the first pass; a second loads only the optimizer
                         mismatch = _weights.describe_weight_mismatch(model, stored_variable_groups(file))
                         if mismatch:
-                            raise DatasetError(
+                            raise SafeDatasetError(
                                 f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}"
                             )
                     _weights.read_weights_into(model, file, visited)
             except DatasetError:
                 raise
             except CorruptFileError as exc:
-                raise DatasetError(
+                raise SafeDatasetError(
                     f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the weights again."
                 ) from as_data(exc)
             except PermissionError as exc:
-                raise DatasetError(f"Cannot read '{url}': permission denied ({exc}).") from as_data(exc)
+                raise SafeDatasetError(f"Cannot read '{url}': permission denied ({exc}).") from as_data(exc)
             except OSError as exc:
-                raise DatasetError(
+                raise SafeDatasetError(
                     f"'{url}' is not a valid {WEIGHTS_SUFFIX} file ({exc}): the file is truncated, "
                     "corrupt, or in another format."
                 ) from as_data(exc)
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-                raise DatasetError(
+                raise SafeDatasetError(
                     f"Cannot load the weights at '{url}' into model '{model.name}': {exc}"
                 ) from as_data(exc)
 
@@ -325,7 +325,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         url = self._location.url(weights_path)
         _check_is_model(data, url)
         if not data.built:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"Cannot save the weights of model '{data.name}' to '{url}': the model "
                 "is not built yet, so it has no weights. Call it on data first."
             )
@@ -357,7 +357,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                 _weights.write_weights(data, weights_file, **self._save_args)
                 size = _preview.file_size(weights_file)
         except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"Could not save the weights of model '{data.name}' to '{url}': {exc}. "
                 "Any weights previously saved there are unchanged."
             ) from as_data(exc)
@@ -391,7 +391,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                     stored = _sharded.stored_sharded_variable_groups(index, open_shard)
                     mismatch = _weights.describe_weight_mismatch(model, stored)
                     if mismatch:
-                        raise DatasetError(
+                        raise SafeDatasetError(
                             f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}"
                         )
                 _sharded.read_sharded_weights_into(model, index, open_shard, visited, verified)
@@ -400,7 +400,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             except ShardReadError as exc:
                 raise shard_error(self._location, exc, directory, url) from as_data(exc)
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-                raise DatasetError(
+                raise SafeDatasetError(
                     f"Cannot load the weights at '{url}' into model '{model.name}': {exc}"
                 ) from as_data(exc)
 
@@ -470,7 +470,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
 def _check_max_shard_size(value: Any, filepath: str) -> None:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not is_number or not math.isfinite(value) or value <= 0:
-        raise DatasetError(
+        raise SafeDatasetError(
             f"save_args.max_shard_size for '{filepath}' must be a positive number of GB "
             f"(such as 0.5 or 2); got {value!r}."
         )

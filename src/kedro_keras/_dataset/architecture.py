@@ -20,7 +20,7 @@ from kedro_keras._formats.sharded import INDEX_SUFFIX
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io.files import Location
 from kedro_keras._keras import build as _keras_build
-from kedro_keras._log import as_data
+from kedro_keras._log import SafeDatasetError, as_data
 
 if TYPE_CHECKING:
     import keras
@@ -54,8 +54,8 @@ def rebuild_from_saved_architecture(
         custom_objects = _imports.resolve_custom_objects(
             load_args.get("custom_objects"), safe_mode=load_args["safe_mode"]
         )
-    except (ValueError, ImportError) as exc:
-        raise DatasetError(f"load_args.custom_objects: {exc}") from as_data(exc)
+    except Exception as exc:  # noqa: BLE001 - whatever the named module raises on import, as a DatasetError
+        raise SafeDatasetError(f"load_args.custom_objects: {exc}") from as_data(exc)
     if embedded is not None:
         architecture, url = embedded, location.url(weights_path)
     else:
@@ -77,10 +77,10 @@ def rebuild_from_saved_architecture(
     except DatasetError:
         raise
     except UnsafeConfigError as exc:
-        raise DatasetError(f"Refusing the architecture at '{url}': {exc}.") from as_data(exc)
+        raise SafeDatasetError(f"Refusing the architecture at '{url}': {exc}.") from as_data(exc)
     except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
         cause = _imports.unknown_class_hint(exc) or exc
-        raise DatasetError(
+        raise SafeDatasetError(
             f"Cannot rebuild the model from the architecture at '{url}': {cause}"
         ) from as_data(exc)
 
@@ -105,13 +105,13 @@ def read_architecture_beside(location: Location, weights_path: PurePosixPath) ->
             # As much as a .keras archive's config.json may hold, and no more read.
             architecture = file.read(_archive.MAX_CONFIG_BYTES + 1)
     except FileNotFoundError as exc:
-        raise DatasetError(
+        raise SafeDatasetError(
             f"Cannot rebuild the model for '{location.url(weights_path)}': no "
             f"architecture was saved at '{url}' and the catalog entry gives no "
             "'architecture' builder. Add architecture: <import path to a builder>."
         ) from as_data(exc)
     if len(architecture) > _archive.MAX_CONFIG_BYTES:
-        raise DatasetError(
+        raise SafeDatasetError(
             f"Refusing the architecture at '{url}': it holds more than {_archive.MAX_CONFIG_BYTES} "
             "bytes, far more than a Keras model's configuration."
         )
@@ -129,7 +129,7 @@ def build_from_builder(builder: str | Callable[..., Any], args: dict[str, Any]) 
             raise ValueError(f"'{name}' is a {type(builder).__name__}, not a function or class")
         return _keras_build.build_from_builder(builder, args)
     except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-        raise DatasetError(
+        raise SafeDatasetError(
             f"The architecture builder '{name}' (args {args}) "
             f"did not give a model: {type(exc).__name__}: {exc}"
         ) from as_data(exc)

@@ -8,7 +8,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import keras
-from kedro.io.core import DatasetError
+
+from kedro_keras._log import SafeDatasetError
 
 if TYPE_CHECKING:
     from kedro_keras.keras_checkpoint_dataset import KerasCheckpointDataset
@@ -45,7 +46,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                 if monitor.startswith("val_")
                 else ""
             )
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"Checkpoints in '{self._dataset._url()}': monitor '{monitor}' is not among the metrics "
                 f"fit logged at the end of epoch {epoch + 1}: {', '.join(sorted(logs)) or 'none'}{hint}."
             )

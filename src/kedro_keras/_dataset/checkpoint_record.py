@@ -10,9 +10,7 @@ import math
 import re
 from typing import Any
 
-from kedro.io.core import DatasetError
-
-from kedro_keras._log import printable
+from kedro_keras._log import SafeDatasetError, printable
 
 # ckpt-e00003-s0000000: 3 epochs done, 0 batches into the next. Fixed width,
 # so that names sort in training order. ASCII digits and fullmatch: ``\d``
@@ -51,7 +49,7 @@ def is_version(version: Any) -> bool:
 
 def check_version(version: str) -> None:
     if not is_version(version):
-        raise DatasetError(
+        raise SafeDatasetError(
             f"'{printable(str(version), 80)}' is not a checkpoint version: versions look like "
             "'e00003-s0000000' (epochs done, batches into the next), as listed by versions()."
         )

@@ -21,7 +21,7 @@ from kedro.io.core import DatasetError
 
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK
-from kedro_keras._log import as_data, get_logger, printable
+from kedro_keras._log import SafeDatasetError, as_data, get_logger, printable
 from kedro_keras._version import __version__
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def read_manifest(location: Location, folder: PurePosixPath, quiet: bool = False
         with location.open_read(path) as file:
             text = file.read(MAX_MANIFEST_BYTES + 1)
         if len(text) > MAX_MANIFEST_BYTES:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"Cannot read '{url}': it is over {MAX_MANIFEST_BYTES} bytes, more than any manifest "
                 "this package writes; it was not written by kedro-keras. Export the model again."
             )
@@ -99,7 +99,7 @@ def read_manifest(location: Location, folder: PurePosixPath, quiet: bool = False
             manifest = json.loads(text)
         except (ValueError, RecursionError) as exc:
             cause = "its JSON nests too deep" if isinstance(exc, RecursionError) else str(exc)
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"Cannot read '{url}': {printable(cause)}. Export the model again."
             ) from as_data(exc)
         return _checked_manifest(manifest, url)
@@ -110,7 +110,7 @@ def read_manifest(location: Location, folder: PurePosixPath, quiet: bool = False
             return None
         if isinstance(exc, DatasetError):
             raise
-        raise DatasetError(f"Cannot read '{url}': {exc}") from as_data(exc)
+        raise SafeDatasetError(f"Cannot read '{url}': {exc}") from as_data(exc)
 
 
 def fetch_manifest_files(
@@ -139,12 +139,12 @@ def fetch_manifest_files(
                     size += len(chunk)
                     writing.write(chunk)
         except FileNotFoundError as exc:
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"The SavedModel at '{url}' is incomplete: '{export}/{name}', listed in its manifest, "
                 "is missing."
             ) from as_data(exc)
         if size != expected.get("size") or digest.hexdigest() != expected.get("sha256"):
-            raise DatasetError(
+            raise SafeDatasetError(
                 f"The SavedModel at '{url}' is damaged: '{export}/{name}' has {size} bytes and SHA-256 "
                 f"{digest.hexdigest()[:12]}..., its manifest says {expected.get('size')} bytes and "
                 f"{str(expected.get('sha256'))[:12]}.... Export the model again."
@@ -161,7 +161,7 @@ def fetch_foreign_folder(location: Location, folder: PurePosixPath, into: Path, 
         what = (
             "does not exist" if kind is None else "is a file" if kind == "file" else "holds no saved_model.pb"
         )
-        raise DatasetError(f"No SavedModel at '{url}': the path {what}.")
+        raise SafeDatasetError(f"No SavedModel at '{url}': the path {what}.")
     if location.is_local:
         local = Path(str(folder))
         return local, sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
@@ -183,7 +183,7 @@ def _checked_manifest(manifest: Any, url: str) -> dict[str, Any]:
     DatasetError (never a TypeError from a field of the wrong type)."""
 
     def refuse(cause: str) -> DatasetError:
-        return DatasetError(
+        return SafeDatasetError(
             f"'{url}' is not a manifest this package wrote: {cause}. Export the model again, or delete "
             "the manifest to load the folder as a SavedModel written elsewhere."
         )
@@ -228,7 +228,7 @@ def _check_regular_file(path: str, folder: str, url: str) -> None:
     inside = os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep)
     if not stat.S_ISREG(mode) or not inside:
         what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file" if inside else "outside it"
-        raise DatasetError(
+        raise SafeDatasetError(
             f"The SavedModel at '{url}' has '{printable(os.path.relpath(path, folder), 120)}', which is "
             f"{what}: refused, as a kedro-keras export holds regular files only. Export the model again."
         )
@@ -238,7 +238,7 @@ def _safe_relative(name: str, url: str) -> PurePosixPath:
     """A file name from a manifest or listing, refused if it would leave the folder."""
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or not path.parts:
-        raise DatasetError(
+        raise SafeDatasetError(
             f"The export at '{url}' names '{printable(name, 120)}', a path outside its folder: refused."
         )
     return path

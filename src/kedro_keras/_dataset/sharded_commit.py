@@ -22,7 +22,7 @@ from kedro_keras._formats import sharded as _sharded
 from kedro_keras._formats import weights as _weights
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CorruptFileError, ShardReadError
-from kedro_keras._log import as_data, get_logger
+from kedro_keras._log import SafeDatasetError, as_data, get_logger
 
 if TYPE_CHECKING:
     import keras
@@ -90,7 +90,7 @@ def save_sharded(
             file.write(index_json.encode())
     except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
         remove_quietly(location, directory, written)
-        raise DatasetError(
+        raise SafeDatasetError(
             f"Could not save the weights of model '{data.name}' to '{url}': {exc}. "
             "Any weights previously saved there are unchanged."
         ) from as_data(exc)
@@ -204,9 +204,9 @@ def read_index(location: Location, index_path: PurePosixPath) -> _sharded.Sharde
         with location.open_read(index_path) as file:
             return _sharded.read_sharded_index(file)
     except FileNotFoundError as exc:
-        raise DatasetError(f"No Keras weights at '{url}': the file does not exist.") from as_data(exc)
+        raise SafeDatasetError(f"No Keras weights at '{url}': the file does not exist.") from as_data(exc)
     except ValueError as exc:
-        raise DatasetError(f"'{url}' is not a valid sharded-weights index: {exc}.") from as_data(exc)
+        raise SafeDatasetError(f"'{url}' is not a valid sharded-weights index: {exc}.") from as_data(exc)
 
 
 def check_shards_exist(
@@ -216,7 +216,7 @@ def check_shards_exist(
     present = location.names_in(directory)
     missing = [name for name in index.shards if name not in present]
     if missing:
-        raise DatasetError(
+        raise SafeDatasetError(
             f"'{url}' names shards that do not exist: "
             f"{', '.join(repr(location.url(directory / name)) for name in missing)}. "
             "The files were moved or deleted: restore them or save the weights again."
@@ -228,19 +228,19 @@ def shard_error(location: Location, exc: ShardReadError, directory: PurePosixPat
     shard_url = location.url(directory / exc.shard)
     error = exc.error
     if isinstance(error, CorruptFileError):
-        return DatasetError(
+        return SafeDatasetError(
             f"'{shard_url}' (a shard of '{url}') is corrupt: {error}. Restore it from a good "
             "copy or save the weights again."
         )
     if isinstance(error, FileNotFoundError):
         # A save removes the shards of the index it replaced once it is published.
-        return DatasetError(
+        return SafeDatasetError(
             f"'{shard_url}', a shard named by '{url}', does not exist (was the model saved "
             "again while it was being loaded?)."
         )
     if isinstance(error, OSError):
-        return DatasetError(
+        return SafeDatasetError(
             f"'{shard_url}' (a shard of '{url}') is not a valid {_weights.WEIGHTS_SUFFIX} file ({error}): "
             "the file is truncated, corrupt, or in another format."
         )
-    return DatasetError(f"Cannot load the shard '{shard_url}' of '{url}': {error}")
+    return SafeDatasetError(f"Cannot load the shard '{shard_url}' of '{url}': {error}")

@@ -13,7 +13,7 @@ import re
 import sys
 from typing import Any
 
-from kedro_keras._log import printable
+from kedro_keras._log import SafeDatasetError, printable
 
 # Only dotted Python names, matched against the whole string (``re.fullmatch``:
 # a ``$`` would let a trailing newline through).
@@ -104,11 +104,10 @@ def check_known_args(kind: str, args: dict[str, Any], known: set[str], filepath:
     Raises:
         DatasetError: naming the unknown keys, the entry and the known ones.
     """
-    from kedro.io.core import DatasetError
 
     unknown = set(args) - known
     if unknown:
-        raise DatasetError(
+        raise SafeDatasetError(
             f"Unknown {kind} {sorted(unknown)} for '{filepath}'; the ones understood are {sorted(known)}."
         )
 
@@ -230,8 +229,8 @@ def check_custom_object(import_path: str, obj: Any) -> None:
     """Refuse an import path (from YAML) whose object is not something Keras
     would take as a custom object, whatever alias reached it: a class of the
     kinds Keras serialises (layers, models, losses, metrics, optimizers, their
-    schedules, initializers, regularizers, constraints) or an instance of one,
-    or a function that is registered with Keras, is a Keras modelling function,
+    schedules, initializers, regularizers, constraints; never an instance,
+    which may wrap any callable), or a function that is registered with Keras, is a Keras modelling function,
     or is defined in the project's own code (not in the standard library, not
     in an installed package, not in kedro-keras).
 
@@ -262,8 +261,7 @@ def check_custom_object(import_path: str, obj: Any) -> None:
             "layer, model, loss, metric, optimizer, schedule, initializer, regularizer or constraint, so "
             "Keras would only call it with arguments the model file chose"
         )
-    if isinstance(obj, kinds):
-        return
+    # An instance is never taken, even of a Keras kind: a Lambda or a loss wrapper holds any callable.
     if inspect.isfunction(obj):
         if _is_registered_or_modelling(obj) or _is_project_code(obj):
             return

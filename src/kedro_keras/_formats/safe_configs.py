@@ -208,7 +208,9 @@ def _check_function(item: dict[str, Any], custom: dict[str, Any], layer: str) ->
     shown = f"{printable(str(item.get('module') or ''), 80)}.{printable(str(name), 80)}".lstrip(".")
     if item.get("class_name") == "__lambda__" or not isinstance(name, str):
         raise UnsafeConfigError(f"layer {layer} holds Python code (a lambda's bytecode)" + _WAY_THROUGH)
-    if _is_users_own(name, custom) or _is_users_own(item.get("registered_name"), custom):
+    # Keras finds a function by its config name alone (a registered one's is 'package>name'); a
+    # registered_name beside it is not looked at, so it must not let the name through here either.
+    if _is_users_own(name, custom):
         return
     function = _resolve(item.get("module"), name)
     if function is None or id(function) not in _allowed_functions():

@@ -24,7 +24,7 @@ from typing import IO, Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
-from kedro.io.core import DatasetError, Version, get_protocol_and_path
+from kedro.io.core import Version, get_protocol_and_path
 
 from kedro_keras._io import progress as _progress
 from kedro_keras._io.progress import NO_PROGRESS, Transfer, _NoProgress
@@ -37,6 +37,7 @@ from kedro_keras._io.transfer import (
     TransferOptions,
 )
 from kedro_keras._io.upload import GatherBuffer, SpooledUpload, Uploadable
+from kedro_keras._log import SafeDatasetError
 
 __all__ = ["FileChangedError", "GatherBuffer", "Location"]
 
@@ -64,7 +65,7 @@ DEFAULT_CONCURRENCY = 8
 
 def _positive_int(value: Any, name: str, filepath: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DatasetError(
+        raise SafeDatasetError(
             f"fs_args.{name} of '{filepath}' must be a whole number of at least 1, not {value!r}"
         )
     return value
@@ -75,7 +76,7 @@ def _part_size(value: Any, filepath: str) -> int | None:
         return None
     size = _positive_int(value, "part_size", filepath)
     if size < 5 * 2**20:
-        raise DatasetError(
+        raise SafeDatasetError(
             f"fs_args.part_size of '{filepath}' must be at least 5 MiB (5242880 bytes), S3's smallest "
             f"part, not {size}"
         )
@@ -91,7 +92,7 @@ def checked_filepath(filepath: Any) -> str:
         DatasetError: naming what was given.
     """
     if not isinstance(filepath, (str, os.PathLike)) or not str(filepath).strip():
-        raise DatasetError(
+        raise SafeDatasetError(
             f"filepath must name a file or folder (a local path or an fsspec URL), got {filepath!r}"
         )
     return str(filepath)
@@ -200,6 +201,8 @@ class Location:
 
     def head(self, path: str | PurePosixPath, size: int) -> bytes:
         """The first ``size`` bytes of a file (one small ranged read remotely)."""
+        if self.is_local:
+            refuse_special_file(str(path))  # a FIFO would block this read too
         return self.fs.cat_file(str(path), start=0, end=size)
 
     def kind(self, path: str | PurePosixPath) -> str | None:
