@@ -658,3 +658,11 @@ class TestManifests:
             f"The SavedModel at '{folder}' has '{VALID_EXPORT}/saved_model.pb', which is {what}: refused, "
             "as a kedro-keras export holds regular files only. Export the model again."
         )
+
+
+def test_an_export_file_larger_than_its_format_can_hold_is_refused_unread(tmp_path):
+    path = tmp_path / "huge.onnx"
+    with open(path, "wb") as file:  # sparse: no disk used
+        file.truncate(2**31 + 1)
+    with pytest.raises(DatasetError, match=r"holds 2147483649 bytes, more than the 2147483648"):
+        KerasExportDataset(filepath=str(path)).load()

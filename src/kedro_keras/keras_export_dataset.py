@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
+# An ONNX file is one protobuf and a LiteRT file one flatbuffer: neither holds over 2 GiB.
+_MAX_ARTIFACT_BYTES = 2**31
+
 
 class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
     """A Keras model exported for serving, saved and loaded through the catalog.
@@ -316,6 +319,13 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
             raise SafeDatasetError(f"No {self._format} export at '{url}': the path {what}.")
         safe_mode = self._load_args["safe_mode"] is not False
         budget = self._load_args["max_tensor_bytes"]
+        size = self._location.fs.info(str(path)).get("size")
+        if isinstance(size, int) and size > _MAX_ARTIFACT_BYTES:
+            # Read whole below: protobuf (ONNX) and flatbuffers (LiteRT) cannot hold more anyway.
+            raise SafeDatasetError(
+                f"Refusing to load the {self._format} export at '{url}': it holds {size} bytes, more than "
+                f"the {_MAX_ARTIFACT_BYTES} a self-contained {self._format} file can."
+            )
         try:
             content = self._location.fs.cat_file(str(path))
             loaded = (

@@ -4,7 +4,6 @@ named in the catalog or from the architecture saved beside them."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from copy import deepcopy
@@ -443,7 +442,10 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         if self._location.exists(
             _architecture.architecture_path(path)
         ):  # written beside the weights by every save
-            config = json.loads(_architecture.read_architecture_beside(self._location, path)[0])
+            # Within a preview's budget, as an archive's config is: a preview reads files from anyone.
+            config = _preview.bounded_json(
+                _architecture.read_architecture_beside(self._location, path)[0], "the architecture"
+            )
             rows.append(("architecture", _architecture.architecture_path(path).name))
             if isinstance(config, dict) and config.get("kedro_keras"):
                 record = config["kedro_keras"]

@@ -104,8 +104,8 @@ def read_sharded_index(file: IO[bytes]) -> ShardedIndex:
         raise ValueError(f"it holds over {_MAX_INDEX_BYTES} bytes, far more than an index of shards")
     try:
         document = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"it is not JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested far too deep
+        raise ValueError(f"it is not JSON ({type(exc).__name__}: {exc})") from None
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict):
         raise ValueError(
@@ -162,7 +162,7 @@ def check_shard_name(name: str) -> None:
     if (
         "/" in name
         or "\\" in name
-        or "\x00" in name
+        or not name.isprintable()
         or name in (".", "..")
         or not name.endswith(WEIGHTS_SUFFIX)
         or len(name) > 255

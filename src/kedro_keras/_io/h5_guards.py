@@ -54,11 +54,18 @@ def walk_headers(
     import h5py
 
     reached: set[Any] = set() if seen is None else seen
+    entries = 0
 
     def walk(group: Any, path: str, depth: int) -> None:
+        nonlocal entries
         if depth > MAX_GROUP_DEPTH:
             raise ValueError(f"the file's groups nest more than {MAX_GROUP_DEPTH} deep: it is damaged")
         for name in group:
+            entries += 1  # every walk is bounded, not only the ones that count arrays
+            if entries > MAX_ENTRIES:
+                raise ValueError(
+                    f"the file holds more than {MAX_ENTRIES} entries, far more than a Keras model's"
+                )
             item = member(group, path, name)
             if not isinstance(item, h5py.Group):
                 continue
