@@ -444,3 +444,13 @@ def test_a_fifo_planted_as_a_legacy_h5_model_is_refused_without_opening_it(tmp_p
     with pytest.raises(DatasetError, match=r"it is a FIFO, not a regular file"):
         dataset.load()
     assert readers_seen == []
+
+
+@pytest.mark.parametrize("module, name", [("keras.activations", "deserialize"), ("keras.losses", "get")])
+def test_the_lookup_helpers_of_keras_modelling_modules_are_not_building_blocks(module, name, tmp_path):
+    from test_safe_configs import with_gadget
+
+    saved(tmp_path, relu_lambda_model())
+    rewrite_member(tmp_path / "m.keras", "config.json", lambda config: with_gadget(config, module, name))
+    with pytest.raises(DatasetError, match=rf"calls '{module}.{name}', which is not a model building block"):
+        KerasModelDataset(filepath=str(tmp_path / "m.keras")).load()

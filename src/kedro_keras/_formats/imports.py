@@ -313,6 +313,11 @@ def _installed_code_folders() -> list[str]:
 
     folders = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
     folders.update(site.getsitepackages())
+    folders.add(site.getusersitepackages())
+    # A venv that sees the system's packages, PYTHONPATH or a .pth file can add more of them.
+    folders.update(
+        entry for entry in sys.path if os.path.basename(entry) in ("site-packages", "dist-packages")
+    )
     folders.add(os.path.dirname(os.path.dirname(__file__)))  # kedro-keras itself, even when installed -e
     return [os.path.join(os.path.realpath(folder), "") for folder in folders if folder]
 

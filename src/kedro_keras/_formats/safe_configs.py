@@ -52,6 +52,11 @@ _OPS_THAT_CALL = frozenset(
         "switch",
         "vectorized_map",
         "while_loop",
+        # The lookup helpers of activations, losses, metrics, ...: they take a
+        # name or a config and deserialise it, which is not a computation.
+        "get",
+        "deserialize",
+        "serialize",
     }
 )
 # Keras layers that read a path the config chooses (a SavedModel, a torch or
