@@ -207,12 +207,21 @@ def nested_models(levels: int) -> keras.Model:
 
 
 def test_models_nested_deeper_than_the_default_are_refused_and_load_when_allowed(tmp_path):
-    model = saved(tmp_path, nested_models(40))  # 128 levels of JSON in config.json
+    """40 nested models (128 levels of JSON) are refused by default, before
+    anything is built; the bound is the entry's to set: 10 nested models (38
+    levels) are refused under a bound of 30 and load, predicting as saved,
+    under the default. (40 would then meet the weights file's own group-depth
+    guard on the public-API path.)"""
+    saved(tmp_path, nested_models(40))
     with pytest.raises(
         DatasetError, match=r"nests more than 100 levels deep.*raise load_args max_config_depth"
     ):
         DATASETS["model"](tmp_path).load()
-    loaded = DATASETS["model"](tmp_path, load_args={"max_config_depth": 200}).load()
+    (tmp_path / "ten").mkdir()
+    model = saved(tmp_path / "ten", nested_models(10))
+    with pytest.raises(DatasetError, match=r"nests more than 30 levels deep"):
+        DATASETS["model"](tmp_path / "ten", load_args={"max_config_depth": 30}).load()
+    loaded = DATASETS["model"](tmp_path / "ten").load()
     x = np.ones((3, 4), dtype="float32")
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
