@@ -18,7 +18,6 @@ from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
-from kedro_keras._formats import safe_configs as _safe_configs
 from kedro_keras._formats import weights as _weights
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io.files import Location, checked_filepath
@@ -183,21 +182,7 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         self._mode = mode
         self._pinned = pinned
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
-        _imports.check_known_args(
-            "load_args",
-            self._load_args,
-            {"custom_objects", "compile", "safe_mode", *_safe_configs.BOUND_ARGS},
-            filepath,
-        )
-        try:
-            _imports.check_safe_mode(self._load_args)
-            _safe_configs.check_bound_args(self._load_args)
-        except ValueError as exc:
-            raise SafeDatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
-        try:  # a typo fails when the catalog is built, not after training
-            _imports.check_custom_objects(self._load_args.get("custom_objects"))
-        except ValueError as exc:
-            raise SafeDatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
+        _imports.check_model_load_args(self._load_args, {"compile"}, filepath)
         self._credentials, self._fs_args = credentials, fs_args
         self.metadata = metadata
         # Records already reported as unreadable while ranking: pruning runs

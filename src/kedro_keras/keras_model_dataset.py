@@ -19,7 +19,6 @@ from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats import legacy_h5 as _legacy_h5
-from kedro_keras._formats import safe_configs as _safe_configs
 from kedro_keras._formats.safe_configs import UnsafeConfigError
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io import progress as _progress
@@ -138,22 +137,8 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         _take_migration_args(self._load_args, self._save_args, filepath)
-        _imports.check_known_args(
-            "load_args",
-            self._load_args,
-            {"custom_objects", "compile", "safe_mode", "device", *_safe_configs.BOUND_ARGS},
-            filepath,
-        )
-        try:
-            _imports.check_safe_mode(self._load_args)
-            _safe_configs.check_bound_args(self._load_args)
-        except ValueError as exc:
-            raise SafeDatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
+        _imports.check_model_load_args(self._load_args, {"compile", "device"}, filepath)
         _imports.check_known_args("save_args", self._save_args, {"include_optimizer"}, filepath)
-        try:  # a typo fails when the catalog is built, not after training
-            _imports.check_custom_objects(self._load_args.get("custom_objects"))
-        except ValueError as exc:
-            raise SafeDatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
 
         super().__init__(
             filepath=self._location.path,

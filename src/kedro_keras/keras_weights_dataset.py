@@ -18,7 +18,6 @@ from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._dataset.sharded_commit import check_shards_exist, read_index, save_sharded, shard_error
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
-from kedro_keras._formats import safe_configs as _safe_configs
 from kedro_keras._formats import sharded as _sharded
 from kedro_keras._formats import weights as _weights
 from kedro_keras._formats.sharded import INDEX_SUFFIX
@@ -181,24 +180,13 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         self.metadata = metadata
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
-        _imports.check_known_args(
-            "load_args", self._load_args, {"custom_objects", "safe_mode", *_safe_configs.BOUND_ARGS}, filepath
-        )
-        try:
-            _imports.check_safe_mode(self._load_args)
-            _safe_configs.check_bound_args(self._load_args)
-        except ValueError as exc:
-            raise SafeDatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
+        _imports.check_model_load_args(self._load_args, set(), filepath)
         # A typo fails when the catalog is built, not after the training.
         try:
             if isinstance(architecture, str):
                 _imports.check_import_path(architecture)
         except ValueError as exc:
             raise SafeDatasetError(f"'{filepath}': architecture: {exc}.") from as_data(exc)
-        try:
-            _imports.check_custom_objects(self._load_args.get("custom_objects"))
-        except ValueError as exc:
-            raise SafeDatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
         if self._sharded:
             self._save_args.setdefault("max_shard_size", DEFAULT_MAX_SHARD_SIZE)
             _imports.check_known_args(

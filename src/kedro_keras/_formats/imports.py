@@ -13,7 +13,7 @@ import re
 import sys
 from typing import Any
 
-from kedro_keras._log import SafeDatasetError, printable
+from kedro_keras._log import SafeDatasetError, as_data, printable
 
 # Only dotted Python names, matched against the whole string (``re.fullmatch``:
 # a ``$`` would let a trailing newline through).
@@ -110,6 +110,31 @@ def check_known_args(kind: str, args: dict[str, Any], known: set[str], filepath:
         raise SafeDatasetError(
             f"Unknown {kind} {sorted(unknown)} for '{filepath}'; the ones understood are {sorted(known)}."
         )
+
+
+def check_model_load_args(load_args: dict[str, Any], also_known: set[str], filepath: str) -> None:
+    """The ``load_args`` checks every dataset that loads a model makes when
+    the catalog is built: no unknown key, ``safe_mode`` a boolean, the config
+    bounds positive whole numbers, and ``custom_objects`` import paths that
+    exist. ``also_known``: the dataset's own keys beside those.
+
+    Raises:
+        DatasetError: naming the entry, the key and the cause.
+    """
+    from kedro_keras._formats.safe_configs import BOUND_ARGS, check_bound_args
+
+    check_known_args(
+        "load_args", load_args, {"custom_objects", "safe_mode", *BOUND_ARGS, *also_known}, filepath
+    )
+    try:
+        check_safe_mode(load_args)
+        check_bound_args(load_args)
+    except ValueError as exc:
+        raise SafeDatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
+    try:  # a typo fails when the catalog is built, not after training
+        check_custom_objects(load_args.get("custom_objects"))
+    except ValueError as exc:
+        raise SafeDatasetError(f"'{filepath}': load_args.custom_objects: {exc}.") from as_data(exc)
 
 
 def check_safe_mode(load_args: dict[str, Any]) -> None:
