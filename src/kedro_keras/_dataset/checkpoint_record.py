@@ -10,6 +10,7 @@ import math
 import re
 from typing import Any
 
+from kedro_keras._formats.dtypes import dtype_bytes
 from kedro_keras._log import SafeDatasetError, printable
 
 # ckpt-e00003-s0000000: 3 epochs done, 0 batches into the next. Fixed width,
@@ -108,17 +109,13 @@ def checked_record(record: Any, version: str) -> dict[str, Any]:
         declared = 0
         for index, state in enumerate(states):
             shape = random_state_shape(state, f"random_states[{index}]")
-            declared += math.prod(shape) * _itemsize(state["dtype"])
+            declared += math.prod(shape) * dtype_bytes(state["dtype"])
             if declared > _MAX_STATES_BYTES:
                 raise ValueError(
                     f"'random_states' declare more than {_MAX_STATES_BYTES // 2**20} MiB of arrays; "
                     "a model's random generators hold a few numbers each"
                 )
     return record
-
-
-def _itemsize(dtype: str) -> int:
-    return int(dtype[-2:]) // 8  # every dtype of _STATE_DTYPES ends in its width in bits
 
 
 def random_state_shape(state: Any, where: str = "random state") -> tuple[int, ...]:

@@ -31,6 +31,7 @@ import re
 import shutil
 from typing import IO, TYPE_CHECKING, Any, Callable
 
+from kedro_keras._formats.dtypes import dtype_bytes
 from kedro_keras._formats.weights import (
     WEIGHTS_SUFFIX,
     Layout,
@@ -265,13 +266,7 @@ def _write_sharded_weights_public(
 def _variable_bytes(variable: Any) -> int:
     import math
 
-    import numpy as np
-
-    try:
-        itemsize = np.dtype(variable.dtype).itemsize
-    except TypeError:  # a dtype NumPy does not know (bfloat16): no wider than 8 bytes
-        itemsize = 8
-    return math.prod(variable.shape) * itemsize
+    return math.prod(variable.shape) * dtype_bytes(variable.dtype)
 
 
 def write_empty_shard(file: IO[bytes]) -> None:
