@@ -7,7 +7,6 @@ import s3fs
 from kedro.io.core import Version
 
 from kedro_keras import KerasModelDataset
-from kedro_keras.cli import _versions_of
 
 
 def test_prune_counts_a_version_saved_by_another_process_since_the_last_listing(
@@ -19,7 +18,7 @@ def test_prune_counts_a_version_saved_by_another_process_since_the_last_listing(
         filepath=f"{s3_bucket}/model.keras", credentials=s3_credentials, version=Version(None, None)
     )
     dataset.save(trained_model)
-    assert len(_versions_of(dataset, "model")) == 1
+    assert len(dataset.stored_versions()) == 1
 
     # "Another process": a filesystem of its own, not the one fsspec shares in this process.
     elsewhere = s3fs.S3FileSystem(**s3_credentials, skip_instance_cache=True)
@@ -27,5 +26,5 @@ def test_prune_counts_a_version_saved_by_another_process_since_the_last_listing(
     newer = "2999-01-01T00.00.00.000Z"
     elsewhere.copy(f"{first}/model.keras", f"{s3_bucket}/model.keras/{newer}/model.keras")
 
-    versions = [version for version, _, _ in _versions_of(dataset, "model")]
+    versions = [version.name for version in dataset.stored_versions()]
     assert versions[0] == newer and len(versions) == 2

@@ -653,7 +653,7 @@ class TestManifests:
 
         message = load_refused(folder, safe_mode=False)
 
-        what = "a symbolic link" if kind == "symbolic link" else "not a regular file"
+        what = "a symbolic link" if kind == "symbolic link" else "a FIFO, not a regular file"
         assert message == (
             f"The SavedModel at '{folder}' has '{VALID_EXPORT}/saved_model.pb', which is {what}: refused, "
             "as a kedro-keras export holds regular files only. Export the model again."

@@ -32,9 +32,10 @@ from kedro.io.core import DatasetError
 from kedro_keras import KerasExportDataset, KerasModelDataset, KerasWeightsDataset, cli
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset import verify as _verify
-from kedro_keras._dataset.verify import diff_files, open_regular_file, verify_dataset, verify_file
+from kedro_keras._dataset.verify import diff_files, verify_file
 from kedro_keras._formats.archive import WEIGHTS_MEMBER
 from kedro_keras._io.h5 import CorruptFileError
+from kedro_keras._io.paths import open_regular_file
 from reliability_helpers.archives import DEFLATED, Member, build_zip, member_span, members_of
 
 needs_fifos = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
@@ -203,7 +204,7 @@ def export_folder(tmp_path, files, export=EXPORT):
 
 def verify_folder(folder, *fifos):
     return finishes(
-        lambda: verify_dataset(KerasExportDataset(filepath=str(folder), format="tf_saved_model")), *fifos
+        lambda: KerasExportDataset(filepath=str(folder), format="tf_saved_model").verify(), *fifos
     )
 
 
@@ -248,7 +249,17 @@ def test_a_link_to_a_device_or_outside_is_refused_not_read_forever(tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"]["variables/zeros"] = {"size": 2**40, "sha256": "0" * 64}
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DatasetError, match="variables/zeros': it leads outside its folder"):
+    with pytest.raises(DatasetError, match="variables/zeros': it is a symbolic link"):
+        verify_folder(folder)
+
+    # A linked folder on the way: the file itself is no link, but it is outside.
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "weights").write_bytes(b"guessed")
+    os.symlink(tmp_path / "elsewhere", folder / EXPORT / "assets")
+    del manifest["files"]["variables/zeros"]
+    manifest["files"]["assets/weights"] = {"size": 7, "sha256": hashlib.sha256(b"guessed").hexdigest()}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match="assets/weights': it leads outside its folder"):
         verify_folder(folder)
 
 
@@ -311,13 +322,13 @@ def test_a_shard_that_is_a_fifo_is_refused(tmp_path):
     shard.unlink()
     os.mkfifo(shard)
     with pytest.raises(DatasetError, match="it is a FIFO"):
-        finishes(lambda: verify_dataset(dataset), shard)
+        finishes(lambda: dataset.verify(), shard)
 
 
 def test_remote_files_are_opened_once_the_store_says_they_are_files(s3_bucket, s3_credentials):
     dataset = KerasModelDataset(filepath=f"{s3_bucket}/m.keras", credentials=s3_credentials)
     dataset.save(tiny_model())
-    assert verify_dataset(dataset).endswith("archive members against their CRC-32")
+    assert dataset.verify().endswith("archive members against their CRC-32")
     location, path = dataset._location, dataset._get_load_path()
     with open_regular_file(location, path) as one, open_regular_file(location, path) as other:
         assert {row["change"] for row in diff_files(one, other)} == {"same"}
@@ -510,7 +521,7 @@ def test_diff_cli_turns_a_refusal_into_a_one_line_error(tmp_path, saved, monkeyp
     paths = weights_pair(tmp_path, saved, lambda h5, group: group.__setitem__("x", h5py.SoftLink("/nowhere")))
     dataset = KerasWeightsDataset(filepath=str(paths[0]))
     monkeypatch.setattr(cli, "_entry", lambda name, env, version: dataset)
-    monkeypatch.setattr(cli, "_version_path", lambda dataset, name, version: paths[int(version)])
+    monkeypatch.setattr(dataset, "stored_path", lambda version: paths[int(version)])
     result = CliRunner().invoke(cli.commands, ["keras", "diff", "w", "0", "1"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     (line,) = result.output.splitlines()
@@ -525,4 +536,5 @@ def test_diff_of_a_checkpoint_entry_with_a_name_that_is_no_version_is_a_one_line
     result = CliRunner().invoke(cli.commands, ["keras", "diff", "c", "../../etc/passwd", "e00001"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     (line,) = result.output.splitlines()
-    assert line.startswith("Error: 'c' has no version '../../etc/passwd'")
+    assert line.startswith("Error: cannot compare c ../../etc/passwd and e00001: ")
+    assert "has no checkpoint '../../etc/passwd'" in line

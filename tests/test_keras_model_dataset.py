@@ -802,7 +802,7 @@ def test_a_missing_bucket_is_named(s3_credentials):
 def test_access_denied_names_the_stores_error_code():
     """s3fs turns a refused request into PermissionError('Forbidden'); the
     store's own code (wrong key, bad signature, no access) is in its cause."""
-    from kedro_keras.keras_model_dataset import _load_failure
+    from kedro_keras._dataset.failures import read_failure
 
     class ClientError(Exception):
         response = {"Error": {"Code": "InvalidAccessKeyId", "Message": "The key you gave does not exist"}}
@@ -813,7 +813,13 @@ def test_access_denied_names_the_stores_error_code():
         except ClientError as cause:
             raise PermissionError("Forbidden") from cause
     except PermissionError as error:
-        message = _load_failure("s3://bucket/model.keras", error, legacy=False)
+        message = read_failure(
+            "s3://bucket/model.keras",
+            error,
+            what="the Keras model",
+            file_format=".keras archive",
+            remedy="save the model again",
+        )
     assert message == (
         "Cannot read 's3://bucket/model.keras': access denied (the store answered InvalidAccessKeyId). "
         "Check the credentials and the file's permissions."

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kedro_keras import KerasModelDataset, KerasTimestampedModelDataset, KerasWeightsDataset
-from kedro_keras._dataset.verify import diff_files, verify_dataset, verify_file
+from kedro_keras._dataset.verify import diff_files, verify_file
 from kedro_keras._io.h5 import CorruptFileError
 
 
@@ -34,10 +34,10 @@ def test_an_intact_file_passes_and_a_flipped_byte_is_found(tmp_path, suffix):
     path = tmp_path / f"m{suffix}"
     dataset = (KerasModelDataset if suffix == ".keras" else KerasWeightsDataset)(filepath=str(path))
     dataset.save(model_of(64))
-    assert "CRC-32" in verify_dataset(dataset)
+    assert "CRC-32" in dataset.verify()
     flip_a_byte_in_the_middle(path)
     with pytest.raises(CorruptFileError, match="CRC"):
-        verify_dataset(dataset)
+        dataset.verify()
 
 
 def test_a_file_written_elsewhere_has_only_its_headers_checked(tmp_path):

@@ -83,11 +83,13 @@ def inspect_entry(name: str, version: str | None, env: str | None, as_json: bool
 def verify_entry(name: str, version: str | None, env: str | None) -> None:
     """Check NAME's stored file against its checksums, reading it once,
     without building the model. Exits 1 if it is damaged."""
-    from kedro_keras._dataset.verify import verify_dataset
+    from kedro.io.core import VersionNotFoundError
 
-    dataset = _entry(name, env, version)
+    dataset = _entry(name, env, None)
     try:
-        what = verify_dataset(dataset)
+        what = dataset.verify(version)
+    except VersionNotFoundError as exc:  # nothing to check: not damage
+        raise _Failure(f"{name}: {_reason(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - the command's answer is the message
         _echo(f"{name}: DAMAGED: {_reason(exc)}", err=True)
         sys.exit(1)
@@ -114,18 +116,24 @@ def prune_entry(name: str, keep_last: int, older_than: float | None, dry_run: bo
     import time
 
     dataset = _entry(name, env, None)
-    versions = _versions_of(dataset, name)  # newest first: (version, remove, seconds since saved)
+    # Listed afresh: versions saved since this process last looked count before any is removed.
+    versions = _answer(dataset.stored_versions)  # newest first
     now = time.time()
     doomed = [
-        (version, remove)
-        for version, remove, saved_at in versions[keep_last:]
-        if older_than is None or (saved_at is not None and now - saved_at > older_than * 86400)
+        version
+        for version in versions[keep_last:]
+        if older_than is None or _older(dataset.saved_at(version), now, older_than)
     ]
-    for version, remove in doomed:
+    for version in doomed:
         if not dry_run:
-            remove()
-        _echo(f"{'would remove' if dry_run else 'removed'} {name} version {version}")
+            dataset.remove_version(version)
+        _echo(f"{'would remove' if dry_run else 'removed'} {name} version {version.name}")
     _echo(f"{name}: {len(versions) - (0 if dry_run else len(doomed))} version(s) kept of {len(versions)}")
+
+
+def _older(saved_at: float | None, now: float, days: float) -> bool:
+    # Unknown age (a filesystem without times): kept.
+    return saved_at is not None and now - saved_at > days * 86400
 
 
 @keras_commands.command(name="diff")
@@ -137,73 +145,22 @@ def prune_entry(name: str, keep_last: int, older_than: float | None, dry_run: bo
 def diff_versions(name: str, first: str, second: str, env: str | None, as_json: bool) -> None:
     """Compare versions FIRST and SECOND of NAME, layer by layer: groups added
     or removed, shapes changed, and the largest absolute weight difference."""
-    from kedro_keras._dataset.verify import diff_files, open_regular_file
-
     dataset = _entry(name, env, None)
-    paths = [_version_path(dataset, name, version) for version in (first, second)]
-    location = dataset._location
-    try:
-        with open_regular_file(location, paths[0]) as one, open_regular_file(location, paths[1]) as other:
-            rows = diff_files(one, other)
-    except Exception as exc:  # the command's answer is the message
-        raise _Failure(f"cannot compare {name} {first} and {second}: {_reason(exc)}") from exc
+    rows = _answer(
+        lambda: dataset.compare(first, second), failing=f"cannot compare {name} {first} and {second}: "
+    )
     _print(rows, ["group", "change"], as_json, title=f"{name}: {first} -> {second}")
 
 
-def _version_path(dataset: Any, name: str, version: str) -> Any:
+def _answer(ask: Any, failing: str = "") -> Any:
+    """What the dataset answers; its DatasetError (no such version, not
+    versioned, not applicable, damaged) as the command's one-line failure."""
     from kedro.io import DatasetError
 
-    if type(dataset).__name__ == "KerasCheckpointDataset":
-        try:
-            path = dataset._model_path(version)
-        except DatasetError as exc:  # not a checkpoint name at all (and never a path)
-            raise _Failure(f"'{name}' has no version '{version}': {exc}") from exc
-    elif getattr(dataset, "_version", None) is None:
-        raise _Failure(f"'{name}' keeps one file, not versions: add versioned: true to compare them.")
-    else:
-        path = dataset._get_versioned_path(version)
-    if not dataset._location.exists(path):
-        raise _Failure(f"'{name}' has no version '{version}' (kedro keras list shows them).")
-    return path
-
-
-def _versions_of(dataset: Any, name: str) -> list[tuple[str, Any, float | None]]:
-    """Newest first: each version, how to remove it, when it was saved."""
-    kind = type(dataset).__name__
-    location = dataset._location
-    if kind == "KerasCheckpointDataset":
-        return [(v, lambda v=v: dataset._remove(v), None) for v in dataset.versions()]
-    if getattr(dataset, "_version", None) is None:
-        raise _Failure(f"'{name}' keeps one file, not versions: add versioned: true to prune it.")
-    from kedro_keras.keras_model_dataset import saved_versions_newest_first
-
-    # Listed afresh: versions saved since this process last looked count before any is removed.
-    found = []
-    for path in saved_versions_newest_first(dataset):
-        # A Kedro version is a folder holding the file; a history's version is the file itself.
-        target = path if kind == "KerasTimestampedModelDataset" else str(_parent(path))
-        found.append(
-            (
-                dataset._get_version_from_path(path),
-                lambda target=target: location.fs.rm(target, recursive=True),
-                _saved_at(location, path),
-            )
-        )
-    return found
-
-
-def _parent(path: str) -> Any:
-    from pathlib import PurePosixPath
-
-    return PurePosixPath(path).parent
-
-
-def _saved_at(location: Any, path: str) -> float | None:
     try:
-        modified = location.fs.modified(path)
-    except Exception:  # noqa: BLE001 - a filesystem without times: age unknown, kept by --older-than
-        return None
-    return modified.timestamp()
+        return ask()
+    except DatasetError as exc:
+        raise _Failure(f"{failing}{_reason(exc)}") from exc
 
 
 def _our_entries(env: str | None) -> list[tuple[str, Any]]:
@@ -229,7 +186,7 @@ def _entry(name: str, env: str | None, version: str | None) -> Any:
         raise _Failure(f"'{name}' is not an entry of this project's catalog.")
     if not type(dataset).__module__.startswith("kedro_keras."):
         raise _Failure(f"'{name}' is a {type(dataset).__name__}, not a kedro-keras dataset.")
-    if version and (not isinstance(dataset, AbstractVersionedDataset) or dataset._version is None):
+    if version and not (isinstance(dataset, AbstractVersionedDataset) and dataset.keeps_versions):
         # Otherwise the newest file would be read and reported as if it were the version asked for.
         raise _Failure(
             f"'{name}' keeps no Kedro versions, so --version does not apply to it "

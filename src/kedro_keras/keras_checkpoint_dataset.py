@@ -11,10 +11,12 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from kedro.io.core import AbstractDataset, DatasetError, Version
+from kedro.io.core import AbstractDataset, DatasetError, Version, VersionNotFoundError
 
 from kedro_keras._dataset import checkpoint_record as _record
+from kedro_keras._dataset import failures as _failures
 from kedro_keras._dataset import preview as _preview
+from kedro_keras._dataset.base import StoredModels, StoredVersion
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
@@ -38,7 +40,7 @@ _FULL_SUFFIX = ".keras"
 _LARGER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "fmeasure")
 
 
-class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
+class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"]):
     """Checkpoints of a model during training, in one folder, used as a node input.
 
     Loading the entry gives a ``Checkpoints`` handle: ``restore()`` the
@@ -229,6 +231,29 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
                     found.append(version)
         return sorted(found, reverse=True)
 
+    # -- the protocol of kedro keras and verify ------------------------------
+
+    keeps_versions = True
+
+    def stored_versions(self) -> list[StoredVersion]:
+        return [StoredVersion(version, self._model_path(version)) for version in self.versions()]
+
+    def stored_path(self, version: str | None = None) -> PurePosixPath:
+        versions = self.versions()
+        version = version or self._pinned or (versions[0] if versions else None)
+        if version is None:
+            raise VersionNotFoundError(f"No checkpoint in '{self._url()}' yet.")
+        if not _record.is_version(version) or version not in versions:
+            listed = ", ".join(versions[:5]) or "none"
+            raise VersionNotFoundError(
+                f"'{self._url()}' has no checkpoint '{printable(str(version), 80)}'. Checkpoints there: "
+                f"{listed}."
+            )
+        return self._model_path(version)
+
+    def remove_version(self, version: StoredVersion) -> None:
+        self._remove(version.name)
+
     def preview(self, layers: int = _preview.DEFAULT_LAYERS_SHOWN) -> TablePreview:
         """The checkpoints for Kedro-Viz: how many, the newest's training
         position and metrics, the best by ``monitor``, and the newest's model."""
@@ -357,7 +382,9 @@ class KerasCheckpointDataset(AbstractDataset[None, "Checkpoints"]):
         except DatasetError:
             raise
         except CorruptFileError as exc:
-            raise SafeDatasetError(f"Checkpoint '{url}' is corrupt: {exc}.") from as_data(exc)
+            raise SafeDatasetError(
+                _failures.corrupt(url, exc, "let the next checkpoint replace it")
+            ) from as_data(exc)
         except OSError as exc:  # unreadable: an older checkpoint may do
             raise SafeDatasetError(f"Cannot read checkpoint '{url}': {exc}") from as_data(exc)
         except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped

@@ -15,6 +15,8 @@ from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
 from kedro_keras._dataset import exported as _exported
 from kedro_keras._dataset import preview as _preview
+from kedro_keras._dataset import verify as _verify
+from kedro_keras._dataset.base import KerasFileDataset
 from kedro_keras._dataset.export_folder import (
     MANIFEST,
     MANIFEST_TEXT,
@@ -26,7 +28,7 @@ from kedro_keras._dataset.export_folder import (
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats.onnx import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactError
-from kedro_keras._io.files import Location, checked_filepath
+from kedro_keras._io.files import checked_filepath
 from kedro_keras._io.h5 import CHUNK
 from kedro_keras._io.progress import transfer_text
 from kedro_keras._log import SafeDatasetError, as_data, get_logger, printable
@@ -40,7 +42,7 @@ logger = get_logger(__name__)
 _MAX_ARTIFACT_BYTES = 2**31
 
 
-class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
+class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model", Any]):
     """A Keras model exported for serving, saved and loaded through the catalog.
 
     ``save(model)`` runs ``model.export`` (TensorFlow SavedModel, ONNX or
@@ -185,32 +187,18 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
             _imports.check_safe_mode(self._load_args)
         except ValueError as exc:
             raise SafeDatasetError(f"'{filepath}': load_args.{exc}.") from as_data(exc)
-        self._location = Location(filepath, credentials, fs_args, version)
-        self.metadata = metadata
-        super().__init__(
-            filepath=self._location.path,
-            version=version,
-            exists_function=self._exists_path,
-            glob_function=self._location.glob,
-        )
+        self._init_location(filepath, version, credentials, fs_args, metadata)
 
     @property
     def _is_folder(self) -> bool:
         return self._format == "tf_saved_model"
 
-    def _exists_path(self, path: str) -> bool:
+    def _exists_file(self, path: str) -> bool:
         if self._is_folder:
             return self._location.exists(PurePosixPath(path) / MANIFEST) or self._location.exists(
                 PurePosixPath(path) / "saved_model.pb"
             )
         return self._location.exists(path)
-
-    def _exists(self) -> bool:
-        try:
-            path = self._get_load_path()
-        except DatasetError:
-            return False
-        return self._exists_path(str(path))
 
     def _describe(self) -> dict[str, Any]:
         return {
@@ -224,12 +212,7 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
     def preview(self) -> TablePreview:
         """The export for Kedro-Viz: format, size, and for a SavedModel what
         its manifest records (files, Keras version, backend, when)."""
-        try:
-            path = self._get_load_path()
-        except DatasetError as exc:
-            return _preview.table([("path", self._location.url(self._filepath)), ("stored", str(exc))])
-        rows = [("path", self._location.url(path)), ("format", self._format)]
-        return _preview.table(_preview.safely(rows, lambda: self._preview_rows(path)))
+        return self._preview_table(self._preview_rows, first=(("format", self._format),))
 
     def _preview_rows(self, path: PurePosixPath) -> list[_preview.Row]:
         if not self._is_folder:
@@ -393,9 +376,19 @@ class KerasExportDataset(AbstractVersionedDataset["keras.Model", Any]):
         )
         return model
 
-    def _release(self) -> None:
-        super()._release()
-        self._location.invalidate_cache(self._filepath)
+    # -- the protocol of kedro keras and verify ------------------------------
+
+    def verify(self, version: str | None = None) -> str:
+        if self._is_folder:
+            return _verify.verify_export_folder(self._location, self.stored_path(version))
+        return super().verify(version)
+
+    def compare(self, first: str, second: str) -> list[dict[str, str]]:
+        raise SafeDatasetError(
+            f"'{self._location.url(self._filepath)}' holds {self._format} exports; diff compares the "
+            "weights of Keras models, which an export does not keep as such. Compare the model or "
+            "weights entry the export was made from."
+        )
 
 
 def _export(model: keras.Model, local: str, format: str, export_args: dict[str, Any]) -> None:

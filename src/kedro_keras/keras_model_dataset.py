@@ -12,19 +12,20 @@ from copy import deepcopy
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
+from kedro.io.core import AbstractVersionedDataset, Version
 
+from kedro_keras._dataset import failures as _failures
 from kedro_keras._dataset import preview as _preview
+from kedro_keras._dataset.base import KerasFileDataset
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats import legacy_h5 as _legacy_h5
-from kedro_keras._formats.safe_configs import UnsafeConfigError
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io import progress as _progress
-from kedro_keras._io.files import Location, checked_filepath
-from kedro_keras._io.h5 import HDF5_SIGNATURE, CorruptFileError
-from kedro_keras._log import SafeDatasetError, as_data, get_logger, printable
+from kedro_keras._io.files import checked_filepath
+from kedro_keras._io.h5 import HDF5_SIGNATURE
+from kedro_keras._log import SafeDatasetError, as_data, get_logger
 
 if TYPE_CHECKING:
     import keras
@@ -38,7 +39,7 @@ _SAVE_ATTEMPTS = 100
 _VERSION_NAME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}\.\d{2}\.\d{2}\.\d{3,6}Z")
 
 
-class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
+class KerasModelDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model", "keras.Model"]):
     """Loads and saves a whole ``keras.Model`` on any filesystem fsspec knows.
 
     The format follows the extension: ``.keras`` (the Keras 3 archive, the
@@ -130,22 +131,12 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         """
         filepath = checked_filepath(filepath)
         self._legacy = self._is_legacy_format(filepath)
-        self._location = Location(filepath, credentials, fs_args, version)
-        self._fs = self._location.fs
-        self._protocol = self._location.protocol
-        self.metadata = metadata
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         _take_migration_args(self._load_args, self._save_args, filepath)
         _imports.check_model_load_args(self._load_args, {"compile", "device"}, filepath)
         _imports.check_known_args("save_args", self._save_args, {"include_optimizer"}, filepath)
-
-        super().__init__(
-            filepath=self._location.path,
-            version=version,
-            exists_function=self._exists_file,
-            glob_function=self._glob,
-        )
+        self._init_location(filepath, version, credentials, fs_args, metadata)
 
     @staticmethod
     def _is_legacy_format(filepath: str) -> bool:
@@ -172,14 +163,6 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
             )
             return True
         return False
-
-    # fsspec's bound methods do not always pickle (s3fs's glob does not);
-    # methods of the dataset do, so ParallelRunner can ship it.
-    def _exists_file(self, path: str) -> bool:
-        return self._location.exists(path)
-
-    def _glob(self, pattern: str) -> list[str]:
-        return self._location.glob(pattern)
 
     def _describe(self) -> dict[str, Any]:
         return {
@@ -217,17 +200,25 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
                 legacy = True
                 model, saved_with, size = self._read(path, legacy, args, device)
         except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-            missing = _file_not_found_in(exc)
+            missing = _failures.file_not_found_in(exc)
             if missing is not None:
                 # Also when the file vanished between opening and reading (a
                 # concurrent keep_last prune): zipfile reports that as BadZipFile.
                 raise SafeDatasetError(
-                    f"No Keras model at '{url}': {self._what_is_missing(path)}."
+                    f"No Keras model at '{url}': {_failures.missing(self._location, path)}."
                 ) from missing
             folder = self._describe_folder(path, url)
             if folder:
                 raise SafeDatasetError(folder) from as_data(exc)
-            raise SafeDatasetError(_load_failure(url, exc, legacy=legacy)) from as_data(exc)
+            raise SafeDatasetError(
+                _failures.read_failure(
+                    url,
+                    exc,
+                    what="the Keras model",
+                    file_format="HDF5" if legacy else ".keras archive",
+                    remedy="save the model again",
+                )
+            ) from as_data(exc)
         logger.info(
             "Loaded Keras model '%s' from %s%s: %s",
             model.name,
@@ -245,12 +236,6 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         read = _legacy_h5.read_legacy_h5 if legacy else _archive.read_keras_archive
         with self._location.open_read(path) as file, _device_scope(device):
             return read(file, **args), _archive.read_saved_with(file), _preview.file_size(file)
-
-    def _what_is_missing(self, path: PurePosixPath) -> str:
-        bucket = self._location.missing_bucket(path)
-        if bucket:
-            return f"the bucket '{bucket}' does not exist (check its name and the endpoint)"
-        return "the file does not exist"
 
     def _describe_folder(self, path: PurePosixPath, url: str) -> str | None:
         """What a folder at the model's path is, and what to do, if it is one
@@ -357,14 +342,7 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
         their bytes, the dtype policy, the optimizer state stored, what it
         was saved with and when, the file size, and the versions. Read from
         the file's config and headers: Keras is not imported, no weight is read."""
-        rows: list[_preview.Row] = []
-        try:
-            path = self._get_load_path()
-        except DatasetError as exc:
-            return _preview.table([("path", self._location.url(self._filepath)), ("stored", str(exc))])
-        rows.append(("path", self._location.url(path)))
-        rows = _preview.safely(rows, lambda: self._preview_file(path, layers))
-        return _preview.table(_preview.safely(rows, self._version_rows))
+        return self._preview_table(lambda path: self._preview_file(path, layers))
 
     def _preview_file(self, path: PurePosixPath, layers: int) -> list[_preview.Row]:
         if self._location.kind(path) is None:
@@ -375,40 +353,6 @@ class KerasModelDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
                 return [*rows, ("format", "legacy HDF5 (.h5)")]
             file.seek(0)
             return [("format", ".keras archive"), *rows, *_preview.keras_archive_rows(file, layers)]
-
-    def _version_rows(self) -> list[_preview.Row]:
-        if self._version is None:
-            return []
-        paths = saved_versions_newest_first(self)
-        rows = [("versions", f"{len(paths)}, newest first" if paths else "none yet")]
-        for path in paths[:5]:  # one small request each on an object store
-            size = self._location.fs.info(str(path)).get("size")
-            rows.append((f"version {self._get_version_from_path(path)}", _progress.size_text(size)))
-        if len(paths) > 5:
-            rows.append(("older versions", f"{len(paths) - 5} more"))
-        return rows
-
-    def _exists(self) -> bool:
-        try:
-            path = self._get_load_path()
-        except DatasetError:
-            return False
-        return self._location.exists(path)
-
-    def _release(self) -> None:
-        super()._release()
-        self._location.invalidate_cache(self._filepath)
-
-
-def saved_versions_newest_first(dataset: Any) -> list[str]:
-    """The path of every version a Kedro-versioned dataset of ours holds,
-    newest first, listed afresh: a long-lived process (Kedro-Viz, a notebook,
-    a script driving ``kedro keras``) may hold the filesystem's listing from
-    before another process saved a version."""
-    dataset._location.invalidate_cache(dataset._filepath)
-    pattern = str(dataset._get_versioned_path("*"))
-    # Through the Location every dataset of ours has: not all of them have a _glob.
-    return sorted(dataset._location.glob(pattern), key=dataset._get_version_from_path, reverse=True)
 
 
 # Arguments kedro-datasets' TensorFlowModelDataset takes, for entries moved
@@ -469,60 +413,3 @@ def _check_is_model(data: Any, url: str) -> None:
 
     if not isinstance(data, keras.Model):
         raise SafeDatasetError(f"Cannot save {type(data).__name__} to '{url}': expected a keras.Model.")
-
-
-def _file_not_found_in(exc: BaseException | None) -> FileNotFoundError | None:
-    while exc is not None:
-        if isinstance(exc, FileNotFoundError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _service_error_code(exc: BaseException | None) -> str | None:
-    """The object store's own error code (AccessDenied, InvalidAccessKeyId,
-    SignatureDoesNotMatch, ...) from anywhere in the cause chain."""
-    while exc is not None:
-        response = getattr(exc, "response", None)
-        if isinstance(response, dict):
-            code = (response.get("Error") or {}).get("Code")
-            if code:
-                return printable(str(code), limit=60)
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _load_failure(url: str, exc: Exception, *, legacy: bool) -> str:
-    """The message for a failed load. Exception texts can quote the file (a
-    layer's name, a config), so they are shown escaped: a newline or a
-    terminal escape from the file must not reach a log or terminal raw."""
-    return printable(_failure_text(url, exc, legacy=legacy), limit=4000)
-
-
-def _failure_text(url: str, exc: Exception, *, legacy: bool) -> str:
-    if isinstance(exc, UnsafeConfigError):
-        return f"Refusing the Keras model at '{url}': {exc}."
-    if isinstance(exc, CorruptFileError):
-        return f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the model again."
-    if isinstance(exc, zipfile.BadZipFile) and "Bad CRC-32" in str(exc):
-        # zipfile's own check, on the public-API path: the same damage as ours finds.
-        return f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the model again."
-    if isinstance(exc, zipfile.BadZipFile):
-        return (
-            f"'{url}' is not a valid .keras archive ({exc}): the file is truncated, "
-            "corrupt, or in another format."
-        )
-    unknown = _imports.unknown_class_hint(exc)
-    if unknown:
-        return f"Cannot load the Keras model at '{url}': {unknown}"
-    if isinstance(exc, PermissionError):
-        code = _service_error_code(exc)
-        said = f"the store answered {code}" if code else str(exc)
-        return (
-            f"Cannot read '{url}': access denied ({said}). Check the credentials and the file's permissions."
-        )
-    if legacy and isinstance(exc, OSError):
-        return (
-            f"'{url}' is not a valid HDF5 file ({exc}): the file is truncated, corrupt, or in another format."
-        )
-    return f"Cannot load the Keras model at '{url}': {type(exc).__name__}: {exc}"

@@ -153,6 +153,13 @@ class KerasTimestampedModelDataset(KerasModelDataset):
     def _get_version_from_path(self, path: str) -> str:
         return _version_of(path)
 
+    def _version_paths(self) -> list[str]:
+        self._location.invalidate_cache(self._filepath)
+        return self._get_versions()
+
+    def _version_root(self, path: PurePosixPath) -> PurePosixPath:
+        return path  # a version is one file in the history's folder
+
     def _get_versions(self) -> list[str]:
         pattern = str(self._get_versioned_path("*"))
         try:

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
 from kedro_keras._dataset import architecture as _architecture
+from kedro_keras._dataset import failures as _failures
 from kedro_keras._dataset import preview as _preview
+from kedro_keras._dataset import verify as _verify
+from kedro_keras._dataset.base import KerasFileDataset
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._dataset.sharded_commit import check_shards_exist, read_index, save_sharded, shard_error
 from kedro_keras._formats import archive as _archive
@@ -23,8 +26,8 @@ from kedro_keras._formats import weights as _weights
 from kedro_keras._formats.sharded import INDEX_SUFFIX
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io import progress as _progress
-from kedro_keras._io.files import Location, checked_filepath
-from kedro_keras._io.h5 import CorruptFileError, ShardReadError
+from kedro_keras._io.files import checked_filepath
+from kedro_keras._io.h5 import ShardReadError
 from kedro_keras._io.h5_guards import stored_variable_groups
 from kedro_keras._keras import build as _keras_build
 from kedro_keras._log import SafeDatasetError, as_data, get_logger
@@ -44,7 +47,7 @@ logger = get_logger(__name__)
 DEFAULT_MAX_SHARD_SIZE = 0.25
 
 
-class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]):
+class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model", "keras.Model"]):
     """Saves a model's weights, and loads them into a freshly built model.
 
     Save writes ``<name>.weights.h5`` (Keras's own weights format) and, beside
@@ -174,10 +177,6 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
             )
         self._architecture = architecture
         self._architecture_args = deepcopy(architecture_args) or {}
-        self._location = Location(filepath, credentials, fs_args, version)
-        self._fs = self._location.fs
-        self._protocol = self._location.protocol
-        self.metadata = metadata
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         _imports.check_model_load_args(self._load_args, set(), filepath)
@@ -202,18 +201,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         else:
             _imports.check_known_args("save_args", self._save_args, {"include_optimizer"}, filepath)
 
-        super().__init__(
-            filepath=self._location.path,
-            version=version,
-            exists_function=self._exists_file,
-            glob_function=self._glob,
-        )
-
-    def _exists_file(self, path: str) -> bool:
-        return self._location.exists(path)
-
-    def _glob(self, pattern: str) -> list[str]:
-        return self._location.glob(pattern)
+        self._init_location(filepath, version, credentials, fs_args, metadata)
 
     def _describe(self) -> dict[str, Any]:
         architecture = self._architecture
@@ -240,9 +228,9 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         url = self._location.url(weights_path)
         kind = self._location.kind(weights_path)
         if kind is None:
-            bucket = self._location.missing_bucket(weights_path)
-            cause = f"the bucket '{bucket}' does not exist" if bucket else "the file does not exist"
-            raise SafeDatasetError(f"No Keras weights at '{url}': {cause}.")
+            raise SafeDatasetError(
+                f"No Keras weights at '{url}': {_failures.missing(self._location, weights_path)}."
+            )
         if kind == "directory":
             raise SafeDatasetError(
                 f"'{url}' is a folder, not a weights file"
@@ -270,20 +258,16 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
                     _weights.read_weights_into(model, file, visited)
             except DatasetError:
                 raise
-            except CorruptFileError as exc:
-                raise SafeDatasetError(
-                    f"'{url}' is corrupt: {exc}. Restore it from a good copy or save the weights again."
-                ) from as_data(exc)
-            except PermissionError as exc:
-                raise SafeDatasetError(f"Cannot read '{url}': permission denied ({exc}).") from as_data(exc)
-            except OSError as exc:
-                raise SafeDatasetError(
-                    f"'{url}' is not a valid {WEIGHTS_SUFFIX} file ({exc}): the file is truncated, "
-                    "corrupt, or in another format."
-                ) from as_data(exc)
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise SafeDatasetError(
-                    f"Cannot load the weights at '{url}' into model '{model.name}': {exc}"
+                    _failures.read_failure(
+                        url,
+                        exc,
+                        what="the weights",
+                        file_format=WEIGHTS_SUFFIX,
+                        remedy="save the weights again",
+                        into=model.name,
+                    )
                 ) from as_data(exc)
 
         if self._architecture is not None:
@@ -412,12 +396,7 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
     def preview(self, layers: int = _preview.DEFAULT_LAYERS_SHOWN) -> TablePreview:
         """What the stored weights are, for Kedro-Viz (as ``KerasModelDataset.preview``):
         read from the HDF5 headers and the architecture saved beside them."""
-        try:
-            path = self._get_load_path()
-        except DatasetError as exc:
-            return _preview.table([("path", self._location.url(self._filepath)), ("stored", str(exc))])
-        rows = [("path", self._location.url(path))]
-        return _preview.table(_preview.safely(rows, lambda: self._preview_file(path, layers)))
+        return self._preview_table(lambda path: self._preview_file(path, layers))
 
     def _preview_file(self, path: PurePosixPath, layers: int) -> list[_preview.Row]:
         if self._location.kind(path) is None:
@@ -445,16 +424,21 @@ class KerasWeightsDataset(AbstractVersionedDataset["keras.Model", "keras.Model"]
         with self._location.open_read(path) as file:
             return [("format", WEIGHTS_SUFFIX), *rows, *_preview.weights_rows(file, config, layers)]
 
-    def _exists(self) -> bool:
-        try:
-            path = self._get_load_path()
-        except DatasetError:
-            return False
-        return self._location.exists(path)
+    # -- the protocol of kedro keras and verify ------------------------------
 
-    def _release(self) -> None:
-        super()._release()
-        self._location.invalidate_cache(self._filepath)
+    def verify(self, version: str | None = None) -> str:
+        if not self._sharded:
+            return super().verify(version)
+        index_path = self.stored_path(version)
+        return _verify.verify_sharded(self._location, index_path, lambda: self._read_index(index_path))
+
+    def compare(self, first: str, second: str) -> list[dict[str, str]]:
+        if self._sharded:
+            raise SafeDatasetError(
+                f"'{self._location.url(self._filepath)}': diff compares single weights files; "
+                "sharded weights are not compared yet."
+            )
+        return super().compare(first, second)
 
 
 def _check_max_shard_size(value: Any, filepath: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import uuid
@@ -21,6 +20,7 @@ from kedro.io.core import DatasetError
 
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK
+from kedro_keras._io.paths import NotARegularFileError, inside_folder, require_regular_file
 from kedro_keras._log import SafeDatasetError, as_data, get_logger, printable
 from kedro_keras._version import __version__
 
@@ -86,8 +86,7 @@ def read_manifest(location: Location, folder: PurePosixPath, quiet: bool = False
     path = folder / MANIFEST
     url = location.url(path)
     try:
-        if location.is_local:
-            _check_regular_file(str(path), str(folder), url)
+        _check_regular_file(location, path, folder, url)
         with location.open_read(path) as file:
             text = file.read(MAX_MANIFEST_BYTES + 1)
         if len(text) > MAX_MANIFEST_BYTES:
@@ -126,8 +125,7 @@ def fetch_manifest_files(
         target = into / _safe_relative(name, url)
         target.parent.mkdir(parents=True, exist_ok=True)
         source = folder / export / name
-        if location.is_local:
-            _check_regular_file(str(source), str(folder), url)
+        _check_regular_file(location, source, folder, url)
         digest, size = hashlib.sha256(), 0
         try:
             with (
@@ -215,30 +213,29 @@ def _checked_manifest(manifest: Any, url: str) -> dict[str, Any]:
     return {**manifest, "folders": folders}
 
 
-def _check_regular_file(path: str, folder: str, url: str) -> None:
-    """A local file the manifest names must be a regular file inside the
-    folder: a symbolic link would fetch a file from elsewhere, a FIFO would
-    block the read forever."""
-    import stat
-
+def _check_regular_file(location: Location, path: PurePosixPath, folder: PurePosixPath, url: str) -> None:
+    """A file the manifest names must be a regular file inside the folder: a
+    symbolic link would fetch a file from elsewhere, a FIFO would block the
+    read forever. A missing one is reported, as missing, when it is opened.
+    Object stores hold only files: nothing to ask them."""
+    if not location.is_local:
+        return
     try:
-        mode = os.lstat(path).st_mode
+        require_regular_file(location, path, within=folder)
     except FileNotFoundError:
-        return  # reported, as missing, when it is opened
-    inside = os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep)
-    if not stat.S_ISREG(mode) or not inside:
-        what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file" if inside else "outside it"
+        return
+    except NotARegularFileError as exc:
         raise SafeDatasetError(
-            f"The SavedModel at '{url}' has '{printable(os.path.relpath(path, folder), 120)}', which is "
-            f"{what}: refused, as a kedro-keras export holds regular files only. Export the model again."
-        )
+            f"The SavedModel at '{url}' has '{path.relative_to(folder)}', which {exc.what}: refused, "
+            "as a kedro-keras export holds regular files only. Export the model again."
+        ) from as_data(exc)
 
 
 def _safe_relative(name: str, url: str) -> PurePosixPath:
     """A file name from a manifest or listing, refused if it would leave the folder."""
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or not path.parts:
+    try:
+        return inside_folder(name)
+    except ValueError as exc:
         raise SafeDatasetError(
-            f"The export at '{url}' names '{printable(name, 120)}', a path outside its folder: refused."
-        )
-    return path
+            f"The export at '{url}' names '{printable(str(name), 120)}', a path outside its folder: refused."
+        ) from as_data(exc)

@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Iterator
 
 from kedro.io.core import DatasetError
 
+from kedro_keras._dataset.failures import corrupt
 from kedro_keras._formats import sharded as _sharded
 from kedro_keras._formats import weights as _weights
 from kedro_keras._io.files import Location
@@ -228,10 +229,7 @@ def shard_error(location: Location, exc: ShardReadError, directory: PurePosixPat
     shard_url = location.url(directory / exc.shard)
     error = exc.error
     if isinstance(error, CorruptFileError):
-        return SafeDatasetError(
-            f"'{shard_url}' (a shard of '{url}') is corrupt: {error}. Restore it from a good "
-            "copy or save the weights again."
-        )
+        return SafeDatasetError(corrupt(shard_url, error, "save the weights again", part_of=url))
     if isinstance(error, FileNotFoundError):
         # A save removes the shards of the index it replaced once it is published.
         return SafeDatasetError(

@@ -22,21 +22,20 @@ import functools
 import hashlib
 import itertools
 import math
-import os
-import re
-import stat
 import zipfile
 from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import IO, Any, Callable, Iterator, TypeVar
 
-from kedro.io.core import DatasetError
+from kedro.io.core import DatasetError, VersionNotFoundError
 
 from kedro_keras._dataset.export_folder import read_manifest
 from kedro_keras._dataset.preview import refuse_hostile_archive
 from kedro_keras._formats.archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader
+from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK, CorruptFileError, Window, bounded, h5_window
 from kedro_keras._io.h5_guards import array_headers, check_all_datasets, checked_dataset
+from kedro_keras._io.paths import inside_folder, open_regular_file, require_regular_file
 from kedro_keras._log import as_data, printable
 
 # kedro-keras's SavedModel manifests list a few dozen files, sharded weights
@@ -86,33 +85,33 @@ def _one_line(exc: BaseException) -> str:
 
 
 @_as_dataset_errors
-def verify_dataset(dataset: Any) -> str:
-    """What was checked, or a ``DatasetError`` saying what is damaged."""
-    kind = type(dataset).__name__
-    location = dataset._location
-    if kind == "KerasCheckpointDataset":
-        versions = dataset.versions()
-        if not versions:
-            raise FileNotFoundError(f"no checkpoint in '{dataset._url()}'")
-        path = dataset._model_path(versions[0])
-    elif kind == "KerasExportDataset" and dataset._is_folder:
-        return _verify_export_folder(dataset, dataset._get_load_path())
-    elif kind == "KerasWeightsDataset" and dataset._sharded:
-        index_path = dataset._get_load_path()
-        _require_regular_file(location, index_path)  # read whole by the index reader
-        index = dataset._read_index(index_path)
-        if len(index.shards) > MAX_ENTRIES:
-            raise ValueError(f"the index names {len(index.shards)} shards, more than {MAX_ENTRIES}")
-        for shard in index.shards:  # plain file names: the index reader refuses any other
-            with open_regular_file(location, index_path.parent / shard, within=index_path.parent) as file:
-                _verify_h5(file, f"shard {shard}")
-        return f"{len(index.shards)} shards, each against its CRC-32"
-    else:
-        path = dataset._get_load_path()
-    if location.kind(path) is None:
-        raise FileNotFoundError(f"nothing at '{location.url(path)}'")
+def verify_stored_file(location: Location, path: PurePosixPath) -> str:
+    """What was checked of the file at ``path``, or a ``DatasetError``
+    saying what is damaged."""
+    if location.kind(path) is None:  # nothing to check: not damage
+        raise VersionNotFoundError(f"nothing is saved at '{location.url(path)}' yet")
     with open_regular_file(location, path) as file:
         return f"{location.url(path)}: {verify_file(file, str(path))}"
+
+
+@_as_dataset_errors
+def verify_sharded(location: Location, index_path: PurePosixPath, read_index: Callable[[], Any]) -> str:
+    """Every shard a sharded index names, against its CRC-32."""
+    require_regular_file(location, index_path)  # read whole by the index reader
+    index = read_index()
+    if len(index.shards) > MAX_ENTRIES:
+        raise ValueError(f"the index names {len(index.shards)} shards, more than {MAX_ENTRIES}")
+    for shard in index.shards:  # plain file names: the index reader refuses any other
+        with open_regular_file(location, index_path.parent / shard, within=index_path.parent) as file:
+            _verify_h5(file, f"shard {shard}")
+    return f"{len(index.shards)} shards, each against its CRC-32"
+
+
+@_as_dataset_errors
+def diff_stored(location: Location, first: PurePosixPath, second: PurePosixPath) -> list[dict[str, str]]:
+    """``diff_files`` of two stored files, each opened once it is known to be a regular file."""
+    with open_regular_file(location, first) as one, open_regular_file(location, second) as other:
+        return diff_files(one, other)
 
 
 @_as_dataset_errors
@@ -159,8 +158,9 @@ def _read_through(window: Window) -> None:
 # -- SavedModel manifests ------------------------------------------------------
 
 
-def _verify_export_folder(dataset: Any, folder: PurePosixPath) -> str:
-    location = dataset._location
+@_as_dataset_errors
+def verify_export_folder(location: Location, folder: PurePosixPath) -> str:
+    """Every file of a SavedModel folder against the SHA-256 its manifest records."""
     # The loader's own reader: size-capped, a regular file only, its fields and names checked.
     manifest = read_manifest(location, folder)
     if manifest is None:
@@ -170,7 +170,7 @@ def _verify_export_folder(dataset: Any, folder: PurePosixPath) -> str:
         raise ValueError(f"the manifest lists {len(files)} files, more than {MAX_ENTRIES}")
     root = folder / export
     for name, expected in files.items():
-        relative = confined_name(name)  # and, beyond the loader's check, no backslash or drive
+        relative = inside_folder(name)  # the loader's check, again: the manifest could have changed
         size, sha256 = expected["size"], expected["sha256"]
         digest, read = hashlib.sha256(), 0
         with open_regular_file(location, root / relative, within=root) as file:
@@ -186,85 +186,6 @@ def _verify_export_folder(dataset: Any, folder: PurePosixPath) -> str:
         if digest.hexdigest() != sha256:
             raise CorruptFileError(f"'{export}/{name}' does not match its SHA-256: it is damaged")
     return f"{len(files)} files against their SHA-256"
-
-
-def confined_name(name: Any) -> PurePosixPath:
-    """A name from a manifest, as a path inside its folder, or ``ValueError``:
-    no absolute path, no ``..``, no backslash (a separator on Windows), no
-    drive, no NUL; otherwise verify would hash any file it can read and call
-    it intact if the digest matched, telling a guesser what a file holds."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or "\\" in name
-        or "\x00" in name
-        or re.match(r"^[A-Za-z]:", name)
-    ):
-        raise ValueError(f"refusing '{name}': not a plain relative path inside the export")
-    path = PurePosixPath(name)
-    if path.is_absolute() or any(part in ("..", ".") for part in name.split("/")) or "" in name.split("/"):
-        raise ValueError(f"refusing '{name}': it points outside the export's folder")
-    return path
-
-
-# -- opening files ---------------------------------------------------------------
-
-
-def _require_regular_file(location: Any, path: PurePosixPath, within: PurePosixPath | None = None) -> None:
-    """Refuse anything but a regular file, before it is opened: opening a
-    FIFO waits for a writer, and a device (``/dev/zero``) never ends."""
-    if location.is_local:
-        local = str(path)
-        if within is not None:
-            # A symbolic link inside the folder could still lead out of it.
-            root, real = os.path.realpath(str(within)), os.path.realpath(local)
-            if os.path.commonpath([root, real]) != root:
-                raise ValueError(f"refusing '{location.url(path)}': it leads outside its folder")
-        mode = os.stat(local).st_mode
-        if not stat.S_ISREG(mode):
-            raise ValueError(f"refusing '{location.url(path)}': it is {_kind(mode)}, not a regular file")
-        return
-    kind = location.fs.info(str(path)).get("type")
-    if kind != "file":
-        raise ValueError(f"refusing '{location.url(path)}': it is a {kind}, not a file")
-
-
-@contextmanager
-def open_regular_file(
-    location: Any, path: PurePosixPath, within: PurePosixPath | None = None
-) -> Iterator[IO[bytes]]:
-    """``location.open_read(path)``, once ``path`` is known to be a regular
-    file (inside ``within``, if given)."""
-    _require_regular_file(location, path, within)
-    if not location.is_local:
-        with location.open_read(path) as file:
-            yield file
-        return
-    # Opened without blocking and checked again: the path could have become
-    # a FIFO since it was looked at.
-    descriptor = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode):
-            raise ValueError(f"refusing '{location.url(path)}': it is {_kind(mode)}, not a regular file")
-        file = os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
-    with file:
-        yield file
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a file"
 
 
 # -- diff ------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 import shutil
 import struct
 import threading
@@ -25,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from zlib_ng.zlib_ng import crc32
 
+from kedro_keras._formats.dtypes import dtype_bytes
 from kedro_keras._formats.safe_configs import (
     DEFAULT_MAX_CONFIG_DEPTH,
     DEFAULT_MAX_LAYERS,
@@ -43,6 +43,7 @@ from kedro_keras._io.h5 import (
     writes_in_place,
 )
 from kedro_keras._io.h5_guards import check_all_datasets
+from kedro_keras._io.paths import leaves_its_folder
 from kedro_keras._keras import saving as _keras_saving
 from kedro_keras._keras.build import build_model_and_fill, build_optimizer, portable_compile_config
 from kedro_keras._keras.saving import local_copy
@@ -127,16 +128,7 @@ def state_bytes(model: keras.Model, include_optimizer: bool = True) -> int:
     variables unless left out."""
     optimizer = getattr(model, "optimizer", None) if include_optimizer else None
     variables = list(model.weights) + list(getattr(optimizer, "variables", None) or [])
-    return sum(int(math.prod(v.shape)) * _itemsize(v.dtype) for v in variables)
-
-
-def _itemsize(dtype: Any) -> int:
-    import numpy as np
-
-    try:
-        return np.dtype(dtype).itemsize
-    except TypeError:  # bfloat16 and the like
-        return 2
+    return sum(int(math.prod(v.shape)) * dtype_bytes(v.dtype) for v in variables)
 
 
 def _write_member(archive: zipfile.ZipFile, name: str, data: memoryview) -> None:
@@ -344,7 +336,7 @@ def _refuse_hostile_members(archive: zipfile.ZipFile) -> None:
         )
     for info in members:
         name = info.filename
-        if name.startswith("/") or "\\" in name or ".." in name.split("/") or re.match(r"^[A-Za-z]:", name):
+        if leaves_its_folder(name):
             raise ValueError(f"refusing archive member '{name}': it points outside the archive")
         if (
             info.compress_type != zipfile.ZIP_STORED

@@ -27,6 +27,7 @@ from fsspec.spec import AbstractBufferedFile
 from kedro.io.core import Version, get_protocol_and_path
 
 from kedro_keras._io import progress as _progress
+from kedro_keras._io.paths import refuse_special_file
 from kedro_keras._io.progress import NO_PROGRESS, Transfer, _NoProgress
 from kedro_keras._io.remote import FileChangedError, RemoteReader
 from kedro_keras._io.s3 import bound_retries, multipart_put, single_put
@@ -96,32 +97,6 @@ def checked_filepath(filepath: Any) -> str:
             f"filepath must name a file or folder (a local path or an fsspec URL), got {filepath!r}"
         )
     return str(filepath)
-
-
-class NotARegularFileError(OSError):
-    """A path to be read is a FIFO, a device or a socket."""
-
-
-def refuse_special_file(path: str) -> None:
-    """Raise ``NotARegularFileError`` if the local ``path`` is a FIFO, a
-    device or a socket (a symlink is followed to what it leads to).
-
-    Opening a FIFO blocks until someone writes to it, and ``/dev/zero`` reads
-    for ever; a model file planted as either would hang a load or a preview.
-    Asked with ``stat``, which opens nothing (even a non-blocking open of a
-    FIFO would let a writer waiting on it through). A folder or a missing
-    path is left to the opener, whose errors the datasets explain.
-    """
-    import stat
-
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return
-    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-    raise NotARegularFileError(f"refusing to read '{path}': it is {kind}, not a regular file")
 
 
 class Location:

@@ -1,0 +1,220 @@
+"""What every kedro-keras dataset shares, and what the command line and
+verification may ask of one.
+
+``StoredModels`` is the small protocol ``kedro keras`` and ``verify`` use:
+the versions a dataset holds (newest first), the file a version's load
+reads, removing a version, verifying a stored file and comparing two. The
+command line calls these methods only, so a new dataset needs no new branch
+there, and a command that does not apply to a dataset says so in one place.
+
+``KerasFileDataset`` is the base of the file-backed, Kedro-versioned
+datasets (model, history, weights, export): the ``Location``, Kedro's
+existence and glob hooks (methods, so that the dataset pickles for
+ParallelRunner), ``exists``/``release``, the preview's frame and its rows of
+versions, and the protocol above for Kedro's version folders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Callable
+
+from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, VersionNotFoundError
+
+from kedro_keras._dataset import preview as _preview
+from kedro_keras._dataset import verify as _verify
+from kedro_keras._io import progress as _progress
+from kedro_keras._io.files import Location
+from kedro_keras._log import SafeDatasetError, printable
+
+# Versions a preview lists by size (one small request each on an object store).
+_VERSIONS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One version a dataset holds: its name as a user gives it
+    (``--version``, ``load_version``) and the path its load reads."""
+
+    name: str
+    path: PurePosixPath
+
+
+class NotVersionedError(SafeDatasetError, VersionNotFoundError):
+    """The dataset keeps one file, not versions (so none is found)."""
+
+
+class StoredModels:
+    """The protocol of ``kedro keras`` and ``verify`` (see the module's docstring)."""
+
+    _location: Location
+
+    @property
+    def keeps_versions(self) -> bool:
+        """Whether the dataset holds versions (Kedro's, a history's, checkpoints)."""
+        raise NotImplementedError
+
+    def stored_versions(self) -> list[StoredVersion]:
+        """Every version held, newest first, listed afresh: a long-lived
+        process (Kedro-Viz, a notebook) may hold a listing from before
+        another process saved one. ``NotVersionedError`` if it keeps one file."""
+        raise NotImplementedError
+
+    def stored_path(self, version: str | None = None) -> PurePosixPath:
+        """The path a load of ``version`` (None: what a load reads now)
+        reads; ``VersionNotFoundError`` if there is no such version."""
+        raise NotImplementedError
+
+    def remove_version(self, version: StoredVersion) -> None:
+        """Remove ``version`` and everything saved with it."""
+        raise NotImplementedError
+
+    def saved_at(self, version: StoredVersion) -> float | None:
+        """When ``version`` was saved (seconds since the epoch), if the
+        filesystem keeps times."""
+        try:
+            return self._location.fs.modified(str(version.path)).timestamp()
+        except Exception:  # noqa: BLE001 - a filesystem without times: age unknown
+            return None
+
+    def verify(self, version: str | None = None) -> str:
+        """What was checked of the stored file, or a ``DatasetError`` saying
+        what is damaged (``VersionNotFoundError``: nothing to check)."""
+        return _verify.verify_stored_file(self._location, self.stored_path(version))
+
+    def compare(self, first: str, second: str) -> list[dict[str, str]]:
+        """Per variable group of versions ``first`` and ``second``: what changed."""
+        return _verify.diff_stored(self._location, self.stored_path(first), self.stored_path(second))
+
+
+def check_version_name(version: Any, url: str) -> str:
+    """A version named by a user, refused unless it is a plain name: it is
+    joined to the dataset's folder, so '/' or '..' could reach outside it."""
+    if not isinstance(version, str) or not version or "/" in version or "\\" in version:
+        raise VersionNotFoundError(f"'{url}' has no version {printable(repr(version), 80)}")
+    if version in (".", "..") or not version.isprintable():
+        raise VersionNotFoundError(f"'{url}' has no version {printable(repr(version), 80)}")
+    return version
+
+
+class KerasFileDataset(StoredModels, AbstractVersionedDataset):
+    """The base of the file-backed datasets (see the module's docstring)."""
+
+    def _init_location(
+        self,
+        filepath: str,
+        version: Version | None,
+        credentials: dict[str, Any] | None,
+        fs_args: dict[str, Any] | None,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        """Set up where the dataset's files live; called by a constructor
+        once its own arguments are checked."""
+        self._location = Location(filepath, credentials, fs_args, version)
+        self._fs = self._location.fs  # kedro-datasets' names, which users' code reaches for
+        self._protocol = self._location.protocol
+        self.metadata = metadata
+        AbstractVersionedDataset.__init__(
+            self,
+            filepath=self._location.path,
+            version=version,
+            exists_function=self._exists_file,
+            glob_function=self._glob,
+        )
+
+    # fsspec's bound methods do not always pickle (s3fs's glob does not);
+    # methods of the dataset do, so ParallelRunner can ship it.
+    def _exists_file(self, path: str) -> bool:
+        """Whether a complete save is at ``path`` (a version's file or folder)."""
+        return self._location.exists(path)
+
+    def _glob(self, pattern: str) -> list[str]:
+        return self._location.glob(pattern)
+
+    def _exists(self) -> bool:
+        try:
+            path = self._get_load_path()
+        except DatasetError:
+            return False
+        return self._exists_file(str(path))
+
+    def _release(self) -> None:
+        super()._release()
+        self._location.invalidate_cache(self._filepath)
+
+    # -- previews --------------------------------------------------------------
+
+    def _preview_table(
+        self, rows_of: Callable[[PurePosixPath], list[_preview.Row]], first: tuple[_preview.Row, ...] = ()
+    ) -> _preview.TablePreview:
+        """The preview's frame: the path, ``first``, what ``rows_of(path)``
+        says of the stored file, then the versions; whatever cannot be read
+        is said in a row, never raised (Kedro-Viz shows every entry)."""
+        try:
+            path = self._get_load_path()
+        except DatasetError as exc:
+            return _preview.table([("path", self._location.url(self._filepath)), ("stored", str(exc))])
+        rows = _preview.safely([("path", self._location.url(path)), *first], lambda: rows_of(path))
+        return _preview.table(_preview.safely(rows, self._version_rows))
+
+    def _version_rows(self) -> list[_preview.Row]:
+        if not self.keeps_versions:
+            return []
+        versions = self.stored_versions()
+        rows = [("versions", f"{len(versions)}, newest first" if versions else "none yet")]
+        for version in versions[:_VERSIONS_SHOWN]:
+            size = self._location.fs.info(str(version.path)).get("size")
+            rows.append((f"version {version.name}", _progress.size_text(size)))
+        if len(versions) > _VERSIONS_SHOWN:
+            rows.append(("older versions", f"{len(versions) - _VERSIONS_SHOWN} more"))
+        return rows
+
+    # -- the protocol, for Kedro's version folders -----------------------------
+
+    @property
+    def keeps_versions(self) -> bool:
+        return self._version is not None
+
+    def _version_paths(self) -> list[str]:
+        """The paths of the saved versions, newest first, listed afresh."""
+        self._location.invalidate_cache(self._filepath)
+        pattern = str(self._get_versioned_path("*"))
+        return sorted(self._location.glob(pattern), key=self._get_version_from_path, reverse=True)
+
+    def _version_root(self, path: PurePosixPath) -> PurePosixPath:
+        """What holds a version's files: Kedro's version folder."""
+        return path.parent
+
+    def _refuse_unversioned(self, doing: str) -> None:
+        if not self.keeps_versions:
+            raise NotVersionedError(
+                f"'{self._location.url(self._filepath)}' keeps one file, not versions: add "
+                f"versioned: true to the catalog entry to {doing}."
+            )
+
+    def stored_versions(self) -> list[StoredVersion]:
+        self._refuse_unversioned("keep versions")
+        return [
+            StoredVersion(self._get_version_from_path(path), PurePosixPath(path))
+            for path in self._version_paths()
+        ]
+
+    def stored_path(self, version: str | None = None) -> PurePosixPath:
+        if version is None:
+            return PurePosixPath(self._get_load_path())
+        self._refuse_unversioned("name a version")
+        check_version_name(version, self._location.url(self._filepath))
+        path = PurePosixPath(self._get_versioned_path(version))
+        if not self._exists_file(str(path)):
+            listed = ", ".join(v.name for v in self.stored_versions()[:_VERSIONS_SHOWN]) or "none"
+            raise VersionNotFoundError(
+                f"'{self._location.url(self._filepath)}' has no version '{printable(version, 80)}'. "
+                f"Newest versions there: {listed}."
+            )
+        return path
+
+    def remove_version(self, version: StoredVersion) -> None:
+        self._refuse_unversioned("remove versions")
+        self._location.fs.rm(str(self._version_root(version.path)), recursive=True)
+        self._location.invalidate_cache(self._filepath)
