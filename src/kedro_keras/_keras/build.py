@@ -289,8 +289,8 @@ def build_from_builder(builder: Callable[..., Any], builder_args: dict[str, Any]
 # memory, 5 ms instead of 60 ms per 64 MB). The adopted array must be one no
 # one else holds, or training would change it under its holder: only arrays
 # read for Keras's own loaders, which pass them straight to ``assign``, are
-# offered (``_keras_stores.called_by_keras_loader``), and only from this size
-# up, where the copy costs.
+# offered (``_keras.stores.single_file.called_by_keras_loader``), and only
+# from this size up, where the copy costs.
 _ADOPT_MIN = 2**20
 _offered = threading.local()
 

@@ -7,11 +7,11 @@ checked here, by name and by the parameters we pass (always by keyword), and
 ``available()`` says whether the fast path may be used; otherwise the formats
 fall back to the public API through a local temporary file, so an unknown
 Keras version still works, only slower. ``KEDRO_KERAS_PUBLIC_API_ONLY=1``
-switches every Keras internal off (this module's, ``_keras_stores``' and
-``_keras_build``'s uninitialised build), and the tests run that way too.
+switches every Keras internal off (this module's, ``_keras.stores``' and
+``_keras.build``'s uninitialised build), and the tests run that way too.
 
-With ``_keras_stores`` (subclasses of Keras's ``H5IOStore``) and
-``_keras_build`` (variables created without a value), these are the only
+With ``_keras.stores`` (subclasses of Keras's ``H5IOStore``) and
+``_keras.build`` (variables created without a value), these are the only
 files to re-read when Keras changes.
 """
 
