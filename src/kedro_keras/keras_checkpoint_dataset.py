@@ -4,9 +4,8 @@ filesystem fsspec knows."""
 
 from __future__ import annotations
 
-import json
-import math
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -14,20 +13,18 @@ from typing import TYPE_CHECKING, Any
 from kedro.io.core import AbstractDataset, DatasetError, Version, VersionNotFoundError
 
 from kedro_keras._dataset import checkpoint_record as _record
-from kedro_keras._dataset import failures as _failures
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset.base import StoredModels, StoredVersion
+from kedro_keras._dataset.checkpoint_policy import CheckpointPolicy
+from kedro_keras._dataset.checkpoints import Checkpoints, NotSkippable, restore_weights
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats import weights as _weights
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io.files import Location, checked_filepath
-from kedro_keras._io.h5 import CorruptFileError
-from kedro_keras._io.h5_guards import stored_variable_groups
 from kedro_keras._log import SafeDatasetError, as_data, get_logger, printable
 from kedro_keras.keras_model_dataset import KerasModelDataset
-from kedro_keras.keras_timestamped_model_dataset import check_keep_last
 
 if TYPE_CHECKING:
     import keras
@@ -36,8 +33,6 @@ logger = get_logger(__name__)
 
 _RECORD_SUFFIX = ".json"  # written last: a checkpoint without one is incomplete
 _FULL_SUFFIX = ".keras"
-# Metric names for which larger is better when mode is "auto" (Keras's rule, widened).
-_LARGER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "fmeasure")
 
 
 class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"]):
@@ -159,29 +154,20 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
                 f"'{filepath}' looks like a model file. Name a folder, e.g. "
                 "'data/06_models/classifier_checkpoints'."
             )
-        check_keep_last(keep_last)
-        if save_freq != "epoch" and (
-            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
-        ):
-            raise SafeDatasetError(
-                f"save_freq must be 'epoch' or a number of batches of at least 1; got {save_freq!r}."
-            )
-        if mode not in ("auto", "min", "max"):
-            raise SafeDatasetError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}.")
-        if save_best_only and monitor is None:
-            monitor = "val_loss"
+        self._policy = CheckpointPolicy(
+            keep_last=keep_last,
+            save_freq=save_freq,
+            monitor=monitor,
+            mode=mode,
+            save_best_only=save_best_only,
+            remove_when_done=remove_when_done,
+        )
         pinned = version.load if version and version.load else load_version
         if pinned is not None:
             _record.check_version(pinned)
         self._location = Location(filepath, credentials, fs_args)
         self._folder = self._location.path
-        self._keep_last, self._save_freq = keep_last, save_freq
-        self._monitor, self._save_best_only = monitor, save_best_only
-        self._larger_is_better = mode == "max" or (
-            mode == "auto" and monitor is not None and any(word in monitor for word in _LARGER_IS_BETTER)
-        )
-        self._weights_only, self._remove_when_done = save_weights_only, remove_when_done
-        self._mode = mode
+        self._weights_only = save_weights_only
         self._pinned = pinned
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         _imports.check_model_load_args(self._load_args, {"compile"}, filepath)
@@ -194,13 +180,8 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
     def _describe(self) -> dict[str, Any]:
         return {
             "filepath": self._location.url(self._folder),
-            "keep_last": self._keep_last,
-            "save_freq": self._save_freq,
-            "monitor": self._monitor,
-            "save_best_only": self._save_best_only,
+            **asdict(self._policy),
             "save_weights_only": self._weights_only,
-            "mode": self._mode,
-            "remove_when_done": self._remove_when_done,
             "load_args": self._load_args,
             "load_version": self._pinned,
         }
@@ -285,7 +266,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
             rows.append(("newest metrics", metrics))
         best = self._best_version(versions)
         if best is not None:
-            rows.append(("best", f"{best}: {self._monitor} {self._record(best).get('value'):.4g}"))
+            rows.append(("best", f"{best}: {self._policy.monitor} {self._record(best).get('value'):.4g}"))
         path = self._model_path(versions[0])
         with self._location.open_read(path) as file:
             if self._weights_only:
@@ -309,92 +290,24 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
     def _record(self, version: str) -> dict[str, Any]:
         """The record of ``version``, checked; DatasetError (which ``restore()``
         skips for the checkpoint before) for anything that is not one of ours."""
-        path = self._path(version, _RECORD_SUFFIX)
-        url = self._location.url(path)
-        # A pipe named like a record would block restore() (and fit's pruning)
-        # forever on open, and a device never ends. Object stores hold only files.
-        kind = self._location.kind(path) if self._location.is_local else "file"
-        if kind not in ("file", None):  # None: removed since the listing, which open_read reports
-            raise SafeDatasetError(
-                f"The checkpoint record '{url}' is a "
-                f"{'folder' if kind == 'directory' else 'device, pipe or socket'}, not a file: it was not "
-                "written by this dataset. Remove it and its model file."
-            )
-        try:
-            with self._location.open_read(path) as file:
-                raw = file.read(_record.MAX_RECORD_BYTES + 1)
-        except OSError as exc:
-            raise SafeDatasetError(
-                f"Cannot read the checkpoint record '{url}': {printable(str(exc), 300)}"
-            ) from as_data(exc)
-        if len(raw) > _record.MAX_RECORD_BYTES:
-            raise SafeDatasetError(
-                f"The checkpoint record '{url}' is larger than {_record.MAX_RECORD_BYTES // 2**20} MiB; ours are "
-                "a few KB, so it was not written by this dataset and is not read. Remove it (and its "
-                "model file) if you did not put it there on purpose."
-            )
-        try:
-            record = json.loads(raw)
-        except RecursionError as exc:
-            raise SafeDatasetError(
-                f"The checkpoint record '{url}' is nested too deeply to be a checkpoint record; "
-                "it was not written by this dataset. Remove it and its model file."
-            ) from as_data(exc)
-        except ValueError as exc:  # not JSON, not UTF-8, an integer of thousands of digits
-            raise SafeDatasetError(
-                f"The checkpoint record '{url}' is not valid JSON ({printable(str(exc), 200)}): it was "
-                "cut short or damaged. Remove it and its model file."
-            ) from as_data(exc)
-        try:
-            return _record.checked_record(record, version)
-        except ValueError as exc:
-            raise SafeDatasetError(
-                f"The checkpoint record '{url}' is not one this dataset writes: {exc}. "
-                "Remove it and its model file."
-            ) from as_data(exc)
+        return _record.read_record(self._location, self._path(version, _RECORD_SUFFIX), version)
 
     def _read_checkpoint(self, version: str, model: keras.Model | None) -> keras.Model:
         path = self._model_path(version)
-        url = self._location.url(path)
         if not self._weights_only:
             if model is not None:
-                raise _NotSkippable(
+                raise NotSkippable(
                     f"The checkpoints in '{self._url()}' are whole models: call restore() without a "
                     "model, or set save_weights_only: true to restore weights into a model you build."
                 )
             return self._full_dataset(path).load()
         if model is None:
-            raise _NotSkippable(
+            raise NotSkippable(
                 f"The checkpoints in '{self._url()}' hold weights only (save_weights_only: true): "
                 "pass the model to restore them into, e.g. checkpoints.restore(build_model(params)), "
                 "compiled as in training so that the optimizer state comes back too."
             )
-        try:
-            with self._location.open_read(path) as file:
-                mismatch = _weights.describe_weight_mismatch(model, stored_variable_groups(file))
-                if mismatch:
-                    raise _NotSkippable(
-                        f"Checkpoint '{url}' does not fit the model '{model.name}': {mismatch} "
-                        "Was it written by another architecture? Point the entry at a new folder, "
-                        "or build the model as in the run that wrote it."
-                    )
-                _weights.read_weights_into(model, file)
-        except DatasetError:
-            raise
-        except CorruptFileError as exc:
-            raise SafeDatasetError(
-                _failures.corrupt(url, exc, "let the next checkpoint replace it")
-            ) from as_data(exc)
-        except OSError as exc:  # unreadable: an older checkpoint may do
-            raise SafeDatasetError(f"Cannot read checkpoint '{url}': {exc}") from as_data(exc)
-        except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-            # The checksum held, so the file is whole: it is the model that
-            # differs (what Keras says when our own check could not run).
-            raise _NotSkippable(
-                f"Checkpoint '{url}' does not fit the model '{model.name}': {exc}. Was it written by "
-                "another architecture? Point the entry at a new folder, or build the model as in "
-                "the run that wrote it."
-            ) from as_data(exc)
+        restore_weights(self._location, path, model)
         return model
 
     def _full_dataset(self, path: PurePosixPath) -> KerasModelDataset:
@@ -435,13 +348,8 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
             "saved_at": datetime.now(tz=timezone.utc).isoformat(timespec="seconds"),
             **record,
         }
-        encoded = json.dumps(record, indent=2).encode()
         try:  # what restore() would refuse is never written: a checkpoint that cannot be resumed from
-            _record.checked_record(json.loads(encoded), version)
-            if len(encoded) > _record.MAX_RECORD_BYTES:
-                raise ValueError(
-                    f"it is {len(encoded)} bytes, over the {_record.MAX_RECORD_BYTES} bytes read back"
-                )
+            encoded = _record.encoded_record(record, version)
         except ValueError as exc:
             raise SafeDatasetError(
                 f"Could not write the record of checkpoint '{self._location.url(path)}': {exc}. "
@@ -462,7 +370,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         return version
 
     def _best_version(self, versions: list[str]) -> str | None:
-        if self._monitor is None:
+        if self._policy.monitor is None:
             return None
         best, best_value = None, None
         for version in versions:
@@ -473,25 +381,19 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
                 # record planted or damaged in the folder must not stop training.
                 if version not in self._unranked:
                     self._unranked.add(version)
-                    logger.warning("Checkpoint %s is not ranked by %s: %s", version, self._monitor, exc)
+                    logger.warning(
+                        "Checkpoint %s is not ranked by %s: %s", version, self._policy.monitor, exc
+                    )
                 continue
-            if value is not None and (best_value is None or self._improves(value, best_value)):
+            if value is not None and (best_value is None or self._policy.improves(value, best_value)):
                 best, best_value = version, value
         return best
 
-    def _improves(self, value: float, than: float | None) -> bool:
-        if than is None or (isinstance(than, float) and math.isnan(than)):
-            return not math.isnan(value)
-        return value > than if self._larger_is_better else value < than
-
     def _prune(self) -> None:
-        if self._keep_last is None:
+        if self._policy.keep_last is None:
             return
         versions = self.versions()
-        keep = set(versions[: self._keep_last])
-        best = self._best_version(versions)
-        if best is not None:
-            keep.add(best)
+        keep = self._policy.kept(versions, self._best_version(versions))
         for version in versions:
             if version not in keep:
                 self._remove(version)
@@ -509,105 +411,3 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         for version in self.versions():
             self._remove(version)
         self._location.invalidate_cache(self._folder)
-
-
-class _NotSkippable(DatasetError):
-    """Not a damaged checkpoint but a wrong call or model: restoring an older
-    checkpoint would not help, so ``restore()`` stops at it."""
-
-
-class Checkpoints:
-    """What a ``KerasCheckpointDataset`` entry gives a node: restore the
-    newest checkpoint, and a callback for ``fit`` that writes new ones."""
-
-    def __init__(self, dataset: KerasCheckpointDataset) -> None:
-        self._dataset = dataset
-        self.initial_epoch = 0
-        """Epochs the restored checkpoint had done: pass it to ``fit``."""
-        self.restored: str | None = None
-        """The version ``restore()`` gave, or None."""
-        self.best_value: float | None = None
-
-    def versions(self) -> list[str]:
-        """The complete checkpoints, newest first."""
-        return self._dataset.versions()
-
-    def restore(self, model: keras.Model | None = None) -> keras.Model | None:
-        """The newest complete checkpoint (or the pinned one), or None if there
-        is none yet. If the newest cannot be read (corrupt, cut short), the one
-        before it is restored instead, with a warning.
-
-        Args:
-            model: With ``save_weights_only``, the model (built and compiled as
-                in training) to restore the weights and optimizer state into.
-        """
-        dataset = self._dataset
-        versions = dataset.versions()
-        if dataset._pinned is not None:
-            if dataset._pinned not in versions:
-                listed = ", ".join(versions[:5]) if versions else "none"
-                raise SafeDatasetError(
-                    f"Checkpoint '{dataset._pinned}' is not in '{dataset._url()}'. Checkpoints there: {listed}."
-                )
-            return self._restore_version(dataset._pinned, model)
-        failures = []
-        for version in versions:
-            try:
-                restored = self._restore_version(version, model)
-            except _NotSkippable:
-                raise
-            except DatasetError as exc:
-                logger.warning("Skipping checkpoint %s of %s: %s", version, dataset._url(), exc)
-                failures.append(f"{version}: {exc}")
-                continue
-            if failures:
-                logger.warning(
-                    "Restored checkpoint %s instead of the newer one(s) that could not be read", version
-                )
-            return restored
-        if failures:
-            raise SafeDatasetError(
-                f"None of the {len(failures)} checkpoint(s) in '{dataset._url()}' could be read; "
-                f"newest: {failures[0]}"
-            )
-        logger.info("No checkpoint in %s yet: training starts from epoch 0", dataset._url())
-        return None
-
-    def best(self, model: keras.Model | None = None) -> keras.Model | None:
-        """The checkpoint best by ``monitor`` (None if there is none)."""
-        dataset = self._dataset
-        if dataset._monitor is None:
-            raise SafeDatasetError(f"'{dataset._url()}': best() needs monitor: in the catalog entry.")
-        version = dataset._best_version(dataset.versions())
-        return None if version is None else dataset._read_checkpoint(version, model)
-
-    def _restore_version(self, version: str, model: keras.Model | None) -> keras.Model:
-        dataset = self._dataset
-        record = dataset._record(version)
-        restored = dataset._read_checkpoint(version, model)
-        if record.get("random_states") is not None:
-            from kedro_keras._dataset.checkpoint_callback import set_random_states
-
-            if not set_random_states(restored, record["random_states"]):  # already checked: no ValueError
-                logger.warning(
-                    "Checkpoint %s: the model's random generators (Dropout's, ...) differ from the "
-                    "recorded ones; training goes on with fresh ones",
-                    version,
-                )
-        self.initial_epoch = int(record["epoch"])
-        self.best_value = record.get("best")
-        self.restored = version
-        logger.warning(
-            "Resuming from checkpoint %s of %s: %d epoch(s) done%s",
-            version,
-            dataset._url(),
-            self.initial_epoch,
-            f", {record['step']} batch(es) into the next (that epoch restarts)" if record["step"] else "",
-        )
-        return restored
-
-    def callback(self) -> keras.callbacks.Callback:
-        """A Keras callback that writes a checkpoint as the entry says."""
-        from kedro_keras._dataset.checkpoint_callback import CheckpointCallback
-
-        return CheckpointCallback(self._dataset, self.best_value)

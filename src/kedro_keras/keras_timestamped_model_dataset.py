@@ -11,6 +11,7 @@ from typing import Any
 
 from kedro.io.core import DatasetError, Version, VersionNotFoundError
 
+from kedro_keras._dataset.checkpoint_policy import check_keep_last
 from kedro_keras._log import SafeDatasetError, as_data, get_logger
 from kedro_keras.keras_model_dataset import KERAS_SUFFIX, LEGACY_SUFFIXES, KerasModelDataset
 
@@ -252,16 +253,6 @@ class KerasTimestampedModelDataset(KerasModelDataset):
                 continue  # another process pruned it first
             logger.info("Removed old model %s (keep_last=%d)", self._location.url(old), self._keep_last)
         self._location.invalidate_cache(self._filepath)
-
-
-def check_keep_last(keep_last: object) -> None:
-    """``keep_last`` of a history or of checkpoints: a whole number >= 1, or None."""
-    if keep_last is not None and (
-        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
-    ):
-        raise SafeDatasetError(
-            f"keep_last must be a whole number of at least 1 (or null); got {keep_last!r}."
-        )
 
 
 def _version_of(path: str | PurePosixPath) -> str:

@@ -30,16 +30,16 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._dataset._save_freq == "epoch":
+        if self._dataset._policy.save_freq == "epoch":
             return
         self._batches_since_save += 1
-        if self._batches_since_save >= self._dataset._save_freq:
+        if self._batches_since_save >= self._dataset._policy.save_freq:
             self._batches_since_save = 0
             self._checkpoint(self._epoch, batch + 1, logs or {}, at_epoch_end=False)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
-        monitor = self._dataset._monitor
+        monitor = self._dataset._policy.monitor
         if monitor is not None and monitor not in logs:
             hint = (
                 " (val_ metrics need validation_data or validation_split in fit)"
@@ -50,23 +50,23 @@ class CheckpointCallback(keras.callbacks.Callback):
                 f"Checkpoints in '{self._dataset._url()}': monitor '{monitor}' is not among the metrics "
                 f"fit logged at the end of epoch {epoch + 1}: {', '.join(sorted(logs)) or 'none'}{hint}."
             )
-        if self._dataset._save_freq == "epoch":
+        if self._dataset._policy.save_freq == "epoch":
             self._checkpoint(epoch + 1, 0, logs, at_epoch_end=True)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self._dataset._remove_when_done:
+        if self._dataset._policy.remove_when_done:
             self._dataset._remove_all()
 
     def _checkpoint(self, epochs_done: int, steps: int, logs: dict[str, Any], *, at_epoch_end: bool) -> None:
         dataset = self._dataset
-        value = _number(logs.get(dataset._monitor)) if dataset._monitor else None
-        improved = value is not None and dataset._improves(value, self._best)
-        if dataset._save_best_only and not (at_epoch_end and improved):
+        value = _number(logs.get(dataset._policy.monitor)) if dataset._policy.monitor else None
+        improved = value is not None and dataset._policy.improves(value, self._best)
+        if dataset._policy.save_best_only and not (at_epoch_end and improved):
             return
         if improved:
             self._best = value
         record = {
-            "monitor": dataset._monitor,
+            "monitor": dataset._policy.monitor,
             "value": value,
             "best": self._best,
             "logs": {name: _number(number) for name, number in logs.items()},

@@ -6,12 +6,15 @@ checked before any array is made."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from pathlib import PurePosixPath
 from typing import Any
 
 from kedro_keras._formats.dtypes import dtype_bytes
-from kedro_keras._log import SafeDatasetError, printable
+from kedro_keras._io.files import Location
+from kedro_keras._log import SafeDatasetError, as_data, printable
 
 # ckpt-e00003-s0000000: 3 epochs done, 0 batches into the next. Fixed width,
 # so that names sort in training order. ASCII digits and fullmatch: ``\d``
@@ -152,3 +155,60 @@ def random_state_shape(state: Any, where: str = "random state") -> tuple[int, ..
         if not fits:
             raise ValueError(f"{where} holds {shown(item)}, which is not a {dtype}")
     return tuple(shape)
+
+
+def read_record(location: Location, path: PurePosixPath, version: str) -> dict[str, Any]:
+    """The record at ``path``, checked; a ``DatasetError`` (which ``restore()``
+    skips for the checkpoint before) for anything that is not one of ours."""
+    url = location.url(path)
+    # A pipe named like a record would block restore() (and fit's pruning)
+    # forever on open, and a device never ends. Object stores hold only files.
+    kind = location.kind(path) if location.is_local else "file"
+    if kind not in ("file", None):  # None: removed since the listing, which open_read reports
+        raise SafeDatasetError(
+            f"The checkpoint record '{url}' is a "
+            f"{'folder' if kind == 'directory' else 'device, pipe or socket'}, not a file: it was not "
+            "written by this dataset. Remove it and its model file."
+        )
+    try:
+        with location.open_read(path) as file:
+            raw = file.read(MAX_RECORD_BYTES + 1)
+    except OSError as exc:
+        raise SafeDatasetError(
+            f"Cannot read the checkpoint record '{url}': {printable(str(exc), 300)}"
+        ) from as_data(exc)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise SafeDatasetError(
+            f"The checkpoint record '{url}' is larger than {MAX_RECORD_BYTES // 2**20} MiB; ours are "
+            "a few KB, so it was not written by this dataset and is not read. Remove it (and its "
+            "model file) if you did not put it there on purpose."
+        )
+    try:
+        record = json.loads(raw)
+    except RecursionError as exc:
+        raise SafeDatasetError(
+            f"The checkpoint record '{url}' is nested too deeply to be a checkpoint record; "
+            "it was not written by this dataset. Remove it and its model file."
+        ) from as_data(exc)
+    except ValueError as exc:  # not JSON, not UTF-8, an integer of thousands of digits
+        raise SafeDatasetError(
+            f"The checkpoint record '{url}' is not valid JSON ({printable(str(exc), 200)}): it was "
+            "cut short or damaged. Remove it and its model file."
+        ) from as_data(exc)
+    try:
+        return checked_record(record, version)
+    except ValueError as exc:
+        raise SafeDatasetError(
+            f"The checkpoint record '{url}' is not one this dataset writes: {exc}. "
+            "Remove it and its model file."
+        ) from as_data(exc)
+
+
+def encoded_record(record: dict[str, Any], version: str) -> bytes:
+    """``record`` as the bytes written, once ``read_record`` would accept
+    them; ``ValueError`` otherwise."""
+    encoded = json.dumps(record, indent=2).encode()
+    checked_record(json.loads(encoded), version)
+    if len(encoded) > MAX_RECORD_BYTES:
+        raise ValueError(f"it is {len(encoded)} bytes, over the {MAX_RECORD_BYTES} bytes read back")
+    return encoded
