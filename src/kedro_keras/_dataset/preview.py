@@ -35,7 +35,8 @@ DEFAULT_LAYERS_SHOWN = 20
 
 # A preview parses the config whole. Keras stores it uncompressed, but a
 # deflated one of 34 KB held 35 MB of JSON: 1.5 million layers, 1.8 GB and a
-# minute to preview. So a preview reads at most this much JSON, with at most
+# minute to preview (the file tests/test_hostile_readers.py builds, before
+# these bounds). So a preview reads at most this much JSON, with at most
 # this many objects, lists and values (a commas-and-brackets count, taken
 # before parsing; about 150 MB parsed at worst): ResNet152's config holds
 # 31,000, so a model of ten thousand layers still previews.

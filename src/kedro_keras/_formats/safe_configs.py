@@ -72,8 +72,9 @@ class UnsafeConfigError(ValueError):
 
 # What a model's configuration may hold before we let Keras build it. Building
 # costs time in the number of layers and, for models nested in models, in the
-# square of the nesting (measured: 10 nested models 0.06 s, 20 0.15 s, 40
-# 0.44 s; a file of a few KB can nest thousands). keras.applications' largest
+# square of the nesting (measured with tests/test_hostile_loads.py's
+# nested_models under TensorFlow on the 2-core dev machine: 10 nested models
+# 0.06 s, 20 0.15 s, 40 0.44 s; a file of a few KB can nest thousands). keras.applications' largest
 # (NASNetLarge, EfficientNetV2L) hold about 1,040 layers, and no model of
 # tests/real_architectures.py nor keras.applications serialises deeper than 11
 # levels (measured with serialize_keras_object; Keras 3.15); each model nested

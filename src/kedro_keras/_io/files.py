@@ -59,8 +59,9 @@ SPOOL_FROM = 256 * 10**6
 DEFAULT_STALL_SECONDS = 60.0
 
 # Requests one large read or upload keeps in flight (fs_args.concurrency).
-# One connection to an object store carries 50-200 MB/s; eight take most
-# hosts' links, and stay under botocore's pool of ten.
+# One connection to an object store carries 85-90 MB/s by AWS's performance
+# guidelines for S3 (moto here streams more: transfer.ONE_STREAM_IS_ENOUGH);
+# eight take most hosts' links, and stay under botocore's pool of ten.
 DEFAULT_CONCURRENCY = 8
 
 

@@ -51,7 +51,8 @@ _PARALLEL_FROM = 16 * 2**20
 # large read measures the stream on its first _STREAM_PROBE bytes.
 # Not smaller: bytes that arrived while the model was being built wait in
 # the socket's buffers and read at memory speed (a 2 MiB probe took a
-# 10 MB/s link for a fast one and streamed a 400 MB load for 47 s).
+# 10 MB/s link for a fast one and streamed a 400 MB load for 47 s: the "S3
+# link load" row of docs/performance.md, make bench, with a 2 MiB probe).
 _STREAM_PROBE = 8 * 2**20
 
 

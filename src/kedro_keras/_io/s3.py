@@ -94,9 +94,9 @@ def ranged_filler(file: Any, stall_seconds: float) -> Callable[[int, memoryview,
     """How to fill a buffer from many ranged GETs at once, if the filesystem
     is s3fs: ``fill(position, target, part_size, concurrency)``.
 
-    One connection to an object store carries 50-200 MB/s whatever the
-    host's link; a large array read as concurrent ranges takes the link's
-    bandwidth instead. Each part is written straight into its stretch of
+    One connection to an object store carries 85-90 MB/s at most (AWS's
+    guidelines for S3) whatever the host's link; a large array read as
+    concurrent ranges takes the link's bandwidth instead. Each part is written straight into its stretch of
     ``target``: no extra copy, so no extra memory, however many are in flight.
     """
     args = _get_object_args(file)
@@ -273,7 +273,8 @@ async def _multipart_upload(
             # connection this fast is local or close, and one PUT serves it
             # better. Such a connection is done with it in twice the time the
             # bar allows; one still at it by then is slow, and the other parts
-            # go up beside it (the probe took 0.8 s of a link's 9 s save alone).
+            # go up beside it (the probe took 0.8 s of a 9 s save alone through
+            # benchmarks' s3_link endpoint, measured once when this was written).
             body = gathered.part(0, PROBE_PART_SIZE)
             tasks.append(asyncio.ensure_future(send(1, body)))
             fast = seconds_at(2 * PROBE_PART_SIZE, _transfer.ONE_UPLOAD_IS_ENOUGH)

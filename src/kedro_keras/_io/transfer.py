@@ -41,7 +41,9 @@ PROBE_PART_SIZE = 8 * 2**20
 # server, a fast link): a request more costs more than it gains.
 ONE_STREAM_IS_ENOUGH = 150e6  # bytes per second
 # Uploads are slower everywhere (the server hashes and stores each byte):
-# moto here takes one 150-190 MB/s, a real store's connection 20-80 MB/s.
+# moto here takes one 150-190 MB/s (the "S3 save" rows of make bench log
+# the probe's rate at DEBUG); AWS's performance guidelines plan on up to
+# 85-90 MB/s per connection to S3, less for uploads (not measured here).
 ONE_UPLOAD_IS_ENOUGH = 100e6
 
 
@@ -63,7 +65,9 @@ def part_size(size: int, concurrency: int, chosen: int | None = None) -> int:
     Beyond one round of 64 MiB parts, the size is cut so that every
     connection takes the same number of parts: a 668 MB array in 64 MiB
     ranges was 8 parts and then 2.4, the second round on three connections,
-    and took 1.6x the link's time; in 16 parts of 42 MB it takes two full rounds.
+    and took 1.6x the link's time; in 16 parts of 42 MB it takes two full
+    rounds (make bench --big, "S3 link load" of the 4 GB model: now 1.15x
+    the link's floor, docs/performance.md).
     """
     if chosen is None:
         per_connection = -(-size // max(1, concurrency))

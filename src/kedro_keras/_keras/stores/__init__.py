@@ -98,7 +98,8 @@ def to_numpy_once(value: Any) -> Any:
 # An array larger than this leaves the backend a slice of whole rows at a
 # time, each slice written into the HDF5 dataset before the next is taken:
 # one whole copy of a 1.67 GB kernel was the entire excess of a 10 GB model's
-# save over its memory budget.
+# save over its memory budget (make bench --big, "local save" of the 10 GB
+# model: 69 MB extra now, docs/performance.md).
 _SLICE_BYTES = 64 * 2**20
 
 
