@@ -17,6 +17,7 @@ from kedro.io.core import AbstractVersionedDataset, Version
 from kedro_keras._dataset import failures as _failures
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset.base import KerasFileDataset
+from kedro_keras._dataset.migration import take_migration_args
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
@@ -133,7 +134,13 @@ class KerasModelDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model"
         self._legacy = self._is_legacy_format(filepath)
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
-        _take_migration_args(self._load_args, self._save_args, filepath)
+        take_migration_args(
+            self._load_args,
+            self._save_args,
+            filepath,
+            keras_suffix=KERAS_SUFFIX,
+            legacy_suffixes=LEGACY_SUFFIXES,
+        )
         _imports.check_model_load_args(self._load_args, {"compile", "device"}, filepath)
         _imports.check_known_args("save_args", self._save_args, {"include_optimizer"}, filepath)
         self._init_location(filepath, version, credentials, fs_args, metadata)
@@ -353,49 +360,6 @@ class KerasModelDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model"
                 return [*rows, ("format", "legacy HDF5 (.h5)")]
             file.seek(0)
             return [("format", ".keras archive"), *rows, *_preview.keras_archive_rows(file, layers)]
-
-
-# Arguments kedro-datasets' TensorFlowModelDataset takes, for entries moved
-# over from it: what each becomes here.
-_IGNORED_SAVE_ARGS = {
-    "overwrite": "a save always replaces the file, in one step (and a versioned save writes a new version)",
-}
-
-
-def _take_migration_args(load_args: dict[str, Any], save_args: dict[str, Any], filepath: str) -> None:
-    """Accept the harmless arguments of ``tensorflow.TensorFlowModelDataset``
-    with a warning, and map ``tf_device`` to the backend-neutral ``device``."""
-    if "tf_device" in load_args:
-        device = load_args.pop("tf_device")
-        load_args.setdefault("device", device.lstrip("/") if isinstance(device, str) else device)
-        warnings.warn(
-            f"'{filepath}': load_args.tf_device is TensorFlowModelDataset's name; it is read as "
-            f"load_args.device: {load_args['device']!r} (keras.device, every backend). Rename it.",
-            stacklevel=4,
-        )
-    for key, reason in _IGNORED_SAVE_ARGS.items():
-        if key in save_args:
-            save_args.pop(key)
-            warnings.warn(
-                f"'{filepath}': save_args.{key} is not needed and is ignored: {reason}.", stacklevel=4
-            )
-    save_format = save_args.pop("save_format", None)
-    if save_format is None:
-        return
-    named = "h5" if filepath.lower().endswith(LEGACY_SUFFIXES) else "keras"
-    if str(save_format).lower() in (named, "hdf5" if named == "h5" else named):
-        warnings.warn(
-            f"'{filepath}': save_args.save_format is not needed and is ignored: the format follows "
-            "the file name.",
-            stacklevel=4,
-        )
-        return
-    raise SafeDatasetError(
-        f"'{filepath}': save_args.save_format: {save_format!r} does not match the file name, which "
-        f"decides the format here ('{KERAS_SUFFIX}', or '{LEGACY_SUFFIXES[0]}' for legacy HDF5). "
-        "Keras 3 no longer saves TensorFlow SavedModel folders with model.save; remove save_format "
-        "and name the file for the format you want."
-    )
 
 
 def _device_scope(device: str | None) -> Any:
