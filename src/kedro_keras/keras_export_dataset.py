@@ -25,6 +25,7 @@ from kedro_keras._dataset.export_folder import (
     publish_folder,
     read_manifest,
 )
+from kedro_keras._dataset.export_run import export_model, first_line
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats.onnx import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactError
@@ -256,11 +257,11 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
             local = os.path.join(scratch, "model" + _exported.FILE_SUFFIXES.get(self._format, ""))
             try:
                 # model.export writes local paths only; the artifact is then published from there.
-                _export(data, local, self._format, self._export_args)
+                export_model(data, local, self._format, self._export_args)
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise SafeDatasetError(
                     f"Could not export model '{data.name}' as {self._format} (backend {backend}) for "
-                    f"'{url}': {_first_line(exc)}. Any export previously saved there is unchanged."
+                    f"'{url}': {first_line(exc)}. Any export previously saved there is unchanged."
                 ) from as_data(exc)
             try:
                 if self._is_folder:
@@ -324,7 +325,7 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
             ) from as_data(exc)
         except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
             raise SafeDatasetError(
-                f"Cannot load the {self._format} export at '{url}': {_first_line(exc)}"
+                f"Cannot load the {self._format} export at '{url}': {first_line(exc)}"
             ) from as_data(exc)
         logger.info(
             "Loaded the %s export at %s, %s: %r",
@@ -356,7 +357,7 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
             raise
         except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
             scratch.cleanup()
-            raise SafeDatasetError(f"Cannot load the SavedModel at '{url}': {_first_line(exc)}") from as_data(
+            raise SafeDatasetError(f"Cannot load the SavedModel at '{url}': {first_line(exc)}") from as_data(
                 exc
             )
         # TensorFlow may read assets (vocabularies) later: the copy lives as long as the model.
@@ -389,31 +390,3 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
             "weights of Keras models, which an export does not keep as such. Compare the model or "
             "weights entry the export was made from."
         )
-
-
-def _export(model: keras.Model, local: str, format: str, export_args: dict[str, Any]) -> None:
-    try:
-        model.export(local, format=format, verbose=False, **export_args)
-    except ValueError as exc:
-        # Keras traces only models that have run once (a model fresh from a
-        # file has not); one call on zeros of the input shapes is harmless.
-        if "never called" not in str(exc) or not getattr(model, "inputs", None):
-            raise
-        _call_once_on_zeros(model)
-        model.export(local, format=format, verbose=False, **export_args)
-
-
-def _call_once_on_zeros(model: keras.Model) -> None:
-    import keras
-    import numpy as np
-
-    def zeros(tensor: Any) -> Any:
-        return np.zeros([1 if size is None else size for size in tensor.shape], dtype=tensor.dtype)
-
-    model(keras.tree.map_structure(zeros, model.input), training=False)
-
-
-def _first_line(exc: BaseException) -> str:
-    """A runtime's error, which may quote names from the file, as data."""
-    text = str(exc).strip() or type(exc).__name__
-    return printable(text.splitlines()[0], 500)
