@@ -10,7 +10,7 @@ from copy import deepcopy
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable
 
-from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
+from kedro.io.core import AbstractVersionedDataset, Version
 
 from kedro_keras._dataset import architecture as _architecture
 from kedro_keras._dataset import failures as _failures
@@ -18,7 +18,8 @@ from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset import verify as _verify
 from kedro_keras._dataset.base import KerasFileDataset
 from kedro_keras._dataset.preview import TablePreview
-from kedro_keras._dataset.sharded_commit import check_shards_exist, read_index, save_sharded, shard_error
+from kedro_keras._dataset.sharded_commit import check_shards_exist, read_index, save_sharded
+from kedro_keras._dataset.weights_fill import fill_from_file, fill_from_shards
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats import sharded as _sharded
@@ -27,8 +28,6 @@ from kedro_keras._formats.sharded import INDEX_SUFFIX
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io import progress as _progress
 from kedro_keras._io.files import checked_filepath
-from kedro_keras._io.h5 import ShardReadError
-from kedro_keras._io.h5_guards import stored_variable_groups
 from kedro_keras._keras import build as _keras_build
 from kedro_keras._log import SafeDatasetError, as_data, get_logger
 from kedro_keras.keras_model_dataset import _check_is_model
@@ -241,34 +240,9 @@ class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Mode
                 )
             )
 
-        visited: set[int] = set()
         start, sizes = time.monotonic(), []
         saved_with: dict[str, Any] = {}
-
-        def fill(model: keras.Model) -> None:
-            try:
-                with self._location.open_read(weights_path) as file:
-                    sizes.append(_preview.file_size(file))
-                    if not visited:  # the first pass; a second loads only the optimizer
-                        mismatch = _weights.describe_weight_mismatch(model, stored_variable_groups(file))
-                        if mismatch:
-                            raise SafeDatasetError(
-                                f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}"
-                            )
-                    _weights.read_weights_into(model, file, visited)
-            except DatasetError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-                raise SafeDatasetError(
-                    _failures.read_failure(
-                        url,
-                        exc,
-                        what="the weights",
-                        file_format=WEIGHTS_SUFFIX,
-                        remedy="save the weights again",
-                        into=model.name,
-                    )
-                ) from as_data(exc)
+        fill = fill_from_file(self._location, weights_path, url, sizes)
 
         if self._architecture is not None:
             # A user's builder may call its model on data or set weights
@@ -349,31 +323,7 @@ class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Mode
         directory = index_path.parent
         check_shards_exist(self._location, index, directory, url)
         saved_with: dict[str, Any] = {}
-
-        def open_shard(name: str) -> Any:
-            return self._location.open_read(directory / name)
-
-        visited: set[int] = set()
-        verified: set[str] = set()  # shards checked against their CRC-32, over both passes
-
-        def fill(model: keras.Model) -> None:
-            try:
-                if not visited:  # the first pass; a second loads only the optimizer
-                    stored = _sharded.stored_sharded_variable_groups(index, open_shard)
-                    mismatch = _weights.describe_weight_mismatch(model, stored)
-                    if mismatch:
-                        raise SafeDatasetError(
-                            f"The weights at '{url}' do not fit the model '{model.name}': {mismatch}"
-                        )
-                _sharded.read_sharded_weights_into(model, index, open_shard, visited, verified)
-            except DatasetError:
-                raise
-            except ShardReadError as exc:
-                raise shard_error(self._location, exc, directory, url) from as_data(exc)
-            except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-                raise SafeDatasetError(
-                    f"Cannot load the weights at '{url}' into model '{model.name}': {exc}"
-                ) from as_data(exc)
+        fill = fill_from_shards(self._location, index, directory, url)
 
         if self._architecture is not None:
             model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
