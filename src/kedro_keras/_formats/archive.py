@@ -4,25 +4,20 @@ A zip of ``metadata.json``, ``config.json``, ``model.weights.h5`` (stored
 uncompressed) and ``assets/``. Writing puts the weights straight into the
 archive; reading lets HDF5 read each array from its place in the file
 (local or remote) through a CRC-checked window, so the only full copy of
-the weights in memory is the model's own.
+the weights in memory is the model's own. Writing and reading one zip member
+without a copy of it is ``zip_members``'s.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import shutil
-import struct
-import threading
 import time
 import warnings
 import zipfile
 from collections import Counter
-from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any, Iterator
-
-from zlib_ng.zlib_ng import crc32
+from typing import IO, TYPE_CHECKING, Any
 
 from kedro_keras._formats.dtypes import dtype_bytes
 from kedro_keras._formats.safe_configs import (
@@ -33,9 +28,14 @@ from kedro_keras._formats.safe_configs import (
     refuse_unsafe_config,
 )
 from kedro_keras._formats.weights import kedro_keras_metadata, weights_image, write_weights_in_place
+from kedro_keras._formats.zip_members import (
+    MAX_JSON_MEMBER,
+    member_reader,
+    read_small_member,
+    write_stored_member,
+)
 from kedro_keras._io.h5 import (
     CHUNK,
-    Window,
     bounded,
     region_crc32,
     verify,
@@ -57,6 +57,10 @@ METADATA_MEMBER = "metadata.json"
 WEIGHTS_MEMBER = "model.weights.h5"
 # How a .keras archive (a zip) starts, whatever the file is called.
 ZIP_SIGNATURE = b"PK\x03\x04"
+MAX_CONFIG_BYTES = MAX_JSON_MEMBER  # a model configuration, in whatever file it is stored
+
+# The name _dataset.verify and _dataset.preview read the weights member by.
+_member_reader = member_reader
 
 
 def write_keras_archive(model: keras.Model, file: IO[bytes], *, include_optimizer: bool = True) -> None:
@@ -87,7 +91,7 @@ def write_keras_archive(model: keras.Model, file: IO[bytes], *, include_optimize
         finally:
             assets_store.close()  # adds the assets/ members
         if weights is not None:
-            _write_member(archive, WEIGHTS_MEMBER, weights.getbuffer().toreadonly())
+            write_stored_member(archive, WEIGHTS_MEMBER, weights.getbuffer().toreadonly())
 
 
 def _write_weights_member_in_place(
@@ -129,49 +133,6 @@ def state_bytes(model: keras.Model, include_optimizer: bool = True) -> int:
     optimizer = getattr(model, "optimizer", None) if include_optimizer else None
     variables = list(model.weights) + list(getattr(optimizer, "variables", None) or [])
     return sum(int(math.prod(v.shape)) * dtype_bytes(v.dtype) for v in variables)
-
-
-def _write_member(archive: zipfile.ZipFile, name: str, data: memoryview) -> None:
-    """Add a STORED member from a buffer, in chunks, with no copy of it."""
-    info = zipfile.ZipInfo(name, date_time=time.localtime(time.time())[:6])
-    info.compress_type = zipfile.ZIP_STORED
-    info.file_size = data.nbytes  # lets zipfile choose ZIP64 for models over 4 GiB
-    with _zipfile_checksums_by_zlib_ng(), archive.open(info, "w") as member:
-        for start in range(0, data.nbytes, CHUNK):
-            member.write(data[start : start + CHUNK])
-
-
-_zipfile_crc32_lock = threading.Lock()
-
-
-_zipfile_crc32_users = 0
-
-
-_zipfile_crc32_original: Any = None
-
-
-@contextmanager
-def _zipfile_checksums_by_zlib_ng() -> Iterator[None]:
-    """zipfile computes a member's CRC-32 with the ``zlib`` module's function
-    (its module-level ``crc32``); zlib-ng's is the same function, 7x faster
-    (0.1 s of a 400 MB save). Swapped in while weights are written: another
-    zipfile user meanwhile gets the same values, only sooner."""
-    global _zipfile_crc32_users, _zipfile_crc32_original
-    if getattr(zipfile, "crc32", None) is None:  # a zipfile without that name: leave it be
-        yield
-        return
-    with _zipfile_crc32_lock:
-        if _zipfile_crc32_users == 0:
-            _zipfile_crc32_original = zipfile.crc32
-            zipfile.crc32 = crc32
-        _zipfile_crc32_users += 1
-    try:
-        yield
-    finally:
-        with _zipfile_crc32_lock:
-            _zipfile_crc32_users -= 1
-            if _zipfile_crc32_users == 0:
-                zipfile.crc32 = _zipfile_crc32_original
 
 
 def _write_keras_archive_public(model: keras.Model, file: IO[bytes], *, include_optimizer: bool) -> None:
@@ -251,11 +212,9 @@ def read_keras_archive(
         missing = {CONFIG_MEMBER, WEIGHTS_MEMBER} - names
         if missing:
             raise ValueError(f"not a Keras model archive: it has no {', '.join(sorted(missing))}")
-        metadata = (
-            json.loads(_read_small_member(archive, METADATA_MEMBER)) if METADATA_MEMBER in names else {}
-        )
+        metadata = json.loads(read_small_member(archive, METADATA_MEMBER)) if METADATA_MEMBER in names else {}
         slim = metadata.get("kedro_keras", {}).get("include_optimizer") is False
-        config_json = _read_small_member(archive, CONFIG_MEMBER)
+        config_json = read_small_member(archive, CONFIG_MEMBER)
         config = json.loads(config_json)
         check_config_bounds(config, max_layers, max_config_depth)  # before Keras builds anything
         # Anything but a literal false is safe; checked before Keras deserialises anything.
@@ -270,7 +229,7 @@ def read_keras_archive(
             if not _keras_saving.available():
                 return _read_keras_archive_public(file, custom_objects, compile, safe_mode)
             with (
-                _member_reader(archive, file, WEIGHTS_MEMBER) as weights,
+                member_reader(archive, file, WEIGHTS_MEMBER) as weights,
                 _keras_saving.assets_reader(archive) as assets_store,
             ):
                 visited: set[int] = set()
@@ -340,7 +299,7 @@ def _refuse_hostile_members(archive: zipfile.ZipFile) -> None:
             raise ValueError(f"refusing archive member '{name}': it points outside the archive")
         if (
             info.compress_type != zipfile.ZIP_STORED
-            and info.file_size > _MAX_JSON_MEMBER
+            and info.file_size > MAX_JSON_MEMBER
             and info.file_size > 100 * max(info.compress_size, 1)
         ):
             raise ValueError(
@@ -355,9 +314,9 @@ def _read_keras_archive_public(
     import keras
 
     with zipfile.ZipFile(file) as archive:
-        with _member_reader(archive, file, WEIGHTS_MEMBER) as weights:
+        with member_reader(archive, file, WEIGHTS_MEMBER) as weights:
             check_all_datasets(weights)  # before Keras reads (and allocates) anything
-        config = json.loads(_read_small_member(archive, CONFIG_MEMBER))
+        config = json.loads(read_small_member(archive, CONFIG_MEMBER))
         compile_config = config.get("compile_config")
         portable = portable_compile_config(compile_config) if compile else compile_config
         file.seek(0)
@@ -379,42 +338,3 @@ def _read_keras_archive_public(
             return keras.saving.load_model(
                 local_path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
             )
-
-
-# Members we read whole (config, metadata) are JSON a few MB at most; a
-# declared size beyond this is a zip bomb or not a Keras file.
-_MAX_JSON_MEMBER = 256 * 2**20
-MAX_CONFIG_BYTES = _MAX_JSON_MEMBER  # a model configuration, in whatever file it is stored
-
-
-def _read_small_member(archive: zipfile.ZipFile, name: str) -> bytes:
-    size = archive.getinfo(name).file_size
-    if size > _MAX_JSON_MEMBER:
-        raise ValueError(f"refusing to read '{name}': it declares {size} bytes, far more than a Keras config")
-    return archive.read(name)
-
-
-@contextmanager
-def _member_reader(archive: zipfile.ZipFile, file: IO[bytes], name: str) -> Iterator[io.BytesIO]:
-    """A seekable reader over one member, without reading it into memory."""
-    info = archive.getinfo(name)
-    if info.compress_type == zipfile.ZIP_STORED:
-        yield Window(file, _member_data_offset(file, info), info.file_size, expected_crc=info.CRC)
-        return
-    # Not written by Keras (it stores members uncompressed): inflate it.
-    if info.file_size > 100 * max(info.compress_size, 1) and info.file_size > _MAX_JSON_MEMBER:
-        raise ValueError(
-            f"refusing to inflate '{name}': {info.compress_size} bytes claim to hold {info.file_size}"
-        )
-    yield io.BytesIO(archive.read(info))
-
-
-def _member_data_offset(file: IO[bytes], info: zipfile.ZipInfo) -> int:
-    # The local header repeats the name and has its own extra field, whose
-    # length can differ from the central directory's: read it from the file.
-    file.seek(info.header_offset)
-    header = file.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise zipfile.BadZipFile(f"bad local header for member '{info.filename}'")
-    name_length, extra_length = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_length + extra_length
