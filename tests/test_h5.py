@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
+from kedro_keras._io import aligned_arrays as _aligned_arrays
 from kedro_keras._io import h5 as _h5
 from kedro_keras._io.h5_guards import checked_dataset
 
@@ -208,7 +209,7 @@ def test_arrays_a_load_fills_are_aligned_writable_and_large_ones_are_own_maps(tm
     with h5py.File(tmp_path / "w.h5", "w") as file:
         file["a"] = values
     with h5py.File(tmp_path / "w.h5", "r") as file:
-        array = _h5.read_aligned(file["a"])
+        array = _aligned_arrays.read_aligned(file["a"])
     np.testing.assert_array_equal(array, values)
     assert array.ctypes.data % 64 == 0 and array.flags.writeable
     owner = array
@@ -216,7 +217,7 @@ def test_arrays_a_load_fills_are_aligned_writable_and_large_ones_are_own_maps(tm
         owner = owner.base
     if isinstance(owner, memoryview):  # np.frombuffer keeps a view of the buffer
         owner = owner.obj
-    own_map = _h5._ANONYMOUS is not None and nbytes >= _h5._OWN_MAP_FROM
+    own_map = _aligned_arrays._ANONYMOUS is not None and nbytes >= _aligned_arrays._OWN_MAP_FROM
     assert isinstance(owner, mmap.mmap) is own_map
 
 

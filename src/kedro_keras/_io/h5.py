@@ -6,13 +6,13 @@ A ``.keras`` archive stores its weights as an uncompressed HDF5 member, and
 trailer. Either way HDF5 reads through a ``Window`` on the open (local or
 remote) file, which checks the CRC-32 as HDF5 reads. Nothing here imports
 Keras or knows where a file lives. The header walk and the checks on what
-the headers declare are in ``h5_guards``.
+the headers declare are in ``h5_guards``; the arrays HDF5 reads into are
+made in ``aligned_arrays``.
 """
 
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import stat
 import struct
@@ -23,6 +23,9 @@ from fsspec.spec import AbstractBufferedFile
 # zlib's CRC-32, computed with SIMD: 7x faster than the zlib module here
 # (30 GB/s against 4 GB/s), and a load checks every byte it reads.
 from zlib_ng.zlib_ng import crc32
+
+# _keras.stores.single_file reads each array through this name.
+from kedro_keras._io.aligned_arrays import read_aligned as read_aligned
 
 OPTIMIZER_GROUP = "optimizer"
 # How an HDF5 file starts (Keras never writes a user block before it).
@@ -253,7 +256,7 @@ def writes_in_place(file: IO[bytes]) -> bool:
     """Whether HDF5 may write straight into ``file`` (a local file open for
     reading and writing), instead of into an image in memory first: the
     arrays then go to disk one at a time (a large one a slice at a time,
-    ``_keras_stores._slices_to_write``), so a save's memory does not grow
+    ``_keras.stores.arrays._slices_to_write``), so a save's memory does not grow
     with the model."""
     return isinstance(file, io.BufferedRandom)
 
@@ -365,57 +368,6 @@ def h5_window(file: IO[bytes]) -> Window:
         if magic == _H5_TRAILER_MAGIC and image_size == size - _H5_TRAILER.size:
             return Window(file, 0, image_size, expected_crc=crc)
     return Window(file, 0, size)
-
-
-# TensorFlow makes a variable from a NumPy array without an intermediate copy
-# only if the array is 64-byte aligned (Eigen's alignment); NumPy's own large
-# arrays start 16 bytes into a page, which costs a second copy of every array
-# while a model loads. JAX's CPU client likewise aliases only aligned buffers.
-_ALIGNMENT = 64
-
-
-def read_aligned(dataset: Any, prefault: bool = True) -> Any:
-    """An HDF5 dataset's values in a new, 64-byte aligned, native-order array.
-
-    ``prefault=False`` for reads that arrive slower than pages fault in (from
-    a network): the array's pages then become resident as the bytes arrive,
-    not all at once while the reader still holds what it has received.
-    """
-    dtype = dataset.dtype.newbyteorder("=")
-    array = aligned_empty(dataset.shape, dtype, prefault)
-    if array.size:
-        dataset.read_direct(array)
-    return array
-
-
-# NumPy asks the kernel for huge pages for every array of 4 MiB or more.
-# Where the kernel then compacts memory on demand to find them (THP defrag
-# "madvise", a common default), filling a fresh 1.2 GB array took 2.7 s
-# instead of 0.7 s on our bench machine. An array read once from a file gains
-# nothing from huge pages, so large ones are plain anonymous maps instead
-# (page-aligned, so 64-byte aligned too, and returned to the system the
-# moment the array goes).
-_OWN_MAP_FROM = 4 * 2**20
-# Every page is about to be written: faulting them all in at once is cheaper
-# than one fault per page as a local read goes (0.46 s against 0.73 s for
-# 1.2 GB). A network read arrives slower than pages fault in, and faulting
-# them in early made a moto load hold 1.20x the weights instead of 1.04x.
-# (Windows has no anonymous-map flags; there NumPy's allocation stays.)
-_ANONYMOUS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS if hasattr(mmap, "MAP_ANONYMOUS") else None
-_PREFAULTED = getattr(mmap, "MAP_POPULATE", 0)
-
-
-def aligned_empty(shape: tuple[int, ...], dtype: Any, prefault: bool = True) -> Any:
-    import numpy as np
-
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes >= _OWN_MAP_FROM and _ANONYMOUS is not None:
-        pages = mmap.mmap(-1, nbytes, flags=_ANONYMOUS | (_PREFAULTED if prefault else 0))
-        return np.frombuffer(pages, dtype=dtype).reshape(shape)
-    raw = np.empty(nbytes + _ALIGNMENT, dtype=np.uint8)
-    start = -raw.ctypes.data % _ALIGNMENT
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def without_optimizer_group(h5_bytes: bytes) -> bytes:
