@@ -8,7 +8,7 @@ import pytest
 
 from conftest import assert_same_predictions, fit
 from kedro_keras import KerasModelDataset
-from kedro_keras._keras import stores as _keras_stores
+from kedro_keras._keras.stores import arrays as _keras_stores
 
 
 @pytest.mark.private_api

@@ -18,7 +18,7 @@ repr, which never matches the shard's name), so a save would be quadratic
 in the number of arrays. Reading through ``archive`` works, but it reopens
 every shard of a group for each array it looks up (43 opens for a model
 in 5 shards): the optimizer's one group spans most shards of a large
-model. Our reading store (``_sharded_read_store_class``) opens each shard
+model. Our reading store (``_keras.stores.sharded.ShardedReadStore``) opens each shard
 of a group once.
 """
 

@@ -15,8 +15,13 @@ from contextlib import ExitStack
 from typing import Any, Callable
 
 from kedro_keras._io.h5 import CorruptFileError, ShardReadError, Window, h5_window, write_h5_image
-from kedro_keras._keras import stores
-from kedro_keras._keras.stores.single_file import H5IOStore, OneCopyWritesH5IOStore, called_by_keras_loader
+from kedro_keras._keras.stores import arrays as _arrays
+from kedro_keras._keras.stores.single_file import (
+    H5IOStore,
+    OneCopyWritesH5IOStore,
+    called_by_keras_loader,
+    read_store,
+)
 
 
 class ShardWriter(OneCopyWritesH5IOStore):
@@ -40,7 +45,7 @@ class ShardWriter(OneCopyWritesH5IOStore):
         super().__init__(self._buffer, mode="w")
 
     def __setitem__(self, key: str, value: Any) -> None:
-        value = stores.to_numpy_once(value)
+        value = _arrays.to_numpy_once(value)
         if self._filled and self._filled + value.nbytes > self._max_bytes:
             self._next_shard()
         self._filled += value.nbytes
@@ -191,7 +196,7 @@ class ShardedReadStore(H5IOStore):  # type: ignore[misc, valid-type]
         stack = ExitStack()
         try:
             window = h5_window(stack.enter_context(self._open_shard(name)))
-            store = stores.h5_read_store(window)
+            store = read_store(window)
         except Exception as exc:
             stack.close()
             # Keras records a layer's failure and carries on; the

@@ -14,9 +14,9 @@ from typing import Any
 
 from kedro_keras._io.h5 import read_aligned
 from kedro_keras._io.h5_guards import checked_dataset
-from kedro_keras._keras import stores
 from kedro_keras._keras.build import offer_for_adoption
 from kedro_keras._keras.saving import h5_store_class
+from kedro_keras._keras.stores import arrays as _arrays
 
 H5IOStore = h5_store_class()
 
@@ -34,16 +34,16 @@ class OneCopyWritesH5IOStore(H5IOStore):  # type: ignore[misc, valid-type]
     top of the HDF5 image being built."""
 
     def __setitem__(self, key: str, value: Any) -> None:
-        slices = stores._slices_to_write(value)
+        slices = _arrays._slices_to_write(value)
         if slices and self.mode in ("w", "a") and _knows_write_store_layout(self):
             if not self._h5_entry_initialized:
                 self._create_h5_group(self._h5_entry_path)
             dataset = self._h5_entry_group.create_dataset(key, shape=slices.shape, dtype=slices.dtype)
             for start in range(0, slices.shape[0], slices.rows):
                 stop = min(start + slices.rows, slices.shape[0])
-                dataset[start:stop] = stores.to_numpy_once(value[start:stop])
+                dataset[start:stop] = _arrays.to_numpy_once(value[start:stop])
             return
-        array = stores.to_numpy_once(value)
+        array = _arrays.to_numpy_once(value)
         plain = array.dtype.kind in "biuf"  # not bfloat16 and the like, which Keras tags
         if not (plain and self.mode in ("w", "a") and _knows_write_store_layout(self)):
             super().__setitem__(key, array)  # Keras's own code
@@ -143,3 +143,14 @@ class LayoutRecorder(H5IOStore):  # type: ignore[misc, valid-type]
 
     def close(self) -> None:
         pass
+
+
+def read_store(reader: Any) -> Any:
+    """Keras's store reading the ``.weights.h5`` image behind ``reader``,
+    reading arrays into aligned memory where the store's layout is the one
+    we know (else Keras's own store, unchanged)."""
+    store = H5IOStore(reader, mode="r")
+    if hasattr(store, "_h5_entry_group"):
+        store.__class__ = AlignedReadsH5IOStore
+        store.prefault = getattr(reader, "on_local_disk", False)
+    return store
