@@ -133,12 +133,11 @@ test-tensorflow: export KERAS_BACKEND = tensorflow
 test-tensorflow: $(STAMP)
 	$(BIN)/python -m pytest --ignore=tests/test_cross_backend.py
 
-# The edit-test loop: the TensorFlow dataset suite without the Kedro projects
-# (tests/e2e), the kill -9 tests, fuzzing, the real-architecture matrix and the
-# cross-backend run. make test runs all of it before anything lands.
-QUICK_SKIPS := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore=tests/test_reliability_fuzz.py \
-	--ignore=tests/test_reliability_atomic.py --ignore=tests/test_saved_model_folders.py \
-	--ignore=tests/test_real_architectures.py
+# The edit-test loop: the TensorFlow dataset suite (what the JAX and PyTorch
+# runs take) less the real-architecture matrix: no Kedro projects (tests/e2e),
+# no kill -9, fault-injection, concurrency or fuzz tests, no waits on a server
+# that never answers. make test runs all of it before anything lands.
+QUICK_SKIPS := $(DATASET_SUITE) --ignore=tests/test_real_architectures.py
 test-quick: export KERAS_BACKEND = tensorflow
 test-quick: lint $(STAMP)
 	$(BIN)/python -m pytest -q $(QUICK_SKIPS)

@@ -20,9 +20,9 @@ from kedro_keras._formats.archive import (
     CONFIG_MEMBER,
     METADATA_MEMBER,
     WEIGHTS_MEMBER,
-    _member_reader,
     _refuse_hostile_members,
 )
+from kedro_keras._formats.zip_members import member_reader
 from kedro_keras._io.h5 import OPTIMIZER_GROUP
 from kedro_keras._io.h5_guards import array_headers
 from kedro_keras._io.progress import size_text
@@ -108,7 +108,7 @@ def keras_archive_rows(file: IO[bytes], layers_shown: int = DEFAULT_LAYERS_SHOWN
         refuse_hostile_archive(archive)
         config = _archive_json(archive, CONFIG_MEMBER)
         metadata = _archive_json(archive, METADATA_MEMBER)
-        with _member_reader(archive, file, WEIGHTS_MEMBER) as weights:
+        with member_reader(archive, file, WEIGHTS_MEMBER) as weights:
             headers = array_headers(weights)
     return model_rows(config, headers, layers_shown) + saved_with_rows(metadata)
 

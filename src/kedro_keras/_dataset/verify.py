@@ -31,7 +31,8 @@ from kedro.io.core import DatasetError, VersionNotFoundError
 
 from kedro_keras._dataset.export_folder import read_manifest
 from kedro_keras._dataset.preview import refuse_hostile_archive
-from kedro_keras._formats.archive import WEIGHTS_MEMBER, ZIP_SIGNATURE, _member_reader
+from kedro_keras._formats.archive import WEIGHTS_MEMBER, ZIP_SIGNATURE
+from kedro_keras._formats.zip_members import member_reader
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK, CorruptFileError, Window, bounded, h5_window
 from kedro_keras._io.h5_guards import array_headers, check_all_datasets, checked_dataset
@@ -127,7 +128,7 @@ def verify_file(file: IO[bytes], name: str) -> str:
             if bad is not None:
                 raise CorruptFileError(f"member '{bad}' of '{name}' does not match its CRC-32")
             if WEIGHTS_MEMBER in archive.namelist():
-                with _member_reader(archive, file, WEIGHTS_MEMBER) as weights:
+                with member_reader(archive, file, WEIGHTS_MEMBER) as weights:
                     check_all_datasets(weights)
             return f"{len(archive.infolist())} archive members against their CRC-32"
     if PurePosixPath(name).suffix in (".onnx", ".tflite"):
@@ -277,5 +278,5 @@ def _weights_image(file: IO[bytes]) -> Iterator[IO[bytes]]:
         return
     with zipfile.ZipFile(file) as archive:
         refuse_hostile_archive(archive)
-        with _member_reader(archive, file, WEIGHTS_MEMBER) as member:
+        with member_reader(archive, file, WEIGHTS_MEMBER) as member:
             yield member

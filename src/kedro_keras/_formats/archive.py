@@ -59,9 +59,6 @@ WEIGHTS_MEMBER = "model.weights.h5"
 ZIP_SIGNATURE = b"PK\x03\x04"
 MAX_CONFIG_BYTES = MAX_JSON_MEMBER  # a model configuration, in whatever file it is stored
 
-# The name _dataset.verify and _dataset.preview read the weights member by.
-_member_reader = member_reader
-
 
 def write_keras_archive(model: keras.Model, file: IO[bytes], *, include_optimizer: bool = True) -> None:
     """Write ``model`` as a ``.keras`` archive into an open binary file.

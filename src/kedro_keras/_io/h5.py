@@ -25,7 +25,6 @@ from fsspec.spec import AbstractBufferedFile
 from zlib_ng.zlib_ng import crc32
 
 # _keras.stores.single_file reads each array through this name.
-from kedro_keras._io.aligned_arrays import read_aligned as read_aligned
 
 OPTIMIZER_GROUP = "optimizer"
 # How an HDF5 file starts (Keras never writes a user block before it).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from kedro_keras._io.h5 import read_aligned
+from kedro_keras._io.aligned_arrays import read_aligned
 from kedro_keras._io.h5_guards import checked_dataset
 from kedro_keras._keras.build import offer_for_adoption
 from kedro_keras._keras.saving import h5_store_class
