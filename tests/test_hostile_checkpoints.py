@@ -58,6 +58,8 @@ def genuine(tmp_path_factory):
     """Two genuine checkpoints written by fit, and the older one's weights."""
     folder = tmp_path_factory.mktemp("genuine") / "c"
     fit(build(), KerasCheckpointDataset(filepath=str(folder), keep_last=None).load(), epochs=2)
+    # As a run killed after its second epoch: no mark that the training finished.
+    (folder / "ckpt-finished.json").unlink()
     older = KerasCheckpointDataset(filepath=str(folder), load_version=OLDER).load()
     weights = [np.asarray(w) for w in older.restore().weights]
     return folder, weights
@@ -268,6 +270,7 @@ class TestPruningDuringFit:
         folder = tmp_path / "c"
         dataset = KerasCheckpointDataset(filepath=str(folder), keep_last=1, monitor="loss")
         fit(build(), dataset.load(), epochs=1)
+        (folder / "ckpt-finished.json").unlink()  # as a run killed after its epoch: it goes on
         # Planted as the newest checkpoint, so that every pruning step meets it.
         planted = "e00009-s0000000"
         shutil.copyfile(folder / f"ckpt-{OLDER}.keras", folder / f"ckpt-{planted}.keras")
@@ -286,6 +289,7 @@ class TestPruningDuringFit:
         assert "\x1b" not in caplog.text and "\nWARNING forged" not in caplog.text
         # Kept as the newest; the genuine best (lowest loss) is kept beside it.
         assert dataset.versions()[0] == planted and len(dataset.versions()) == 2
+        (folder / "ckpt-finished.json").unlink()  # killed at the end: the next run resumes
         checkpoints = dataset.load()
         checkpoints.restore()
         assert checkpoints.restored == dataset.versions()[1] and checkpoints.initial_epoch >= 1

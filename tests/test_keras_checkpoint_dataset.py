@@ -40,20 +40,39 @@ def compiled(builder=build_with_dropout, **kwargs):
     return model
 
 
-def train(model, data, checkpoints=None, *, epochs=EPOCHS, initial_epoch=0, **fit_args):
+class Killed(Exception):
+    """The process "dies" after fit's last epoch, before fit ends normally."""
+
+
+class KillAtTheEnd(keras.callbacks.Callback):
+    # Before the checkpoint callback in fit's list: its on_train_end, which
+    # marks the training finished, never runs, as in a process killed then.
+    def on_train_end(self, logs=None):
+        raise Killed
+
+
+def train(model, data, checkpoints=None, *, epochs=EPOCHS, initial_epoch=0, killed=False, **fit_args):
+    """fit, with the entry's callback; ``killed``: the run dies once its
+    ``epochs`` are done, before fit ends (the checkpoints stay resumable)."""
     x, y = data
     callbacks = [checkpoints.callback()] if checkpoints is not None else []
-    return model.fit(
-        x,
-        y,
-        epochs=epochs,
-        initial_epoch=initial_epoch,
-        batch_size=16,
-        shuffle=False,
-        verbose=0,
-        callbacks=callbacks,
-        **fit_args,
-    )
+    if killed:
+        callbacks.insert(0, KillAtTheEnd())
+    try:
+        return model.fit(
+            x,
+            y,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            batch_size=16,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+            **fit_args,
+        )
+    except Killed:
+        assert killed
+        return None
 
 
 def state_of(model):
@@ -98,7 +117,7 @@ class TestKerasCheckpointDataset:
         entry = {**folder, "save_weights_only": weights_only}
         first = KerasCheckpointDataset(**entry).load()
         assert first.restore(compiled() if weights_only else None) is None and first.initial_epoch == 0
-        train(compiled(), data, first, epochs=2)  # "killed" after epoch 2
+        train(compiled(), data, first, epochs=2, killed=True)  # killed after epoch 2
 
         again = KerasCheckpointDataset(**entry).load()
         model = again.restore(compiled() if weights_only else None)
@@ -171,7 +190,7 @@ class TestKerasCheckpointDataset:
     def test_save_freq_in_batches_names_the_position_within_the_epoch(self, tmp_path, data):
         dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"), save_freq=3, keep_last=None)
         checkpoints = dataset.load()
-        train(compiled(), data, checkpoints, epochs=2)  # 4 batches an epoch: after batches 3, 6
+        train(compiled(), data, checkpoints, epochs=2, killed=True)  # 4 batches an epoch: after batches 3, 6
         assert dataset.versions() == ["e00001-s0000002", "e00000-s0000003"]
         again = dataset.load()
         model = again.restore()
@@ -180,7 +199,7 @@ class TestKerasCheckpointDataset:
     def test_a_checkpoint_whose_write_was_killed_is_never_restored(self, tmp_path, data):
         folder = tmp_path / "c"
         dataset = KerasCheckpointDataset(filepath=str(folder))
-        train(compiled(), data, dataset.load(), epochs=2)
+        train(compiled(), data, dataset.load(), epochs=2, killed=True)
         # Killed after the model file was published but before its record:
         (folder / "ckpt-e00003-s0000000.keras").write_bytes(
             (folder / "ckpt-e00002-s0000000.keras").read_bytes()
@@ -198,7 +217,7 @@ class TestKerasCheckpointDataset:
     ):
         folder = tmp_path / "c"
         dataset = KerasCheckpointDataset(filepath=str(folder))
-        train(compiled(), data, dataset.load(), epochs=2)
+        train(compiled(), data, dataset.load(), epochs=2, killed=True)
         newest = folder / "ckpt-e00002-s0000000.keras"
         damaged = bytearray(newest.read_bytes())
         middle = len(damaged) // 2
@@ -216,7 +235,7 @@ class TestKerasCheckpointDataset:
     def test_every_checkpoint_unreadable_is_an_error_not_a_fresh_start(self, tmp_path, data):
         folder = tmp_path / "c"
         dataset = KerasCheckpointDataset(filepath=str(folder))
-        train(compiled(), data, dataset.load(), epochs=1)
+        train(compiled(), data, dataset.load(), epochs=1, killed=True)
         (folder / "ckpt-e00001-s0000000.keras").write_bytes(b"not a model")
         with pytest.raises(DatasetError, match=r"None of the 1 checkpoint\(s\) .* could be read"):
             dataset.load().restore()
@@ -236,6 +255,73 @@ class TestKerasCheckpointDataset:
         assert seen == [1, 2] and dataset.versions() == []
 
 
+class TestFinishedTrainings:
+    """A training whose fit ended normally is finished: the next run does not
+    resume it by accident (issue #29), unless asked to."""
+
+    def test_the_next_run_starts_anew_and_keeps_the_finished_checkpoints_aside(self, tmp_path, data, caplog):
+        folder = tmp_path / "c"
+        first = compiled()
+        train(first, data, KerasCheckpointDataset(filepath=str(folder), keep_last=2).load())
+        finished = sorted(p.name for p in folder.iterdir())
+        assert "ckpt-finished.json" in finished
+        shown = dict(KerasCheckpointDataset(filepath=str(folder)).preview()["data"])
+        assert shown["training"].startswith(f"finished: after checkpoint e{EPOCHS:05d}-s0000000 at ")
+
+        checkpoints = KerasCheckpointDataset(filepath=str(folder), keep_last=2).load()
+        with caplog.at_level(logging.WARNING, logger="kedro_keras"):
+            assert checkpoints.restore() is None
+        assert checkpoints.initial_epoch == 0 and checkpoints.restored is None
+        (message,) = [r.getMessage() for r in caplog.records if "starts anew" in r.getMessage()]
+        assert f"it finished after checkpoint e{EPOCHS:05d}-s0000000" in message
+        (kept,) = folder.glob("finished-*")
+        assert sorted(p.name for p in kept.iterdir()) == finished  # nothing lost
+        assert checkpoints.versions() == []
+
+        second = compiled()  # the same seed: the same training again
+        history = train(second, data, checkpoints)
+        assert history.epoch == list(range(EPOCHS))
+        assert_same_state(second, first)
+        assert checkpoints.versions()[0] == f"e{EPOCHS:05d}-s0000000"
+
+    def test_continue_finished_goes_on_from_the_newest_checkpoint(self, tmp_path, data):
+        entry = {"filepath": str(tmp_path / "c"), "keep_last": None}
+        train(compiled(), data, KerasCheckpointDataset(**entry).load())
+
+        checkpoints = KerasCheckpointDataset(**entry).load()
+        model = checkpoints.restore(continue_finished=True)
+        assert checkpoints.restored == f"e{EPOCHS:05d}-s0000000" and checkpoints.initial_epoch == EPOCHS
+        history = train(model, data, checkpoints, epochs=EPOCHS + 2, initial_epoch=checkpoints.initial_epoch)
+        assert history.epoch == [EPOCHS, EPOCHS + 1]
+        assert len(checkpoints.versions()) == EPOCHS + 2  # one series, continued
+        assert not list((tmp_path / "c").glob("finished-*"))
+
+    def test_a_callback_without_restore_makes_way_too(self, tmp_path, data):
+        folder = tmp_path / "c"
+        train(compiled(), data, KerasCheckpointDataset(filepath=str(folder)).load(), epochs=2)
+        train(compiled(), data, KerasCheckpointDataset(filepath=str(folder)).load(), epochs=1)
+        assert KerasCheckpointDataset(filepath=str(folder)).versions() == ["e00001-s0000000"]
+        (kept,) = folder.glob("finished-*")
+        assert {p.name for p in kept.iterdir()} >= {"ckpt-e00002-s0000000.keras", "ckpt-finished.json"}
+
+    def test_a_marker_that_is_not_ours_counts_as_finished_with_a_warning(self, tmp_path, data, caplog):
+        folder = tmp_path / "c"
+        train(compiled(), data, KerasCheckpointDataset(filepath=str(folder)).load(), epochs=1, killed=True)
+        (folder / "ckpt-finished.json").write_text('{"after": "../../x\n"}')
+        checkpoints = KerasCheckpointDataset(filepath=str(folder)).load()
+        with caplog.at_level(logging.WARNING, logger="kedro_keras"):
+            assert checkpoints.restore() is None
+        assert any("not a marker this package writes" in r.getMessage() for r in caplog.records)
+        assert "../../x" not in caplog.text  # what the file says is not echoed
+
+    def test_a_killed_run_writes_no_mark_and_resumes(self, tmp_path, data):
+        folder = tmp_path / "c"
+        train(compiled(), data, KerasCheckpointDataset(filepath=str(folder)).load(), epochs=2, killed=True)
+        assert not (folder / "ckpt-finished.json").exists()
+        checkpoints = KerasCheckpointDataset(filepath=str(folder)).load()
+        assert checkpoints.restore() is not None and checkpoints.initial_epoch == 2
+
+
 class TestKerasCheckpointDatasetMistakes:
     def test_a_pinned_checkpoint_that_is_not_there_lists_what_is(self, tmp_path, data):
         empty = KerasCheckpointDataset(filepath=str(tmp_path / "none"), load_version="e00003-s0000000")
@@ -253,7 +339,7 @@ class TestKerasCheckpointDatasetMistakes:
 
     def test_weights_of_another_architecture_say_what_differs(self, tmp_path, data):
         entry = {"filepath": str(tmp_path / "c"), "save_weights_only": True}
-        train(compiled(hidden=8), data, KerasCheckpointDataset(**entry).load(), epochs=1)
+        train(compiled(hidden=8), data, KerasCheckpointDataset(**entry).load(), epochs=1, killed=True)
         with pytest.raises(DatasetError) as raised:
             KerasCheckpointDataset(**entry).load().restore(compiled(hidden=5))
         message = str(raised.value)
@@ -272,7 +358,7 @@ class TestKerasCheckpointDatasetMistakes:
 
     def test_weights_only_checkpoints_need_the_model_to_restore_into(self, tmp_path, data):
         entry = {"filepath": str(tmp_path / "c"), "save_weights_only": True}
-        train(compiled(), data, KerasCheckpointDataset(**entry).load(), epochs=1)
+        train(compiled(), data, KerasCheckpointDataset(**entry).load(), epochs=1, killed=True)
         with pytest.raises(DatasetError, match=r"pass the model to restore them into"):
             KerasCheckpointDataset(**entry).load().restore()
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from kedro.io.core import AbstractDataset, DatasetError, Version, VersionNotFoundError
 
 from kedro_keras._dataset import checkpoint_record as _record
+from kedro_keras._dataset import checkpoint_series as _series
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset.base import StoredModels, StoredVersion
 from kedro_keras._dataset.checkpoint_policy import CheckpointPolicy
@@ -42,7 +43,9 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
     newest checkpoint (or None), train from ``initial_epoch`` on, and pass
     ``callback()`` to ``fit``, which writes a checkpoint at the end of every
     epoch (or every ``save_freq`` batches). A killed ``kedro run`` run again
-    continues from the last checkpoint instead of starting over. Each
+    continues from the last checkpoint instead of starting over; a training
+    whose ``fit`` ended normally is finished, and the next one starts anew
+    (``restore(continue_finished=True)`` continues it on purpose). Each
     checkpoint is a whole ``.keras`` model with its optimizer state (or, with
     ``save_weights_only``, a ``.weights.h5``) written as the other datasets
     write (streamed, atomic, checksummed), then a small JSON record of the
@@ -63,6 +66,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
 
     ```python
     def train(x, y, params, checkpoints):
+        keras.utils.set_random_seed(params["seed"])
         model = checkpoints.restore() or build_classifier(params)
         model.fit(x, y, epochs=params["epochs"], initial_epoch=checkpoints.initial_epoch,
                   callbacks=[checkpoints.callback()])
@@ -85,8 +89,8 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
     >>> _ = model.fit(x, y, epochs=3, verbose=0, callbacks=[checkpoints.callback()])
     >>> checkpoints.versions()
     ['e00003-s0000000', 'e00002-s0000000']
-    >>> again = dataset.load()
-    >>> resumed = again.restore()
+    >>> again = dataset.load()  # fit ended normally: restore() would start anew
+    >>> resumed = again.restore(continue_finished=True)  # more epochs on purpose
     >>> again.initial_epoch
     3
     ```
@@ -245,25 +249,10 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         versions = self.versions()
         if not versions:
             return [("checkpoints", "none yet")]
-        newest = self._record(versions[0])
-        rows = [
-            (
-                "checkpoints",
-                f"{len(versions)}: {', '.join(versions[:5])}{' ...' if len(versions) > 5 else ''}",
-            ),
-            (
-                "newest",
-                f"{versions[0]}: {newest['epoch']} epoch(s) done, "
-                f"saved {printable(newest.get('saved_at') or '?', 40)}",
-            ),
-        ]
-        metrics = ", ".join(
-            f"{printable(name, 60)} {value:.4g}"
-            for name, value in (newest.get("logs") or {}).items()
-            if value is not None
-        )
-        if metrics:
-            rows.append(("newest metrics", metrics))
+        rows = _record.preview_rows(versions, self._record(versions[0]))
+        finished = _series.read_finished(self._location, self._folder)
+        if finished is not None:  # the next run starts anew
+            rows.append(("training", f"finished: {_series.describe(finished).removeprefix('it finished ')}"))
         best = self._best_version(versions)
         if best is not None:
             rows.append(("best", f"{best}: {self._policy.monitor} {self._record(best).get('value'):.4g}"))
@@ -406,6 +395,13 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
             except FileNotFoundError:
                 continue
         logger.info("Removed checkpoint %s from %s", version, self._url())
+
+    def _settle_finished(self, continue_finished: bool) -> None:
+        _series.settle_finished(self._location, self._folder, continue_finished=continue_finished)
+
+    def _mark_finished(self) -> None:
+        versions = self.versions()
+        _series.mark_finished(self._location, self._folder, versions[0] if versions else None)
 
     def _remove_all(self) -> None:
         for version in self.versions():

@@ -133,3 +133,22 @@ def test_a_killed_training_resumes_and_ends_as_if_never_interrupted(
         np.testing.assert_array_equal(got, expected, err_msg=f"array {index}")  # bit for bit
     assert checkpoints.versions()[0] == f"e{EPOCHS:05d}-s0000000"
     assert len(checkpoints.versions()) == 2  # keep_last: 2
+
+    # That training is finished: the next run does not resume it (#29) but
+    # trains anew, from the same seed to the same end, the old checkpoints kept aside.
+    again = kedro(project, "run", "--pipeline", pipeline, "--params", "run=killed").stdout
+    assert f"is finished (it finished after checkpoint e{EPOCHS:05d}-s0000000" in again, again[-3000:]
+    assert "starts anew" in again and "Resuming" not in again, again[-3000:]
+    assert f"Trained epochs {list(range(1, EPOCHS + 1))}" in again, again[-3000:]
+    for index, (got, expected) in enumerate(
+        zip(saved_state(newest_model(project, pipeline)), uninterrupted, strict=True)
+    ):
+        np.testing.assert_array_equal(got, expected, err_msg=f"array {index}")
+    assert checkpoints.versions()[0] == f"e{EPOCHS:05d}-s0000000" and len(checkpoints.versions()) == 2
+    if where == "local":
+        (kept,) = Path(entry["filepath"]).glob("finished-*")
+        assert sorted(p.name for p in kept.iterdir()) == sorted(
+            f"ckpt-e{epoch:05d}-s0000000{suffix}"
+            for epoch in (EPOCHS - 1, EPOCHS)
+            for suffix in (".json", ".keras")
+        ) + ["ckpt-finished.json"]

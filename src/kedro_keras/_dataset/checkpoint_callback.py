@@ -26,6 +26,11 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._epoch = 0
         self._batches_since_save = 0
 
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        # A finished training's checkpoints make way, also when the node
+        # did not call restore() first: new ones must not mix with them.
+        self._dataset._settle_finished(continue_finished=False)
+
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
 
@@ -54,8 +59,12 @@ class CheckpointCallback(keras.callbacks.Callback):
             self._checkpoint(epoch + 1, 0, logs, at_epoch_end=True)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        # Keras calls this only when fit ends normally (its epochs done, or
+        # stopped by a callback), never after an exception or a kill.
         if self._dataset._policy.remove_when_done:
             self._dataset._remove_all()
+        else:
+            self._dataset._mark_finished()
 
     def _checkpoint(self, epochs_done: int, steps: int, logs: dict[str, Any], *, at_epoch_end: bool) -> None:
         dataset = self._dataset

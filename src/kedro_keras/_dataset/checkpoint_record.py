@@ -212,3 +212,23 @@ def encoded_record(record: dict[str, Any], version: str) -> bytes:
     if len(encoded) > MAX_RECORD_BYTES:
         raise ValueError(f"it is {len(encoded)} bytes, over the {MAX_RECORD_BYTES} bytes read back")
     return encoded
+
+
+def preview_rows(versions: list[str], newest: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the preview says of the checkpoints (newest first) and the
+    newest one's checked record: its position, when, its metrics."""
+    rows = [
+        ("checkpoints", f"{len(versions)}: {', '.join(versions[:5])}{' ...' if len(versions) > 5 else ''}"),
+        (
+            "newest",
+            f"{versions[0]}: {newest['epoch']} epoch(s) done, saved {printable(newest.get('saved_at') or '?', 40)}",
+        ),
+    ]
+    metrics = ", ".join(
+        f"{printable(name, 60)} {value:.4g}"
+        for name, value in (newest.get("logs") or {}).items()
+        if value is not None
+    )
+    if metrics:
+        rows.append(("newest metrics", metrics))
+    return rows

@@ -39,7 +39,8 @@ class Checkpoints:
     def __init__(self, dataset: Any) -> None:
         self._dataset = dataset
         self.initial_epoch = 0
-        """Epochs the restored checkpoint had done: pass it to ``fit``."""
+        """Epochs the restored checkpoint had done: pass it to ``fit``. 0
+        until ``restore()`` has restored one (call ``restore()`` first)."""
         self.restored: str | None = None
         """The version ``restore()`` gave, or None."""
         self.best_value: float | None = None
@@ -48,16 +49,26 @@ class Checkpoints:
         """The complete checkpoints, newest first."""
         return self._dataset.versions()
 
-    def restore(self, model: keras.Model | None = None) -> keras.Model | None:
-        """The newest complete checkpoint (or the pinned one), or None if there
-        is none yet. If the newest cannot be read (corrupt, cut short), the one
-        before it is restored instead, with a warning.
+    def restore(
+        self, model: keras.Model | None = None, *, continue_finished: bool = False
+    ) -> keras.Model | None:
+        """The newest complete checkpoint of an interrupted training (or the
+        pinned one), or None if there is none: a training whose ``fit`` ended
+        normally is finished, and the next one starts anew (its checkpoints
+        are moved to a ``finished-<time>`` folder beside the new ones). If the
+        newest cannot be read (corrupt, cut short), the one before it is
+        restored instead, with a warning.
 
         Args:
             model: With ``save_weights_only``, the model (built and compiled as
                 in training) to restore the weights and optimizer state into.
+            continue_finished: Continue a finished training too (to train it
+                for more epochs): its newest checkpoint is restored, and new
+                checkpoints go on from it.
         """
         dataset = self._dataset
+        if dataset._pinned is None:
+            dataset._settle_finished(continue_finished)
         versions = dataset.versions()
         if dataset._pinned is not None:
             if dataset._pinned not in versions:
