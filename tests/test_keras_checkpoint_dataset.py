@@ -165,6 +165,7 @@ class TestKerasCheckpointDataset:
         )
         callback = dataset.load().callback()
         model = compiled()
+        model.compile(optimizer="adam", loss="mse", metrics=["accuracy"])  # Accuracy's direction: up
         train(model, data, epochs=1)
         callback.set_model(model)
         for epoch, value in enumerate([0.5, 0.4, 0.8]):
@@ -253,6 +254,124 @@ class TestKerasCheckpointDataset:
         model = compiled()
         model.fit(x, y, epochs=2, verbose=0, callbacks=[checkpoints.callback(), Watch()])
         assert seen == [1, 2] and dataset.versions() == []
+
+
+class TestKerasCheckpointSemantics:
+    """Where Keras's ModelCheckpoint is right, ours does the same (#29)."""
+
+    def test_the_direction_is_the_models_metric_and_an_unknown_one_asks_for_a_mode(self, tmp_path, data):
+        model = compiled()  # metrics: mae (down)
+        train(model, data, epochs=1)
+        for monitor, values, kept in (
+            ("val_mae", [0.5, 0.7, 0.2], ["e00003-s0000000", "e00001-s0000000"]),
+            ("val_loss", [0.5, 0.7, 0.2], ["e00003-s0000000", "e00001-s0000000"]),
+        ):
+            dataset = KerasCheckpointDataset(
+                filepath=str(tmp_path / monitor), save_best_only=True, monitor=monitor
+            )
+            callback = dataset.load().callback()
+            callback.set_model(model)
+            for epoch, value in enumerate(values):
+                callback.on_epoch_end(epoch, {monitor: value})
+            assert dataset.versions() == kept, monitor
+
+        # "val_precision_at_k" names no metric of the model: Keras's ModelCheckpoint raises too.
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "p"), monitor="val_precision_at_k")
+        callback = dataset.load().callback()
+        callback.set_model(model)
+        with pytest.raises(DatasetError, match="Set mode: max or mode: min"):
+            callback.on_epoch_end(0, {"val_precision_at_k": 0.3})
+        dataset = KerasCheckpointDataset(
+            filepath=str(tmp_path / "m"), monitor="val_precision_at_k", mode="max"
+        )
+        callback = dataset.load().callback()
+        callback.set_model(model)
+        for epoch, value in enumerate([0.3, 0.9, 0.5]):
+            callback.on_epoch_end(epoch, {"val_precision_at_k": value})
+        assert dataset.load().best() is not None
+        assert dataset._best_version(dataset.versions()) == "e00002-s0000000"
+
+    def test_initial_value_threshold_must_be_beaten(self, tmp_path, data):
+        dataset = KerasCheckpointDataset(
+            filepath=str(tmp_path / "c"), save_best_only=True, monitor="val_loss", initial_value_threshold=0.3
+        )
+        model = compiled()
+        train(model, data, epochs=1)
+        callback = dataset.load().callback()
+        callback.set_model(model)
+        for epoch, value in enumerate([0.5, 0.31, 0.2, 0.25]):
+            callback.on_epoch_end(epoch, {"val_loss": value})
+        assert dataset.versions() == ["e00003-s0000000"]
+        with pytest.raises(DatasetError, match="initial_value_threshold must be a number"):
+            KerasCheckpointDataset(
+                filepath=str(tmp_path / "d"), monitor="val_loss", initial_value_threshold="low"
+            )
+        with pytest.raises(DatasetError, match="set monitor"):
+            KerasCheckpointDataset(filepath=str(tmp_path / "d"), initial_value_threshold=0.3)
+
+    def test_every_n_epochs(self, tmp_path, data):
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"), every_n_epochs=2, keep_last=None)
+        train(compiled(), data, dataset.load(), epochs=5)
+        assert dataset.versions() == ["e00004-s0000000", "e00002-s0000000"]
+        with pytest.raises(DatasetError, match="every_n_epochs .* is for save_freq: epoch"):
+            KerasCheckpointDataset(filepath=str(tmp_path / "d"), every_n_epochs=2, save_freq=3)
+        with pytest.raises(DatasetError, match="every_n_epochs must be a whole number"):
+            KerasCheckpointDataset(filepath=str(tmp_path / "d"), every_n_epochs=0)
+
+    def test_batches_are_counted_as_batches_under_steps_per_execution(self, tmp_path, data):
+        # As Keras calls a callback with steps_per_execution 3: once per 3 batches, with the last's index.
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "calls"), save_freq=4, keep_last=None)
+        model = compiled()
+        train(model, data, epochs=1)
+        callback = dataset.load().callback()
+        callback.set_model(model)
+        for epoch in range(2):
+            callback.on_epoch_begin(epoch)
+            for batch in (2, 5, 8):  # 9 batches an epoch
+                callback.on_train_batch_end(batch, {"loss": 1.0})
+            callback.on_epoch_end(epoch, {"loss": 1.0})
+        # Every 4 batches, counted 3 a call: at batch 6; then 3 left over + 3 of the next epoch; then 6 more.
+        assert dataset.versions() == ["e00001-s0000009", "e00001-s0000003", "e00000-s0000006"]
+
+        if keras.backend.backend() != "torch":  # PyTorch runs one step per execution only
+            dataset = KerasCheckpointDataset(filepath=str(tmp_path / "fit"), save_freq=2, keep_last=None)
+            model.compile(optimizer="adam", loss="mse", steps_per_execution=2)
+            train(model, data, dataset.load(), epochs=1, killed=True)  # 4 batches: calls after 2 and 4
+            assert dataset.versions() == ["e00000-s0000004", "e00000-s0000002"]
+
+    def test_save_best_only_with_a_number_of_batches_judges_the_batch_logs(self, tmp_path, data, caplog):
+        dataset = KerasCheckpointDataset(
+            filepath=str(tmp_path / "c"), save_freq=1, save_best_only=True, monitor="loss", keep_last=None
+        )
+        model = compiled()
+        train(model, data, epochs=1)
+        callback = dataset.load().callback()
+        callback.set_model(model)
+        callback.on_epoch_begin(0)
+        for batch, loss in enumerate([0.9, 0.95, 0.5, 0.6]):
+            callback.on_train_batch_end(batch, {"loss": loss})
+        assert dataset.versions() == ["e00000-s0000003", "e00000-s0000001"]
+
+        # A val_ metric is not in a batch's logs: every checkpoint is written, with one warning (as Keras).
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "v"), save_freq=2, save_best_only=True)
+        with caplog.at_level(logging.WARNING, logger="kedro_keras"):
+            train(compiled(), data, dataset.load(), epochs=1, validation_split=0.25, killed=True)
+        assert len(dataset.versions()) >= 1
+        warned = [
+            r.getMessage() for r in caplog.records if "save_best_only, but 'val_loss'" in r.getMessage()
+        ]
+        assert len(warned) == 1, warned
+
+    def test_one_log_line_per_checkpoint(self, tmp_path, data, caplog):
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"), keep_last=1)
+        with caplog.at_level(logging.INFO, logger="kedro_keras"):
+            train(compiled(), data, dataset.load(), epochs=3, killed=True)
+        lines = [r.getMessage() for r in caplog.records if r.name.startswith("kedro_keras")]
+        assert len(lines) == 3, lines
+        assert (
+            lines[1].startswith("Checkpoint e00002-s0000000 written to ")
+            and "(e00001-s0000000 pruned)" in lines[1]
+        )
 
 
 class TestFinishedTrainings:

@@ -108,9 +108,11 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         filepath: str,
         keep_last: int | None = 3,
         save_freq: str | int = "epoch",
+        every_n_epochs: int = 1,
         monitor: str | None = None,
         mode: str = "auto",
         save_best_only: bool = False,
+        initial_value_threshold: float | None = None,
         save_weights_only: bool = False,
         remove_when_done: bool = False,
         load_version: str | None = None,
@@ -130,11 +132,23 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
             save_freq: ``"epoch"`` (a checkpoint at the end of every epoch) or
                 a number of batches. A checkpoint taken within an epoch resumes
                 at the start of that epoch, with its batches seen once more.
+                Batches are counted as Keras counts them, also with
+                ``steps_per_execution`` above 1.
+            every_n_epochs: With ``save_freq: epoch``, a checkpoint at the end
+                of every n-th epoch only (default 1: every epoch).
             monitor: A metric in ``fit``'s logs (e.g. ``val_loss``). The
                 checkpoint best by it is never pruned; ``best()`` restores it.
-            mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracy-like names).
+            mode: ``"min"``, ``"max"`` or ``"auto"``: the direction the
+                model's own metric gives, as Keras's ``ModelCheckpoint`` takes
+                it (``loss`` is minimised; a metric Keras cannot tell the
+                direction of needs ``min`` or ``max``).
             save_best_only: Write a checkpoint only when ``monitor`` improved
-                (``monitor`` defaults to ``val_loss`` then, as in Keras).
+                (``monitor`` defaults to ``val_loss`` then, as in Keras); with
+                a number of batches as ``save_freq``, by the batch's logs (a
+                ``val_`` metric is not in them: then every checkpoint is
+                written, with a warning, as Keras does).
+            initial_value_threshold: The value of ``monitor`` to beat before
+                a checkpoint counts as an improvement (Keras's option).
             save_weights_only: Write ``.weights.h5`` checkpoints (weights and
                 optimizer state, no architecture); ``restore(model)`` loads
                 them into the model you build.
@@ -161,11 +175,15 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         self._policy = CheckpointPolicy(
             keep_last=keep_last,
             save_freq=save_freq,
+            every_n_epochs=every_n_epochs,
             monitor=monitor,
             mode=mode,
             save_best_only=save_best_only,
+            initial_value_threshold=initial_value_threshold,
             remove_when_done=remove_when_done,
         )
+        # The monitored metric's direction, once a training has found it on its model.
+        self._found_direction: bool | None = None
         pinned = version.load if version and version.load else load_version
         if pinned is not None:
             _record.check_version(pinned)
@@ -300,12 +318,14 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         return model
 
     def _full_dataset(self, path: PurePosixPath) -> KerasModelDataset:
-        return KerasModelDataset(
+        dataset = KerasModelDataset(
             filepath=self._location.url(path),
             load_args=self._load_args,
             credentials=self._credentials,
             fs_args=self._fs_args,
         )
+        dataset._quiet_saves = True  # the checkpoint's own line says it
+        return dataset
 
     def _write_checkpoint(
         self, model: keras.Model, epochs_done: int, steps: int, record: dict[str, Any]
@@ -349,22 +369,23 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         with self._location.atomic_write(self._path(version, _RECORD_SUFFIX)) as file:
             file.write(encoded)
         self._location.invalidate_cache(self._folder)
+        pruned = self._prune()
         logger.info(
-            "Checkpoint %s written to %s in %.2f s",
+            "Checkpoint %s written to %s in %.2f s%s",
             version,
             self._location.url(path),
             time.monotonic() - start,
+            f" ({', '.join(pruned)} pruned)" if pruned else "",
         )
-        self._prune()
         return version
 
     def _best_version(self, versions: list[str]) -> str | None:
         if self._policy.monitor is None:
             return None
-        best, best_value = None, None
+        found, ranked = self._found_direction, []
         for version in versions:
             try:
-                value = self._record(version).get("value")
+                record = self._record(version)
             except DatasetError as exc:
                 # Unranked rather than fatal: pruning runs inside fit, and a
                 # record planted or damaged in the folder must not stop training.
@@ -374,18 +395,27 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
                         "Checkpoint %s is not ranked by %s: %s", version, self._policy.monitor, exc
                     )
                 continue
-            if value is not None and (best_value is None or self._policy.improves(value, best_value)):
+            if found is None and isinstance(record.get("larger_is_better"), bool):
+                found = record["larger_is_better"]  # as the training that wrote it found it
+            if record.get("value") is not None:
+                ranked.append((version, record["value"]))
+        larger_is_better = self._policy.larger_is_better(found)
+        best, best_value = None, None
+        for version, value in ranked:
+            if best_value is None or self._policy.improves(value, best_value, larger_is_better):
                 best, best_value = version, value
         return best
 
-    def _prune(self) -> None:
+    def _prune(self) -> list[str]:
+        """Remove what the policy does not keep; the versions removed."""
         if self._policy.keep_last is None:
-            return
+            return []
         versions = self.versions()
         keep = self._policy.kept(versions, self._best_version(versions))
-        for version in versions:
-            if version not in keep:
-                self._remove(version)
+        doomed = [version for version in versions if version not in keep]
+        for version in doomed:
+            self._remove(version)
+        return doomed
 
     def _remove(self, version: str) -> None:
         # The record first: a half-removed checkpoint is an incomplete one.
@@ -394,7 +424,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
                 self._location.remove(path)
             except FileNotFoundError:
                 continue
-        logger.info("Removed checkpoint %s from %s", version, self._url())
+        logger.debug("Removed checkpoint %s from %s", version, self._url())
 
     def _settle_finished(self, continue_finished: bool) -> None:
         _series.settle_finished(self._location, self._folder, continue_finished=continue_finished)

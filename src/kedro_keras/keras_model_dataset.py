@@ -89,6 +89,8 @@ class KerasModelDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model"
 
     DEFAULT_LOAD_ARGS: dict[str, Any] = {"compile": True, "safe_mode": True}
     DEFAULT_SAVE_ARGS: dict[str, Any] = {"include_optimizer": True}
+    # A checkpoint's model file: the checkpoint's own log line says it was written.
+    _quiet_saves = False
 
     def __init__(
         self,
@@ -323,7 +325,7 @@ class KerasModelDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model"
                 f"Could not save Keras model '{data.name}': every version tried already existed."
             )
         self._location.invalidate_cache(path)
-        logger.info(
+        (logger.debug if self._quiet_saves else logger.info)(
             "Saved Keras model '%s' to %s: %s",
             data.name,
             url,

@@ -9,22 +9,30 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
-from kedro_keras._log import SafeDatasetError
+from kedro_keras._log import SafeDatasetError, get_logger
 
 if TYPE_CHECKING:
     from kedro_keras.keras_checkpoint_dataset import KerasCheckpointDataset
 
+# The dataset's logger: users' logging configs and filters name that one.
+logger = get_logger("kedro_keras.keras_checkpoint_dataset")
+
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """Writes a checkpoint through a ``KerasCheckpointDataset`` at the end of
-    every epoch, or every ``save_freq`` batches."""
+    """Writes a checkpoint through a ``KerasCheckpointDataset`` as its
+    policy says: at the end of every (n-th) epoch, or every ``save_freq``
+    batches, counted and judged as Keras's ``ModelCheckpoint`` does."""
 
     def __init__(self, dataset: KerasCheckpointDataset, best: float | None = None) -> None:
         super().__init__()
         self._dataset = dataset
-        self._best = best  # carried over from the restored checkpoint
+        policy = dataset._policy
+        # Carried over from the restored checkpoint, else the value to beat.
+        self._best = best if best is not None else policy.initial_value_threshold
         self._epoch = 0
         self._batches_since_save = 0
+        self._last_batch_seen: int | None = None
+        self._warned_unmonitored = False
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         # A finished training's checkpoints make way, also when the node
@@ -35,15 +43,29 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._dataset._policy.save_freq == "epoch":
-            return
-        self._batches_since_save += 1
-        if self._batches_since_save >= self._dataset._policy.save_freq:
-            self._batches_since_save = 0
+        if self._batch_checkpoint_due(batch):
             self._checkpoint(self._epoch, batch + 1, logs or {}, at_epoch_end=False)
+
+    def _batch_checkpoint_due(self, batch: int) -> bool:
+        # With steps_per_execution above 1, Keras calls this once per
+        # execution, with the index of its last batch: count the batches, not
+        # the calls (as ModelCheckpoint does).
+        save_freq = self._dataset._policy.save_freq
+        if save_freq == "epoch":
+            return False
+        if self._last_batch_seen is None or batch <= self._last_batch_seen:  # a new epoch
+            self._batches_since_save += batch + 1
+        else:
+            self._batches_since_save += batch - self._last_batch_seen
+        self._last_batch_seen = batch
+        if self._batches_since_save < save_freq:
+            return False
+        self._batches_since_save = 0
+        return True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
+        self._last_batch_seen = None
         monitor = self._dataset._policy.monitor
         if monitor is not None and monitor not in logs:
             hint = (
@@ -55,7 +77,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                 f"Checkpoints in '{self._dataset._url()}': monitor '{monitor}' is not among the metrics "
                 f"fit logged at the end of epoch {epoch + 1}: {', '.join(sorted(logs)) or 'none'}{hint}."
             )
-        if self._dataset._policy.save_freq == "epoch":
+        if self._dataset._policy.at_epoch_end(epoch + 1):
             self._checkpoint(epoch + 1, 0, logs, at_epoch_end=True)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
@@ -66,24 +88,63 @@ class CheckpointCallback(keras.callbacks.Callback):
         else:
             self._dataset._mark_finished()
 
+    def _larger_is_better(self) -> bool:
+        dataset = self._dataset
+        if dataset._found_direction is None and dataset._policy.mode == "auto":
+            dataset._found_direction = _direction_of(self.model, dataset._policy.monitor, dataset._url())
+        return dataset._policy.larger_is_better(dataset._found_direction)
+
     def _checkpoint(self, epochs_done: int, steps: int, logs: dict[str, Any], *, at_epoch_end: bool) -> None:
         dataset = self._dataset
-        value = _number(logs.get(dataset._policy.monitor)) if dataset._policy.monitor else None
-        improved = value is not None and dataset._policy.improves(value, self._best)
-        if dataset._policy.save_best_only and not (at_epoch_end and improved):
+        policy = dataset._policy
+        value = _number(logs.get(policy.monitor)) if policy.monitor else None
+        larger_is_better = self._larger_is_better() if policy.monitor else None
+        improved = value is not None and policy.improves(value, self._best, bool(larger_is_better))
+        if policy.save_best_only and value is None:
+            if not self._warned_unmonitored:  # Keras's ModelCheckpoint warns and saves, too
+                self._warned_unmonitored = True
+                logger.warning(
+                    "Checkpoints in %s: save_best_only, but '%s' is not in the logs of %s: "
+                    "every checkpoint is written",
+                    dataset._url(),
+                    policy.monitor,
+                    "an epoch" if at_epoch_end else "a batch (val_ metrics come at the end of an epoch)",
+                )
+        elif policy.save_best_only and not improved:
             return
         if improved:
             self._best = value
         record = {
-            "monitor": dataset._policy.monitor,
+            "monitor": policy.monitor,
             "value": value,
             "best": self._best,
+            "larger_is_better": larger_is_better,
             "logs": {name: _number(number) for name, number in logs.items()},
             "random_states": random_states(self.model),
             "keras_version": keras.__version__,
             "backend": keras.backend.backend(),
         }
         dataset._write_checkpoint(self.model, epochs_done, steps, record)
+
+
+def _direction_of(model: keras.Model, monitor: str, url: str) -> bool:
+    """Whether larger values of ``monitor`` are better, the way Keras's
+    ``MonitorCallback`` reads it: a loss is minimised; another metric goes
+    the direction the model's metric of that name declares."""
+    name = monitor.removeprefix("val_")
+    if name == "loss":
+        return False
+    metrics: list[Any] = []
+    for metric in getattr(model, "metrics", []):
+        inner = getattr(metric, "metrics", None)  # the compiled metrics' containers
+        metrics.extend(inner if isinstance(inner, list) else [metric])
+    for metric in metrics:
+        if getattr(metric, "name", None) == name and hasattr(metric, "_direction"):
+            return metric._direction == "up"
+    raise SafeDatasetError(
+        f"Checkpoints in '{url}': monitor '{monitor}' is not a metric whose direction the model's metrics "
+        "declare (as Keras's ModelCheckpoint, this needs it). Set mode: max or mode: min in the entry."
+    )
 
 
 def _random_state_variables(model: keras.Model) -> list[Any]:

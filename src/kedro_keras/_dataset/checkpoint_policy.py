@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from kedro_keras._log import SafeDatasetError
 
-# Metric names for which larger is better when mode is "auto" (Keras's rule, widened).
+# Metric names for which larger is better, for records that do not say (written
+# by kedro-keras before the direction was recorded): the model's own metric
+# decides otherwise, as in Keras's MonitorCallback.
 _LARGER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "fmeasure")
 
 
@@ -29,9 +31,11 @@ class CheckpointPolicy:
 
     keep_last: int | None = 3
     save_freq: str | int = "epoch"
+    every_n_epochs: int = 1
     monitor: str | None = None
     mode: str = "auto"
     save_best_only: bool = False
+    initial_value_threshold: float | None = None
     remove_when_done: bool = False
 
     def __post_init__(self) -> None:
@@ -43,24 +47,49 @@ class CheckpointPolicy:
             raise SafeDatasetError(
                 f"save_freq must be 'epoch' or a number of batches of at least 1; got {save_freq!r}."
             )
+        every = self.every_n_epochs
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise SafeDatasetError(f"every_n_epochs must be a whole number of at least 1; got {every!r}.")
+        if every != 1 and save_freq != "epoch":
+            raise SafeDatasetError(
+                f"every_n_epochs ({every}) is for save_freq: epoch; with save_freq {save_freq!r} a "
+                "checkpoint comes every that many batches. Choose one."
+            )
         if self.mode not in ("auto", "min", "max"):
             raise SafeDatasetError(f"mode must be 'auto', 'min' or 'max'; got {self.mode!r}.")
+        threshold = self.initial_value_threshold
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold)
+        ):
+            raise SafeDatasetError(f"initial_value_threshold must be a number; got {threshold!r}.")
         if self.save_best_only and self.monitor is None:
             object.__setattr__(self, "monitor", "val_loss")  # as Keras's ModelCheckpoint does
+        if threshold is not None and self.monitor is None:
+            raise SafeDatasetError(
+                "initial_value_threshold is a value of the monitored metric: set monitor (or save_best_only) too."
+            )
 
-    @property
-    def larger_is_better(self) -> bool:
-        monitor = self.monitor
-        return self.mode == "max" or (
-            self.mode == "auto" and monitor is not None and any(word in monitor for word in _LARGER_IS_BETTER)
-        )
+    def at_epoch_end(self, epochs_done: int) -> bool:
+        """Whether the end of an epoch, ``epochs_done`` in all, takes a checkpoint."""
+        return self.save_freq == "epoch" and epochs_done % self.every_n_epochs == 0
 
-    def improves(self, value: float, than: float | None) -> bool:
+    def larger_is_better(self, found: bool | None = None) -> bool:
+        """The monitored metric's direction: ``mode`` if it says one, else
+        ``found`` (what the model's metric says, as Keras reads it), else, for
+        records written before directions were recorded, the metric's name."""
+        if self.mode != "auto":
+            return self.mode == "max"
+        if found is not None:
+            return found
+        monitor = self.monitor or ""
+        return monitor.removeprefix("val_") != "loss" and any(word in monitor for word in _LARGER_IS_BETTER)
+
+    def improves(self, value: float, than: float | None, larger_is_better: bool) -> bool:
         """Whether ``value`` of the monitored metric is better than ``than``
         (None or NaN: nothing to beat)."""
         if than is None or (isinstance(than, float) and math.isnan(than)):
             return not math.isnan(value)
-        return value > than if self.larger_is_better else value < than
+        return value > than if larger_is_better else value < than
 
     def kept(self, versions: list[str], best: str | None) -> set[str]:
         """Of ``versions`` (newest first), those pruning keeps: the newest
