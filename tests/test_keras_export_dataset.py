@@ -122,6 +122,24 @@ class TestKerasExportDataset:
         expected = model.predict(x, verbose=0)
         np.testing.assert_allclose(np.asarray(served.predict(x, verbose=0)), expected, rtol=1e-5, atol=1e-5)
 
+    @pytest.mark.parametrize("format", _exported.FORMATS)
+    def test_export_args_reach_model_export_as_given_verbose_included(self, tmp_path, format, capsys):
+        """export_args: {verbose: true} said "got multiple values for keyword argument 'verbose'" (#29)."""
+        model = one_input_model()
+        dataset = KerasExportDataset(
+            filepath=filepath_for(format, tmp_path), export_args={"verbose": True}, load_args=TRUSTED
+        )
+        cannot_export = _exported.why_cannot_export(format, BACKEND)
+        if cannot_export:  # as in the round trip above: this backend cannot write the format
+            with pytest.raises(DatasetError, match="Cannot export model"):
+                dataset.save(model)
+            return
+        capsys.readouterr()
+        dataset.save(model)
+        assert dataset.exists()
+        if format == "tf_saved_model":  # Keras prints the endpoints it wrote when asked to
+            assert "Endpoint 'serve'" in capsys.readouterr().out
+
     def test_the_format_comes_from_the_suffix_and_must_agree_with_it(self, tmp_path):
         assert KerasExportDataset(filepath=str(tmp_path / "m.onnx"))._format == "onnx"
         assert KerasExportDataset(filepath=str(tmp_path / "m.tflite"))._format == "litert"

@@ -21,16 +21,18 @@ if TYPE_CHECKING:
 
 def export_model(model: keras.Model, local: str, format: str, export_args: dict[str, Any]) -> None:
     """``model.export(local, format=format, **export_args)``, calling the
-    model once first if Keras says it was never called."""
+    model once first if Keras says it was never called. Quiet unless the
+    entry's ``export_args`` say ``verbose`` (which reaches Keras as given)."""
+    export_args = {"verbose": False, **export_args}
     try:
-        model.export(local, format=format, verbose=False, **export_args)
+        model.export(local, format=format, **export_args)
     except ValueError as exc:
         # Keras traces only models that have run once (a model fresh from a
         # file has not); one call on zeros of the input shapes is harmless.
         if "never called" not in str(exc) or not getattr(model, "inputs", None):
             raise
         _call_once_on_zeros(model)
-        model.export(local, format=format, verbose=False, **export_args)
+        model.export(local, format=format, **export_args)
 
 
 def _call_once_on_zeros(model: keras.Model) -> None:
