@@ -17,7 +17,7 @@ from kedro_keras._dataset import checkpoint_series as _series
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset.base import StoredModels, StoredVersion
 from kedro_keras._dataset.checkpoint_policy import CheckpointPolicy
-from kedro_keras._dataset.checkpoints import Checkpoints, NotSkippable, restore_weights
+from kedro_keras._dataset.checkpoints import Checkpoints
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
@@ -299,24 +299,6 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         skips for the checkpoint before) for anything that is not one of ours."""
         return _record.read_record(self._location, self._path(version, _RECORD_SUFFIX), version)
 
-    def _read_checkpoint(self, version: str, model: keras.Model | None) -> keras.Model:
-        path = self._model_path(version)
-        if not self._weights_only:
-            if model is not None:
-                raise NotSkippable(
-                    f"The checkpoints in '{self._url()}' are whole models: call restore() without a "
-                    "model, or set save_weights_only: true to restore weights into a model you build."
-                )
-            return self._full_dataset(path).load()
-        if model is None:
-            raise NotSkippable(
-                f"The checkpoints in '{self._url()}' hold weights only (save_weights_only: true): "
-                "pass the model to restore them into, e.g. checkpoints.restore(build_model(params)), "
-                "compiled as in training so that the optimizer state comes back too."
-            )
-        restore_weights(self._location, path, model)
-        return model
-
     def _full_dataset(self, path: PurePosixPath) -> KerasModelDataset:
         dataset = KerasModelDataset(
             filepath=self._location.url(path),
@@ -330,13 +312,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
     def _write_checkpoint(
         self, model: keras.Model, epochs_done: int, steps: int, record: dict[str, Any]
     ) -> str:
-        if not (0 <= epochs_done < _record.MAX_EPOCH and 0 <= steps < _record.MAX_STEP):
-            raise SafeDatasetError(
-                f"Checkpoints in '{self._url()}' are named for up to {_record.MAX_EPOCH - 1} epochs and "
-                f"{_record.MAX_STEP - 1} batches into one; this one is at epoch {epochs_done}, batch {steps}. "
-                "Train in fewer, longer epochs."
-            )
-        version = f"e{epochs_done:05d}-s{steps:07d}"
+        version = _record.version_name(epochs_done, steps, self._url())
         path = self._model_path(version)
         start = time.monotonic()
         if self._weights_only:
@@ -382,7 +358,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
     def _best_version(self, versions: list[str]) -> str | None:
         if self._policy.monitor is None:
             return None
-        found, ranked = self._found_direction, []
+        found, ranked = self._found_direction, []  # (version, its checked record)
         for version in versions:
             try:
                 record = self._record(version)
@@ -395,16 +371,8 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
                         "Checkpoint %s is not ranked by %s: %s", version, self._policy.monitor, exc
                     )
                 continue
-            if found is None and isinstance(record.get("larger_is_better"), bool):
-                found = record["larger_is_better"]  # as the training that wrote it found it
-            if record.get("value") is not None:
-                ranked.append((version, record["value"]))
-        larger_is_better = self._policy.larger_is_better(found)
-        best, best_value = None, None
-        for version, value in ranked:
-            if best_value is None or self._policy.improves(value, best_value, larger_is_better):
-                best, best_value = version, value
-        return best
+            ranked.append((version, record))
+        return self._policy.best(ranked, found)
 
     def _prune(self) -> list[str]:
         """Remove what the policy does not keep; the versions removed."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from kedro_keras._log import SafeDatasetError
 
@@ -90,6 +91,25 @@ class CheckpointPolicy:
         if than is None or (isinstance(than, float) and math.isnan(than)):
             return not math.isnan(value)
         return value > than if larger_is_better else value < than
+
+    def best(self, records: list[tuple[str, dict[str, Any]]], found: bool | None) -> str | None:
+        """The version whose record's value is best, by the direction
+        ``found`` on the model, else the one the newest record holds (as
+        the training that wrote it found it)."""
+        if found is None:
+            found = next(
+                (r["larger_is_better"] for _, r in records if isinstance(r.get("larger_is_better"), bool)),
+                None,
+            )
+        larger_is_better = self.larger_is_better(found)
+        best, best_value = None, None
+        for version, record in records:
+            value = record.get("value")
+            if value is not None and (
+                best_value is None or self.improves(value, best_value, larger_is_better)
+            ):
+                best, best_value = version, value
+        return best
 
     def kept(self, versions: list[str], best: str | None) -> set[str]:
         """Of ``versions`` (newest first), those pruning keeps: the newest

@@ -51,6 +51,16 @@ def is_version(version: Any) -> bool:
     return isinstance(version, str) and _VERSION.fullmatch(version) is not None
 
 
+def version_name(epochs_done: int, steps: int, url: str) -> str:
+    """The name of the checkpoint at that training position."""
+    if not (0 <= epochs_done < MAX_EPOCH and 0 <= steps < MAX_STEP):
+        raise SafeDatasetError(
+            f"Checkpoints in '{url}' are named for up to {MAX_EPOCH - 1} epochs and {MAX_STEP - 1} batches "
+            f"into one; this one is at epoch {epochs_done}, batch {steps}. Train in fewer, longer epochs."
+        )
+    return f"e{epochs_done:05d}-s{steps:07d}"
+
+
 def check_version(version: str) -> None:
     if not is_version(version):
         raise SafeDatasetError(

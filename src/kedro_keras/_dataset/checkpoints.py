@@ -106,12 +106,12 @@ class Checkpoints:
         if dataset._policy.monitor is None:
             raise SafeDatasetError(f"'{dataset._url()}': best() needs monitor: in the catalog entry.")
         version = dataset._best_version(dataset.versions())
-        return None if version is None else dataset._read_checkpoint(version, model)
+        return None if version is None else self._read(version, model)
 
     def _restore_version(self, version: str, model: keras.Model | None) -> keras.Model:
         dataset = self._dataset
         record = dataset._record(version)
-        restored = dataset._read_checkpoint(version, model)
+        restored = self._read(version, model)
         if record.get("random_states") is not None:
             from kedro_keras._dataset.checkpoint_callback import set_random_states
 
@@ -132,6 +132,25 @@ class Checkpoints:
             f", {record['step']} batch(es) into the next (that epoch restarts)" if record["step"] else "",
         )
         return restored
+
+    def _read(self, version: str, model: keras.Model | None) -> keras.Model:
+        dataset = self._dataset
+        path = dataset._model_path(version)
+        if not dataset._weights_only:
+            if model is not None:
+                raise NotSkippable(
+                    f"The checkpoints in '{dataset._url()}' are whole models: call restore() without a "
+                    "model, or set save_weights_only: true to restore weights into a model you build."
+                )
+            return dataset._full_dataset(path).load()
+        if model is None:
+            raise NotSkippable(
+                f"The checkpoints in '{dataset._url()}' hold weights only (save_weights_only: true): "
+                "pass the model to restore them into, e.g. checkpoints.restore(build_model(params)), "
+                "compiled as in training so that the optimizer state comes back too."
+            )
+        restore_weights(dataset._location, path, model)
+        return model
 
     def callback(self) -> keras.callbacks.Callback:
         """A Keras callback that writes a checkpoint as the entry says."""
