@@ -5,7 +5,6 @@ folders Keras 3 itself refuses to load."""
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
@@ -17,6 +16,7 @@ from kedro_keras._dataset import exported as _exported
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset import verify as _verify
 from kedro_keras._dataset.base import KerasFileDataset
+from kedro_keras._dataset.export_file import about_export, check_content, publish_file, read_file_manifest
 from kedro_keras._dataset.export_folder import (
     MANIFEST,
     MANIFEST_TEXT,
@@ -26,11 +26,12 @@ from kedro_keras._dataset.export_folder import (
     read_manifest,
 )
 from kedro_keras._dataset.export_run import export_model, first_line
+from kedro_keras._dataset.failures import corrupt
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats.onnx import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactError
 from kedro_keras._io.files import checked_filepath
-from kedro_keras._io.h5 import CHUNK
+from kedro_keras._io.h5 import CorruptFileError
 from kedro_keras._io.progress import transfer_text
 from kedro_keras._log import SafeDatasetError, as_data, get_logger, printable
 
@@ -219,7 +220,17 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
         if not self._is_folder:
             if self._location.kind(path) is None:
                 return [("stored", "nothing saved yet")]
-            return _preview.size_row(self._location.fs.info(str(path)).get("size"))
+            rows = _preview.size_row(self._location.fs.info(str(path)).get("size"))
+            manifest = read_file_manifest(self._location, path)
+            if manifest is None:
+                return [*rows, ("checksum", "none recorded (exported before kedro-keras recorded one)")]
+            return [
+                *rows,
+                ("model", manifest["model"]),
+                ("exported with", f"Keras {manifest['keras_version']}, {manifest['backend']} backend"),
+                ("exported at", manifest["saved_at"]),
+                ("checksum", "SHA-256 recorded (kedro keras verify checks it)"),
+            ]
         manifest = read_manifest(self._location, path)
         if manifest is None:
             exists = self._location.exists(path / "saved_model.pb")
@@ -267,9 +278,13 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
                 if self._is_folder:
                     publish_folder(self._location, Path(local), path, self._format, data, backend)
                 else:
-                    with self._location.atomic_write(path, exclusive=self._version is not None) as target:
-                        with open(local, "rb") as source:
-                            shutil.copyfileobj(source, target, CHUNK)
+                    publish_file(
+                        self._location,
+                        local,
+                        path,
+                        exclusive=self._version is not None,
+                        about=about_export(data, self._format, backend),
+                    )
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise SafeDatasetError(
                     f"Could not publish the {self._format} export of '{data.name}' to '{url}': {exc}. "
@@ -312,6 +327,7 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
             )
         try:
             content = self._location.fs.cat_file(str(path))
+            check_content(content, read_file_manifest(self._location, path))
             loaded = (
                 _exported.OnnxModel(
                     content, self._load_args.get("providers"), safe_mode=safe_mode, max_tensor_bytes=budget
@@ -323,6 +339,8 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
             raise SafeDatasetError(
                 f"Refusing to load the {self._format} export at '{url}': {exc}."
             ) from as_data(exc)
+        except CorruptFileError as exc:
+            raise SafeDatasetError(corrupt(url, exc, "export the model again")) from as_data(exc)
         except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
             raise SafeDatasetError(
                 f"Cannot load the {self._format} export at '{url}': {first_line(exc)}"
@@ -382,7 +400,7 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
     def verify(self, version: str | None = None) -> str:
         if self._is_folder:
             return _verify.verify_export_folder(self._location, self.stored_path(version))
-        return super().verify(version)
+        return _verify.verify_export_file(self._location, self.stored_path(version))
 
     def compare(self, first: str, second: str) -> list[dict[str, str]]:
         raise SafeDatasetError(

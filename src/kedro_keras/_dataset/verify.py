@@ -29,6 +29,7 @@ from typing import IO, Any, Callable, Iterator, TypeVar
 
 from kedro.io.core import DatasetError, VersionNotFoundError
 
+from kedro_keras._dataset import export_file
 from kedro_keras._dataset.export_folder import read_manifest
 from kedro_keras._dataset.preview import refuse_hostile_archive
 from kedro_keras._formats.archive import WEIGHTS_MEMBER, ZIP_SIGNATURE
@@ -154,6 +155,19 @@ def _read_through(window: Window) -> None:
     buffer = bytearray(CHUNK)
     while window.readinto(buffer):
         pass
+
+
+# -- exports -------------------------------------------------------------------
+
+
+@_as_dataset_errors
+def verify_export_file(location: Location, path: PurePosixPath) -> str:
+    """An ONNX or LiteRT export against the SHA-256 its manifest records."""
+    if location.kind(path) is None:  # nothing to check: not damage
+        raise VersionNotFoundError(f"nothing is saved at '{location.url(path)}' yet")
+    require_regular_file(location, path)
+    checked = export_file.verify_file(location, path, export_file.read_file_manifest(location, path))
+    return f"{location.url(path)}: {checked}"
 
 
 # -- SavedModel manifests ------------------------------------------------------
