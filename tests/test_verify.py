@@ -82,3 +82,21 @@ def test_diff_reads_weights_files_too(tmp_path):
     with open(paths[0], "rb") as a, open(paths[1], "rb") as b:
         rows = {row["group"]: row["change"] for row in diff_files(a, b)}
     assert rows["layers/dense"] == "same" and rows["layers/dense_1"].startswith("max |difference| ")
+
+
+def test_diff_shows_the_optimizers_step_count_apart_from_its_arrays(tmp_path):
+    """The step counter is a count, not a weight: 'max |difference| 126' said
+    nothing (#29)."""
+    paths = [tmp_path / "a.weights.h5", tmp_path / "b.weights.h5"]
+    model = model_of(8, seed=1)  # one step
+    KerasWeightsDataset(filepath=str(paths[0])).save(model)
+    model.fit(np.ones((96, 4)), np.ones((96, 1)), batch_size=32, verbose=0)  # three more
+    KerasWeightsDataset(filepath=str(paths[1])).save(model)
+    with open(paths[0], "rb") as a, open(paths[1], "rb") as b:
+        rows = {row["group"]: row["change"] for row in diff_files(a, b)}
+    assert rows["optimizer step count"] == "1 -> 4"
+    moments = float(rows["optimizer"].removeprefix("max |difference| "))
+    assert 0 < moments < 1  # Adam's moments moved a little; the counter's 3 is not among them
+    with open(paths[1], "rb") as a, open(paths[1], "rb") as b:
+        same = {row["group"]: row["change"] for row in diff_files(a, b)}
+    assert same["optimizer step count"] == "same" and same["optimizer"] == "same"

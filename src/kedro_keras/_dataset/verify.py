@@ -244,12 +244,21 @@ def diff_files(first: IO[bytes], second: IO[bytes]) -> list[dict[str, str]]:
                     continue
                 vars_a, vars_b = h5_a[f"{group}/vars"], h5_b[f"{group}/vars"]
                 pairs = [(checked_dataset(vars_a, key), checked_dataset(vars_b, key)) for key in shapes_a]
+                if group == "optimizer" and pairs and _is_step_count(*pairs[0]):
+                    # Keras's optimizer stores its step counter first: a count, not a weight.
+                    steps, pairs = [int(dataset[()]) for dataset in pairs[0]], pairs[1:]
+                    change = f"{steps[0]} -> {steps[1]}" if steps[0] != steps[1] else "same"
+                    rows.append({"group": "optimizer step count", "change": change})
                 rows.append({"group": group, "change": ""})
                 compared.append((len(rows) - 1, pairs))
             for row, pairs in compared:
                 largest = max((_largest_difference(left, right) for left, right in pairs), default=0.0)
                 rows[row]["change"] = "same" if largest == 0 else f"max |difference| {largest:.6g}"
     return rows
+
+
+def _is_step_count(left: Any, right: Any) -> bool:
+    return all(side.shape == () and side.dtype.kind in "iu" for side in (left, right))
 
 
 def _largest_difference(left: Any, right: Any) -> float:
