@@ -62,6 +62,9 @@ def test_an_intact_export_verifies_and_its_preview_says_what_exported_it(tmp_pat
         rows = dict(dataset.preview()["data"])
         assert rows["model"] == "served" and rows["exported with"].startswith(f"Keras {keras.__version__}, ")
         assert rows["checksum"].startswith("SHA-256 recorded")
+        # What a server feeds and gets back, under the file's own names (#29).
+        assert rows["inputs"].startswith("x: float32[") and rows["inputs"].endswith(", 3]"), rows
+        assert rows["outputs"].count(": float32[") == 1 and rows["outputs"].endswith(", 2]"), rows
         x = np.ones((1, 3), "float32")
         np.testing.assert_allclose(
             dataset.load().predict(x), model().predict(x, verbose=0), rtol=1e-5, atol=1e-5
@@ -149,3 +152,16 @@ def test_a_new_save_never_leaves_a_manifest_of_the_old_export(tmp_path, monkeypa
         monkeypatch.undo()
         assert not path.with_name(path.name + ".manifest.json").exists()
         assert "no checksum is recorded beside it" in dataset.verify()
+
+
+def test_a_saved_model_preview_lists_the_inputs_and_outputs_it_serves(tmp_path):
+    if BACKEND != "tensorflow":  # SavedModel exports are TensorFlow's: the dataset says so elsewhere
+        assert _exported.why_cannot_export("tf_saved_model", BACKEND) or _exported.why_cannot_load(
+            "tf_saved_model", BACKEND
+        )
+        return
+    dataset = KerasExportDataset(filepath=str(tmp_path / "served"), format="tf_saved_model")
+    dataset.save(model())
+    rows = dict(dataset.preview()["data"])
+    assert rows["inputs"] == "x: float32[None, 3]"
+    assert rows["outputs"].endswith(": float32[None, 2]"), rows

@@ -16,7 +16,14 @@ from kedro_keras._dataset import exported as _exported
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset import verify as _verify
 from kedro_keras._dataset.base import KerasFileDataset
-from kedro_keras._dataset.export_file import about_export, check_content, publish_file, read_file_manifest
+from kedro_keras._dataset.export_file import (
+    about_export,
+    check_content,
+    checked_signature,
+    publish_file,
+    read_file_manifest,
+    signature_rows,
+)
 from kedro_keras._dataset.export_folder import (
     MANIFEST,
     MANIFEST_TEXT,
@@ -229,6 +236,7 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
                 ("model", manifest["model"]),
                 ("exported with", f"Keras {manifest['keras_version']}, {manifest['backend']} backend"),
                 ("exported at", manifest["saved_at"]),
+                *signature_rows(manifest),
                 ("checksum", "SHA-256 recorded (kedro keras verify checks it)"),
             ]
         manifest = read_manifest(self._location, path)
@@ -248,6 +256,7 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
             ("model", shown["model"]),
             ("exported with", f"Keras {shown['keras_version']}, {shown['backend']} backend"),
             ("exported at", shown["saved_at"]),
+            *signature_rows(checked_signature(manifest)),
         ]
 
     # -- save ----------------------------------------------------------------
@@ -283,7 +292,7 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
                         local,
                         path,
                         exclusive=self._version is not None,
-                        about=about_export(data, self._format, backend),
+                        about=about_export(data, self._format, backend, local),
                     )
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise SafeDatasetError(

@@ -31,6 +31,8 @@ MANIFEST_SUFFIX = ".manifest.json"
 # A manifest holds a digest and a few names: anything larger is not ours.
 _MAX_MANIFEST_BYTES = 64 * 2**10
 _TEXT_FIELDS = ("format", "model", "keras_version", "backend", "saved_at")
+# Inputs and outputs a preview lists; a model with more is summarised.
+_SIGNATURE_SHOWN = 32
 
 
 def manifest_path(path: PurePosixPath) -> PurePosixPath:
@@ -62,10 +64,65 @@ def publish_file(
         file.write(json.dumps(manifest, indent=2).encode())
 
 
-def about_export(model: keras.Model, format: str, backend: str) -> dict[str, str]:
+def about_export(model: keras.Model, format: str, backend: str, local: str | None = None) -> dict[str, Any]:
+    """What the manifest says of an export: the format, the model, what
+    exported it, and the inputs and outputs a server feeds and gets back
+    (read from the file at ``local`` under its own names, else the model's)."""
     import keras
 
-    return {"format": format, "model": model.name, "keras_version": keras.__version__, "backend": backend}
+    about: dict[str, Any] = {
+        "format": format,
+        "model": model.name,
+        "keras_version": keras.__version__,
+        "backend": backend,
+    }
+    return {**about, **signature_of(model, format, local)}
+
+
+def signature_of(model: keras.Model, format: str, local: str | None) -> dict[str, list[str]]:
+    """``{"inputs": [...], "outputs": [...]}`` as ``name: dtype[dims]``; empty
+    if the file cannot say (only a preview row is at stake)."""
+    try:
+        if local is not None and format in ("onnx", "litert"):
+            with open(local, "rb") as file:
+                content = file.read()
+            if format == "onnx":
+                from kedro_keras._formats.onnx import onnx_signature
+
+                return onnx_signature(content)
+            from kedro_keras._formats.litert import litert_signature
+
+            return litert_signature(content)
+        return {
+            "inputs": [_keras_tensor(tensor) for tensor in model.inputs],
+            "outputs": [_keras_tensor(tensor) for tensor in model.outputs],
+        }
+    except Exception:  # noqa: BLE001 - the export stands without its signature
+        return {}
+
+
+def _keras_tensor(tensor: Any) -> str:
+    dims = [None if size is None else int(size) for size in tensor.shape]
+    return f"{tensor.name}: {tensor.dtype}{dims}"
+
+
+def signature_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """The preview's rows for the inputs and outputs a manifest records."""
+    return [(key, "; ".join(manifest[key])) for key in ("inputs", "outputs") if manifest.get(key)]
+
+
+def checked_signature(manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """The manifest's inputs and outputs, as data: lists of short escaped
+    strings, at most a few dozen shown (a planted manifest could list more)."""
+    found = {}
+    for key in ("inputs", "outputs"):
+        values = manifest.get(key)
+        if isinstance(values, list) and all(isinstance(value, str) for value in values):
+            shown = [printable(value, 120) for value in values[:_SIGNATURE_SHOWN]]
+            if len(values) > _SIGNATURE_SHOWN:
+                shown.append(f"... {len(values) - _SIGNATURE_SHOWN} more")
+            found[key] = shown
+    return found
 
 
 def read_file_manifest(location: Location, path: PurePosixPath) -> dict[str, Any] | None:
@@ -101,6 +158,7 @@ def read_file_manifest(location: Location, path: PurePosixPath) -> dict[str, Any
         raise ValueError("its manifest has no size and SHA-256 of the kind kedro-keras writes")
     return {
         **{key: printable(str(manifest.get(key, "?")), 80) for key in _TEXT_FIELDS},
+        **checked_signature(manifest),
         "size": size,
         "sha256": sha256,
     }

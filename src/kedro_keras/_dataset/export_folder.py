@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import DatasetError
 
+from kedro_keras._dataset.export_file import signature_of
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK
 from kedro_keras._io.paths import NotARegularFileError, inside_folder, require_regular_file
@@ -68,6 +69,7 @@ def publish_folder(
         "model": model.name,
         "keras_version": keras.__version__,
         "backend": backend,
+        **signature_of(model, format, None),  # a SavedModel serves the model's own inputs
         "kedro_keras_version": __version__,
         "saved_at": datetime.now(tz=timezone.utc).isoformat(timespec="seconds"),
     }

@@ -96,6 +96,44 @@ def _litert_schema() -> Any:
     )
 
 
+def litert_signature(content: bytes) -> dict[str, list[str]]:
+    """The model's inputs and outputs as ``name: dtype[dims]`` (-1: a
+    dimension left open), from an export we just wrote: under the names of
+    its first signature (those ``LiteRTModel.predict`` takes), else its
+    first subgraph's tensors."""
+    schema = _litert_schema()
+    model = schema.Model.GetRootAs(content, 0)
+    subgraph = model.Subgraphs(0)
+    type_names = {
+        value: name.lower() for name, value in vars(schema.TensorType).items() if not name.startswith("_")
+    }
+
+    def described(index: int, name: str | None = None) -> str:
+        tensor = subgraph.Tensors(int(index))
+        if tensor.ShapeSignatureLength():
+            dims = [int(tensor.ShapeSignature(j)) for j in range(tensor.ShapeSignatureLength())]
+        else:
+            dims = [int(tensor.Shape(j)) for j in range(tensor.ShapeLength())]
+        return f"{name or tensor.Name().decode()}: {type_names.get(tensor.Type(), '?')}{dims}"
+
+    if model.SignatureDefsLength():
+        signature = model.SignatureDefs(0)
+        return {
+            "inputs": [
+                described(signature.Inputs(i).TensorIndex(), signature.Inputs(i).Name().decode())
+                for i in range(signature.InputsLength())
+            ],
+            "outputs": [
+                described(signature.Outputs(i).TensorIndex(), signature.Outputs(i).Name().decode())
+                for i in range(signature.OutputsLength())
+            ],
+        }
+    return {
+        "inputs": [described(index) for index in subgraph.InputsAsNumpy()],
+        "outputs": [described(index) for index in subgraph.OutputsAsNumpy()],
+    }
+
+
 class _LiteRTChecker:
     def __init__(self, content: bytes, schema: Any, max_tensor_bytes: int, safe_mode: bool) -> None:
         self.content, self.schema = content, schema

@@ -224,3 +224,27 @@ def _small_constant(tensor: Any) -> list[Any] | None:
         return numpy_helper.to_array(tensor).reshape(-1).tolist()
     except Exception:  # noqa: BLE001 - a damaged constant: onnxruntime reports it better
         return None
+
+
+def onnx_signature(content: bytes) -> dict[str, list[str]]:
+    """The graph's inputs and outputs as ``name: dtype[dims]`` (a dimension
+    the file leaves open shown by its name or None), from an export we just
+    wrote: what a server feeds and gets back, under the file's own names."""
+    import onnx
+
+    graph = onnx.load_model_from_string(content).graph
+    initializers = {tensor.name for tensor in graph.initializer}  # old opsets list weights as inputs
+
+    def described(value: Any) -> str:
+        tensor = value.type.tensor_type
+        dims = [
+            dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
+            for dim in tensor.shape.dim
+        ]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "?"
+        return f"{value.name}: {dtype}{dims}"
+
+    return {
+        "inputs": [described(value) for value in graph.input if value.name not in initializers],
+        "outputs": [described(value) for value in graph.output],
+    }
