@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
+from kedro_keras._dataset import export_file as _export_file
+from kedro_keras._dataset import export_folder as _export_folder
 from kedro_keras._dataset import exported as _exported
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset import verify as _verify
@@ -19,14 +21,11 @@ from kedro_keras._dataset.base import KerasFileDataset
 from kedro_keras._dataset.export_file import (
     about_export,
     check_content,
-    checked_signature,
     publish_file,
     read_file_manifest,
-    signature_rows,
 )
 from kedro_keras._dataset.export_folder import (
     MANIFEST,
-    MANIFEST_TEXT,
     fetch_foreign_folder,
     fetch_manifest_files,
     publish_folder,
@@ -224,40 +223,9 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
         return self._preview_table(self._preview_rows, first=(("format", self._format),))
 
     def _preview_rows(self, path: PurePosixPath) -> list[_preview.Row]:
-        if not self._is_folder:
-            if self._location.kind(path) is None:
-                return [("stored", "nothing saved yet")]
-            rows = _preview.size_row(self._location.fs.info(str(path)).get("size"))
-            manifest = read_file_manifest(self._location, path)
-            if manifest is None:
-                return [*rows, ("checksum", "none recorded (exported before kedro-keras recorded one)")]
-            return [
-                *rows,
-                ("model", manifest["model"]),
-                ("exported with", f"Keras {manifest['keras_version']}, {manifest['backend']} backend"),
-                ("exported at", manifest["saved_at"]),
-                *signature_rows(manifest),
-                ("checksum", "SHA-256 recorded (kedro keras verify checks it)"),
-            ]
-        manifest = read_manifest(self._location, path)
-        if manifest is None:
-            exists = self._location.exists(path / "saved_model.pb")
-            return [
-                (
-                    "stored",
-                    "a SavedModel folder not written by kedro-keras" if exists else "nothing saved yet",
-                )
-            ]
-        files = manifest["files"]
-        shown = {key: printable(str(manifest.get(key, "?")), 80) for key in MANIFEST_TEXT}
-        return [
-            ("files", f"{len(files)} in {shown['export']}"),
-            *_preview.size_row(sum(entry["size"] for entry in files.values())),
-            ("model", shown["model"]),
-            ("exported with", f"Keras {shown['keras_version']}, {shown['backend']} backend"),
-            ("exported at", shown["saved_at"]),
-            *signature_rows(checked_signature(manifest)),
-        ]
+        if self._is_folder:
+            return _export_folder.preview_rows(self._location, path)
+        return _export_file.preview_rows(self._location, path)
 
     # -- save ----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from kedro_keras._dataset import preview as _preview
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK, CorruptFileError
 from kedro_keras._io.paths import NotARegularFileError, require_regular_file
@@ -191,3 +192,22 @@ def verify_file(location: Location, path: PurePosixPath, manifest: dict[str, Any
     if digest.hexdigest() != manifest["sha256"]:
         raise CorruptFileError("it does not match the SHA-256 its manifest records: it is damaged")
     return f"{size:,} bytes against their SHA-256"
+
+
+def preview_rows(location: Location, path: PurePosixPath) -> list[tuple[str, str]]:
+    """What a preview says of the export at ``path``: its size, and what its
+    manifest records (what exported it, when, its inputs and outputs)."""
+    if location.kind(path) is None:
+        return [("stored", "nothing saved yet")]
+    rows = _preview.size_row(location.fs.info(str(path)).get("size"))
+    manifest = read_file_manifest(location, path)
+    if manifest is None:
+        return [*rows, ("checksum", "none recorded (exported before kedro-keras recorded one)")]
+    return [
+        *rows,
+        ("model", manifest["model"]),
+        ("exported with", f"Keras {manifest['keras_version']}, {manifest['backend']} backend"),
+        ("exported at", manifest["saved_at"]),
+        *signature_rows(manifest),
+        ("checksum", "SHA-256 recorded (kedro keras verify checks it)"),
+    ]

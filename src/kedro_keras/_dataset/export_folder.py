@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import DatasetError
 
-from kedro_keras._dataset.export_file import signature_of
+from kedro_keras._dataset import preview as _preview
+from kedro_keras._dataset.export_file import checked_signature, signature_of, signature_rows
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK
 from kedro_keras._io.paths import NotARegularFileError, inside_folder, require_regular_file
@@ -241,3 +242,24 @@ def _safe_relative(name: str, url: str) -> PurePosixPath:
         raise SafeDatasetError(
             f"The export at '{url}' names '{printable(str(name), 120)}', a path outside its folder: refused."
         ) from as_data(exc)
+
+
+def preview_rows(location: Location, folder: PurePosixPath) -> list[tuple[str, str]]:
+    """What a preview says of the SavedModel folder: its files, size, and
+    what its manifest records (what exported it, when, its inputs and outputs)."""
+    manifest = read_manifest(location, folder)
+    if manifest is None:
+        exists = location.exists(folder / "saved_model.pb")
+        return [
+            ("stored", "a SavedModel folder not written by kedro-keras" if exists else "nothing saved yet")
+        ]
+    files = manifest["files"]
+    shown = {key: printable(str(manifest.get(key, "?")), 80) for key in MANIFEST_TEXT}
+    return [
+        ("files", f"{len(files)} in {shown['export']}"),
+        *_preview.size_row(sum(entry["size"] for entry in files.values())),
+        ("model", shown["model"]),
+        ("exported with", f"Keras {shown['keras_version']}, {shown['backend']} backend"),
+        ("exported at", shown["saved_at"]),
+        *signature_rows(checked_signature(manifest)),
+    ]
