@@ -274,6 +274,60 @@ def test_the_architecture_records_what_wrote_the_weights(tmp_path, trained_model
     assert rows["saved at"] == record["date_saved"]
 
 
+class NormalModel(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+class AliasedModel(keras.Model):
+    """Keras's test_redefinition_of_trackable: the layer saving walks is
+    ``a_dense``; the file holds ``dense``, which a property returns."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.a_dense = keras.layers.Dense(3)
+
+    @property
+    def dense(self):
+        return self.a_dense
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def built(model_class, width=2):
+    model = model_class()
+    model(np.random.default_rng(0).random((2, width)))
+    return model
+
+
+class TestWhereKerasLoadsWeights:
+    """Where plain ``model.load_weights`` loads a file, the dataset does too (#29)."""
+
+    def test_a_layer_under_a_second_name_loads_as_keras_loads_it(self, tmp_path):
+        path = tmp_path / "normal.weights.h5"
+        saved = built(NormalModel)
+        KerasWeightsDataset(filepath=str(path)).save(saved)
+        plain = built(AliasedModel)
+        plain.load_weights(str(path))  # what Keras does with it
+
+        loaded = KerasWeightsDataset(filepath=str(path), architecture=lambda: built(AliasedModel)).load()
+        np.testing.assert_array_equal(np.asarray(loaded.dense.kernel), np.asarray(saved.dense.kernel))
+        np.testing.assert_array_equal(np.asarray(loaded.dense.kernel), np.asarray(plain.dense.kernel))
+
+    def test_a_second_name_with_other_shapes_is_still_refused(self, tmp_path):
+        path = tmp_path / "normal.weights.h5"
+        KerasWeightsDataset(filepath=str(path)).save(built(NormalModel, width=2))
+        # Our check names the group; with Keras's internals off, Keras's own message names the layer.
+        refused = r"do not fit .*the file holds nothing for 'a_dense'|objects could not be loaded"
+        with pytest.raises(DatasetError, match=refused):
+            KerasWeightsDataset(filepath=str(path), architecture=lambda: built(AliasedModel, width=5)).load()
+
+
 class TestKerasWeightsDatasetVersioned:
     def test_versions_keep_weights_and_architecture_together(self, tmp_path, data):
         config = {
