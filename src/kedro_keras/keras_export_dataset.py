@@ -304,7 +304,8 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
             )
         try:
             content = self._location.fs.cat_file(str(path))
-            check_content(content, read_file_manifest(self._location, path))
+            manifest = read_file_manifest(self._location, path)
+            check_content(content, manifest)
             loaded = (
                 _exported.OnnxModel(
                     content, self._load_args.get("providers"), safe_mode=safe_mode, max_tensor_bytes=budget
@@ -312,6 +313,8 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
                 if self._format == "onnx"
                 else _exported.LiteRTModel(content, safe_mode=safe_mode, max_tensor_bytes=budget)
             )
+            if manifest is not None:
+                loaded.input_keys = manifest["input_keys"]
         except RefusedArtifactError as exc:
             raise SafeDatasetError(
                 f"Refusing to load the {self._format} export at '{url}': {exc}."

@@ -90,16 +90,33 @@ def signature_of(model: keras.Model, format: str, local: str | None) -> dict[str
             if format == "onnx":
                 from kedro_keras._formats.onnx import onnx_signature
 
-                return onnx_signature(content)
-            from kedro_keras._formats.litert import litert_signature
+                signature = onnx_signature(content)
+            else:
+                from kedro_keras._formats.litert import litert_signature
 
-            return litert_signature(content)
+                signature = litert_signature(content)
+            names = signature.pop("input_names")
+            return {**signature, **_input_keys(model, names)}
         return {
             "inputs": [_keras_tensor(tensor) for tensor in model.inputs],
             "outputs": [_keras_tensor(tensor) for tensor in model.outputs],
         }
     except Exception:  # noqa: BLE001 - the export stands without its signature
         return {}
+
+
+def _input_keys(model: keras.Model, names: list[str]) -> dict[str, dict[str, str]]:
+    """``{"input_keys": {model's key: file's input name}}`` for a model whose
+    inputs are a dict keyed otherwise than the file names them: the file's
+    inputs come in the order of ``model.inputs``, the dict flattened."""
+    structure = model.input
+    if not isinstance(structure, dict) or len(names) != len(model.inputs):
+        return {}
+    positions = {id(tensor): index for index, tensor in enumerate(model.inputs)}
+    keys = {
+        str(key): names[positions[id(tensor)]] for key, tensor in structure.items() if id(tensor) in positions
+    }
+    return {"input_keys": keys} if any(key != name for key, name in keys.items()) else {}
 
 
 def _keras_tensor(tensor: Any) -> str:
@@ -157,9 +174,17 @@ def read_file_manifest(location: Location, path: PurePosixPath) -> dict[str, Any
         or any(c not in "0123456789abcdef" for c in sha256)
     ):
         raise ValueError("its manifest has no size and SHA-256 of the kind kedro-keras writes")
+    keys = manifest.get("input_keys")
+    if not (
+        isinstance(keys, dict)
+        and len(keys) <= _SIGNATURE_SHOWN
+        and all(isinstance(key, str) and isinstance(name, str) for key, name in keys.items())
+    ):
+        keys = {}
     return {
         **{key: printable(str(manifest.get(key, "?")), 80) for key in _TEXT_FIELDS},
         **checked_signature(manifest),
+        "input_keys": keys,
         "size": size,
         "sha256": sha256,
     }

@@ -95,11 +95,17 @@ def why_cannot_load(format: str, backend: str) -> str | None:
 class OnnxModel:
     """An ONNX artifact in an onnxruntime session, with Keras's ``predict``.
 
+    ``predict`` takes a dict keyed by the file's input names, or by the
+    Keras model's own keys (``input_keys``, recorded at export, maps them).
+
     The file is checked first (``check_onnx``). With ``safe_mode`` on the
     session runs without graph optimizations: constant folding computes at
     session creation whatever the graph's constants describe, which a
     600-byte file can make gigabytes.
     """
+
+    input_keys: dict[str, str] = {}
+    """The Keras model's input keys, mapped to the file's input names."""
 
     def __init__(
         self,
@@ -128,7 +134,8 @@ class OnnxModel:
         """Outputs for ``x``: one array, a list or a dict of arrays keyed by
         input name. One output comes back as an array, several as a list."""
         feed = {
-            name: _as_input(value, self._input_types[name]) for name, value in _by_name(x, self.input_names)
+            name: _as_input(value, self._input_types[name])
+            for name, value in _by_name(x, self.input_names, self.input_keys)
         }
         outputs = self.session.run(None, feed)
         return outputs[0] if len(outputs) == 1 else outputs
@@ -146,7 +153,8 @@ def _shown(shapes: dict[str, Any]) -> str:
 
 
 class LiteRTModel:
-    """A LiteRT (TensorFlow Lite) artifact in LiteRT's interpreter, with ``predict``.
+    """A LiteRT (TensorFlow Lite) artifact in LiteRT's interpreter, with ``predict``
+    (which takes the Keras model's own keys too, as ``OnnxModel.predict``).
 
     The interpreter trusts the file and crashes the process on some damaged
     ones, so with ``safe_mode`` on a file is checked twice before it runs
@@ -158,6 +166,9 @@ class LiteRTModel:
     more than most LiteRT models take to run: inputs of other shapes than
     the declared ones take kernel paths the probe did not.
     """
+
+    input_keys: dict[str, str] = {}
+    """The Keras model's input keys, mapped to the file's input names."""
 
     def __init__(
         self, content: bytes, *, safe_mode: bool = True, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
@@ -176,6 +187,8 @@ class LiteRTModel:
             self.input_names = list(signatures[self._key]["inputs"])
             self.output_names = list(signatures[self._key]["outputs"])
             self.input_shapes = {name: [int(n) for n in details[name]["shape"]] for name in self.input_names}
+            # As OnnxModel: float64 arrays (NumPy's default) fed to a float32 input are cast, not refused.
+            self._input_dtypes = {name: details[name]["dtype"] for name in self.input_names}
         else:  # no signature: tensors by index
             self.interpreter.allocate_tensors()
             details = self.interpreter.get_input_details()
@@ -190,7 +203,10 @@ class LiteRTModel:
             return self._predict_by_index(x)
         import numpy as np
 
-        feed = {name: np.asarray(value) for name, value in _by_name(x, self.input_names)}
+        feed = {
+            name: np.asarray(value, dtype=self._input_dtypes.get(name))
+            for name, value in _by_name(x, self.input_names, self.input_keys)
+        }
         outputs = self._runner(**feed)
         values = [outputs[name] for name in self.output_names]
         return values[0] if len(values) == 1 else values
@@ -216,9 +232,11 @@ class LiteRTModel:
         return f"LiteRTModel(inputs={_shown(self.input_shapes)}, outputs=[{outputs}])"
 
 
-def _by_name(x: Any, names: list[str]) -> list[tuple[str, Any]]:
+def _by_name(x: Any, names: list[str], keys: dict[str, str] | None = None) -> list[tuple[str, Any]]:
     shown = [printable(str(name), 80) for name in names[:16]]  # names from the file, as data
     if isinstance(x, dict):
+        # The Keras model's own keys, as the export's manifest maps them to the file's names.
+        x = {(keys or {}).get(key, key) if key not in names else key: value for key, value in x.items()}
         unknown = set(x) - set(names)
         if unknown:
             raise ValueError(

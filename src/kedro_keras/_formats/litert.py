@@ -123,6 +123,7 @@ def litert_signature(content: bytes) -> dict[str, list[str]]:
                 described(signature.Inputs(i).TensorIndex(), signature.Inputs(i).Name().decode())
                 for i in range(signature.InputsLength())
             ],
+            "input_names": [signature.Inputs(i).Name().decode() for i in range(signature.InputsLength())],
             "outputs": [
                 described(signature.Outputs(i).TensorIndex(), signature.Outputs(i).Name().decode())
                 for i in range(signature.OutputsLength())
@@ -131,6 +132,7 @@ def litert_signature(content: bytes) -> dict[str, list[str]]:
     return {
         "inputs": [described(index) for index in subgraph.InputsAsNumpy()],
         "outputs": [described(index) for index in subgraph.OutputsAsNumpy()],
+        "input_names": [subgraph.Tensors(int(index)).Name().decode() for index in subgraph.InputsAsNumpy()],
     }
 
 

@@ -244,7 +244,9 @@ def onnx_signature(content: bytes) -> dict[str, list[str]]:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "?"
         return f"{value.name}: {dtype}{dims}"
 
+    inputs = [value for value in graph.input if value.name not in initializers]
     return {
-        "inputs": [described(value) for value in graph.input if value.name not in initializers],
+        "inputs": [described(value) for value in inputs],
         "outputs": [described(value) for value in graph.output],
+        "input_names": [value.name for value in inputs],
     }
