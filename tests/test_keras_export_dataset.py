@@ -33,6 +33,17 @@ def two_input_model():
     return keras.Model(inputs, keras.layers.Dense(2)(hidden), name="two_inputs")
 
 
+class TwoArguments(keras.Model):
+    """A model called with two positional arguments, model(a, b)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, a, b):
+        return self.dense(keras.ops.concatenate([a, b], axis=-1))
+
+
 def one_input_model():
     keras.utils.set_random_seed(12)
     inputs = keras.Input((3,), name="x")
@@ -165,6 +176,44 @@ class TestKerasExportDataset:
         np.testing.assert_allclose(served.predict(x), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
         by_file_names = {served.input_keys[key]: value for key, value in x.items()}
         np.testing.assert_allclose(served.predict(by_file_names), served.predict(x))
+
+    @pytest.mark.parametrize("inputs", ["a tuple", "two positional arguments"])
+    def test_a_saved_model_loads_whatever_inputs_it_was_exported_with(self, tmp_path, inputs):
+        """Both failed to load through the dataset that wrote them while
+        tf.saved_model.load served them (#29)."""
+        x = (np.ones((2, 3), "float32"), np.full((2, 2), 2.0, "float32"))
+        if inputs == "a tuple":
+            one, two = keras.Input((3,)), keras.Input((2,))
+            model = keras.Model((one, two), keras.layers.Dense(2)(keras.layers.Concatenate()([one, two])))
+            export_args = {}
+        else:
+            model = TwoArguments()
+            model(*x)
+            export_args = {
+                "input_signature": [
+                    keras.InputSpec(shape=(None, 3), dtype="float32"),
+                    keras.InputSpec(shape=(None, 2), dtype="float32"),
+                ]
+            }
+        expected = (
+            keras.ops.convert_to_numpy(model(*x)) if inputs != "a tuple" else model.predict(x, verbose=0)
+        )
+        dataset = KerasExportDataset(
+            filepath=str(tmp_path / "served"),
+            format="tf_saved_model",
+            export_args=export_args,
+            load_args=TRUSTED,
+        )
+        problem = _exported.why_cannot_export("tf_saved_model", BACKEND)
+        if problem:  # SavedModels are TensorFlow's (PyTorch's through torch-xla): the dataset says so
+            with pytest.raises(DatasetError, match="Cannot export"):
+                dataset.save(model)
+            return
+        dataset.save(model)
+        served = dataset.load()
+        np.testing.assert_allclose(
+            np.asarray(served.predict(list(x), verbose=0)), expected, rtol=1e-5, atol=1e-5
+        )
 
     def test_the_format_comes_from_the_suffix_and_must_agree_with_it(self, tmp_path):
         assert KerasExportDataset(filepath=str(tmp_path / "m.onnx"))._format == "onnx"

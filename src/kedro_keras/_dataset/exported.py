@@ -326,6 +326,11 @@ def _signature_layer_class() -> type:
         def call(self, inputs: Any, training: bool = False, **kwargs: Any) -> Any:
             specs = self.input_specs
             if specs is None:
+                signature = getattr(self.call_endpoint_fn, "input_signature", None) or ()
+                if len(signature) > 1:  # several positional arguments (args_0, args_1, ...)
+                    return self.call_endpoint_fn(*inputs, **kwargs)
+                if signature and isinstance(signature[0], tuple) and isinstance(inputs, list):
+                    inputs = tuple(inputs)  # a tuple the endpoint was traced with, not a list
                 return super().call(inputs, training=training, **kwargs)
             names = list(specs)
             if isinstance(inputs, dict):
