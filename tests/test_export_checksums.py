@@ -114,8 +114,8 @@ def test_the_cli_says_damaged_for_damage_and_no_such_version_for_a_typo(tmp_path
 def test_an_export_without_a_manifest_loads_and_says_there_is_nothing_to_check(tmp_path):
     for dataset, path in exports(tmp_path):
         path.with_name(path.name + ".manifest.json").unlink()
-        assert "no checksum is recorded beside it" in dataset.verify()
-        assert dict(dataset.preview()["data"])["checksum"].startswith("none recorded")
+        assert "no manifest beside it, so no checksum to check" in dataset.verify()
+        assert dict(dataset.preview()["data"])["checksum"].startswith("no manifest beside it")
         x = np.ones((1, 3), "float32")
         np.testing.assert_allclose(
             dataset.load().predict(x), model().predict(x, verbose=0), rtol=1e-5, atol=1e-5
@@ -151,7 +151,7 @@ def test_a_new_save_never_leaves_a_manifest_of_the_old_export(tmp_path, monkeypa
         assert len(calls) == 1  # the fault was reached: after the artifact, before its manifest
         monkeypatch.undo()
         assert not path.with_name(path.name + ".manifest.json").exists()
-        assert "no checksum is recorded beside it" in dataset.verify()
+        assert "no manifest beside it, so no checksum to check" in dataset.verify()
 
 
 def test_a_saved_model_preview_lists_the_inputs_and_outputs_it_serves(tmp_path):

@@ -441,6 +441,45 @@ class TestFinishedTrainings:
         assert checkpoints.restore() is not None and checkpoints.initial_epoch == 2
 
 
+class TestFinishedTrainingsEdges:
+    """From the review of #29's change: where 'finished' must not apply."""
+
+    def test_a_second_fit_in_the_same_node_goes_on_with_the_series(self, tmp_path, data):
+        folder = tmp_path / "c"
+        checkpoints = KerasCheckpointDataset(filepath=str(folder), keep_last=None).load()
+        model = compiled()
+        train(model, data, checkpoints, epochs=2)  # the head
+        assert (folder / "ckpt-finished.json").exists()
+        train(model, data, checkpoints, epochs=4, initial_epoch=2, killed=True)  # fine-tuning, killed
+        assert not list(folder.glob("finished-*"))  # phase 1's checkpoints were not moved away
+        assert checkpoints.versions()[0] == "e00004-s0000000" and len(checkpoints.versions()) == 4
+        assert not (folder / "ckpt-finished.json").exists()  # so the next run resumes the fine-tuning
+        again = KerasCheckpointDataset(filepath=str(folder)).load()
+        assert again.restore() is not None and again.initial_epoch == 4
+
+    def test_a_pinned_checkpoint_of_a_finished_training_is_restored_and_goes_on(self, tmp_path, data):
+        folder = tmp_path / "c"
+        train(compiled(), data, KerasCheckpointDataset(filepath=str(folder), keep_last=None).load())
+        pinned = KerasCheckpointDataset(filepath=str(folder), load_version="e00003-s0000000").load()
+        model = pinned.restore()
+        assert pinned.restored == "e00003-s0000000" and pinned.initial_epoch == 3
+        train(model, data, pinned, initial_epoch=3, killed=True)
+        assert not list(folder.glob("finished-*"))  # the callback did not move the pinned series away
+        assert KerasCheckpointDataset(filepath=str(folder)).versions()[0] == f"e{EPOCHS:05d}-s0000000"
+
+    def test_a_nan_metric_is_no_improvement_with_save_best_only(self, tmp_path, data):
+        dataset = KerasCheckpointDataset(
+            filepath=str(tmp_path / "c"), save_best_only=True, monitor="val_loss"
+        )
+        model = compiled()
+        train(model, data, epochs=1)
+        callback = dataset.load().callback()
+        callback.set_model(model)
+        for epoch, value in enumerate([0.5, float("nan"), 0.4]):
+            callback.on_epoch_end(epoch, {"val_loss": value})
+        assert dataset.versions() == ["e00003-s0000000", "e00001-s0000000"]  # not the diverged epoch 2
+
+
 class TestKerasCheckpointDatasetMistakes:
     def test_a_pinned_checkpoint_that_is_not_there_lists_what_is(self, tmp_path, data):
         empty = KerasCheckpointDataset(filepath=str(tmp_path / "none"), load_version="e00003-s0000000")

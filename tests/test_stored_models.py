@@ -179,3 +179,40 @@ def test_diff_says_when_it_does_not_apply(tmp_path, entry):
     run = entry(KerasModelDataset(filepath=str(tmp_path / "one.keras")))
     result = run("diff", "m", OLDER, NEWER)
     assert result.exit_code == 1 and "keeps one file, not versions" in result.output
+
+
+def test_a_mistyped_history_version_is_no_such_version_not_damage(tmp_path, entry):
+    run = entry(ENTRIES["history"](tmp_path))
+    result = run("verify", "h", "--version", "2026-11-21")
+    assert result.exit_code == 1 and "DAMAGED" not in result.output and "has no version" in result.output
+
+
+def test_an_incomplete_version_does_not_count_and_is_never_what_prune_keeps(tmp_path, entry):
+    """A SavedModel still uploading (no manifest yet) is not the newest
+    version: prune --keep-last 1 keeps the last complete one."""
+    if "saved model export" not in ENTRIES:  # SavedModels are TensorFlow's; the same listing serves all
+        dataset = ENTRIES["model"](tmp_path)
+        (tmp_path / "m.keras" / "2099-01-01T00.00.00.000Z").mkdir()  # a version folder, nothing saved yet
+    else:
+        dataset = ENTRIES["saved model export"](tmp_path)
+        (tmp_path / "m_saved_model" / "2099-01-01T00.00.00.000Z" / "m_saved_model" / "export-0").mkdir(
+            parents=True
+        )
+    assert [version.name for version in dataset.stored_versions()] == [NEWER, OLDER]
+    result = entry(dataset)("prune", "x", "--keep-last", "1")
+    assert result.exit_code == 0, result.output
+    assert [version.name for version in dataset.stored_versions()] == [NEWER]
+
+
+def test_prune_keeps_the_checkpoint_best_by_monitor_as_the_datasets_own_pruning_does(tmp_path, entry):
+    dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"), keep_last=None, monitor="loss", mode="min")
+    model = fitted(1)
+    callback = dataset.load().callback()
+    callback.set_model(model)
+    for epoch, loss in enumerate([0.9, 0.1, 0.5, 0.7]):  # the best is the second
+        callback.on_epoch_end(epoch, {"loss": loss})
+    result = entry(dataset)("prune", "c", "--keep-last", "1")
+    assert result.exit_code == 0, result.output
+    assert "kept c version e00002-s0000000: the best by loss" in result.output
+    assert dataset.versions() == ["e00004-s0000000", "e00002-s0000000"]
+    assert result.output.splitlines()[-1] == "c: 2 version(s) kept of 4"

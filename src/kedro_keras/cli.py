@@ -118,12 +118,17 @@ def prune_entry(name: str, keep_last: int, older_than: float | None, dry_run: bo
     dataset = _entry(name, env, None)
     # Listed afresh: versions saved since this process last looked count before any is removed.
     versions = _answer(dataset.stored_versions)  # newest first
+    protected = dataset.protected_versions()  # the checkpoint best by monitor, which pruning keeps too
     now = time.time()
     doomed = [
         version
         for version in versions[keep_last:]
-        if older_than is None or _older(dataset.saved_at(version), now, older_than)
+        if version.name not in protected
+        and (older_than is None or _older(dataset.saved_at(version), now, older_than))
     ]
+    for kept, why in protected.items():
+        if any(version.name == kept for version in versions[keep_last:]):
+            _echo(f"kept {name} version {kept}: {why}")
     for version in doomed:
         if not dry_run:
             dataset.remove_version(version)

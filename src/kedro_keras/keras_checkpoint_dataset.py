@@ -184,6 +184,8 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         )
         # The monitored metric's direction, once a training has found it on its model.
         self._found_direction: bool | None = None
+        # Whether this process has settled a finished training (restore(), or a fit's start).
+        self._settled = False
         pinned = version.load if version and version.load else load_version
         if pinned is not None:
             _record.check_version(pinned)
@@ -256,6 +258,10 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
 
     def remove_version(self, version: StoredVersion) -> None:
         self._remove(version.name)
+
+    def protected_versions(self) -> dict[str, str]:
+        best = self._best_version(self.versions())
+        return {best: f"the best by {self._policy.monitor}"} if best else {}
 
     def preview(self, layers: int = _preview.DEFAULT_LAYERS_SHOWN) -> TablePreview:
         """The checkpoints for Kedro-Viz: how many, the newest's training
@@ -396,6 +402,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
 
     def _settle_finished(self, continue_finished: bool) -> None:
         _series.settle_finished(self._location, self._folder, continue_finished=continue_finished)
+        self._settled = True
 
     def _mark_finished(self) -> None:
         versions = self.versions()

@@ -70,6 +70,10 @@ class StoredModels:
         """Remove ``version`` and everything saved with it."""
         raise NotImplementedError
 
+    def protected_versions(self) -> dict[str, str]:
+        """Versions a prune must keep whatever their age, with why."""
+        return {}
+
     def saved_at(self, version: StoredVersion) -> float | None:
         """When ``version`` was saved (seconds since the epoch), if the
         filesystem keeps times."""
@@ -180,7 +184,10 @@ class KerasFileDataset(StoredModels, AbstractVersionedDataset):
         """The paths of the saved versions, newest first, listed afresh."""
         self._location.invalidate_cache(self._filepath)
         pattern = str(self._get_versioned_path("*"))
-        return sorted(self._location.glob(pattern), key=self._get_version_from_path, reverse=True)
+        # Only complete saves: a SavedModel still uploading (no manifest yet)
+        # must not count as the newest, or prune would keep it and remove the last good one.
+        complete = [path for path in self._location.glob(pattern) if self._exists_file(path)]
+        return sorted(complete, key=self._get_version_from_path, reverse=True)
 
     def _version_root(self, path: PurePosixPath) -> PurePosixPath:
         """What holds a version's files: Kedro's version folder."""
@@ -204,8 +211,12 @@ class KerasFileDataset(StoredModels, AbstractVersionedDataset):
         if version is None:
             return PurePosixPath(self._get_load_path())
         self._refuse_unversioned("name a version")
-        check_version_name(version, self._location.url(self._filepath))
-        path = PurePosixPath(self._get_versioned_path(version))
+        url = self._location.url(self._filepath)
+        check_version_name(version, url)
+        try:
+            path = PurePosixPath(self._get_versioned_path(version))
+        except DatasetError as exc:  # a history's versions have a form: one without it is none of them
+            raise VersionNotFoundError(f"'{url}' has no version '{printable(version, 80)}': {exc}") from exc
         if not self._exists_file(str(path)):
             listed = ", ".join(v.name for v in self.stored_versions()[:_VERSIONS_SHOWN]) or "none"
             raise VersionNotFoundError(

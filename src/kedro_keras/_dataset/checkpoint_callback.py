@@ -37,7 +37,9 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         # A finished training's checkpoints make way, also when the node
         # did not call restore() first: new ones must not mix with them.
-        self._dataset._settle_finished(continue_finished=False)
+        # Once per dataset: a second fit in the same node (fine-tuning
+        # after the head) goes on with the series the first one wrote.
+        self._dataset._settle_finished(continue_finished=self._dataset._settled)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -100,6 +102,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         value = _number(logs.get(policy.monitor)) if policy.monitor else None
         larger_is_better = self._larger_is_better() if policy.monitor else None
         improved = value is not None and policy.improves(value, self._best, bool(larger_is_better))
+        if policy.save_best_only and policy.monitor in logs and value is None:
+            return  # NaN: no improvement (as Keras), never a diverged model as the newest checkpoint
         if policy.save_best_only and value is None:
             if not self._warned_unmonitored:  # Keras's ModelCheckpoint warns and saves, too
                 self._warned_unmonitored = True

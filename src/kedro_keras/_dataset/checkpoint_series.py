@@ -103,7 +103,12 @@ def archive_finished(location: Location, folder: PurePosixPath) -> PurePosixPath
     beside them, the marker last: a run killed while moving moves the rest
     next time. Returns the folder they went to."""
     names = location.names_in(folder)
-    archive = folder / f"{ARCHIVE_PREFIX}{datetime.now(tz=timezone.utc).strftime('%Y-%m-%dT%H.%M.%SZ')}"
+    stamp = datetime.now(tz=timezone.utc).strftime("%Y-%m-%dT%H.%M.%S.%fZ")
+    archive = folder / f"{ARCHIVE_PREFIX}{stamp}"
+    suffix = 1
+    while location.exists(archive):  # never into another archive: a move would replace its files
+        archive = folder / f"{ARCHIVE_PREFIX}{stamp}-{suffix}"
+        suffix += 1
     ours = sorted(
         name
         for name in names

@@ -67,8 +67,9 @@ class Checkpoints:
                 checkpoints go on from it.
         """
         dataset = self._dataset
-        if dataset._pinned is None:
-            dataset._settle_finished(continue_finished)
+        # A pinned checkpoint is restored whether its training finished or
+        # not, and the training goes on from it: as if asked to continue.
+        dataset._settle_finished(continue_finished or dataset._pinned is not None)
         versions = dataset.versions()
         if dataset._pinned is not None:
             if dataset._pinned not in versions:

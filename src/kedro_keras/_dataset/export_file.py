@@ -34,6 +34,8 @@ _MAX_MANIFEST_BYTES = 64 * 2**10
 _TEXT_FIELDS = ("format", "model", "keras_version", "backend", "saved_at")
 # Inputs and outputs a preview lists; a model with more is summarised.
 _SIGNATURE_SHOWN = 32
+# Input keys a manifest may map (one per dict input): the manifest's size cap bounds them anyway.
+_MAX_INPUT_KEYS = 10_000
 
 
 def manifest_path(path: PurePosixPath) -> PurePosixPath:
@@ -177,7 +179,7 @@ def read_file_manifest(location: Location, path: PurePosixPath) -> dict[str, Any
     keys = manifest.get("input_keys")
     if not (
         isinstance(keys, dict)
-        and len(keys) <= _SIGNATURE_SHOWN
+        and len(keys) <= _MAX_INPUT_KEYS
         and all(isinstance(key, str) and isinstance(name, str) for key, name in keys.items())
     ):
         keys = {}
@@ -204,7 +206,8 @@ def verify_file(location: Location, path: PurePosixPath, manifest: dict[str, Any
     """What was checked of the export at ``path``, read front to back once."""
     if manifest is None:
         return (
-            "no checksum is recorded beside it (exported before kedro-keras recorded one): nothing to check"
+            "no manifest beside it, so no checksum to check (an export from before kedro-keras wrote one, "
+            "or a save interrupted before its manifest)"
         )
     digest, size = hashlib.sha256(), 0
     with location.open_read(path) as file:
@@ -227,7 +230,10 @@ def preview_rows(location: Location, path: PurePosixPath) -> list[tuple[str, str
     rows = _preview.size_row(location.fs.info(str(path)).get("size"))
     manifest = read_file_manifest(location, path)
     if manifest is None:
-        return [*rows, ("checksum", "none recorded (exported before kedro-keras recorded one)")]
+        return [
+            *rows,
+            ("checksum", "no manifest beside it (an older export, or a save interrupted before it)"),
+        ]
     return [
         *rows,
         ("model", manifest["model"]),

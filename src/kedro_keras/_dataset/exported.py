@@ -204,7 +204,7 @@ class LiteRTModel:
         import numpy as np
 
         feed = {
-            name: np.asarray(value, dtype=self._input_dtypes.get(name))
+            name: _float_as(np.asarray(value), self._input_dtypes.get(name))
             for name, value in _by_name(x, self.input_names, self.input_keys)
         }
         outputs = self._runner(**feed)
@@ -250,6 +250,16 @@ def _by_name(x: Any, names: list[str], keys: dict[str, str] | None = None) -> li
     if len(names) != 1:
         raise ValueError(f"the artifact has {len(names)} inputs {shown}: pass a dict keyed by these names")
     return [(names[0], x)]
+
+
+def _float_as(array: Any, dtype: Any) -> Any:
+    """Floats as the input's float type (NumPy makes float64); anything else
+    as given, for the interpreter to refuse rather than truncate."""
+    import numpy as np
+
+    if dtype is not None and array.dtype.kind == "f" and np.dtype(dtype).kind == "f":
+        return array.astype(dtype, copy=False)
+    return array
 
 
 def _as_input(value: Any, onnx_type: str) -> Any:

@@ -172,7 +172,11 @@ def _filled_under_another_name(model: keras.Model, expected: Layout, stored: Lay
     name (a property returning it) that the file holds, with the same
     arrays. Saving walks one name, loading finds the other (Keras's
     ``test_redefinition_of_trackable``)."""
-    others = [path for path in stored if path not in expected]
+    others: dict[str, list[str]] = {}  # the file's paths the model does not write, by parent
+    for path in stored:
+        if path not in expected:
+            parent, _, name = path.rpartition("/")
+            others.setdefault(parent, []).append(name)
     filled = set()
     for path, arrays in expected.items():
         if path in stored or not arrays:
@@ -182,14 +186,11 @@ def _filled_under_another_name(model: keras.Model, expected: Layout, stored: Lay
         target = _attribute_path(parent, name) if parent is not None else None
         if target is None:
             continue
-        for other in others:
-            other_parent, _, other_name = other.rpartition("/")
-            if (
-                other_parent == parent_path
-                and _attribute_path(parent, other_name) is target
-                and {key: tuple(shape) for key, shape in stored[other].items()}
-                == {key: tuple(shape) for key, shape in arrays.items()}
-            ):
+        for other_name in others.get(parent_path, []):
+            other = f"{parent_path}/{other_name}" if parent_path else other_name
+            if _attribute_path(parent, other_name) is target and {
+                key: tuple(shape) for key, shape in stored[other].items()
+            } == {key: tuple(shape) for key, shape in arrays.items()}:
                 filled.add(path)
                 break
     return filled

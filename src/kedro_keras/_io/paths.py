@@ -124,7 +124,10 @@ def open_regular_file(
         return
     # Opened without blocking and checked again: the path could have become
     # a FIFO since it was looked at.
-    descriptor = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if within is not None:  # the link check above must hold when it is opened, too
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(str(path), flags)
     try:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
