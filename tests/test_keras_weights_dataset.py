@@ -107,7 +107,7 @@ class TestKerasWeightsDataset:
         )
         with pytest.raises(
             DatasetError,
-            match=r"clf\.weights\.h5. do not fit .*'layers/dense/0' has shape \(4, 3\) in the model but \(4, 8\) in the file; 'layers/dense/1' has shape \(3,\) in the model but \(8,\)",
+            match=r"clf\.weights\.h5. do not fit .*'dense(_\d+)?' \(layers/dense\): array 0 has shape \(4, 3\) in the model but \(4, 8\) in the file; 'dense(_\d+)?' \(layers/dense\): array 1 has shape \(3,\) in the model but \(8,\)",
         ):
             dataset.load()
 
@@ -118,9 +118,35 @@ class TestKerasWeightsDataset:
         dataset = KerasWeightsDataset(filepath=path, architecture="keras_test_models.build_sequential")
         with pytest.raises(
             DatasetError,
-            match=r"the file holds nothing for 'layers/batch_normalization' \(4 array\(s\) in the model\)",
+            match=r"the file holds nothing for 'batch_normalization(_\d+)?' \(layers/batch_normalization\) \(4 array\(s\) in the model\)",
         ):
             dataset.load()
+
+    @pytest.mark.private_api
+    def test_a_mismatch_names_the_layers_as_the_user_named_them(self, tmp_path, data):
+        """Keras's file names groups by class ('layers/dense_1'); the user
+        knows 'hidden' and 'encoder/inner': the message gives both."""
+
+        def build(width):
+            inner = keras.Sequential(
+                [keras.Input((3,)), keras.layers.Dense(width, name="inner")], name="encoder"
+            )
+            inputs = keras.Input((4,))
+            x = keras.layers.Dense(3, name="hidden")(inputs)
+            outputs = keras.layers.Dense(1, name="score")(inner(x))
+            return keras.Model(inputs, outputs)
+
+        path = str(tmp_path / "named.weights.h5")
+        KerasWeightsDataset(filepath=path).save(build(2))
+        with pytest.raises(DatasetError) as refused:
+            KerasWeightsDataset(filepath=path, architecture=lambda: build(5)).load()
+        message = str(refused.value)
+        assert (
+            "'encoder/inner' (layers/sequential/layers/dense): array 0 has shape (3, 5) in the model but (3, 2)"
+            in message
+        )
+        assert "'score' (layers/dense_1): array 0 has shape (5, 1) in the model but (2, 1)" in message
+        assert "'hidden'" not in message  # unchanged: not named
 
     @pytest.mark.private_api
     def test_unbuilt_sublayers_are_refused_not_silently_skipped(self, tmp_path, data):
@@ -323,7 +349,9 @@ class TestWhereKerasLoadsWeights:
         path = tmp_path / "normal.weights.h5"
         KerasWeightsDataset(filepath=str(path)).save(built(NormalModel, width=2))
         # Our check names the group; with Keras's internals off, Keras's own message names the layer.
-        refused = r"do not fit .*the file holds nothing for 'a_dense'|objects could not be loaded"
+        refused = (
+            r"do not fit .*the file holds nothing for 'dense(_\d+)?' \(a_dense\)|objects could not be loaded"
+        )
         with pytest.raises(DatasetError, match=refused):
             KerasWeightsDataset(filepath=str(path), architecture=lambda: built(AliasedModel, width=5)).load()
 

@@ -149,12 +149,14 @@ def _older(saved_at: float | None, now: float, days: float) -> bool:
 @_JSON
 def diff_versions(name: str, first: str, second: str, env: str | None, as_json: bool) -> None:
     """Compare versions FIRST and SECOND of NAME, layer by layer: groups added
-    or removed, shapes changed, and the largest absolute weight difference."""
+    or removed, shapes changed, and the largest absolute weight difference.
+    Each row names the layer as it was named (where the file's config says)
+    and Keras's group in the file."""
     dataset = _entry(name, env, None)
     rows = _answer(
         lambda: dataset.compare(first, second), failing=f"cannot compare {name} {first} and {second}: "
     )
-    _print(rows, ["group", "change"], as_json, title=f"{name}: {first} -> {second}")
+    _print(rows, ["layer", "group", "change"], as_json, title=f"{name}: {first} -> {second}")
 
 
 def _answer(ask: Any, failing: str = "") -> Any:

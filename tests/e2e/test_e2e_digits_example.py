@@ -266,10 +266,12 @@ def test_kedro_keras_prune_keeps_the_newest_versions(digits, keras_cli):
 
     # A copy differs in nothing, layer by layer.
     diff = keras_cli(digits, "diff", "classifier_model", old[0], newest).stdout
-    changes = dict(
-        line.split("\t", 1) for line in diff.splitlines() if line.startswith(("layers/", "optimizer"))
-    )
+    rows = [line.split("\t") for line in diff.splitlines() if line.count("\t") == 2]
+    changes = {group: change for _, group, change in rows}
     assert "layers/dense" in changes and set(changes.values()) == {"same"}, diff
+    # Each row names the layer as the node named it, beside Keras's group in the file.
+    layers = {group: layer for layer, group, _ in rows}
+    assert layers["layers/dense"] == "hidden" and layers["layers/conv2d_1"] == "conv_2", diff
 
     # --version pins one version through the catalog's public get() (Kedro's _get_catalog before).
     shown = keras_cli(digits, "inspect", "classifier_model", "--version", old[0]).stdout
@@ -326,7 +328,8 @@ def test_kedro_keras_commands_on_s3_entries(digits_s3, s3fs_client, keras_cli):
     old = "2020-01-01T00.00.00.000Z"
     s3fs_client.copy(f"{models}/{newest}/classifier.keras", f"{models}/{old}/classifier.keras")
     diff = keras_cli(project, "diff", "classifier_model", old, newest, "-e", "s3").stdout
-    changes = dict(line.split("\t", 1) for line in diff.splitlines() if line.startswith("layers/"))
+    rows = [line.split("\t") for line in diff.splitlines() if line.count("\t") == 2]
+    changes = {group: change for _, group, change in rows if group.startswith("layers/")}
     assert changes and set(changes.values()) == {"same"}, diff
 
     done = keras_cli(project, "prune", "classifier_model", "--keep-last", "1", "-e", "s3").stdout

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import json
 import math
 import zipfile
 from contextlib import contextmanager
@@ -32,8 +33,9 @@ from kedro.io.core import DatasetError, VersionNotFoundError
 from kedro_keras._dataset import export_file
 from kedro_keras._dataset.export_folder import read_manifest
 from kedro_keras._dataset.preview import refuse_hostile_archive
-from kedro_keras._formats.archive import WEIGHTS_MEMBER, ZIP_SIGNATURE
-from kedro_keras._formats.zip_members import member_reader
+from kedro_keras._formats.archive import CONFIG_MEMBER, WEIGHTS_MEMBER, ZIP_SIGNATURE
+from kedro_keras._formats.layer_names import names_by_group
+from kedro_keras._formats.zip_members import member_reader, read_small_member
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK, CorruptFileError, Window, bounded, h5_window
 from kedro_keras._io.h5_guards import array_headers, check_all_datasets, checked_dataset
@@ -218,9 +220,10 @@ def diff_files(first: IO[bytes], second: IO[bytes]) -> list[dict[str, str]]:
     import h5py
 
     with (
-        _weights_image(first) as a,
-        _weights_image(second) as b,
+        _weights_image(first) as (a, names_a),
+        _weights_image(second) as (b, names_b),
     ):
+        names = {**names_a, **names_b}  # a layer removed is named as it was, one kept or added as it is
         # The header walk refuses soft and external links before following any.
         groups_a, groups_b = array_headers(a), array_headers(b)
         with h5py.File(bounded(a), "r") as h5_a, h5py.File(bounded(b), "r") as h5_b:
@@ -229,17 +232,22 @@ def diff_files(first: IO[bytes], second: IO[bytes]) -> list[dict[str, str]]:
             for group in sorted(set(groups_a) | set(groups_b)):
                 if not groups_a.get(group) and not groups_b.get(group):
                     continue  # nothing stored on either side: the model's own group, input layers
+                layer = names.get(group, "")
                 if group not in groups_b:
-                    rows.append({"group": group, "change": "removed"})
+                    rows.append({"layer": layer, "group": group, "change": "removed"})
                     continue
                 if group not in groups_a:
-                    rows.append({"group": group, "change": "added"})
+                    rows.append({"layer": layer, "group": group, "change": "added"})
                     continue
                 shapes_a = {key: shape for key, (shape, _) in groups_a[group].items()}
                 shapes_b = {key: shape for key, (shape, _) in groups_b[group].items()}
                 if shapes_a != shapes_b:
                     rows.append(
-                        {"group": group, "change": f"shapes {_shapes(shapes_a)} -> {_shapes(shapes_b)}"}
+                        {
+                            "layer": layer,
+                            "group": group,
+                            "change": f"shapes {_shapes(shapes_a)} -> {_shapes(shapes_b)}",
+                        }
                     )
                     continue
                 vars_a, vars_b = h5_a[f"{group}/vars"], h5_b[f"{group}/vars"]
@@ -248,8 +256,8 @@ def diff_files(first: IO[bytes], second: IO[bytes]) -> list[dict[str, str]]:
                     # Keras's optimizer stores its step counter first: a count, not a weight.
                     steps, pairs = [int(dataset[()]) for dataset in pairs[0]], pairs[1:]
                     change = f"{steps[0]} -> {steps[1]}" if steps[0] != steps[1] else "same"
-                    rows.append({"group": "optimizer step count", "change": change})
-                rows.append({"group": group, "change": ""})
+                    rows.append({"layer": "", "group": "optimizer step count", "change": change})
+                rows.append({"layer": layer, "group": group, "change": ""})
                 compared.append((len(rows) - 1, pairs))
             for row, pairs in compared:
                 largest = max((_largest_difference(left, right) for left, right in pairs), default=0.0)
@@ -292,14 +300,24 @@ def _shapes(shapes: dict[str, tuple[int, ...]]) -> str:
 
 
 @contextmanager
-def _weights_image(file: IO[bytes]) -> Iterator[IO[bytes]]:
-    """The HDF5 image of a ``.keras`` archive's weights, or of a ``.weights.h5``."""
+def _weights_image(file: IO[bytes]) -> Iterator[tuple[IO[bytes], dict[str, str]]]:
+    """The HDF5 image of a ``.keras`` archive's weights, or of a
+    ``.weights.h5``, and the user's layer names by group, where the file
+    has a config to read them from (an archive does; a weights file not)."""
     head = file.read(len(ZIP_SIGNATURE))
     file.seek(0)
     if head != ZIP_SIGNATURE:
-        yield h5_window(file)
+        yield h5_window(file), {}
         return
     with zipfile.ZipFile(file) as archive:
         refuse_hostile_archive(archive)
         with member_reader(archive, file, WEIGHTS_MEMBER) as member:
-            yield member
+            yield member, _layer_names(archive)
+
+
+def _layer_names(archive: zipfile.ZipFile) -> dict[str, str]:
+    # Names only help to read a diff: a config that cannot be read gives none, not a failure.
+    try:
+        return names_by_group(json.loads(read_small_member(archive, CONFIG_MEMBER)))
+    except Exception:  # noqa: BLE001 - a missing, oversized, malformed or too deeply nested config
+        return {}

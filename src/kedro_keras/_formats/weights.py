@@ -14,6 +14,7 @@ import warnings
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, Iterator
 
+from kedro_keras._formats.layer_names import shown
 from kedro_keras._io.h5 import (
     CHUNK,
     FileRegion,
@@ -127,30 +128,30 @@ def describe_weight_mismatch(model: keras.Model, stored: Layout) -> str | None:
     the file lacks or holds otherwise. Groups the model does not write
     (Keras 2's ``metrics/``) are ignored, as ``load_weights`` ignores them.
     """
-    expected = variable_layout(model)
-    if expected is None:
+    recorded = variable_layout(model)
+    if recorded is None:
         return None
+    expected = recorded.arrays
     aliased = _filled_under_another_name(model, expected, stored)
     problems: list[str] = []
     unbuilt: list[str] = []
     for path, arrays in expected.items():
         held = stored.get(path)
-        name = path or "the model itself"
+        # The user's layer name first, Keras's path in the file beside it.
+        name = shown(path, recorded.names) if path else "the model itself"
         if path in aliased:
             continue
         if not arrays:
             if held:
                 unbuilt.append(name)
-                problems.append(
-                    f"'{name}' has no variables in the model but {len(held)} array(s) in the file"
-                )
+                problems.append(f"{name} has no variables in the model but {len(held)} array(s) in the file")
         elif held is None:
-            problems.append(f"the file holds nothing for '{name}' ({len(arrays)} array(s) in the model)")
+            problems.append(f"the file holds nothing for {name} ({len(arrays)} array(s) in the model)")
         elif set(held) != set(arrays):
-            problems.append(f"'{name}' has {len(arrays)} array(s) in the model but {len(held)} in the file")
+            problems.append(f"{name} has {len(arrays)} array(s) in the model but {len(held)} in the file")
         else:
             problems += [
-                f"'{name}/{key}' has shape {arrays[key]} in the model but {held[key]} in the file"
+                f"{name}: array {key} has shape {arrays[key]} in the model but {held[key]} in the file"
                 for key in sorted(arrays)
                 if tuple(arrays[key]) != tuple(held[key])
             ]

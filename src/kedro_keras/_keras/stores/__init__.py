@@ -14,7 +14,7 @@ at a time (``arrays``).
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from kedro_keras._keras.saving import available, save_state
 
@@ -33,11 +33,20 @@ def h5_read_store(reader: io.BytesIO) -> Any:
     return read_store(reader)
 
 
-def variable_layout(model: Any) -> dict[str, dict[str, tuple[int, ...]]] | None:
-    """``{variable path: {key: shape}}`` of what saving ``model`` would write
-    (the optimizer left out), by Keras's own walk, or None if a layer's
-    ``save_own_variables`` cannot run on this model (say, unfilled
-    variables): then there is nothing to check against."""
+class ModelLayout(NamedTuple):
+    """What saving a model would write, by Keras's own walk."""
+
+    # {variable path: {key: shape}} (``layers/dense_1``: Keras's names, by class)
+    arrays: dict[str, dict[str, tuple[int, ...]]]
+    # {variable path: the layer's own name} (``hidden``), where its variables say it
+    names: dict[str, str]
+
+
+def variable_layout(model: Any) -> ModelLayout | None:
+    """What saving ``model`` would write (the optimizer left out), by
+    Keras's own walk, or None if a layer's ``save_own_variables`` cannot
+    run on this model (say, unfilled variables): then there is nothing to
+    check against."""
     if not available():  # the walk is Keras's private one
         return None
     from kedro_keras._keras.stores.single_file import LayoutRecorder
@@ -47,7 +56,11 @@ def variable_layout(model: Any) -> dict[str, dict[str, tuple[int, ...]]] | None:
         save_state(model, recorder, None, include_optimizer=False)
     except Exception:  # noqa: BLE001 - a check we cannot make is skipped, not failed
         return None
-    return recorder.layout
+    # Layers built inside the model's own scope (a Sequential's, a subclassed
+    # model's) have its name first in their paths: the user's layer name is after it.
+    scope = f"{getattr(model, 'name', '')}/"
+    names = {path: name.removeprefix(scope) for path, name in recorder.names.items()}
+    return ModelLayout(recorder.layout, names)
 
 
 def shard_writer(max_bytes: float, shard_name: Callable[[int], str], open_shard: Callable[[str], Any]) -> Any:

@@ -125,6 +125,7 @@ class LayoutRecorder(H5IOStore):  # type: ignore[misc, valid-type]
     def __init__(self) -> None:  # no HDF5 file: shapes only
         self.mode = "w"
         self.layout: dict[str, dict[str, tuple[int, ...]]] = {}
+        self.names: dict[str, str] = {}
         self._path = ""
 
     def __bool__(self) -> bool:
@@ -140,6 +141,11 @@ class LayoutRecorder(H5IOStore):  # type: ignore[misc, valid-type]
 
         shape = getattr(value, "shape", None)
         self.layout[self._path][key] = tuple(np.shape(value) if shape is None else shape)
+        # A Keras variable's path starts with its layer's name as the user gave it
+        # ("hidden/kernel"), where the file's path has Keras's ("layers/dense_1").
+        owner = getattr(value, "path", None)
+        if isinstance(owner, str) and "/" in owner:
+            self.names.setdefault(self._path, owner.rpartition("/")[0])
 
     def close(self) -> None:
         pass
