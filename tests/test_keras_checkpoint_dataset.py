@@ -373,6 +373,19 @@ class TestKerasCheckpointSemantics:
             and "(e00001-s0000000 pruned)" in lines[1]
         )
 
+    def test_epoch_checkpoints_leave_every_batch_alone(self, tmp_path, data):
+        """A callback with a batch hook at all is handed every batch's logs
+        in step (Keras then cannot dispatch batches asynchronously where the
+        backend allows it): checkpoints at epoch ends have none; those
+        counted in batches have one, and still write."""
+        base = keras.callbacks.Callback.on_train_batch_end
+        by_epoch = KerasCheckpointDataset(filepath=str(tmp_path / "e")).load().callback()
+        by_batches = KerasCheckpointDataset(filepath=str(tmp_path / "b"), save_freq=2).load()
+        assert type(by_epoch).on_train_batch_end is base
+        assert type(by_batches.callback()).on_train_batch_end is not base
+        train(compiled(), data, by_batches, epochs=1, killed=True)
+        assert by_batches.versions(), "no checkpoint counted in batches was written"
+
 
 class TestFinishedTrainings:
     """A training whose fit ended normally is finished: the next run does not

@@ -44,10 +44,6 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._batch_checkpoint_due(batch):
-            self._checkpoint(self._epoch, batch + 1, logs or {}, at_epoch_end=False)
-
     def _batch_checkpoint_due(self, batch: int) -> bool:
         # With steps_per_execution above 1, Keras calls this once per
         # execution, with the index of its last batch: count the batches, not
@@ -129,6 +125,17 @@ class CheckpointCallback(keras.callbacks.Callback):
             "backend": keras.backend.backend(),
         }
         dataset._write_checkpoint(self.model, epochs_done, steps, record)
+
+
+class BatchCheckpointCallback(CheckpointCallback):
+    """The callback for a ``save_freq`` counted in batches. Apart, because a
+    callback that has a batch hook at all makes Keras hand it every batch's
+    logs in step (no asynchronous dispatch where the backend allows it):
+    checkpoints at epoch ends should not pay that on every batch."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._batch_checkpoint_due(batch):
+            self._checkpoint(self._epoch, batch + 1, logs or {}, at_epoch_end=False)
 
 
 def _direction_of(model: keras.Model, monitor: str, url: str) -> bool:

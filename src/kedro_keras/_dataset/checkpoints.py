@@ -155,9 +155,10 @@ class Checkpoints:
 
     def callback(self) -> keras.callbacks.Callback:
         """A Keras callback that writes a checkpoint as the entry says."""
-        from kedro_keras._dataset.checkpoint_callback import CheckpointCallback
+        from kedro_keras._dataset.checkpoint_callback import BatchCheckpointCallback, CheckpointCallback
 
-        return CheckpointCallback(self._dataset, self.best_value)
+        by_batches = self._dataset._policy.save_freq != "epoch"
+        return (BatchCheckpointCallback if by_batches else CheckpointCallback)(self._dataset, self.best_value)
 
 
 def restore_weights(location: Location, path: PurePosixPath, model: keras.Model) -> None:
