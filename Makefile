@@ -96,7 +96,15 @@ $(TORCH_VENV)/.installed: pyproject.toml
 #      cross-backend test (it drives all three venvs itself), each run's
 #      output printed whole when it ends (--output-sync).
 # The named targets (test-jax, ...) each still run alone.
+# The four venvs take about 8.2 GB (measured: 2.8 + 2.2 + 1.7 + 1.5); pip needs
+# room to unpack beside them. A full disk fails an install with pip's
+# 'No space left on device' deep in .venvs.log: said up front instead.
+TEST_DISK_GB := 10
 test: lint docs
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ ! -e $(FLOOR_VENV)/.installed ] && [ "$$free" -lt $(TEST_DISK_GB) ]; then \
+		echo "warning: make test installs three more virtual environments (about $(TEST_DISK_GB) GB with pip's room to unpack); $$free GB free here" >&2; \
+	fi
 	$(MAKE) --no-print-directory -j2 test-tensorflow other-venvs-logged
 	$(MAKE) --no-print-directory -j2 --output-sync=target jax-runs other-runs
 
