@@ -162,6 +162,30 @@ def test_verify_tells_a_missing_version_from_damage(tmp_path, entry):
     assert "nothing is saved at" in nothing.output
 
 
+def test_inspect_of_a_version_that_is_not_there_is_an_error(tmp_path, entry):
+    """It said 'stored: nothing saved yet' and exited 0 (#30)."""
+    run = entry(ENTRIES["model"](tmp_path))
+    missing = run("inspect", "m", "--version", "2030-01-01T00.00.00.000Z")
+    assert missing.exit_code == 1, missing.output
+    (line,) = missing.output.splitlines()
+    assert line.startswith("Error: cannot inspect m 2030-01-01T00.00.00.000Z: ")
+    assert f"has no version '2030-01-01T00.00.00.000Z'. Newest versions there: {NEWER}, {OLDER}." in line
+    there = run("inspect", "m", "--version", OLDER)
+    assert there.exit_code == 0 and "nothing saved yet" not in there.output
+
+
+def test_a_dry_run_counts_what_would_remain(tmp_path, entry):
+    """It printed 'would remove' lines, then '2 version(s) kept of 2' (#30)."""
+    run = entry(ENTRIES["model"](tmp_path))
+    result = run("prune", "m", "--keep-last", "1", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"would remove m version {OLDER}",
+        "m: 1 version(s) of 2 would remain (dry run: nothing removed)",
+    ]
+    assert len(run("prune", "m", "--keep-last", "1", "--dry-run").output.splitlines()) == 2  # nothing went
+
+
 def test_prune_removes_the_oldest_versions_of_any_kind_through_the_protocol(tmp_path, entry):
     run = entry(ENTRIES["sharded weights"](tmp_path))
     result = run("prune", "w", "--keep-last", "1")

@@ -72,6 +72,8 @@ def list_entries(env: str | None, as_json: bool) -> None:
 def inspect_entry(name: str, version: str | None, env: str | None, as_json: bool) -> None:
     """What entry NAME holds: its Kedro-Viz preview as a table."""
     dataset = _entry(name, env, version)
+    if version is not None:  # a version that is not there is an error, not "nothing saved yet"
+        _answer(lambda: dataset.stored_path(version), failing=f"cannot inspect {name} {version}: ")
     rows = [{"property": key, "value": value} for key, value in dataset.preview()["data"]]
     _print(rows, ["property", "value"], as_json, title=name)
 
@@ -133,7 +135,11 @@ def prune_entry(name: str, keep_last: int, older_than: float | None, dry_run: bo
         if not dry_run:
             dataset.remove_version(version)
         _echo(f"{'would remove' if dry_run else 'removed'} {name} version {version.name}")
-    _echo(f"{name}: {len(versions) - (0 if dry_run else len(doomed))} version(s) kept of {len(versions)}")
+    remaining = len(versions) - len(doomed)
+    if dry_run:
+        _echo(f"{name}: {remaining} version(s) of {len(versions)} would remain (dry run: nothing removed)")
+    else:
+        _echo(f"{name}: {remaining} version(s) kept of {len(versions)}")
 
 
 def _older(saved_at: float | None, now: float, days: float) -> bool:
