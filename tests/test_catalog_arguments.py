@@ -89,3 +89,54 @@ def test_an_unknown_load_arg_is_refused_in_one_wording_by_every_dataset(dataset,
         f"Unknown load_args ['safe_mdoe'] for '{filepath}'; the ones understood are ['"
     )
     assert "'safe_mode'" in str(raised.value)
+
+
+def _filepath_for(dataset, root):
+    if dataset is KerasWeightsDataset:
+        return f"{root}/m.weights.h5"
+    if dataset is KerasExportDataset:
+        return f"{root}/m.onnx"
+    if dataset in (KerasCheckpointDataset, KerasTimestampedModelDataset):
+        return f"{root}/folder"
+    return f"{root}/m.keras"
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize(
+    "root, typo, meant",
+    [
+        ("{tmp}", "stall_timout", "stall_timeout"),
+        ("{tmp}", "concurency", "concurrency"),
+        ("s3://bucket/models", "endpoint_ur1", "endpoint_url"),
+        ("s3://bucket/models", "config_kwarg", "config_kwargs"),
+    ],
+)
+def test_a_misspelt_fs_arg_is_refused_when_the_catalog_is_built(dataset, root, typo, meant, tmp_path):
+    """fsspec filesystems take **kwargs and ignore what they do not know:
+    'stall_timout: 5' left the 60 s default in place without a word (#30)."""
+    filepath = _filepath_for(dataset, root.format(tmp=tmp_path))
+    with pytest.raises(DatasetError) as raised:
+        dataset(filepath=filepath, fs_args={typo: 5})
+    assert str(raised.value).startswith(
+        f"fs_args.{typo} of '{filepath}' is not an option: did you mean '{meant}'?"
+    )
+
+
+@pytest.mark.parametrize("value", [0, -1, "5", True, None])
+def test_stall_timeout_must_be_seconds_above_zero(value, tmp_path):
+    filepath = str(tmp_path / "m.keras")
+    with pytest.raises(
+        DatasetError, match=r"fs_args.stall_timeout of '.*' must be a number of seconds above 0"
+    ):
+        KerasModelDataset(filepath=filepath, fs_args={"stall_timeout": value})
+
+
+def test_an_fs_arg_far_from_every_known_name_still_reaches_the_filesystem(tmp_path):
+    """A filesystem may take keys no signature names (its **kwargs): only near
+    misses of a known name are refused."""
+    path = tmp_path / "m.keras"
+    dataset = KerasModelDataset(
+        filepath=str(path), fs_args={"stall_timeout": 7.5, "auto_mkdir": True, "project_specific_flag": 1}
+    )
+    assert dataset._location.transfer.stall_seconds == 7.5
+    assert dataset._location.fs.auto_mkdir is True

@@ -27,6 +27,7 @@ from fsspec.spec import AbstractBufferedFile
 from kedro.io.core import Version, get_protocol_and_path
 
 from kedro_keras._io import progress as _progress
+from kedro_keras._io.fs_args import checked_part_size, positive_int, refuse_misspelt_fs_args, seconds
 from kedro_keras._io.paths import refuse_special_file
 from kedro_keras._io.progress import NO_PROGRESS, Transfer, _NoProgress
 from kedro_keras._io.remote import FileChangedError, RemoteReader
@@ -65,26 +66,6 @@ DEFAULT_STALL_SECONDS = 60.0
 DEFAULT_CONCURRENCY = 8
 
 
-def _positive_int(value: Any, name: str, filepath: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SafeDatasetError(
-            f"fs_args.{name} of '{filepath}' must be a whole number of at least 1, not {value!r}"
-        )
-    return value
-
-
-def _part_size(value: Any, filepath: str) -> int | None:
-    if value is None:
-        return None
-    size = _positive_int(value, "part_size", filepath)
-    if size < 5 * 2**20:
-        raise SafeDatasetError(
-            f"fs_args.part_size of '{filepath}' must be at least 5 MiB (5242880 bytes), S3's smallest "
-            f"part, not {size}"
-        )
-    return size
-
-
 def checked_filepath(filepath: Any) -> str:
     """A dataset's ``filepath`` as a string, once it names something: an
     empty value would become the current folder, and ``None`` a folder named
@@ -116,20 +97,23 @@ class Location:
         version: Version | None = None,
     ) -> None:
         fs_args = deepcopy(fs_args) or {}
+        self.protocol, path = get_protocol_and_path(filepath, version)
+        refuse_misspelt_fs_args(fs_args, self.protocol, filepath)
         self.open_args_load: dict[str, Any] = fs_args.pop("open_args_load", {})
         self.open_args_save: dict[str, Any] = fs_args.pop("open_args_save", {})
         credentials = deepcopy(credentials) or {}
 
         self.transfer = TransferOptions(
-            stall_seconds=float(fs_args.pop("stall_timeout", DEFAULT_STALL_SECONDS)),
-            concurrency=_positive_int(
+            stall_seconds=seconds(
+                fs_args.pop("stall_timeout", DEFAULT_STALL_SECONDS), "stall_timeout", filepath
+            ),
+            concurrency=positive_int(
                 fs_args.pop("concurrency", DEFAULT_CONCURRENCY), "concurrency", filepath
             ),
-            part_size=_part_size(fs_args.pop("part_size", None), filepath),
+            part_size=checked_part_size(fs_args.pop("part_size", None), filepath),
         )
         self.shows_progress = _progress.wanted(fs_args.pop("progress", True))
 
-        self.protocol, path = get_protocol_and_path(filepath, version)
         if self.protocol == "file":
             fs_args.setdefault("auto_mkdir", True)
         if self.protocol in ("s3", "s3a"):
