@@ -9,6 +9,7 @@ test_bounded_waits.py.)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,9 @@ MISTAKES = {
 }
 
 
+DOUBLED_STOP = re.compile(r"(?<![./])\.\.(?=\s|$)")
+
+
 def snapshot(folder: Path) -> dict[str, bytes | None]:
     return {
         str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
@@ -164,6 +168,18 @@ def test_a_mistake_is_named_by_its_true_cause_and_changes_nothing(tmp_path, mode
     mistake = MISTAKES[case]
     mistake.arrange(tmp_path, model)
     before = snapshot(tmp_path)
-    with pytest.raises(DatasetError, match=mistake.says):
+    with pytest.raises(DatasetError, match=mistake.says) as raised:
         mistake.act(tmp_path, model)
     assert snapshot(tmp_path) == before
+    # A quoted cause's own full stop and the message's: one is enough (#30).
+    assert not DOUBLED_STOP.search(str(raised.value)), str(raised.value)
+
+
+def test_a_doubled_full_stop_becomes_one_but_an_ellipsis_and_a_path_stay():
+    from kedro_keras._log import SafeDatasetError
+
+    assert str(SafeDatasetError("Refusing 'a.keras': it is damaged.. Restore it.")) == (
+        "Refusing 'a.keras': it is damaged. Restore it."
+    )
+    assert str(SafeDatasetError("cause..")) == "cause."
+    assert str(SafeDatasetError("wait... then ../up and a/.. here")) == "wait... then ../up and a/.. here"

@@ -12,6 +12,7 @@ text for rich, whichever module logs it and whatever it logs.
 from __future__ import annotations
 
 import logging
+import re
 
 from kedro.io.core import DatasetError
 
@@ -24,6 +25,10 @@ def printable(text: str, limit: int | None = 200) -> str:
     return shown + ("..." if limit is not None and len(text) > limit else "")
 
 
+# Two full stops ending a sentence (not an ellipsis, not a path's "..").
+_DOUBLED_STOP = re.compile(r"(?<![./])\.\.(?=\s|$)")
+
+
 class SafeDatasetError(DatasetError):
     """A ``DatasetError`` whose message, which may quote a file (a layer's or
     a model's name, a shard's, a record's field, Keras's own error about
@@ -32,7 +37,9 @@ class SafeDatasetError(DatasetError):
     terminal raw. Every error the datasets raise is one."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(printable(str(message), limit=None))
+        # Messages end a quoted cause with a full stop ("...: {exc}."), and
+        # many causes end with one of their own: one is enough.
+        super().__init__(_DOUBLED_STOP.sub(".", printable(str(message), limit=None)))
 
 
 class ShownAsDataError(Exception):

@@ -16,6 +16,7 @@ versions, and the protocol above for Kedro's version folders.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Callable
@@ -49,6 +50,11 @@ class StoredModels:
     """The protocol of ``kedro keras`` and ``verify`` (see the module's docstring)."""
 
     _location: Location
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _without_final_stop(cls.__dict__["__init__"])  # type: ignore[method-assign]
 
     @property
     def keeps_versions(self) -> bool:
@@ -90,6 +96,25 @@ class StoredModels:
     def compare(self, first: str, second: str) -> list[dict[str, str]]:
         """Per variable group of versions ``first`` and ``second``: what changed."""
         return _verify.diff_stored(self._location, self.stored_path(first), self.stored_path(second))
+
+
+def _without_final_stop(init: Callable[..., None]) -> Callable[..., None]:
+    """A dataset's constructor whose refusals end without a full stop:
+    Kedro quotes an error raised while it builds the catalog and ends it with
+    one of its own ("{error}.\nFailed to instantiate dataset ..."), which
+    made two."""
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except DatasetError as exc:
+            message = str(exc)
+            if len(exc.args) == 1 and message.endswith(".") and not message.endswith(".."):
+                exc.args = (message[:-1],)
+            raise
+
+    return checked
 
 
 def check_version_name(version: Any, url: str) -> str:
