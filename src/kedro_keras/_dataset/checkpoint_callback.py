@@ -75,6 +75,8 @@ class CheckpointCallback(keras.callbacks.Callback):
                 f"Checkpoints in '{self._dataset._url()}': monitor '{monitor}' is not among the metrics "
                 f"fit logged at the end of epoch {epoch + 1}: {', '.join(sorted(logs)) or 'none'}{hint}."
             )
+        if monitor is not None:
+            _monitored(logs, monitor, self._dataset._url())  # not a single number: an error every epoch
         if self._dataset._policy.at_epoch_end(epoch + 1):
             self._checkpoint(epoch + 1, 0, logs, at_epoch_end=True)
 
@@ -95,7 +97,7 @@ class CheckpointCallback(keras.callbacks.Callback):
     def _checkpoint(self, epochs_done: int, steps: int, logs: dict[str, Any], *, at_epoch_end: bool) -> None:
         dataset = self._dataset
         policy = dataset._policy
-        value = _number(logs.get(policy.monitor)) if policy.monitor else None
+        value = _monitored(logs, policy.monitor, dataset._url()) if policy.monitor else None
         larger_is_better = self._larger_is_better() if policy.monitor else None
         improved = value is not None and policy.improves(value, self._best, bool(larger_is_better))
         if policy.save_best_only and policy.monitor in logs and value is None:
@@ -197,6 +199,31 @@ def set_random_states(model: keras.Model, states: list[dict[str, Any]]) -> bool:
     for variable, array in zip(variables, arrays, strict=True):
         variable.assign(array)
     return True
+
+
+def _monitored(logs: dict[str, Any], monitor: str, url: str) -> float | None:
+    """The monitored metric's value in ``logs``: None if it is not there or
+    NaN; a ``DatasetError`` if it is not a single number (an F1Score with
+    ``average=None`` logs one per class), which no checkpoint can be ranked
+    by: taken for NaN, it would never be an improvement, and
+    ``save_best_only`` would write nothing, silently."""
+    import numpy as np
+
+    if monitor not in logs:
+        return None
+    raw = logs[monitor]
+    try:
+        shape = np.shape(raw)
+        value = float(raw) if shape == () else None
+    except (TypeError, ValueError):
+        shape, value = (), None
+    if value is None:
+        logged = f"an array of shape {shape}" if shape else f"a {type(raw).__name__}"
+        raise SafeDatasetError(
+            f"Checkpoints in '{url}': monitor '{monitor}' is not a single number; fit logged {logged} "
+            "for it. Monitor a metric that is one number (e.g. F1Score with average='macro')."
+        )
+    return None if math.isnan(value) else value
 
 
 def _number(value: Any) -> float | None:

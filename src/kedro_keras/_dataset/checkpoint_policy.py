@@ -95,7 +95,9 @@ class CheckpointPolicy:
     def best(self, records: list[tuple[str, dict[str, Any]]], found: bool | None) -> str | None:
         """The version whose record's value is best, by the direction
         ``found`` on the model, else the one the newest record holds (as
-        the training that wrote it found it)."""
+        the training that wrote it found it). ``records`` come newest first;
+        of equal values the earliest is the best, as for Keras's
+        ``ModelCheckpoint``, to which a later equal value is no improvement."""
         if found is None:
             found = next(
                 (r["larger_is_better"] for _, r in records if isinstance(r.get("larger_is_better"), bool)),
@@ -103,7 +105,7 @@ class CheckpointPolicy:
             )
         larger_is_better = self.larger_is_better(found)
         best, best_value = None, None
-        for version, record in records:
+        for version, record in reversed(records):
             value = record.get("value")
             if value is not None and (
                 best_value is None or self.improves(value, best_value, larger_is_better)
