@@ -9,6 +9,7 @@ import os
 import string
 from pathlib import Path
 
+import checkpoint_overhead
 from plan import (
     BIG_LINK_PARAMS,
     BIG_PARAMS,
@@ -306,6 +307,7 @@ def render(report, outputs) -> str:
         f"{_times(_row(report, 'local load', 'keras'))}."
     )
     values = {
+        "checkpoint_overhead": checkpoint_overhead.section(report.get("checkpoint_overhead")),
         "notices": _notices(report),
         "image": os.path.relpath(outputs["png"], outputs["doc"].parent),
         "layers": shape["layers"],

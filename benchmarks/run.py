@@ -37,6 +37,7 @@ import traceback
 import uuid
 from pathlib import Path
 
+import checkpoint_overhead
 import facts
 import page
 import report
@@ -483,6 +484,12 @@ def main(argv=None) -> int:
                 pass
 
     results = report.summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_facts)
+    if args.only is None:
+        print("Per-checkpoint overhead on a small model (checkpoint_overhead.py):", flush=True)
+        results["checkpoint_overhead"] = checkpoint_overhead.measure(
+            *((1, 20) if args.quick else (args.repeats, 100)), timeout=args.timeout
+        )
+        results["meta"]["total_runtime_s"] = time.perf_counter() - started
     report.write_outputs(results, outputs)
     print()
     print(page.markdown_table(results["summary"]))
