@@ -436,6 +436,32 @@ class TestFinishedTrainings:
         (kept,) = folder.glob("finished-*")
         assert {p.name for p in kept.iterdir()} >= {"ckpt-e00002-s0000000.keras", "ckpt-finished.json"}
 
+    def test_a_fit_that_did_not_restore_an_interrupted_series_sets_it_aside(self, tmp_path, data, caplog):
+        """Without restore(), a new fit's e00001, e00002 were older by name than
+        the killed series' e00005 and pruned as soon as written: the new
+        training kept no checkpoint at all. The killed series is set aside,
+        kept, with a warning saying how to resume it instead."""
+        folder = tmp_path / "c"
+        entry = {"filepath": str(folder), "keep_last": 3}
+        train(compiled(), data, KerasCheckpointDataset(**entry).load(), epochs=5, killed=True)
+        killed = sorted(p.name for p in folder.iterdir())
+        with caplog.at_level(logging.WARNING, logger="kedro_keras"):
+            train(compiled(), data, KerasCheckpointDataset(**entry).load(), epochs=2, killed=True)
+        assert KerasCheckpointDataset(**entry).versions() == ["e00002-s0000000", "e00001-s0000000"]
+        (aside,) = folder.glob("interrupted-*")
+        assert sorted(p.name for p in aside.iterdir()) == killed  # nothing lost
+        (warning,) = [r.getMessage() for r in caplog.records if "did not restore" in r.getMessage()]
+        assert "newest checkpoint e00005-s0000000" in warning and "checkpoints.restore()" in warning
+
+    def test_a_fit_after_restore_goes_on_with_the_series(self, tmp_path, data):
+        folder = tmp_path / "c"
+        entry = {"filepath": str(folder), "keep_last": None}
+        train(compiled(), data, KerasCheckpointDataset(**entry).load(), epochs=2, killed=True)
+        checkpoints = KerasCheckpointDataset(**entry).load()
+        model = checkpoints.restore()
+        train(model, data, checkpoints, epochs=3, initial_epoch=checkpoints.initial_epoch, killed=True)
+        assert len(checkpoints.versions()) == 3 and not list(folder.glob("interrupted-*"))
+
     def test_a_marker_that_is_not_ours_counts_as_finished_with_a_warning(self, tmp_path, data, caplog):
         folder = tmp_path / "c"
         train(compiled(), data, KerasCheckpointDataset(filepath=str(folder)).load(), epochs=1, killed=True)

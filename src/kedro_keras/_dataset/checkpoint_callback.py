@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
+from kedro_keras._dataset.checkpoint_series import set_aside_unrestored
 from kedro_keras._log import SafeDatasetError, get_logger
 
 if TYPE_CHECKING:
@@ -39,7 +40,11 @@ class CheckpointCallback(keras.callbacks.Callback):
         # did not call restore() first: new ones must not mix with them.
         # Once per dataset: a second fit in the same node (fine-tuning
         # after the head) goes on with the series the first one wrote.
-        self._dataset._settle_finished(continue_finished=self._dataset._settled)
+        dataset = self._dataset
+        unrestored = not dataset._settled  # neither restore() nor an earlier fit looked at the folder
+        dataset._settle_finished(continue_finished=dataset._settled)
+        if unrestored:
+            set_aside_unrestored(dataset._location, dataset._folder)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch

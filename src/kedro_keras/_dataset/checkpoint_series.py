@@ -25,6 +25,8 @@ logger = get_logger("kedro_keras.keras_checkpoint_dataset")
 
 FINISHED = f"{PREFIX}finished.json"
 ARCHIVE_PREFIX = "finished-"
+# Where an interrupted series goes when a training starts without restoring it.
+SET_ASIDE_PREFIX = "interrupted-"
 # The marker holds a version and a time: anything larger is not ours.
 _MAX_MARKER_BYTES = 4096
 
@@ -68,7 +70,7 @@ def settle_finished(location: Location, folder: PurePosixPath, *, continue_finis
         unmark_finished(location, folder)
         logger.info("Continuing the training in %s: %s", location.url(folder), describe(marker))
         return
-    archive = archive_finished(location, folder)
+    archive = archive_series(location, folder, ARCHIVE_PREFIX)
     # A warning, as "Resuming from checkpoint" is: what the run trains depends on it.
     logger.warning(
         "The training in %s is finished (%s): this one starts anew; its checkpoints are kept in %s "
@@ -98,16 +100,37 @@ def unmark_finished(location: Location, folder: PurePosixPath) -> None:
     location.invalidate_cache(folder)
 
 
-def archive_finished(location: Location, folder: PurePosixPath) -> PurePosixPath:
-    """Move the finished series' files into a ``finished-<UTC time>`` folder
-    beside them, the marker last: a run killed while moving moves the rest
+def set_aside_unrestored(location: Location, folder: PurePosixPath) -> None:
+    """A training starting without ``restore()`` beside an interrupted
+    series: its first checkpoints (epoch 1, 2, ...) would be older by name
+    than the series' newest, and pruning would remove each as soon as it was
+    written. The series moves into an ``interrupted-<UTC time>`` folder
+    beside it, kept, with a warning saying how to resume it instead."""
+    names = location.names_in(folder)
+    versions = sorted({_version_of_file(n) for n in names if n.startswith(PREFIX) and n != FINISHED} - {""})
+    versions = [v for v in versions if is_version(v)]
+    if not versions:
+        return
+    archive = archive_series(location, folder, SET_ASIDE_PREFIX)
+    logger.warning(
+        "%s holds an interrupted training (newest checkpoint %s) that this fit did not restore: it starts "
+        "anew, and those checkpoints are kept in %s (call checkpoints.restore() before fit to resume one)",
+        location.url(folder),
+        versions[-1],
+        location.url(archive),
+    )
+
+
+def archive_series(location: Location, folder: PurePosixPath, prefix: str) -> PurePosixPath:
+    """Move the series' files into a ``<prefix><UTC time>`` folder beside
+    them, the finished marker last: a run killed while moving moves the rest
     next time. Returns the folder they went to."""
     names = location.names_in(folder)
     stamp = datetime.now(tz=timezone.utc).strftime("%Y-%m-%dT%H.%M.%S.%fZ")
-    archive = folder / f"{ARCHIVE_PREFIX}{stamp}"
+    archive = folder / f"{prefix}{stamp}"
     suffix = 1
     while location.exists(archive):  # never into another archive: a move would replace its files
-        archive = folder / f"{ARCHIVE_PREFIX}{stamp}-{suffix}"
+        archive = folder / f"{prefix}{stamp}-{suffix}"
         suffix += 1
     ours = sorted(
         name
