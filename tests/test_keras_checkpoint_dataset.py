@@ -3,6 +3,7 @@ continue a training exactly where it stopped."""
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 
@@ -552,6 +553,43 @@ class TestKerasCheckpointDatasetMistakes:
         assert "monitor 'val_los'" in message and "end of epoch 1" in message
         assert "loss, mae, val_loss, val_mae" in message
         assert dataset.versions() == []
+
+    def test_epochs_without_validation_are_not_an_error_but_go_unranked(self, tmp_path, data, caplog):
+        """validation_freq=2 leaves val_loss out of every other epoch's logs:
+        that stopped the training at the end of epoch 1 (#29). Keras warns;
+        so do we, once, and rank only the epochs that have it."""
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"), monitor="val_loss", keep_last=None)
+        with caplog.at_level(logging.WARNING, logger="kedro_keras"):
+            history = train(
+                compiled(),
+                data,
+                dataset.load(),
+                epochs=4,
+                validation_split=0.25,
+                validation_freq=2,
+                killed=True,
+            )
+        assert history is None  # killed at the end, after all four epochs
+        assert dataset.versions() == [f"e{n:05d}-s0000000" for n in (4, 3, 2, 1)]
+        folder = tmp_path / "c"
+        values = {
+            n: json.loads((folder / f"ckpt-e{n:05d}-s0000000.json").read_text())["value"]
+            for n in (1, 2, 3, 4)
+        }
+        assert values[1] is None and values[3] is None
+        assert isinstance(values[2], float) and isinstance(values[4], float)
+        best = min((2, 4), key=values.get)
+        assert dataset._best_version(dataset.versions()) == f"e{best:05d}-s0000000"
+        (warning,) = [r.getMessage() for r in caplog.records if "no validation has run" in r.getMessage()]
+        assert "monitor 'val_loss' is not in the logs of epoch 1" in warning
+
+    def test_a_val_metric_with_no_validation_at_all_warns_once_and_writes(self, tmp_path, data, caplog):
+        dataset = KerasCheckpointDataset(filepath=str(tmp_path / "c"), monitor="val_loss")
+        with caplog.at_level(logging.WARNING, logger="kedro_keras"):
+            train(compiled(), data, dataset.load(), epochs=3, killed=True)
+        assert len(dataset.versions()) == 3
+        warnings = [r.getMessage() for r in caplog.records if "no validation has run" in r.getMessage()]
+        assert len(warnings) == 1 and "validation_data or validation_split" in warnings[0]
 
     def test_weights_only_checkpoints_need_the_model_to_restore_into(self, tmp_path, data):
         entry = {"filepath": str(tmp_path / "c"), "save_weights_only": True}

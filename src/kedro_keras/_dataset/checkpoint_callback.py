@@ -34,6 +34,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._batches_since_save = 0
         self._last_batch_seen: int | None = None
         self._warned_unmonitored = False
+        self._validated_this_epoch = self._validated_in_fit = False
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         # A finished training's checkpoints make way, also when the node
@@ -48,6 +49,12 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
+        self._validated_this_epoch = False
+
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        # fit's validation runs evaluate() with fit's callbacks: this tells an
+        # epoch without validation (validation_freq) from a mistyped val_ metric.
+        self._validated_this_epoch = self._validated_in_fit = True
 
     def _batch_checkpoint_due(self, batch: int) -> bool:
         # With steps_per_execution above 1, Keras calls this once per
@@ -71,15 +78,26 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._last_batch_seen = None
         monitor = self._dataset._policy.monitor
         if monitor is not None and monitor not in logs:
-            hint = (
-                " (val_ metrics need validation_data or validation_split in fit)"
-                if monitor.startswith("val_")
-                else ""
-            )
-            raise SafeDatasetError(
-                f"Checkpoints in '{self._dataset._url()}': monitor '{monitor}' is not among the metrics "
-                f"fit logged at the end of epoch {epoch + 1}: {', '.join(sorted(logs)) or 'none'}{hint}."
-            )
+            if not (monitor.startswith("val_") and not self._validated_this_epoch):
+                raise SafeDatasetError(
+                    f"Checkpoints in '{self._dataset._url()}': monitor '{monitor}' is not among the metrics "
+                    f"fit logged at the end of epoch {epoch + 1}: {', '.join(sorted(logs)) or 'none'}."
+                )
+            # No validation ran in this epoch (validation_freq above 1, or no
+            # validation data at all): as Keras does, a warning, not an error.
+            if not self._validated_in_fit and not self._warned_unmonitored:
+                self._warned_unmonitored = True
+                logger.warning(
+                    "Checkpoints in %s: monitor '%s' is not in the logs of epoch %d: no validation has run "
+                    "in this fit yet (val_ metrics need validation_data or validation_split, and come only "
+                    "every validation_freq epochs); checkpoints without it are not ranked%s",
+                    self._dataset._url(),
+                    monitor,
+                    epoch + 1,
+                    " (save_best_only writes them, as Keras does)"
+                    if self._dataset._policy.save_best_only
+                    else "",
+                )
         if monitor is not None:
             _monitored(logs, monitor, self._dataset._url())  # not a single number: an error every epoch
         if self._dataset._policy.at_epoch_end(epoch + 1):
