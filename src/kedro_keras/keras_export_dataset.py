@@ -315,6 +315,8 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
             )
             if manifest is not None:
                 loaded.input_keys = manifest["input_keys"]
+                if sorted(manifest["input_order"]) == sorted(loaded.input_names):  # LiteRT's: see export_file
+                    loaded.input_names = manifest["input_order"]
         except RefusedArtifactError as exc:
             raise SafeDatasetError(
                 f"Refusing to load the {self._format} export at '{url}': {exc}."

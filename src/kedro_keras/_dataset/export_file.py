@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,8 @@ def signature_of(model: keras.Model, format: str, local: str | None) -> dict[str
 
                 signature = litert_signature(content)
             names = signature.pop("input_names")
+            if format == "litert":
+                signature, names = _in_model_order(model, signature, names)
             return {**signature, **_input_keys(model, names)}
         return {
             "inputs": [_keras_tensor(tensor) for tensor in model.inputs],
@@ -107,17 +110,69 @@ def signature_of(model: keras.Model, format: str, local: str | None) -> dict[str
         return {}
 
 
+def _in_model_order(
+    model: keras.Model, signature: dict[str, Any], names: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """A LiteRT file's inputs in the order the model takes them, recorded as
+    ``input_order`` (LiteRT sorts a signature's names as text, and the
+    order of its subgraph's inputs follows neither): the order of
+    ``model.inputs`` where the file names its inputs after them, else the
+    names sorted with their numbers as numbers (TensorFlow names a nested
+    input ``args_0``, ``args_0_1``, ..., ``args_0_10``)."""
+    own = [tensor.name for tensor in getattr(model, "inputs", None) or []]
+    if sorted(own) == sorted(names) and len(set(own)) == len(own):
+        order = own
+    else:
+        order = sorted(
+            names, key=lambda name: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+        )
+    if order == names:
+        return signature, names
+    described = dict(zip(names, signature.get("inputs", []), strict=False))
+    inputs = [described[name] for name in order if name in described]
+    return {**signature, "inputs": inputs, "input_order": order}, order
+
+
 def _input_keys(model: keras.Model, names: list[str]) -> dict[str, dict[str, str]]:
     """``{"input_keys": {model's key: file's input name}}`` for a model whose
     inputs are a dict keyed otherwise than the file names them: the file's
-    inputs come in the order of ``model.inputs``, the dict flattened."""
-    structure = model.input
+    inputs come in the order of ``model.inputs``, the dict flattened. A
+    subclassed model has no ``model.input``: the dict its first call was
+    given (its build config) is flattened as every exporter flattens it,
+    keys sorted (``keras.tree``)."""
+    try:
+        structure = model.input
+    except AttributeError:  # a subclassed model: no symbolic inputs
+        return _called_with_keys(model, names)
     if not isinstance(structure, dict) or len(names) != len(model.inputs):
         return {}
     positions = {id(tensor): index for index, tensor in enumerate(model.inputs)}
     keys = {
         str(key): names[positions[id(tensor)]] for key, tensor in structure.items() if id(tensor) in positions
     }
+    return {"input_keys": keys} if any(key != name for key, name in keys.items()) else {}
+
+
+def _called_with_keys(model: keras.Model, names: list[str]) -> dict[str, dict[str, str]]:
+    """``_input_keys`` of a subclassed model first called with one dict of
+    tensors: each key to the one name that is the key or ends in ``_<key>``
+    (TensorFlow names them ``args_0_<key>``), else by position, keys sorted
+    as every exporter flattens a dict (other exporters name them ``input_<i>``)."""
+    config = model.get_build_config()
+    shapes = config.get("input_shape") if isinstance(config, dict) else None
+    if (
+        not isinstance(shapes, dict)
+        or len(shapes) != len(names)
+        or not all(isinstance(k, str) for k in shapes)
+    ):
+        return {}
+    matches = {key: [name for name in names if name == key or name.endswith(f"_{key}")] for key in shapes}
+    if all(len(found) == 1 for found in matches.values()) and len({f[0] for f in matches.values()}) == len(
+        names
+    ):
+        keys = {key: found[0] for key, found in matches.items()}
+    else:
+        keys = dict(zip(sorted(shapes), names, strict=True))
     return {"input_keys": keys} if any(key != name for key, name in keys.items()) else {}
 
 
@@ -183,10 +238,18 @@ def read_file_manifest(location: Location, path: PurePosixPath) -> dict[str, Any
         and all(isinstance(key, str) and isinstance(name, str) for key, name in keys.items())
     ):
         keys = {}
+    order = manifest.get("input_order")
+    if not (
+        isinstance(order, list)
+        and len(order) <= _MAX_INPUT_KEYS
+        and all(isinstance(name, str) for name in order)
+    ):
+        order = []
     return {
         **{key: printable(str(manifest.get(key, "?")), 80) for key in _TEXT_FIELDS},
         **checked_signature(manifest),
         "input_keys": keys,
+        "input_order": order,
         "size": size,
         "sha256": sha256,
     }

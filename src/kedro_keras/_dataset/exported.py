@@ -12,7 +12,7 @@ import importlib.util
 import re
 from typing import Any
 
-from kedro_keras._formats.litert import check_litert, probe_litert_in_child
+from kedro_keras._formats.litert import check_litert, in_output_order, probe_litert_in_child
 from kedro_keras._formats.onnx import DEFAULT_MAX_TENSOR_BYTES, check_onnx
 from kedro_keras._log import printable
 
@@ -184,8 +184,11 @@ class LiteRTModel:
         if self._key is not None:
             self._runner = self.interpreter.get_signature_runner(self._key)
             details = self._runner.get_input_details()
+            # LiteRT sorts a signature's names as text; the dataset puts the
+            # inputs in the model's order from the manifest (a list given to
+            # predict follows it).
             self.input_names = list(signatures[self._key]["inputs"])
-            self.output_names = list(signatures[self._key]["outputs"])
+            self.output_names = in_output_order(list(signatures[self._key]["outputs"]))
             self.input_shapes = {name: [int(n) for n in details[name]["shape"]] for name in self.input_names}
             # As OnnxModel: float64 arrays (NumPy's default) fed to a float32 input are cast, not refused.
             self._input_dtypes = {name: details[name]["dtype"] for name in self.input_names}
@@ -265,7 +268,12 @@ def _float_as(array: Any, dtype: Any) -> Any:
 def _as_input(value: Any, onnx_type: str) -> Any:
     import numpy as np
 
-    dtype = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64"}.get(onnx_type)
+    dtype = {
+        "tensor(float)": "float32",
+        "tensor(double)": "float64",
+        "tensor(float16)": "float16",  # a float16 model takes NumPy's float64, as Keras's predict does
+        "tensor(int64)": "int64",
+    }.get(onnx_type)
     return np.asarray(value, dtype=dtype)
 
 
@@ -293,6 +301,9 @@ def saved_model_as_keras(local_folder: str, endpoint: str | None) -> Any:
             f"no endpoint {' or '.join(repr(name) for name in tried)} in the SavedModel; its signatures: "
             f"{available}. Name one in load_args.endpoint"
         )
+    # A layer casts float inputs to its own float32 first (autocast): a
+    # SavedModel traced for float16 or float64 inputs would refuse them.
+    layer.autocast = False
     specs = layer.input_specs
     if specs is None:  # a tf.function attribute (Keras 3's "serve"): inputs as Keras exported them
         signature = layer.call_endpoint_fn.input_signature

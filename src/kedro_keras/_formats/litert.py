@@ -118,22 +118,34 @@ def litert_signature(content: bytes) -> dict[str, list[str]]:
 
     if model.SignatureDefsLength():
         signature = model.SignatureDefs(0)
+        names = [signature.Inputs(i).Name().decode() for i in range(signature.InputsLength())]
+        outputs = {
+            signature.Outputs(i).Name().decode(): signature.Outputs(i).TensorIndex()
+            for i in range(signature.OutputsLength())
+        }
         return {
-            "inputs": [
-                described(signature.Inputs(i).TensorIndex(), signature.Inputs(i).Name().decode())
-                for i in range(signature.InputsLength())
-            ],
-            "input_names": [signature.Inputs(i).Name().decode() for i in range(signature.InputsLength())],
-            "outputs": [
-                described(signature.Outputs(i).TensorIndex(), signature.Outputs(i).Name().decode())
-                for i in range(signature.OutputsLength())
-            ],
+            "inputs": [described(signature.Inputs(i).TensorIndex(), names[i]) for i in range(len(names))],
+            "input_names": names,
+            "outputs": [described(outputs[name], name) for name in in_output_order(list(outputs))],
         }
     return {
         "inputs": [described(index) for index in subgraph.InputsAsNumpy()],
         "outputs": [described(index) for index in subgraph.OutputsAsNumpy()],
         "input_names": [subgraph.Tensors(int(index)).Name().decode() for index in subgraph.InputsAsNumpy()],
     }
+
+
+def in_output_order(names: list[str]) -> list[str]:
+    """A signature's output names in the model's order: TensorFlow names a
+    list of outputs ``output_0``, ``output_1``, ..., which LiteRT sorts as
+    text (``output_10`` before ``output_2``); other names (a dict's keys) as
+    listed."""
+    numbers = [name.removeprefix("output_") for name in names]
+    if all(
+        name.startswith("output_") and number.isdigit() for name, number in zip(names, numbers, strict=True)
+    ):
+        return sorted(names, key=lambda name: int(name.removeprefix("output_")))
+    return names
 
 
 class _LiteRTChecker:
