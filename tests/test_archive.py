@@ -108,6 +108,7 @@ class TestWeightsWrittenInPlace:
         def no_image(*args, **kwargs):
             raise AssertionError("the weights image was built in memory")
 
+        monkeypatch.setattr(_archive, "SMALL_STATE_BYTES", 0)  # the test's model is small
         monkeypatch.setattr(_archive, "weights_image", no_image)
         path = tmp_path / "model.keras"
         KerasModelDataset(filepath=str(path)).save(trained_model)
@@ -130,10 +131,27 @@ class TestWeightsWrittenInPlace:
         assert built == [1]
         assert_same_state(dataset.load(), trained_model, data)
 
+    def test_a_small_state_is_built_in_memory_and_written_in_one_go(
+        self, tmp_path, trained_model, data, monkeypatch
+    ):
+        """As Keras does: HDF5 writing a small model's image in place, seek by
+        seek, made a checkpoint each epoch slower than Keras's (#29)."""
+        from kedro_keras._formats import archive as _archive
+
+        built = []
+        image = _archive.weights_image
+        monkeypatch.setattr(_archive, "weights_image", lambda *a, **k: built.append(1) or image(*a, **k))
+        path = tmp_path / "model.keras"
+        assert _archive.state_bytes(trained_model) <= _archive.SMALL_STATE_BYTES
+        KerasModelDataset(filepath=str(path)).save(trained_model)
+        assert built == [1]
+        assert_same_state(keras.saving.load_model(path), trained_model, data)
+
     def test_zip64_headers_when_the_weights_may_pass_4_gib(self, tmp_path, trained_model, data, monkeypatch):
         from kedro_keras._formats import archive as _archive
 
         monkeypatch.setattr(_archive, "_ZIP64_MARGIN", 0)
+        monkeypatch.setattr(_archive, "SMALL_STATE_BYTES", 0)  # the in-place writer's headers
         path = tmp_path / "model.keras"
         KerasModelDataset(filepath=str(path)).save(trained_model)
         with zipfile.ZipFile(path) as archive:

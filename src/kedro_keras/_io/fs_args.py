@@ -5,6 +5,7 @@ filesystem, is not misspelt."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import fsspec
@@ -52,15 +53,8 @@ def refuse_misspelt_fs_args(fs_args: dict[str, Any], protocol: str, filepath: st
     ``stall_timout: 5`` would leave the 60 s default in place without a word.
     Keys far from every known name still pass: a filesystem may take them."""
     import difflib
-    import inspect
 
-    known = set(OWN_FS_ARGS) | _FSSPEC_FS_ARGS
-    for cls in fsspec.get_filesystem_class(protocol).__mro__:
-        init = cls.__dict__.get("__init__")
-        if init is not None:
-            kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-            known |= {p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds}
-    known.discard("self")
+    known = _known_fs_args(protocol)
     for key in fs_args:
         if key in known or not isinstance(key, str):
             continue
@@ -78,3 +72,19 @@ def seconds(value: Any, name: str, filepath: str) -> float:
             f"fs_args.{name} of '{filepath}' must be a number of seconds above 0, not {value!r}"
         )
     return float(value)
+
+
+@functools.cache
+def _known_fs_args(protocol: str) -> frozenset[str]:
+    """Our keys, fsspec's common ones and every parameter the filesystem's
+    constructors name (read once per protocol: a checkpoint builds a dataset each epoch)."""
+    import inspect
+
+    known = set(OWN_FS_ARGS) | _FSSPEC_FS_ARGS
+    for cls in fsspec.get_filesystem_class(protocol).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            known |= {p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds}
+    known.discard("self")
+    return frozenset(known)
