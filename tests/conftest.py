@@ -22,6 +22,19 @@ import pytest
 import keras_test_models
 
 
+@pytest.fixture(autouse=True)
+def kedro_keras_logger_level_restored():
+    """A KedroSession in this process runs our hook, which puts the
+    kedro_keras logger at INFO (kedro_keras.hooks): later tests must see the
+    level they started with."""
+    import logging
+
+    logger = logging.getLogger("kedro_keras")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def temporary_files_inside_pytests_folder(tmp_path_factory):
     """Every temporary file of the run, ours, Keras's, TensorFlow's and the
