@@ -35,7 +35,7 @@ TORCH_VERSION := 2.13.0
 # code involved).
 DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py
 
-.PHONY: test-quick lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo bench screenshot fuzz clean
+.PHONY: test-quick lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo wheel bench screenshot fuzz clean
 
 $(STAMP): pyproject.toml examples/digits/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -186,6 +186,10 @@ demo: export TF_CPP_MIN_LOG_LEVEL = 3
 demo: $(STAMP)
 	cd examples/digits && $(CURDIR)/$(BIN)/kedro run
 	cd examples/digits && $(CURDIR)/$(BIN)/python show_results.py
+
+# The wheel the README installs from (kedro-keras is not on PyPI yet): dist/kedro_keras-<version>-py3-none-any.whl.
+wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
 
 # Save/load benchmark against plain Keras and kedro-datasets (BENCH_ARGS=--big
 # adds a ~10 GB model on local disk and a ~4 GB one through the S3 link;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -85,3 +86,21 @@ def test_installed_distribution_metadata():
     assert version("kedro-keras") == kedro_keras.__version__
     requires = " ".join(metadata("kedro-keras").get_all("Requires-Dist"))
     assert "kedro<2,>=1.0" in requires.replace(" ", "") or "kedro>=1.0,<2" in requires.replace(" ", "")
+
+
+def test_the_readme_lists_every_extra():
+    """The install table once lacked onnx and litert, found only when an export node ran (#30)."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    table = (
+        (root / "pyproject.toml")
+        .read_text()
+        .split("[project.optional-dependencies]\n", 1)[1]
+        .split("\n[", 1)[0]
+    )
+    extras = set(re.findall(r"^(\w+) = \[", table, re.M))
+    assert {"tensorflow", "onnx", "litert", "test"} <= extras
+    install = (root / "README.md").read_text().split("## Install", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)? \|", install, re.M))
+    assert extras == {name for pair in listed for name in pair if name}
