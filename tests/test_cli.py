@@ -28,3 +28,47 @@ def test_prune_counts_a_version_saved_by_another_process_since_the_last_listing(
 
     versions = [version.name for version in dataset.stored_versions()]
     assert versions[0] == newer and len(versions) == 2
+
+
+def test_json_goes_alone_to_stdout_and_the_logs_to_stderr(tmp_path, trained_model, monkeypatch):
+    """Kedro's template logging config prints to stdout, and building the
+    catalog logs ('No typed parameter requirements found'): `--json` printed
+    those lines before the JSON and json.load failed (#30)."""
+    import json
+    import logging
+    import sys
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+    from kedro.io import DataCatalog
+
+    from kedro_keras import cli
+
+    dataset = KerasModelDataset(filepath=str(tmp_path / "m.keras"))
+    dataset.save(trained_model)
+    kedro_logger = logging.getLogger("kedro.test_cli")
+
+    def bootstrap_project(project):  # as Kedro applies the template's logging config: a handler on stdout
+        kedro_logger.addHandler(logging.StreamHandler(sys.stdout))
+        monkeypatch.setattr(kedro_logger, "level", logging.INFO)
+
+    class Session:  # building the catalog logs, as Kedro's parameter validator does
+        @classmethod
+        def create(cls, project_path, env):
+            return cls()
+
+        def load_context(self):
+            kedro_logger.info("No typed parameter requirements found, returning original parameters")
+            return SimpleNamespace(catalog=DataCatalog({"m": dataset}))
+
+    monkeypatch.setattr("kedro.framework.startup.bootstrap_project", bootstrap_project)
+    monkeypatch.setattr("kedro.framework.session.KedroSession", Session)
+    try:
+        result = CliRunner().invoke(cli.commands, ["keras", "inspect", "m", "--json"])
+    finally:
+        for handler in list(kedro_logger.handlers):
+            kedro_logger.removeHandler(handler)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {row["property"] for row in rows} >= {"path", "file size"}
+    assert "No typed parameter requirements found" in result.stderr  # the log line was written, elsewhere

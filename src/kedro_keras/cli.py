@@ -35,6 +35,29 @@ def commands() -> None:
 @commands.group(name="keras")
 def keras_commands() -> None:
     """The Keras models in this project's catalog."""
+    _logs_to_stderr()
+
+
+def _logs_to_stderr() -> None:
+    """A command's stdout is its answer (a table; JSON, for scripts), so the
+    log records that the project's logging config sends to stdout (Kedro's
+    template does) go to stderr while it runs. Kedro's own first line, logged
+    as Kedro starts and before any plugin runs, is the config's to route."""
+    import logging
+
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            console = getattr(handler, "console", None)  # rich's handler (Kedro's default) prints through one
+            if console is not None and getattr(console, "file", None) in (sys.stdout, sys.__stdout__):
+                console.file = sys.stderr
+            elif isinstance(handler, logging.StreamHandler) and handler.stream in (
+                sys.stdout,
+                sys.__stdout__,
+            ):
+                handler.setStream(sys.stderr)
 
 
 _ENV = click.option("--env", "-e", default=None, help="Kedro configuration environment.")
@@ -215,8 +238,11 @@ def _catalog(env: str | None) -> Any:
     from kedro.framework.startup import bootstrap_project
 
     project = Path.cwd()
-    bootstrap_project(project)
-    return KedroSession.create(project_path=project, env=env).load_context().catalog
+    bootstrap_project(project)  # applies the project's logging config again: new handlers
+    _logs_to_stderr()
+    catalog = KedroSession.create(project_path=project, env=env).load_context().catalog
+    _logs_to_stderr()
+    return catalog
 
 
 def _rows(dataset: Any) -> dict[str, str]:
