@@ -529,7 +529,8 @@ class TestLoadArgs:
             KerasExportDataset(filepath=path, load_args={"safe_mode": value})
         message = str(raised.value)
         assert message.startswith(f"'{path}': load_args.safe_mode: must be true or false, got {value!r} (")
-        assert message.endswith("and any other value is refused rather than guessed")  # Kedro adds the full stop
+        # Kedro adds the full stop when it builds the catalog.
+        assert message.endswith("and any other value is refused rather than guessed")
 
     @pytest.mark.parametrize("value", [True, False])
     def test_safe_mode_true_or_false_is_accepted(self, tmp_path, value):
