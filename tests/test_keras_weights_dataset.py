@@ -297,7 +297,8 @@ def test_the_architecture_records_what_wrote_the_weights(tmp_path, trained_model
     assert rows["saved with"].startswith(
         f"Keras {keras.version()}, {keras.backend.backend()} backend, kedro-keras "
     )
-    assert rows["saved at"] == record["date_saved"]
+    # UTC with its offset, as the exports' and checkpoints' times (#30).
+    assert rows["saved at"] == record["saved_at"] and record["saved_at"].endswith("+00:00")
 
 
 class NormalModel(keras.Model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -176,3 +177,19 @@ def test_the_preview_counts_a_version_saved_by_another_process_since_the_last_li
     elsewhere.copy(f"{first}/model.keras", f"{s3_bucket}/model.keras/2999-01-01T00.00.00.000Z/model.keras")
 
     assert rows_of(dataset.preview())["versions"] == "2, newest first"
+
+
+def test_every_saved_at_is_utc_with_its_offset_and_keras_own_time_is_said_to_be_local(tmp_path):
+    """Times appeared with and without a zone: ours as Keras's naive
+    '%Y-%m-%d@%H:%M:%S', the exports' as UTC with '+00:00' (#30)."""
+    model = trained()
+    ours = KerasModelDataset(filepath=str(tmp_path / "ours.keras"))
+    ours.save(model)
+    weights = KerasWeightsDataset(filepath=str(tmp_path / "w.weights.h5"))
+    weights.save(model)
+    for dataset in (ours, weights):
+        saved_at = dict(dataset.preview()["data"])["saved at"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", saved_at), saved_at
+    model.save(tmp_path / "plain.keras")  # Keras's date_saved: the machine's local time, no zone
+    plain = dict(KerasModelDataset(filepath=str(tmp_path / "plain.keras")).preview()["data"])["saved at"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d@\d\d:\d\d:\d\d \(local time where it was saved\)", plain), plain

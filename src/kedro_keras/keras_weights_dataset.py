@@ -366,9 +366,7 @@ class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Mode
             rows.append(("architecture", _architecture.architecture_path(path).name))
             if isinstance(config, dict) and config.get("kedro_keras"):
                 record = config["kedro_keras"]
-                rows += _preview.saved_with_rows(
-                    {"kedro_keras": record, "date_saved": record.get("date_saved")}
-                )
+                rows += _preview.saved_with_rows({"kedro_keras": record})
         if self._architecture is not None:
             rows.append(("loaded into", f"the model {self._architecture} builds"))
         with self._location.open_read(path) as file:

@@ -8,10 +8,8 @@ models, weights, histories and checkpoints read alike.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import re
 import zipfile
 from collections import Counter
 from typing import IO, Any, NewType
@@ -22,6 +20,7 @@ from kedro_keras._formats.archive import (
     WEIGHTS_MEMBER,
     _refuse_hostile_members,
 )
+from kedro_keras._formats.layer_names import group_names
 from kedro_keras._formats.zip_members import member_reader
 from kedro_keras._io.h5 import OPTIMIZER_GROUP
 from kedro_keras._io.h5_guards import array_headers
@@ -167,27 +166,9 @@ def model_rows(
 
 
 def _stored_names(layers: list[dict[str, Any]]) -> list[str]:
-    """The names Keras stores each layer's arrays under, in the layers' order:
-    its class in snake case, numbered from the second of a kind on (``dense``,
-    ``dense_1``), not the layer's own name, which is not reproducible."""
-    used: dict[str, int] = {}
-    names = []
-    for layer in layers:
-        name = _snake_case(str(layer.get("class_name", "")))
-        if name in used:
-            used[name] += 1
-            name = f"{name}_{used[name]}"
-        else:
-            used[name] = 0
-        names.append(name)
-    return names
-
-
-@functools.lru_cache(maxsize=1024)
-def _snake_case(name: str) -> str:
-    name = re.sub(r"\W+", "", name)
-    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+    """The names Keras stores each layer's arrays under, in the layers' order
+    (not the layer's own name, which is not reproducible)."""
+    return group_names([str(layer.get("class_name", "")) for layer in layers])
 
 
 def saved_with_rows(metadata: dict[str, Any]) -> list[Row]:
@@ -198,8 +179,10 @@ def saved_with_rows(metadata: dict[str, Any]) -> list[Row]:
     if ours.get("kedro_keras_version"):
         parts.append(f"kedro-keras {ours['kedro_keras_version']}")
     rows = [("saved with", ", ".join(parts))]
-    if metadata.get("date_saved"):
-        rows.append(("saved at", str(metadata["date_saved"])))
+    if ours.get("saved_at"):  # ours: UTC, with its offset
+        rows.append(("saved at", str(ours["saved_at"])))
+    elif metadata.get("date_saved"):  # Keras's: the saving machine's local time, no zone
+        rows.append(("saved at", f"{metadata['date_saved']} (local time where it was saved)"))
     return rows
 
 

@@ -34,6 +34,19 @@ def snake_case(class_name: str) -> str:
     return _LOWER_THEN_UPPER.sub(r"\1_\2", name).lower()
 
 
+def group_names(class_names: list[str]) -> list[str]:
+    """The names Keras's walk gives a container's items, in order: the class
+    in snake case, numbered from the second of a kind on (``dense``,
+    ``dense_1``)."""
+    used: dict[str, int] = {}
+    names = []
+    for class_name in class_names:
+        key = snake_case(class_name)
+        used[key] = used[key] + 1 if key in used else 0
+        names.append(f"{key}_{used[key]}" if used[key] else key)
+    return names
+
+
 def names_by_group(config: Any) -> dict[str, str]:
     """``{"layers/dense_1": "hidden", "layers/sequential/layers/dense":
     "encoder/inner"}`` for the layers of a Functional or Sequential model's
@@ -47,14 +60,13 @@ def names_by_group(config: Any) -> dict[str, str]:
         layers = _layers_of(item)
         if layers is None or depth > _MAX_DEPTH:
             continue
-        used: dict[str, int] = {}
-        for layer in layers:
-            class_name, name = _class_and_name(layer)
-            if class_name is None:
-                continue
-            key = snake_case(class_name)
-            used[key] = used[key] + 1 if key in used else 0
-            path = f"{group}layers/{key}_{used[key]}" if used[key] else f"{group}layers/{key}"
+        described = [(layer, *_class_and_name(layer)) for layer in layers]
+        described = [
+            (layer, class_name, name) for layer, class_name, name in described if class_name is not None
+        ]
+        stored = group_names([class_name for _, class_name, _ in described])
+        for (layer, _, name), key in zip(described, stored, strict=True):
+            path = f"{group}layers/{key}"
             label = f"{user}{name}" if name else ""
             if label:
                 names[path] = label

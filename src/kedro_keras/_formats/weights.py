@@ -43,6 +43,8 @@ Layout = dict[str, dict[str, tuple[int, ...]]]
 
 def kedro_keras_metadata(include_optimizer: bool) -> dict[str, Any]:
     """What we add to a saved model's metadata, for describe and debugging."""
+    from datetime import datetime, timezone
+
     import keras
 
     return {
@@ -50,6 +52,8 @@ def kedro_keras_metadata(include_optimizer: bool) -> dict[str, Any]:
         "backend": keras.backend.backend(),
         "kedro_keras_version": __version__,
         "include_optimizer": include_optimizer,
+        # UTC with its offset, as every time we write (Keras's own date_saved is the saving machine's local time).
+        "saved_at": datetime.now(tz=timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -108,13 +112,9 @@ def architecture_json(model: keras.Model, include_optimizer: bool = True) -> str
     weights (Keras, backend, when): a weights file has no metadata of its
     own, and ``model_from_json`` ignores keys it does not know."""
     import json
-    from datetime import datetime, timezone
 
     config = json.loads(model.to_json())
-    config["kedro_keras"] = {
-        **kedro_keras_metadata(include_optimizer),
-        "date_saved": datetime.now(timezone.utc).strftime("%Y-%m-%d@%H:%M:%S"),
-    }
+    config["kedro_keras"] = kedro_keras_metadata(include_optimizer)
     return json.dumps(config)
 
 
