@@ -72,3 +72,20 @@ def test_json_goes_alone_to_stdout_and_the_logs_to_stderr(tmp_path, trained_mode
     rows = json.loads(result.stdout)
     assert {row["property"] for row in rows} >= {"path", "file size"}
     assert "No typed parameter requirements found" in result.stderr  # the log line was written, elsewhere
+
+
+def test_a_long_path_is_wrapped_in_a_terminal_not_cut_off(monkeypatch, capsys):
+    """In a terminal the path column was cut with an ellipsis, losing the
+    informative end (the version, the file) (#30)."""
+    import re
+    import sys
+
+    from kedro_keras import cli
+
+    monkeypatch.setenv("COLUMNS", "60")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    path = "s3://bucket/" + "deeply/nested/" * 4 + "2026-12-06T17.04.19.000Z/classifier.keras"
+    cli._print([{"name": "classifier_model", "path": path}], ["name", "path"], False, title="entries")
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # rich's bold header
+    assert max(len(line) for line in shown.splitlines()) <= 60
+    assert path in re.sub(r"[│┃\s]", "", shown)  # every character, wrapped over lines

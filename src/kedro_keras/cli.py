@@ -291,7 +291,7 @@ def _print(rows: list[dict[str, str]], columns: list[str], as_json: bool, title:
         # Text cells: rich reads no markup ([red], [link=...]) nor emoji codes in them.
         table = Table(title=Text(_shown(title)))
         for column in columns:
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # wrapped, not cut: a path's end tells versions apart
         for row in rows:
             table.add_row(*(Text(row[column]) for column in columns))
         Console().print(table)
