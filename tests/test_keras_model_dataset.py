@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 from kedro.io import DataCatalog, DatasetError
-from kedro.io.core import Version
+from kedro.io.core import Version, VersionNotFoundError
 
 import keras_test_models
 from conftest import assert_same_predictions, fit
@@ -656,8 +656,17 @@ class TestKerasModelDatasetVersioned:
     def test_no_versions_yet(self, tmp_path):
         dataset = KerasModelDataset(filepath=str(tmp_path / "m.keras"), version=Version(None, None))
         assert not dataset.exists()
-        with pytest.raises(DatasetError, match="Did not find any versions"):
+        with pytest.raises(VersionNotFoundError) as raised:  # still Kedro's kind of error
             dataset.load()
+        # Kedro's message quoted the dataset's whole repr (#30): ours says what is missing.
+        assert str(raised.value) == (
+            f"Nothing is saved at '{tmp_path / 'm.keras'}' yet: it has no version (a versioned entry's "
+            "first save, say the kedro run of the node that returns it, makes one)"
+        )
+        catalog = DataCatalog({"m": dataset})
+        with pytest.raises(DatasetError, match=r"Nothing is saved at '.*m\.keras' yet") as raised:
+            catalog.load("m")
+        assert "load_args" not in str(raised.value)
 
     def test_catalog_config_versioned_and_load_version(self, tmp_path, data):
         config = {

@@ -46,6 +46,11 @@ class NotVersionedError(SafeDatasetError, VersionNotFoundError):
     """The dataset keeps one file, not versions (so none is found)."""
 
 
+class NoVersionYetError(SafeDatasetError, VersionNotFoundError):
+    """A versioned entry that was never saved: what Kedro reports as "Did
+    not find any versions for <the dataset's whole repr>"."""
+
+
 class StoredModels:
     """The protocol of ``kedro keras`` and ``verify`` (see the module's docstring)."""
 
@@ -129,6 +134,17 @@ def check_version_name(version: Any, url: str) -> str:
 
 class KerasFileDataset(StoredModels, AbstractVersionedDataset):
     """The base of the file-backed datasets (see the module's docstring)."""
+
+    def _fetch_latest_load_version(self) -> str:
+        # Kedro's own message quotes the dataset's whole repr (every argument): say what is missing.
+        try:
+            return super()._fetch_latest_load_version()
+        except VersionNotFoundError:
+            url = self._location.url(self._filepath)
+            raise NoVersionYetError(
+                f"Nothing is saved at '{url}' yet: it has no version (a versioned entry's first save, "
+                "say the kedro run of the node that returns it, makes one)"
+            ) from None
 
     def _init_location(
         self,
