@@ -264,3 +264,66 @@ class TestKerasExportDataset:
         pinned = KerasExportDataset(filepath=path, version=Version("2026-12-01T00.00.00.000Z", None)).load()
         x = example_input(first)
         np.testing.assert_allclose(pinned.predict(x), first.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+class TestBeforeTheRun:
+    """A missing export extra failed only when the export node ran, after the
+    training before it (67 s lost in the first run of a new project, #30):
+    the plugin's hook asks every export entry of the pipeline first."""
+
+    def pipeline_and_catalog(self, tmp_path, trained):
+        from kedro.io import DataCatalog, MemoryDataset
+        from kedro.pipeline import Pipeline, node
+
+        catalog = DataCatalog(
+            {
+                "served": KerasExportDataset(filepath=str(tmp_path / "m.onnx")),
+                "model": MemoryDataset(),
+            }
+        )
+        pipeline = Pipeline(
+            [
+                node(lambda: trained.append("trained") or "model", None, "model", name="train"),
+                node(lambda model: model, "model", "served", name="export"),
+            ]
+        )
+        return pipeline, catalog
+
+    def test_a_missing_package_stops_the_run_before_any_node(self, tmp_path, monkeypatch):
+        import importlib.util
+
+        from kedro_keras.hooks import hooks
+
+        trained = []
+        pipeline, catalog = self.pipeline_and_catalog(tmp_path, trained)
+        real_find_spec = importlib.util.find_spec
+        hidden = []
+
+        def without_onnx(name, *args, **kwargs):
+            if name in ("onnx", "tf2onnx", "jax2onnx", "onnxruntime"):
+                hidden.append(name)
+                return None
+            return real_find_spec(name, *args, **kwargs)
+
+        monkeypatch.setattr(importlib.util, "find_spec", without_onnx)
+        with pytest.raises(DatasetError) as raised:
+            hooks.before_pipeline_run(run_params={}, pipeline=pipeline, catalog=catalog)
+        assert hidden, "the check never looked for onnx"
+        message = str(raised.value)
+        assert message.startswith(
+            "Before any node runs: this run cannot write or read these export entries: "
+        )
+        assert "'served': exporting onnx from the " in message and "pip install" in message
+        assert trained == []
+
+    def test_what_the_machine_has_lets_the_run_start(self, tmp_path):
+        from kedro_keras.hooks import hooks
+
+        trained = []
+        pipeline, catalog = self.pipeline_and_catalog(tmp_path, trained)
+        lacks = KerasExportDataset(filepath=str(tmp_path / "m.onnx")).lacks_for_run(saves=True, loads=False)
+        if lacks is None:  # this venv can export ONNX from its backend
+            assert hooks.before_pipeline_run(run_params={}, pipeline=pipeline, catalog=catalog) is None
+        else:  # e.g. the Keras-floor venv, which has no onnx
+            with pytest.raises(DatasetError, match="'served': exporting onnx"):
+                hooks.before_pipeline_run(run_params={}, pipeline=pipeline, catalog=catalog)

@@ -7,7 +7,12 @@ made by ``kedro new`` logs only Kedro's and its own package's INFO records:
 the root logger stays at WARNING. So when a session's context is created
 (after the project's logging configuration is applied), the ``kedro_keras``
 logger is put at INFO, unless that configuration gives it a level of its own
-(``kedro_keras: {level: WARNING}`` quiets it). Imports nothing of Keras.
+(``kedro_keras: {level: WARNING}`` quiets it).
+
+Before a run, every export entry the pipeline writes or reads is asked what
+this machine lacks for it (a package such as ``kedro-keras[onnx]``, a
+backend that can write the format), so that a missing extra stops the run
+before the training, not after it. Imports nothing of Keras.
 """
 
 from __future__ import annotations
@@ -18,12 +23,36 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 
-class KerasLoggingHooks:
+class KerasHooks:
     @hook_impl
     def after_context_created(self, context: Any) -> None:
         logger = logging.getLogger("kedro_keras")
         if logger.level == logging.NOTSET:  # the project's logging config left it alone
             logger.setLevel(logging.INFO)
 
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        """An export entry whose format needs a package this machine lacks
+        (onnx, litert) failed only when its node ran, after the training
+        before it: say so before any node runs."""
+        from kedro.io import DatasetError
 
-hooks = KerasLoggingHooks()
+        from kedro_keras.keras_export_dataset import KerasExportDataset
+
+        outputs = {name for node in pipeline.nodes for name in node.outputs}
+        inputs = {name for node in pipeline.nodes for name in node.inputs}
+        problems = []
+        for name in sorted(outputs | inputs):
+            dataset = catalog.get(name) if not name.startswith("params:") and name != "parameters" else None
+            if isinstance(dataset, KerasExportDataset):
+                lacks = dataset.lacks_for_run(saves=name in outputs, loads=name in inputs)
+                if lacks:
+                    problems.append(f"'{name}': {lacks}")
+        if problems:
+            raise DatasetError(
+                "Before any node runs: this run cannot write or read these export entries: "
+                + "; ".join(problems)
+            )
+
+
+hooks = KerasHooks()

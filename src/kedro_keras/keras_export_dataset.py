@@ -229,6 +229,11 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
 
     # -- save ----------------------------------------------------------------
 
+    def lacks_for_run(self, *, saves: bool, loads: bool) -> str | None:
+        """What this machine lacks to save and/or load the entry (a package
+        to install, a backend), or None: the plugin's hook asks before any node runs."""
+        return _exported.what_a_run_lacks(self._format, saves=saves, loads=loads)
+
     def save(self, data: keras.Model) -> None:
         import keras
 

@@ -87,6 +87,42 @@ def why_cannot_load(format: str, backend: str) -> str | None:
     return None
 
 
+def configured_backend() -> str:
+    """The Keras backend a run will use, without importing Keras when it is
+    not imported yet: as Keras picks it, from ``KERAS_BACKEND``, else the
+    ``backend`` of ``$KERAS_HOME/keras.json`` (``~/.keras``), else TensorFlow."""
+    import json
+    import os
+    import sys
+
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as file:
+            backend = json.load(file).get("backend")
+    except (OSError, ValueError, AttributeError):
+        backend = None
+    return backend if isinstance(backend, str) and backend else "tensorflow"
+
+
+def what_a_run_lacks(format: str, *, saves: bool, loads: bool) -> str | None:
+    """Why a run that saves and/or loads ``format`` would fail at that node
+    (what to install), or None: asked before any node runs."""
+    backend = configured_backend()
+    problems = [
+        problem
+        for wanted, problem in (
+            (saves, saves and why_cannot_export(format, backend)),
+            (loads, loads and why_cannot_load(format, backend)),
+        )
+        if wanted and problem
+    ]
+    return "; ".join(problems) or None
+
+
 # --------------------------------------------------------------------------
 # What a load returns
 # --------------------------------------------------------------------------
