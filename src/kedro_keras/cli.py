@@ -202,7 +202,7 @@ def _answer(ask: Any, failing: str = "") -> Any:
 def _our_entries(env: str | None) -> list[tuple[str, Any]]:
     from kedro.framework.project import pipelines
 
-    catalog = _catalog(env)
+    catalog = _catalog(env, with_pipelines=True)  # a dataset factory's entries are found from them
     # The entries written out, and those a dataset factory gives the pipelines' datasets.
     names = set(catalog.keys()) | {name for pipeline in pipelines.values() for name in pipeline.datasets()}
     found = []
@@ -231,7 +231,7 @@ def _entry(name: str, env: str | None, version: str | None) -> Any:
     return dataset
 
 
-def _catalog(env: str | None) -> Any:
+def _catalog(env: str | None, with_pipelines: bool = False) -> Any:
     from pathlib import Path
 
     from kedro.framework.session import KedroSession
@@ -240,7 +240,14 @@ def _catalog(env: str | None) -> Any:
     project = Path.cwd()
     bootstrap_project(project)  # applies the project's logging config again: new handlers
     _logs_to_stderr()
-    catalog = KedroSession.create(project_path=project, env=env).load_context().catalog
+    context = KedroSession.create(project_path=project, env=env).load_context()
+    if not with_pipelines and hasattr(context, "_pipelines_to_validate"):
+        # Kedro validates parameters against every pipeline's typed nodes while
+        # it builds the catalog, importing the pipelines and so their nodes'
+        # imports (TensorFlow: 5 s of `inspect NAME` in the digits example).
+        # A named entry needs neither; the session scopes validation this way.
+        context._pipelines_to_validate = []
+    catalog = context.catalog
     _logs_to_stderr()
     return catalog
 

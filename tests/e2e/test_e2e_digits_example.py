@@ -219,6 +219,24 @@ def test_kedro_keras_commands_list_inspect_and_verify(digits):
         weights.write_bytes(original)
 
 
+def test_a_named_entry_is_inspected_without_importing_the_pipelines_or_a_backend(digits):
+    """`kedro keras inspect NAME` took 9-17 s: Kedro validated the
+    parameters against every pipeline while building the catalog, importing
+    the nodes and so TensorFlow (#30). A named entry needs neither."""
+    result = run(
+        [sys.executable, "-X", "importtime", "-m", "kedro", "keras", "inspect", "classifier_model"], digits
+    )
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "kedro_keras.keras_model_dataset" in imported  # the entry was built
+    assert not {"digits.pipelines", "digits.pipelines.training.nodes", "tensorflow", "keras"} & imported
+    rows = dict(line.split("\t", 1) for line in result.stdout.splitlines() if "\t" in line)
+    assert rows["model"] == "digits_cnn (Functional)"
+
+
 @pytest.fixture
 def kedro_logging_left_alone(monkeypatch):
     """Kedro configures logging when a project is bootstrapped, with
