@@ -17,9 +17,10 @@ import time
 import keras
 import numpy as np
 import pytest
-from kedro.io.core import DatasetError
+from kedro.io.core import DatasetError, Version
 
 from kedro_keras import KerasModelDataset
+from kedro_keras._io.files import DEFAULT_STALL_SECONDS
 from reliability_helpers.faulty_proxy import FaultyProxy
 
 STALL = 2.0
@@ -208,3 +209,65 @@ def test_a_multipart_save_that_stalls_ends_and_leaves_the_model(
     for old, new in zip(before, after, strict=True):
         np.testing.assert_array_equal(old, new)
     assert uploads_in_progress(s3_bucket, s3_credentials) == []  # the parts were aborted, not left billed
+
+
+# -- the defaults users get (#30) -----------------------------------------------
+#
+# The tests above tighten every bound to seconds. These keep the entry's
+# defaults (stall_timeout 60 s, botocore's timeouts and retries as we set
+# them), so the bound they check is the one users have: with them, exists()
+# against a silent endpoint ran for minutes (over 4.5 min measured, then
+# stopped), a load for 490-500 s.
+DEFAULT_BOUND = DEFAULT_STALL_SECONDS + 15
+
+
+def with_defaults(path, endpoint, s3_credentials, **fs_args):
+    credentials = {**s3_credentials, "client_kwargs": {"endpoint_url": endpoint}}
+    return KerasModelDataset(
+        filepath=path, credentials=credentials, fs_args={"skip_instance_cache": True, **fs_args}
+    )
+
+
+def test_with_the_defaults_a_silent_endpoint_ends_every_call_within_the_bound(silent, s3_credentials):
+    """exists(), a load, a versioned entry's load (its listing) and its
+    exists(), at once (each waits out the default bound: a minute)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    plain = with_defaults("s3://bucket/model.keras", silent.endpoint, s3_credentials)
+    versioned = KerasModelDataset(
+        filepath="s3://bucket/model.keras",
+        credentials={**s3_credentials, "client_kwargs": {"endpoint_url": silent.endpoint}},
+        fs_args={"skip_instance_cache": True},
+        version=Version(None, None),
+    )
+    calls = {
+        "exists": plain.exists,
+        "load": plain.load,
+        "versioned load": versioned.load,
+        "versioned exists": versioned.exists,
+    }
+
+    def timed_failure(call):
+        start = time.monotonic()
+        try:
+            call()
+        except DatasetError as exc:
+            return time.monotonic() - start, str(exc)
+        return time.monotonic() - start, None
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        outcomes = dict(zip(calls, pool.map(timed_failure, calls.values()), strict=True))
+    for call, (seconds, message) in outcomes.items():
+        assert message is not None, f"{call} returned after {seconds:.1f} s"
+        assert DEFAULT_STALL_SECONDS - 1 <= seconds <= DEFAULT_BOUND, (call, seconds)  # reached, and kept
+        assert f"the endpoint {silent.endpoint} did not answer " in message, (call, message)
+        assert f"within {DEFAULT_STALL_SECONDS:g} s (fs_args.stall_timeout)" in message, (call, message)
+
+
+@pytest.mark.parametrize("call", ["exists", "load"])
+def test_stall_timeout_bounds_every_small_request_too(call, silent, s3_credentials):
+    entry = with_defaults("s3://bucket/model.keras", silent.endpoint, s3_credentials, stall_timeout=5)
+    start = time.monotonic()
+    with pytest.raises(DatasetError, match=r"did not answer .* within 5 s"):
+        entry.exists() if call == "exists" else entry.load()
+    assert 4 <= time.monotonic() - start <= 5 + 15

@@ -216,7 +216,7 @@ class KerasModelDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model"
                 raise SafeDatasetError(
                     f"No Keras model at '{url}': {_failures.missing(self._location, path)}."
                 ) from missing
-            folder = self._describe_folder(path, url)
+            folder = None if _failures.store_did_not_answer(exc) else self._describe_folder(path, url)
             if folder:
                 raise SafeDatasetError(folder) from as_data(exc)
             raise SafeDatasetError(

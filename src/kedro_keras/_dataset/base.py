@@ -23,11 +23,12 @@ from typing import Any, Callable
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, VersionNotFoundError
 
+from kedro_keras._dataset import failures as _failures
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset import verify as _verify
 from kedro_keras._io import progress as _progress
 from kedro_keras._io.files import Location
-from kedro_keras._log import SafeDatasetError, printable
+from kedro_keras._log import SafeDatasetError, as_data, printable
 
 # Versions a preview lists by size (one small request each on an object store).
 _VERSIONS_SHOWN = 5
@@ -139,8 +140,12 @@ class KerasFileDataset(StoredModels, AbstractVersionedDataset):
         # Kedro's own message quotes the dataset's whole repr (every argument): say what is missing.
         try:
             return super()._fetch_latest_load_version()
-        except VersionNotFoundError:
+        except VersionNotFoundError as exc:
             url = self._location.url(self._filepath)
+            if exc.__cause__ is not None:  # the listing itself failed: say why, not "nothing yet"
+                raise SafeDatasetError(
+                    f"Could not list the versions of '{url}': {exc.__cause__}"
+                ) from as_data(exc.__cause__)
             raise NoVersionYetError(
                 f"Nothing is saved at '{url}' yet: it has no version (a versioned entry's first save, "
                 "say the kedro run of the node that returns it, makes one)"
@@ -180,7 +185,9 @@ class KerasFileDataset(StoredModels, AbstractVersionedDataset):
     def _exists(self) -> bool:
         try:
             path = self._get_load_path()
-        except DatasetError:
+        except DatasetError as exc:
+            if _failures.store_did_not_answer(exc):  # not "no": nobody answered
+                raise
             return False
         return self._exists_file(str(path))
 

@@ -52,6 +52,17 @@ def file_not_found_in(exc: BaseException | None) -> FileNotFoundError | None:
     return None
 
 
+def store_did_not_answer(exc: BaseException | None) -> bool:
+    """Whether the store stopped answering somewhere in ``exc``'s causes (a
+    small request past its bound, a stream that stalled): then no further
+    request is made only to word the message better, each would wait as long."""
+    while exc is not None:
+        if isinstance(exc, ConnectionError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def service_error_code(exc: BaseException | None) -> str | None:
     """The object store's own error code (AccessDenied, InvalidAccessKeyId,
     SignatureDoesNotMatch, ...) from anywhere in the cause chain."""

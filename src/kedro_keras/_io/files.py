@@ -27,11 +27,12 @@ from fsspec.spec import AbstractBufferedFile
 from kedro.io.core import Version, get_protocol_and_path
 
 from kedro_keras._io import progress as _progress
+from kedro_keras._io.deadlines import bound_waits
 from kedro_keras._io.fs_args import checked_part_size, positive_int, refuse_misspelt_fs_args, seconds
 from kedro_keras._io.paths import refuse_special_file
 from kedro_keras._io.progress import NO_PROGRESS, Transfer, _NoProgress
 from kedro_keras._io.remote import FileChangedError, RemoteReader
-from kedro_keras._io.s3 import bound_retries, multipart_put, single_put
+from kedro_keras._io.s3 import bound_retries, endpoint_of, multipart_put, single_put
 from kedro_keras._io.transfer import (
     SINGLE_PUT_LIMIT,
     SINGLE_PUT_LIMIT_ONE_CONNECTION,
@@ -125,12 +126,22 @@ class Location:
         self.fs: fsspec.AbstractFileSystem = fsspec.filesystem(self.protocol, **credentials, **fs_args)
         if self.protocol in ("s3", "s3a"):
             bound_retries(self.fs)
+        self._bound_waits()
         if self.protocol == "memory":
             # Kedro reads "memory://a/b.keras" as "/b.keras" (the "a" taken
             # for a host), so two entries could share one file; fsspec's
             # memory filesystem itself means "/a/b.keras".
             path = self.fs._strip_protocol(filepath)
         self.path = PurePosixPath(path)
+
+    def _bound_waits(self) -> None:
+        endpoint = endpoint_of(self.fs) if self.protocol in ("s3", "s3a") else f"{self.protocol}://"
+        bound_waits(self.fs, self.transfer.stall_seconds, endpoint)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # An unpickled filesystem (ParallelRunner's workers) is a new instance: bound it too.
+        self.__dict__.update(state)
+        self._bound_waits()
 
     @property
     def is_local(self) -> bool:
