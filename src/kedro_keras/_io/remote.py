@@ -86,7 +86,9 @@ class RemoteReader(SizedFile):
         self._position = 0
         self._options = options
         self._open_stream = stream_opener(file, options.stall_seconds)
-        self._fill_ranges = ranged_filler(file, options.stall_seconds) if options.concurrency > 1 else None
+        self._fill_ranges = (
+            ranged_filler(file, options.stall_seconds, self._fetched) if options.concurrency > 1 else None
+        )
         self._stream_rate: float | None = None  # bytes per second, once measured
         self._stream: Any = None
         self._stream_position = 0  # the next byte the stream gives
@@ -94,7 +96,8 @@ class RemoteReader(SizedFile):
         self._small_bytes = 0
         self._held: dict[int, memoryview] = {}
         self.progress: Transfer | _NoProgress = NO_PROGRESS
-        self._delivered = 0
+        self._fetched_bytes = 0
+        self._fetched_lock = threading.Lock()  # ranges arrive on the event loop's thread
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
@@ -102,10 +105,15 @@ class RemoteReader(SizedFile):
         with _garbage_collection_paused():
             self._read_at(self._position, view)
         self._position += view.nbytes
-        # Bytes handed over, not the position: a model is read from its end first.
-        self._delivered += view.nbytes
-        self.progress.at(self._delivered)
         return view.nbytes
+
+    def _fetched(self, count: int) -> None:
+        """``count`` more bytes came from the store. Progress counts these,
+        not the bytes handed over: HDF5 reads some bytes several times, out
+        of memory, and a count of those reached 100 % long before the end."""
+        with self._fetched_lock:
+            self._fetched_bytes += count
+            self.progress.at(self._fetched_bytes)
 
     def close(self) -> None:
         self._close_stream()
@@ -273,6 +281,7 @@ class RemoteReader(SizedFile):
                 piece = self._file.read(target.nbytes - done)
             if not piece:
                 raise EOFError(f"{self._file.path} ended early at byte {first} of {self.size}")
+            self._fetched(len(piece))  # from the block cache at times: near enough
             target[done : done + len(piece)] = piece
             done += len(piece)
         return done
@@ -313,6 +322,7 @@ class RemoteReader(SizedFile):
                 if self._stream is None:
                     self._stream = self._open_stream(self._stream_position)
                 count = self._stream.readinto(target[done : done + STREAM_PIECE])
+                self._fetched(count)
                 failures = 0  # a stream that moves on is healthy again
             except Exception as exc:  # a dropped connection: resume where it stopped
                 self._close_stream()

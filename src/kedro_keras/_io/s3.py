@@ -90,7 +90,9 @@ def stream_opener(file: Any, stall_seconds: float) -> Callable[[int], Any] | Non
 _RANGE_ATTEMPTS = 3
 
 
-def ranged_filler(file: Any, stall_seconds: float) -> Callable[[int, memoryview, int, int], None] | None:
+def ranged_filler(
+    file: Any, stall_seconds: float, moved: Callable[[int], None]
+) -> Callable[[int, memoryview, int, int], None] | None:
     """How to fill a buffer from many ranged GETs at once, if the filesystem
     is s3fs: ``fill(position, target, part_size, concurrency)``.
 
@@ -98,6 +100,8 @@ def ranged_filler(file: Any, stall_seconds: float) -> Callable[[int, memoryview,
     guidelines for S3) whatever the host's link; a large array read as
     concurrent ranges takes the link's bandwidth instead. Each part is written straight into its stretch of
     ``target``: no extra copy, so no extra memory, however many are in flight.
+    ``moved(count)`` is told of every piece that arrives (from the event
+    loop's thread).
     """
     args = _get_object_args(file)
     if args is None:
@@ -106,7 +110,7 @@ def ranged_filler(file: Any, stall_seconds: float) -> Callable[[int, memoryview,
 
     async def fill_part(view: memoryview, first: int, gate: asyncio.Semaphore) -> None:
         async with gate:
-            await _get_range_into(file, args, view, first, stall_seconds)
+            await _get_range_into(file, args, view, first, stall_seconds, moved)
 
     async def fill_all(position: int, target: memoryview, part_size: int, concurrency: int) -> None:
         gate = asyncio.Semaphore(concurrency)
@@ -128,7 +132,12 @@ def ranged_filler(file: Any, stall_seconds: float) -> Callable[[int, memoryview,
 
 
 async def _get_range_into(
-    file: Any, args: dict[str, Any], view: memoryview, first: int, stall_seconds: float
+    file: Any,
+    args: dict[str, Any],
+    view: memoryview,
+    first: int,
+    stall_seconds: float,
+    moved: Callable[[int], None],
 ) -> None:
     """Bytes ``first`` on of ``file`` into ``view``, by one ranged GET, asked
     again from where it stopped if the connection drops."""
@@ -138,7 +147,7 @@ async def _get_range_into(
         attempt += 1
         last = first + view.nbytes - 1
         response = await fs._call_s3("get_object", Range=f"bytes={first + done}-{last}", **args)
-        stream = _S3Stream(fs.loop, response["Body"], stall_seconds, endpoint_of(fs))
+        stream = _S3Stream(fs.loop, response["Body"], stall_seconds, endpoint_of(fs), moved)
         try:
             count = await stream._fill(view[done:])
             if count < view.nbytes - done:
@@ -157,9 +166,17 @@ async def _get_range_into(
 class _S3Stream:
     """The body of one GET, read synchronously from s3fs's event loop."""
 
-    def __init__(self, loop: Any, body: Any, stall_seconds: float, endpoint: str) -> None:
+    def __init__(
+        self,
+        loop: Any,
+        body: Any,
+        stall_seconds: float,
+        endpoint: str,
+        moved: Callable[[int], None] | None = None,
+    ) -> None:
         self._loop, self._body = loop, body
         self._stall_seconds, self._endpoint = stall_seconds, endpoint
+        self._moved = moved
         self.filled = 0  # bytes the last _fill put in its target, also when it failed
 
     def readinto(self, target: memoryview) -> int:
@@ -186,6 +203,8 @@ class _S3Stream:
             target[done : done + len(chunk)] = chunk
             done += len(chunk)
             self.filled = done
+            if self._moved is not None:
+                self._moved(len(chunk))
         return done
 
     def close(self) -> None:
@@ -203,7 +222,24 @@ _PUT_ATTEMPTS = 3
 
 async def _client_for(fs: Any, bucket: str) -> Any:
     await fs.set_session()
-    return await fs.get_s3(bucket)
+    client = await fs.get_s3(bucket)
+    for operation in ("PutObject", "UploadPart"):
+        # unique_id: registered once per client, however many saves use it.
+        client.meta.events.register(
+            f"before-send.s3.{operation}", _count_the_send, unique_id=f"kedro-keras-sent-{operation}"
+        )
+    return client
+
+
+def _count_the_send(request: Any, **_: Any) -> None:
+    """Hand the connection a body that counts what it sends (``Uploadable.sending``).
+
+    botocore emits before-send after the checksum and signing passes over
+    the body, before every attempt, so only the pass that sends it counts.
+    """
+    sending = getattr(request.body, "sending", None)
+    if callable(sending):
+        request.body = sending()
 
 
 async def _put_object(
@@ -268,8 +304,8 @@ async def _multipart_upload(
 
     try:
         if probe:
-            # The first part, timed from its last rewind (the pass that sends
-            # it, not botocore's set-up) to the answer: a store that takes one
+            # The first part, timed from the start of the pass that sends
+            # it (not botocore's set-up and hashing passes) to the answer: a store that takes one
             # connection this fast is local or close, and one PUT serves it
             # better. Such a connection is done with it in twice the time the
             # bar allows; one still at it by then is slow, and the other parts

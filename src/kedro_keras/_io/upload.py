@@ -10,7 +10,7 @@ import io
 import os
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from kedro_keras._io.progress import NO_PROGRESS, Transfer, _NoProgress
 from kedro_keras._io.transfer import STREAM_PIECE, SizedFile
@@ -21,13 +21,15 @@ _BY_REFERENCE = 2**20
 
 class Uploadable(SizedFile):
     """A file an upload reads, in one request or in parts read concurrently,
-    and tells ``progress`` how far it has got."""
+    and tells ``progress`` how much of it has been sent."""
 
     def __init__(self) -> None:
         super().__init__()
         self._position = 0
         self.progress: Transfer | _NoProgress = NO_PROGRESS
-        self._parts_read: dict[int, int] = {}  # a part's start: how much of it has been read
+        self._parts_sent: dict[int, int] = {}  # a part's start: how much of it has been sent
+        # Parts are read on several threads: a sum told late would set the bar back.
+        self._sent_lock = threading.Lock()
 
     def read_at(self, position: int, buffer: Any) -> int:
         raise NotImplementedError
@@ -35,7 +37,6 @@ class Uploadable(SizedFile):
     def readinto(self, buffer: Any) -> int:
         count = self.read_at(self._position, buffer)
         self._position += count
-        self.progress.at(self._position)
         return count
 
     def part(self, start: int, size: int) -> _Part:
@@ -43,9 +44,20 @@ class Uploadable(SizedFile):
         own position (an upload's parts may be read concurrently)."""
         return _Part(self, start, size)
 
-    def _part_read(self, start: int, count: int) -> None:
-        self._parts_read[start] = count
-        self.progress.at(sum(self._parts_read.values()))
+    def sending(self) -> SendPass:
+        """This file, as read by the pass that sends it.
+
+        Before it sends a body, botocore reads it whole to compute its
+        checksum and (over HTTP) its signature: counting those reads ran a
+        save's bar to 100 % three times, at memory speed. Only the pass
+        handed to the connection counts.
+        """
+        return SendPass(self, lambda done: self.progress.at(done))
+
+    def _part_sent(self, start: int, count: int) -> None:
+        with self._sent_lock:
+            self._parts_sent[start] = count
+            self.progress.at(sum(self._parts_sent.values()))
 
 
 class GatherBuffer(Uploadable):
@@ -176,18 +188,42 @@ class _Part(SizedFile):
         super().__init__()
         self._whole, self._start, self.size = whole, start, size
         self._position = 0
-        # When the body was last rewound: an upload reads it from the start,
-        # after botocore's set-up and (over HTTP) its signing pass over it.
+        # When the pass that sends it began (see ``sending``): not its
+        # creation, which botocore's set-up and hashing passes follow.
         self.sent_from: float = time.monotonic()
-
-    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
-        if position == 0 and whence == io.SEEK_SET:
-            self.sent_from = time.monotonic()
-        return super().seek(position, whence)
 
     def readinto(self, buffer: Any) -> int:
         target = memoryview(buffer).cast("B")[: max(0, self.size - self._position)]
         count = self._whole.read_at(self._start + self._position, target)
         self._position += count
-        self._whole._part_read(self._start, self._position)
+        return count
+
+    def sending(self) -> SendPass:
+        """This part, as read by the pass that sends it (``Uploadable.sending``)."""
+        self.sent_from = time.monotonic()
+        return SendPass(self, lambda done: self._whole._part_sent(self._start, done))
+
+
+class SendPass(SizedFile):
+    """The body of one request as its connection reads it: reads and
+    seeks go to the body, and each read says how far the send has got.
+
+    A retried request gets a new one, so its bar goes back and counts the
+    resend.
+    """
+
+    def __init__(self, body: SizedFile, sent: Callable[[int], None]) -> None:
+        super().__init__()
+        self._body, self._sent, self.size = body, sent, body.size
+
+    @property
+    def _position(self) -> int:  # type: ignore[override]  # the body's, never its own
+        return self._body.tell()
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        return self._body.seek(position, whence)
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._body.readinto(buffer)
+        self._sent(self._body.tell())
         return count
