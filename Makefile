@@ -1,15 +1,24 @@
 # Every target builds and reuses its own virtual environments, so a fresh
 # machine needs only Python 3 and make. One per Keras backend, each holding
 # only that backend:
-#   .venv        TensorFlow, the example project and the notebook tools
-#                (make test-tensorflow, demo, bench, the cross-backend tests)
+#   .venv        TensorFlow and the example project (make demo); make
+#                test-tensorflow, lint, docs, bench, the cross-backend tests
+#                add the test and docs stack to it
 #   .venv-jax    JAX (make test-jax)
 #   .venv-torch  PyTorch (make test-torch)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Reinstall when the package's or the example's requirements change.
+# Two layers in .venv, each with its stamp (reinstalled when the package's or
+# the example's requirements change): what make demo needs, and the test and
+# docs stack on top of it, for everything else that runs in .venv.
+DEMO_STAMP := $(VENV)/.demo-installed
 STAMP := $(VENV)/.installed
+# The demo's needs: the TensorFlow backend (tensorflow-cpu: without the GPU
+# libraries, this project's machines have no GPU), kedro-keras with its onnx
+# extra (the ONNX export: onnx, onnxruntime, tf2onnx) and examples/digits, the
+# demo's Kedro project (kedro-datasets' JSONDataset, scikit-learn's digits).
+DEMO_REQUIREMENTS := tensorflow-cpu -e ".[onnx]" -e examples/digits
 JAX_VENV := .venv-jax
 TORCH_VENV := .venv-torch
 # The lowest Keras that pyproject.toml allows, under TensorFlow: the dataset
@@ -23,6 +32,15 @@ KERAS_FLOOR := 3.12.3
 # keras-hub 0.32 needs Keras 3.15.
 KERAS_HUB := keras-hub==0.32.0
 KERAS_HUB_DEPS := absl-py packaging regex rich "kagglehub!=1.0.1" kagglesdk==0.1.28 sentencepiece tokenizers
+# Its requirements first, then keras-hub itself: pip checks the installed
+# packages that depend on what it installs, and keras-hub installed first
+# made the second call print an 'ERROR: ... keras-hub 0.32.0 requires
+# tensorflow-text, which is not installed' line (left out on purpose, above).
+# A --no-deps install makes no such check.
+define KERAS_HUB_INSTALL
+$(1)/bin/python -m pip install --quiet $(KERAS_HUB_DEPS)
+$(1)/bin/python -m pip install --quiet --no-deps $(KERAS_HUB)
+endef
 # Exactly this version: these machines have its CPU build in pip's local
 # find-links folder. An open range would pull the newest CUDA build (GBs).
 TORCH_VERSION := 2.13.0
@@ -32,17 +50,22 @@ TORCH_VERSION := 2.13.0
 # kill -9, fuzzing: minutes of file-format and I/O checks, the same code under
 # every backend), test_migration.py (it saves with kedro-datasets'
 # TensorFlowModelDataset) and test_bounded_waits.py (S3 timeouts: no backend
-# code involved).
-DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py
+# code involved), test_docs_404.py (the docs site: its venv has the docs extra).
+DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py --ignore=tests/test_docs_404.py
 
 .PHONY: test-quick lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo wheel bench screenshot fuzz clean
 
-$(STAMP): pyproject.toml examples/digits/pyproject.toml
+$(DEMO_STAMP): pyproject.toml examples/digits/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# tensorflow-cpu: the TensorFlow backend without the GPU libraries
-	# (this project's machines have no GPU).
-	# examples/digits: the demo's Kedro project (tests/e2e runs it too);
+	$(BIN)/python -m pip install --quiet $(DEMO_REQUIREMENTS)
+	touch $@
+
+# The test and docs stack, added to the demo's .venv (a second TensorFlow
+# venv would take another 2.8 GB). One resolver call with the demo's
+# requirements too, so that nothing here breaks what the demo needs.
+$(STAMP): $(DEMO_STAMP)
+	# examples/digits: tests/e2e runs it too;
 	# nbclient + ipykernel: tests/e2e executes notebooks/load_models.ipynb.
 	# kedro-datasets: tests/test_migration.py loads what its
 	# TensorFlowModelDataset writes (without its tensorflow extra, which would
@@ -50,13 +73,12 @@ $(STAMP): pyproject.toml examples/digits/pyproject.toml
 	# onnx, litert: KerasExportDataset's ONNX and LiteRT round trips.
 	# kedro-viz: tests/e2e builds the digits example's Kedro-Viz with previews.
 	# docs: mkdocs-material and mkdocstrings, for make docs.
-	$(BIN)/python -m pip install --quiet tensorflow-cpu -e ".[s3,test,onnx,litert,docs]" -e examples/digits nbclient ipykernel "kedro-datasets>=9,<10" "kedro-viz>=12"
+	$(BIN)/python -m pip install --quiet $(DEMO_REQUIREMENTS) -e ".[s3,test,onnx,litert,docs]" nbclient ipykernel "kedro-datasets>=9,<10" "kedro-viz>=12"
 	# tf-keras (Keras 2) writes the SavedModel folders tests/test_migration.py
 	# loads; --no-deps, as its 'tensorflow' would pull the GPU build beside
 	# tensorflow-cpu. Its version follows TensorFlow's.
 	$(BIN)/python -m pip install --quiet --no-deps "tf-keras==$$($(BIN)/python -c 'from importlib.metadata import version; print(".".join(version("tensorflow-cpu").split(".")[:2]))').*"
-	$(BIN)/python -m pip install --quiet --no-deps $(KERAS_HUB)
-	$(BIN)/python -m pip install --quiet $(KERAS_HUB_DEPS)
+	$(call KERAS_HUB_INSTALL,$(VENV))
 	touch $@
 
 $(JAX_VENV)/.installed: pyproject.toml
@@ -64,8 +86,7 @@ $(JAX_VENV)/.installed: pyproject.toml
 	$(JAX_VENV)/bin/python -m pip install --quiet --upgrade pip
 	# jax2onnx, onnx, onnxruntime: KerasExportDataset's ONNX round trip under JAX.
 	$(JAX_VENV)/bin/python -m pip install --quiet -e ".[jax,s3,test]" jax2onnx onnx onnxruntime
-	$(JAX_VENV)/bin/python -m pip install --quiet --no-deps $(KERAS_HUB)
-	$(JAX_VENV)/bin/python -m pip install --quiet $(KERAS_HUB_DEPS)
+	$(call KERAS_HUB_INSTALL,$(JAX_VENV))
 	touch $@
 
 $(FLOOR_VENV)/.installed: pyproject.toml
@@ -82,8 +103,7 @@ $(TORCH_VENV)/.installed: pyproject.toml
 	$(TORCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	# onnx, onnxruntime: KerasExportDataset's ONNX round trip under PyTorch.
 	$(TORCH_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" -e ".[torch,s3,test]" onnx onnxruntime
-	$(TORCH_VENV)/bin/python -m pip install --quiet --no-deps $(KERAS_HUB)
-	$(TORCH_VENV)/bin/python -m pip install --quiet $(KERAS_HUB_DEPS)
+	$(call KERAS_HUB_INSTALL,$(TORCH_VENV))
 	touch $@
 
 # Everything, under every backend: lint and docs first (seconds), the
@@ -179,11 +199,13 @@ test-public-api: $(JAX_VENV)/.installed
 test-cross-backend: $(STAMP) $(JAX_VENV)/.installed $(TORCH_VENV)/.installed
 	$(BIN)/python -m pytest tests/test_cross_backend.py
 
-# The example project end to end: train, save three ways, reload, score.
+# The example project end to end: train with checkpoints, save three ways,
+# export to SavedModel and ONNX, reload each, score. Only the demo's layer of
+# .venv: none of the test and docs stack.
 demo: export KEDRO_DISABLE_TELEMETRY = 1
 demo: export KERAS_BACKEND = tensorflow
 demo: export TF_CPP_MIN_LOG_LEVEL = 3
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	cd examples/digits && $(CURDIR)/$(BIN)/kedro run
 	cd examples/digits && $(CURDIR)/$(BIN)/python show_results.py
 
