@@ -169,7 +169,10 @@ def test_env_s3_writes_the_models_to_s3_with_credentials_by_name(digits_s3, s3fs
 
 def test_kedro_viz_build_holds_a_preview_of_each_model(digits):
     """`kedro viz build --include-previews`, as a user runs it: each model
-    node's JSON carries our TablePreview, read without loading the model."""
+    node's JSON carries our TablePreview, read without loading the model,
+    naming paths as the catalog wrote them: the build holds no folder of this
+    machine in what we contribute (#30; Kedro-Viz's own "filepath" field is
+    absolute for every dataset, see docs/viz-and-cli.md)."""
     import json
 
     kedro(digits, "viz", "build", "--include-previews")
@@ -178,7 +181,9 @@ def test_kedro_viz_build_holds_a_preview_of_each_model(digits):
         node = json.loads(path.read_text())
         if str(node.get("type", "")).startswith("kedro_keras."):
             assert node["preview_type"] == "TablePreview", node
+            assert digits.as_posix() not in json.dumps(node["preview"]), node["preview"]
             rows = dict(node["preview"]["data"])
+            assert rows["path"].startswith("data/06_models/"), rows
             previews[rows["path"].rsplit("/06_models/", 1)[-1]] = rows
     model = next(rows for path, rows in previews.items() if path.startswith("classifier.keras/"))
     assert model["model"] == "digits_cnn (Functional)"

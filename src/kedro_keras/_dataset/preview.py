@@ -4,15 +4,24 @@ without Keras and without reading a weight: the rows of a Kedro-Viz preview.
 A preview is Kedro-Viz's ``TablePreview`` (it picks the renderer by the
 return annotation's name): a two-column table, property and value, so that
 models, weights, histories and checkpoints read alike.
+
+Local paths in it are shown relative to the Kedro project's root, as the
+catalog wrote them: Kedro hands the datasets absolute paths (it prefixes
+the project's folder to every relative ``filepath``), and ``kedro viz build
+--include-previews`` would otherwise publish this machine's folders.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import zipfile
 from collections import Counter
+from pathlib import Path
 from typing import IO, Any, NewType
+
+from kedro.utils import find_kedro_project
 
 from kedro_keras._formats.archive import (
     CONFIG_MEMBER,
@@ -55,8 +64,39 @@ def table(rows: list[Row]) -> TablePreview:
     characters are shown escaped, so a name cannot forge rows or send
     escape sequences to a terminal."""
     rows = [row for row in rows if row[0] != "path"] + [row for row in rows if row[0] == "path"]
-    data = [[printable(str(cell), _MAX_CELL) for cell in row] for row in rows]
+    root = project_root()
+    data = [[printable(relative_to_project(str(cell), root), _MAX_CELL) for cell in row] for row in rows]
     return TablePreview({"index": list(range(len(data))), "columns": ["property", "value"], "data": data})
+
+
+def project_root() -> str | None:
+    """The root of the Kedro project this process works in, found as Kedro
+    finds it (from the working directory up, the first folder whose
+    pyproject.toml has a ``[tool.kedro]`` table): the folder Kedro prefixed
+    to the catalog's relative paths. None outside a project."""
+    try:
+        root = find_kedro_project(Path.cwd())
+    except OSError:  # a working directory that was removed
+        return None
+    return Path(root).as_posix() if root else None
+
+
+# Where the root starts a path, not the tail of a longer one or a URL's
+# (s3://bucket/home/me/proj ends with the root /home/me/proj).
+_STARTS_A_PATH = r"(?<![\w.~/:@%+-])"
+# After it: a folder's name (shown without the root), or the end of the path
+# (the root itself, shown as "."); not /home/me/proj2 or /home/me/proj-old.
+_AFTER_THE_ROOT = r"(?:(/+)(?=[^/\s'\"])|(?![\w.~@%+/-]))"
+
+
+def relative_to_project(text: str, root: str | None) -> str:
+    """``text`` with every local path under ``root`` shown relative to it
+    (``/home/me/proj/data/m.keras`` as ``data/m.keras``, the root itself as
+    ``.``); remote URLs and paths elsewhere stay as they are."""
+    if not root or root == "/" or root not in text:
+        return text
+    pattern = re.compile(_STARTS_A_PATH + re.escape(root) + _AFTER_THE_ROOT)
+    return pattern.sub(lambda match: "" if match.group(1) else ".", text)
 
 
 def bounded_json(data: bytes, name: str) -> Any:
