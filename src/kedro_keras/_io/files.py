@@ -18,6 +18,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from copy import deepcopy
+from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import IO, Any, Iterator
 
@@ -32,11 +33,10 @@ from kedro_keras._io.fs_args import checked_part_size, positive_int, refuse_miss
 from kedro_keras._io.paths import refuse_special_file
 from kedro_keras._io.progress import NO_PROGRESS, Transfer, _NoProgress
 from kedro_keras._io.remote import FileChangedError, RemoteReader
-from kedro_keras._io.s3 import bound_retries, endpoint_of, multipart_put, single_put
+from kedro_keras._io.s3 import bound_retries, endpoint_of, multipart_put, on_this_host, single_put
 from kedro_keras._io.transfer import (
     SINGLE_PUT_LIMIT,
     SINGLE_PUT_LIMIT_ONE_CONNECTION,
-    OneConnectionIsEnough,
     TransferOptions,
 )
 from kedro_keras._io.upload import GatherBuffer, SpooledUpload, Uploadable
@@ -62,8 +62,9 @@ DEFAULT_STALL_SECONDS = 60.0
 
 # Requests one large read or upload keeps in flight (fs_args.concurrency).
 # One connection to an object store carries 85-90 MB/s by AWS's performance
-# guidelines for S3 (moto here streams more: transfer.ONE_STREAM_IS_ENOUGH);
-# eight take most hosts' links, and stay under botocore's pool of ten.
+# guidelines for S3; eight take most hosts' links, and stay under botocore's
+# pool of ten. A store on this host (s3.on_this_host) gets 1 unless the
+# entry says otherwise.
 DEFAULT_CONCURRENCY = 8
 
 
@@ -104,13 +105,14 @@ class Location:
         self.open_args_save: dict[str, Any] = fs_args.pop("open_args_save", {})
         credentials = deepcopy(credentials) or {}
 
+        concurrency = fs_args.pop("concurrency", None)
         self.transfer = TransferOptions(
             stall_seconds=seconds(
                 fs_args.pop("stall_timeout", DEFAULT_STALL_SECONDS), "stall_timeout", filepath
             ),
-            concurrency=positive_int(
-                fs_args.pop("concurrency", DEFAULT_CONCURRENCY), "concurrency", filepath
-            ),
+            concurrency=DEFAULT_CONCURRENCY
+            if concurrency is None
+            else positive_int(concurrency, "concurrency", filepath),
             part_size=checked_part_size(fs_args.pop("part_size", None), filepath),
         )
         self.shows_progress = _progress.wanted(fs_args.pop("progress", True))
@@ -126,6 +128,8 @@ class Location:
         self.fs: fsspec.AbstractFileSystem = fsspec.filesystem(self.protocol, **credentials, **fs_args)
         if self.protocol in ("s3", "s3a"):
             bound_retries(self.fs)
+            if concurrency is None and on_this_host(self.fs):
+                self.transfer = replace(self.transfer, concurrency=1)
         self._bound_waits()
         if self.protocol == "memory":
             # Kedro reads "memory://a/b.keras" as "/b.keras" (the "a" taken
@@ -281,13 +285,7 @@ class Location:
             )
             put = (single_put if gathered.size <= limit else multipart_put)(self.fs)
             if put is not None and not self.open_args_save:
-                # Parts only pay on a link where one connection is slow: an
-                # object one PUT may carry is probed with its first part.
-                probe = gathered.size <= SINGLE_PUT_LIMIT_ONE_CONNECTION and not self.transfer.part_size
-                try:
-                    put(path, gathered, exclusive, self.transfer, probe)
-                except OneConnectionIsEnough:
-                    single_put(self.fs)(path, gathered, exclusive, self.transfer)
+                put(path, gathered, exclusive, self.transfer)
                 return
             file = self.fs.open(path, mode="wb", autocommit=False, **self.open_args_save)
             try:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import gc
 import mmap
 import threading
-import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -47,14 +45,6 @@ _STREAM_ATTEMPTS = 3
 # fetched as concurrent ranged GETs of 8 to 64 MiB each.
 _PARALLEL_FROM = 16 * 2**20
 
-# ...unless one stream already carries _transfer.ONE_STREAM_IS_ENOUGH: the first
-# large read measures the stream on its first _STREAM_PROBE bytes.
-# Not smaller: bytes that arrived while the model was being built wait in
-# the socket's buffers and read at memory speed (a 2 MiB probe took a
-# 10 MB/s link for a fast one and streamed a 400 MB load for 47 s: the "S3
-# link load" row of docs/performance.md, make bench, with a 2 MiB probe).
-_STREAM_PROBE = 8 * 2**20
-
 
 class FileChangedError(OSError):
     """The object was replaced between two reads of one load."""
@@ -74,9 +64,10 @@ class RemoteReader(SizedFile):
     Filesystems without a streaming read use ranged reads only.
 
     One connection carries a fraction of a host's link to a real object
-    store, so a large read (an array) is instead fetched as concurrent
-    ranged GETs straight into the caller's buffer, and the stream resumes
-    after it.
+    store, so with ``concurrency`` above 1 (the default for a store that is
+    not on this host) a large read (an array) is instead fetched as
+    concurrent ranged GETs straight into the caller's buffer, and the
+    stream resumes after it.
     """
 
     def __init__(self, file: Any, options: TransferOptions) -> None:
@@ -89,7 +80,6 @@ class RemoteReader(SizedFile):
         self._fill_ranges = (
             ranged_filler(file, options.stall_seconds, self._fetched) if options.concurrency > 1 else None
         )
-        self._stream_rate: float | None = None  # bytes per second, once measured
         self._stream: Any = None
         self._stream_position = 0  # the next byte the stream gives
         self._small: OrderedDict[int, bytes] = OrderedDict()
@@ -129,12 +119,7 @@ class RemoteReader(SizedFile):
             target = view[position - start :]
             done = self._from_memory(position, target)
             if not done and self._parallel_may_serve(end - position):
-                if self._stream_rate is None and self._may_stream_to(position):
-                    done = self._probe_stream_beside_ranges(
-                        position, target[: self._next_held(position, end)]
-                    )
-                elif self._ranges_pay():
-                    done = self._from_parallel_ranges(position, target[: self._next_held(position, end)])
+                done = self._from_parallel_ranges(position, target[: self._next_held(position, end)])
             if not done and self._may_stream_to(position):
                 self._skip_stream_to(position)
                 done = self._from_stream(target)
@@ -150,7 +135,7 @@ class RemoteReader(SizedFile):
             return gap <= _SMALL  # start at the front, not at the zip directory
         if gap <= _SMALL:
             return True
-        if self._parallel_may_serve(gap) and self._ranges_pay():
+        if self._parallel_may_serve(gap):
             # The stretch is an array HDF5 peeked past: fetched by concurrent
             # ranges when it is read, not through the one stream now.
             return False
@@ -185,54 +170,6 @@ class RemoteReader(SizedFile):
 
     def _parallel_may_serve(self, size: int) -> bool:
         return self._fill_ranges is not None and size >= _PARALLEL_FROM
-
-    def _ranges_pay(self) -> bool:
-        """Until the stream is timed, and after, unless one stream is fast enough."""
-        return self._stream_rate is None or self._stream_rate < _transfer.ONE_STREAM_IS_ENOUGH
-
-    def _probe_stream(self, position: int, target: memoryview) -> int:
-        """Serve the first bytes of a large read from the stream, timing it."""
-        self._skip_stream_to(position)
-        if self._stream is None:  # the time to open a stream is not its rate
-            self._stream = self._open_stream(self._stream_position)
-        started = time.perf_counter()
-        done = self._from_stream(target)
-        self._stream_rate = done / max(time.perf_counter() - started, 1e-6)
-        return done
-
-    def _probe_stream_beside_ranges(self, position: int, target: memoryview) -> int:
-        """Time the stream on a large read's first bytes; if it is still at
-        it when a fast stream would have finished, concurrent ranges fetch
-        the rest of the read meanwhile.
-
-        On a slow link the other connections would otherwise idle while the
-        probe crawls through one (0.8 s of a 7.7 s load on the bench's link).
-        A fast store's stream finishes first and no range is asked for:
-        moto reads a whole object for each range and serves them one at a
-        time, and seven of them added 1.6 s to a 400 MB load.
-        """
-        probe, rest = target[:_STREAM_PROBE], target[_STREAM_PROBE:]
-        if rest.nbytes < _PARALLEL_FROM:
-            return self._probe_stream(position, probe)
-        probed = threading.Event()
-
-        def rest_unless_probed_in_time() -> bool:
-            if probed.wait(_transfer.seconds_at(probe.nbytes, _transfer.ONE_STREAM_IS_ENOUGH)):
-                return False
-            self._fill_parallel_ranges(position + probe.nbytes, rest)
-            return True
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kedro-keras-ranges") as pool:
-            ranges = pool.submit(rest_unless_probed_in_time)
-            try:
-                self._probe_stream(position, probe)
-            finally:
-                probed.set()
-                rest_fetched = ranges.result()  # waited for (and raised) even when the probe failed
-        if not rest_fetched:
-            return probe.nbytes
-        self._restart_stream_after(position + target.nbytes)
-        return target.nbytes
 
     def _from_parallel_ranges(self, position: int, target: memoryview) -> int:
         self._restart_stream_after(position + target.nbytes)

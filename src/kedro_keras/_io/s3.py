@@ -8,17 +8,12 @@ fsspec's ordinary reads and uploads) if s3fs changes.
 from __future__ import annotations
 
 import asyncio
-import time
+import ipaddress
+import os
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
 
-from kedro_keras._io import transfer as _transfer
-from kedro_keras._io.transfer import (
-    PROBE_PART_SIZE,
-    OneConnectionIsEnough,
-    TransferOptions,
-    part_size,
-    seconds_at,
-)
+from kedro_keras._io.transfer import TransferOptions, part_size
 from kedro_keras._log import get_logger
 
 if TYPE_CHECKING:
@@ -47,10 +42,38 @@ def bound_retries(fs: Any) -> None:
 
 def endpoint_of(fs: Any) -> str:
     """The S3 endpoint a filesystem talks to, for messages."""
+    return _endpoint_url(fs) or "AWS S3"
+
+
+def _endpoint_url(fs: Any) -> str | None:
     endpoint = (getattr(fs, "client_kwargs", None) or {}).get("endpoint_url") or getattr(
         fs, "endpoint_url", None
     )
-    return str(endpoint or "AWS S3")
+    # botocore's own settings, when the entry names no endpoint.
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return str(endpoint) if endpoint else None
+
+
+def on_this_host(fs: Any) -> bool:
+    """Whether the S3 endpoint is a server on this machine (loopback).
+
+    Such a store has no network link for several connections to share out:
+    one stream or one PUT carries what its disk and CPU can. moto reads the
+    whole object for every ranged GET, so ranges cost it several times the
+    stream. Decided from the address, not from timing a first transfer: on a
+    busy CPU a timed probe took moto for a slow link and sent a 386 MB load
+    down the ranged path, 8.2 s instead of 3.6 s.
+    """
+    endpoint = _endpoint_url(fs)
+    if not endpoint:
+        return False
+    host = (urlsplit(endpoint if "//" in endpoint else f"//{endpoint}").hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _get_object_args(file: Any) -> dict[str, Any] | None:
@@ -249,7 +272,6 @@ async def _put_object(
     gathered: Uploadable,
     conditions: dict[str, str],
     options: TransferOptions,
-    probe: bool = False,
 ) -> None:
     client = await _client_for(fs, bucket)
     kwargs = fs._get_s3_method_kwargs(
@@ -265,7 +287,6 @@ async def _multipart_upload(
     gathered: Uploadable,
     conditions: dict[str, str],
     options: TransferOptions,
-    probe: bool = False,
 ) -> None:
     """Up to ``options.concurrency`` parts at once, each under the stall
     watchdog and retried on its own; the object appears only at the final
@@ -273,12 +294,9 @@ async def _multipart_upload(
     parts stay billed."""
     client = await _client_for(fs, bucket)
     endpoint = endpoint_of(fs)
-    asked = time.monotonic()
     started = await client.create_multipart_upload(
         **fs._get_s3_method_kwargs(client.create_multipart_upload, Bucket=bucket, Key=key)
     )
-    # A request with no body: what every request costs beside its bytes.
-    round_trip = time.monotonic() - asked
     upload = {"Bucket": bucket, "Key": key, "UploadId": started["UploadId"]}
     gate = asyncio.Semaphore(options.concurrency)
 
@@ -290,44 +308,12 @@ async def _multipart_upload(
             answer = await _sent(lambda: client.upload_part(**kwargs), body, options.stall_seconds, endpoint)
             return {"PartNumber": number, "ETag": answer["ETag"]}
 
-    tasks: list[asyncio.Future] = []
-
-    def send_from(first: int, shared: int = 0) -> list[asyncio.Future]:
-        # Beside the timed first part, the parts are cut from the whole size,
-        # so the last (shorter by the first part) is what that connection
-        # takes once free, and every connection ends together.
-        size = part_size(gathered.size - first + shared, options.concurrency, options.part_size)
-        return [
-            asyncio.ensure_future(send(number, gathered.part(start, min(size, gathered.size - start))))
-            for number, start in enumerate(range(first, gathered.size, size), start=2 if first else 1)
-        ]
-
+    size = part_size(gathered.size, options.concurrency, options.part_size)
+    tasks = [
+        asyncio.ensure_future(send(number, gathered.part(start, min(size, gathered.size - start))))
+        for number, start in enumerate(range(0, gathered.size, size), start=1)
+    ]
     try:
-        if probe:
-            # The first part, timed from the start of the pass that sends
-            # it (not botocore's set-up and hashing passes) to the answer: a store that takes one
-            # connection this fast is local or close, and one PUT serves it
-            # better. Such a connection is done with it in twice the time the
-            # bar allows; one still at it by then is slow, and the other parts
-            # go up beside it (the probe took 0.8 s of a 9 s save alone through
-            # benchmarks' s3_link endpoint, measured once when this was written).
-            body = gathered.part(0, PROBE_PART_SIZE)
-            tasks.append(asyncio.ensure_future(send(1, body)))
-            fast = seconds_at(2 * PROBE_PART_SIZE, _transfer.ONE_UPLOAD_IS_ENOUGH)
-            done, _ = await asyncio.wait(tasks, timeout=None if fast is None else round_trip + fast)
-            if not done:
-                tasks += send_from(PROBE_PART_SIZE, shared=PROBE_PART_SIZE)
-            await tasks[0]
-            rate = PROBE_PART_SIZE / max(time.monotonic() - body.sent_from - round_trip, 1e-6)
-            logger.debug(
-                "One connection to %s took %.0f MB/s (first part, less a round trip)", endpoint, rate / 1e6
-            )
-            if rate >= _transfer.ONE_UPLOAD_IS_ENOUGH:
-                raise OneConnectionIsEnough
-            if len(tasks) == 1:
-                tasks += send_from(PROBE_PART_SIZE)
-        else:
-            tasks = send_from(0)
         parts = await asyncio.gather(*tasks)
         await client.complete_multipart_upload(MultipartUpload={"Parts": parts}, **upload, **conditions)
     except BaseException:
@@ -412,13 +398,11 @@ def _upload_with(fs: Any, upload: Any) -> Callable[[str, Uploadable, bool, Trans
         return None
     from fsspec.asyn import sync
 
-    def put(
-        path: str, gathered: Uploadable, exclusive: bool, options: TransferOptions, probe: bool = False
-    ) -> None:
+    def put(path: str, gathered: Uploadable, exclusive: bool, options: TransferOptions) -> None:
         bucket, key, _ = fs.split_path(path)
         conditions = {"IfNoneMatch": "*"} if exclusive else {}  # atomic where the store supports it
         try:
-            sync(fs.loop, upload, fs, bucket, key, gathered, conditions, options, probe)
+            sync(fs.loop, upload, fs, bucket, key, gathered, conditions, options)
         except Exception as exc:
             if exclusive and ("PreconditionFailed" in str(exc) or "pre-condition" in str(exc)):
                 raise FileExistsError(path) from exc

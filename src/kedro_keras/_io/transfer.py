@@ -32,31 +32,6 @@ _MIN_PART_SIZE = 8 * 2**20
 _MAX_PARTS = 10_000
 
 
-# Whether one connection is enough is judged on a first part this large,
-# timed less one round trip (a bodyless request's): the bandwidth, not the
-# latency, decides.
-PROBE_PART_SIZE = 8 * 2**20
-
-# One stream carrying this much means a store that is local or close (a test
-# server, a fast link): a request more costs more than it gains.
-ONE_STREAM_IS_ENOUGH = 150e6  # bytes per second
-# Uploads are slower everywhere (the server hashes and stores each byte):
-# moto here takes one 150-190 MB/s (the "S3 save" rows of make bench log
-# the probe's rate at DEBUG); AWS's performance guidelines plan on up to
-# 85-90 MB/s per connection to S3, less for uploads (not measured here).
-ONE_UPLOAD_IS_ENOUGH = 100e6
-
-
-class OneConnectionIsEnough(Exception):
-    """The probe part went up fast enough: the multipart upload was aborted
-    and the object should go up in one PUT."""
-
-
-def seconds_at(nbytes: int, bytes_per_s: float) -> float | None:
-    """How long ``nbytes`` take at a rate (``None``: at no rate, forever)."""
-    return nbytes / bytes_per_s if bytes_per_s > 0 else None
-
-
 def part_size(size: int, concurrency: int, chosen: int | None = None) -> int:
     """Parts (uploaded, or ranges read) small enough that every connection
     has one, large enough that requests stay few: 8 to 64 MiB unless the
@@ -79,10 +54,10 @@ def part_size(size: int, concurrency: int, chosen: int | None = None) -> int:
 # Up to this size an object goes up in one PUT: all or nothing by itself,
 # one request, and no orphaned parts (which stay billed) if the process dies
 # mid-upload. Beyond it, a multipart upload's concurrent parts win: one
-# connection carries a fraction of a real store's link. (On moto, which
-# copies the parts again on completion, one PUT would be faster.) With
-# fs_args.concurrency 1 there is nothing to win below 512 MiB; with
-# fs_args.part_size, anything larger than one part goes in parts.
+# connection carries a fraction of a real store's link. With concurrency 1
+# (the default for a store on this host: moto copies the parts again on
+# completion) there is nothing to win below 512 MiB; with fs_args.part_size,
+# anything larger than one part goes in parts.
 SINGLE_PUT_LIMIT = 64 * 2**20
 SINGLE_PUT_LIMIT_ONE_CONNECTION = 512 * 2**20
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-import time
 from typing import Any, Callable, Iterator
 
 from kedro_keras._io.progress import NO_PROGRESS, Transfer, _NoProgress
@@ -188,9 +187,6 @@ class _Part(SizedFile):
         super().__init__()
         self._whole, self._start, self.size = whole, start, size
         self._position = 0
-        # When the pass that sends it began (see ``sending``): not its
-        # creation, which botocore's set-up and hashing passes follow.
-        self.sent_from: float = time.monotonic()
 
     def readinto(self, buffer: Any) -> int:
         target = memoryview(buffer).cast("B")[: max(0, self.size - self._position)]
@@ -200,7 +196,6 @@ class _Part(SizedFile):
 
     def sending(self) -> SendPass:
         """This part, as read by the pass that sends it (``Uploadable.sending``)."""
-        self.sent_from = time.monotonic()
         return SendPass(self, lambda done: self._whole._part_sent(self._start, done))
 
 
