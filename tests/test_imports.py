@@ -50,6 +50,25 @@ def test_module_whose_own_import_fails_is_reported_as_such(tmp_path, monkeypatch
         _imports.import_object("broken_module.X")
 
 
+def test_checking_a_path_runs_no_package_of_the_project(tmp_path, monkeypatch):
+    """When the catalog is built, a builder's path into a project's
+    pipelines is checked from the files: ``pipelines/__init__.py`` imports
+    the nodes and so TensorFlow, which made ``kedro keras list`` take 9 s."""
+    package = tmp_path / "proj_imports" / "pipelines"
+    package.mkdir(parents=True)
+    ran = tmp_path / "ran"
+    (tmp_path / "proj_imports" / "__init__.py").write_text(f"open({str(ran)!r}, 'a').write('proj ')\n")
+    (package / "__init__.py").write_text(f"open({str(ran)!r}, 'a').write('pipelines ')\n")
+    (package / "nodes.py").write_text("def build(): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _imports.check_import_path("proj_imports.pipelines.nodes.build")
+    _imports.check_import_path("proj_imports.pipelines.nodes:build")
+    assert not ran.exists()
+    with pytest.raises(ValueError, match=r"there is no module 'proj_imports\.pipelines\.nodez'"):
+        _imports.check_import_path("proj_imports.pipelines.nodez.build")
+    assert ran.read_text() == "proj pipelines "  # only to word the error: the slow path imports
+
+
 def test_resolve_custom_objects_forms():
     assert _imports.resolve_custom_objects(None) is None
     assert _imports.resolve_custom_objects(["keras_test_models.Scale"]) == {"Scale": keras_test_models.Scale}

@@ -7,6 +7,8 @@
                                       remove old versions (never the newest)
     kedro keras diff NAME V1 V2       per layer: shape changes, largest absolute weight difference
 
+``kedro-keras ARGS`` (``main``) is the same for scripts: only the answer on stdout.
+
 A ``kedro.project_commands`` plugin. Kedro imports this module for every
 ``kedro`` command in a project, so it imports only click here; Kedro's
 session, rich and the datasets are imported when a command runs.
@@ -58,6 +60,26 @@ def _logs_to_stderr() -> None:
                 sys.__stdout__,
             ):
                 handler.setStream(sys.stderr)
+
+
+def main() -> None:
+    """``kedro-keras ARGS``: ``kedro keras ARGS`` with nothing but the
+    command's answer on stdout, for scripts (``kedro-keras list --json``).
+
+    Kedro logs which logging config it uses while it is imported, before any
+    plugin runs, through that config's console handler: stdout in Kedro's
+    default and template, so ``kedro keras list --json`` starts with that
+    line. Here Kedro is imported with stdout pointed at stderr.
+    """
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        import kedro.framework.project  # noqa: F401 - configures logging and logs the line
+
+    from kedro.framework.cli import main as kedro_main
+
+    sys.argv = ["kedro", "keras", *sys.argv[1:]]
+    kedro_main()
 
 
 _ENV = click.option("--env", "-e", default=None, help="Kedro configuration environment.")
@@ -200,17 +222,33 @@ def _answer(ask: Any, failing: str = "") -> Any:
 
 
 def _our_entries(env: str | None) -> list[tuple[str, Any]]:
-    from kedro.framework.project import pipelines
+    catalog = _catalog(env)
+    # The entries written out, and those a dataset factory gives the
+    # pipelines' datasets: only a catalog with factories needs the pipelines
+    # (importing them imports their nodes' imports: TensorFlow, seconds).
+    names = set(catalog.keys())
+    if _has_dataset_factories(catalog):
+        from kedro.framework.project import pipelines
 
-    catalog = _catalog(env, with_pipelines=True)  # a dataset factory's entries are found from them
-    # The entries written out, and those a dataset factory gives the pipelines' datasets.
-    names = set(catalog.keys()) | {name for pipeline in pipelines.values() for name in pipeline.datasets()}
+        names |= {name for pipeline in pipelines.values() for name in pipeline.datasets()}
     found = []
     for name in sorted(names):
         dataset = catalog.get(name) if not name.startswith("params:") and name != "parameters" else None
         if dataset is not None and type(dataset).__module__.startswith("kedro_keras."):
             found.append((name, dataset))
     return found
+
+
+def _has_dataset_factories(catalog: Any) -> bool:
+    """Whether the project's catalog.yml declares dataset factory patterns
+    (Kedro's own catch-all for unnamed datasets does not count). If Kedro's
+    resolver changes shape, assume it does: listing then imports the pipelines."""
+    resolver = getattr(catalog, "config_resolver", None)
+    patterns = getattr(resolver, "_dataset_patterns", None)
+    catch_all = getattr(resolver, "_user_catch_all_pattern", None)
+    if not isinstance(patterns, dict) or not isinstance(catch_all, dict):
+        return True
+    return bool(patterns or catch_all)
 
 
 def _entry(name: str, env: str | None, version: str | None) -> Any:
@@ -231,7 +269,7 @@ def _entry(name: str, env: str | None, version: str | None) -> Any:
     return dataset
 
 
-def _catalog(env: str | None, with_pipelines: bool = False) -> Any:
+def _catalog(env: str | None) -> Any:
     from pathlib import Path
 
     from kedro.framework.session import KedroSession
@@ -241,11 +279,11 @@ def _catalog(env: str | None, with_pipelines: bool = False) -> Any:
     bootstrap_project(project)  # applies the project's logging config again: new handlers
     _logs_to_stderr()
     context = KedroSession.create(project_path=project, env=env).load_context()
-    if not with_pipelines and hasattr(context, "_pipelines_to_validate"):
+    if hasattr(context, "_pipelines_to_validate"):
         # Kedro validates parameters against every pipeline's typed nodes while
         # it builds the catalog, importing the pipelines and so their nodes'
         # imports (TensorFlow: 5 s of `inspect NAME` in the digits example).
-        # A named entry needs neither; the session scopes validation this way.
+        # Our commands need neither; the session scopes validation this way.
         context._pipelines_to_validate = []
     catalog = context.catalog
     _logs_to_stderr()

@@ -242,6 +242,33 @@ def test_a_named_entry_is_inspected_without_importing_the_pipelines_or_a_backend
     assert rows["model"] == "digits_cnn (Functional)"
 
 
+def test_a_catalog_without_dataset_factories_is_listed_without_importing_the_pipelines(digits, tmp_path):
+    """`kedro keras list` imports the pipelines only to find what a dataset
+    factory makes of their datasets: with the digits catalog's factory
+    written out as the entry it makes, it lists the same entries from the
+    configuration alone (#30)."""
+    import json
+
+    project = tmp_path / "digits"
+    shutil.copytree(digits, project, ignore=shutil.ignore_patterns("build", "*.log"))
+    catalog = project / "conf" / "base" / "catalog.yml"
+    text = catalog.read_text()
+    assert '"{name}_model":' in text and "filepath: data/06_models/{name}.keras" in text
+    catalog.write_text(
+        text.replace('"{name}_model":', "classifier_model:").replace("{name}.keras", "classifier.keras")
+    )
+    # kedro-keras's entry point (stdout only JSON), with import times on stderr.
+    entry_point = "from kedro_keras.cli import main; main()"
+    result = run([sys.executable, "-X", "importtime", "-c", entry_point, "list", "--json"], project)
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert not {"digits.pipelines", "digits.pipelines.training.nodes", "tensorflow"} & imported
+    assert {row["name"] for row in json.loads(result.stdout)} == {*MODELS, *EXPORTS, "classifier_checkpoints"}
+
+
 @pytest.fixture
 def kedro_logging_left_alone(monkeypatch):
     """Kedro configures logging when a project is bootstrapped, with
