@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from plan import BUCKET, SAMPLE_INTERVAL_S
+from plan import BUCKET, SAMPLE_INTERVAL_S, SMALL_RANGE_BYTES
 
 # ==========================================================================
 # The model
@@ -206,20 +206,25 @@ def _child_run(spec: dict) -> dict:
         callback.set_model(model)
         dataset = None
     elif contestant == "ours":
-        dataset = kedro_keras.KerasModelDataset(filepath=target, credentials=credentials)
+        # fs_args: on the S3 link rows only (plan.LINK_FS_ARGS); never given to kedro-datasets.
+        dataset = kedro_keras.KerasModelDataset(
+            filepath=target, credentials=credentials, fs_args=spec.get("fs_args")
+        )
     elif contestant == "history":
-        dataset = kedro_keras.KerasTimestampedModelDataset(filepath=target, credentials=credentials)
+        dataset = kedro_keras.KerasTimestampedModelDataset(
+            filepath=target, credentials=credentials, fs_args=spec.get("fs_args")
+        )
     elif contestant == "kd":
         dataset = TensorFlowModelDataset(filepath=target, credentials=credentials)
     else:
         dataset = None
-    s3_calls = None
+    s3_calls = s3_gets = None
     if is_s3:
         # Connect (botocore session, service model, event loop) before the
         # baseline: that one-off cost is the same for any S3 client.
         dataset._fs.ls("")
         dataset._fs.invalidate_cache()
-        s3_calls = _count_s3_calls(dataset._fs)
+        s3_calls, s3_gets = _count_s3_calls(dataset._fs)
 
     if kind == "checkpoint":
 
@@ -238,12 +243,15 @@ def _child_run(spec: dict) -> dict:
     else:
         operation = dataset.load
 
-    _release_free_memory()
-    baseline = _read_status_kb("VmRSS") * 1024
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        loaded = operation()
-        elapsed = time.perf_counter() - start
+    with BusyCores((os.cpu_count() or 1) if spec.get("busy_cores") else 0) as busy:
+        _release_free_memory()
+        baseline = _read_status_kb("VmRSS") * 1024
+        with PeakMemory() as memory:
+            busy.mark()
+            start = time.perf_counter()
+            loaded = operation()
+            elapsed = time.perf_counter() - start
+            busy.measure()
 
     out = {
         "time_s": elapsed,
@@ -256,6 +264,14 @@ def _child_run(spec: dict) -> dict:
     }
     if s3_calls is not None:
         out["s3_requests"] = dict(s3_calls)
+        out["s3_gets"] = _summarise_gets(s3_gets)
+    location = getattr(dataset, "_location", None)
+    if is_s3 and location is not None:
+        # The concurrency kedro-keras's Location settled on (fs_args, or its
+        # default for this endpoint): the page's transfer column says it.
+        out["concurrency"] = location.transfer.concurrency
+    if busy.processes:
+        out["busy"] = busy.report()
 
     # Check the result (not timed): a load gives the prepared model back, a
     # save leaves a whole file, which is then removed.
@@ -301,17 +317,122 @@ def _state_bytes(model) -> int:
 
 
 def _count_s3_calls(fs):
-    """Count the S3 API calls made through this s3fs filesystem's client."""
+    """Count the S3 API calls made through this s3fs filesystem's client, and
+    keep the Range header of every GetObject (None: the whole object)."""
     from collections import Counter
 
     calls: Counter = Counter()
+    gets: list = []
 
-    def count(model=None, **_):
+    def count(model=None, params=None, **_):
         if model is not None:
             calls[model.name] += 1
+            if model.name == "GetObject":
+                gets.append(((params or {}).get("headers") or {}).get("Range"))
 
     fs.s3.meta.events.register("before-call.s3", count)
-    return calls
+    return calls, gets
+
+
+def _summarise_gets(ranges: list) -> dict:
+    """The GetObjects of one operation by kind: ``streams`` (the whole object,
+    or from a byte to its end), ``ranges`` (a bounded range of more than
+    SMALL_RANGE_BYTES) and ``small_ranges``, with the bytes the bounded ones asked for."""
+    out = {"streams": 0, "ranges": 0, "range_bytes": 0, "small_ranges": 0, "small_range_bytes": 0}
+    for header in ranges:
+        first, _, last = (header or "bytes=0-").removeprefix("bytes=").partition("-")
+        if not last:
+            out["streams"] += 1
+            continue
+        size = int(last) - int(first) + 1
+        kind = "ranges" if size > SMALL_RANGE_BYTES else "small_ranges"
+        out[kind] += 1
+        out[kind.removesuffix("s") + "_bytes"] += size
+    return out
+
+
+# One busy loop, until its parent (the measuring child) is gone: even a
+# child killed on a timeout leaves none behind.
+_BUSY_LOOP = """\
+import os, sys
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    for _ in range(100_000):
+        pass
+"""
+
+
+class BusyCores:
+    """``processes`` busy-loop processes while the block runs (none for 0),
+    killed when it ends, however it ends. ``mark()`` and ``measure()``, at
+    the start and the end of the timed call, note the CPU time they have had
+    and the machine's, which ``report()`` gives as cores kept busy on
+    average: by the busy loops, and by every process on the machine."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._children: list = []
+        self._at_start: tuple[float, float, float] | None = None
+        self._spent: tuple[float, float, float] | None = None
+
+    def __enter__(self):
+        import subprocess
+
+        try:
+            for _ in range(self.processes):
+                self._children.append(subprocess.Popen([sys.executable, "-c", _BUSY_LOOP, str(os.getpid())]))
+            if self._children:
+                time.sleep(0.5)  # running, and the scheduler has seen them
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def _clocks(self) -> tuple[float, float, float]:
+        """Wall time, the busy loops' CPU time, and the machine's busy CPU time."""
+        import psutil
+
+        loops = 0.0
+        for child in self._children:
+            try:
+                times = psutil.Process(child.pid).cpu_times()
+                loops += times.user + times.system
+            except psutil.Error:
+                pass
+        # guest times are in user and nice already; steal: the host ran another machine
+        machine = psutil.cpu_times()
+        busy = sum(
+            getattr(machine, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal")
+        )
+        return time.perf_counter(), loops, busy
+
+    def mark(self) -> None:
+        """The timed call starts now."""
+        if self._children:
+            self._at_start = self._clocks()
+
+    def measure(self) -> None:
+        """The timed call has ended."""
+        if self._at_start is not None:
+            self._spent = tuple(
+                end - start for end, start in zip(self._clocks(), self._at_start, strict=True)
+            )
+
+    def report(self) -> dict:
+        out: dict = {"processes": self.processes}
+        if self._spent and self._spent[0] > 0:
+            wall, loops, machine = self._spent
+            out.update(wall_s=wall, cpu_s=loops, cores_busy=loops / wall, machine_cores_busy=machine / wall)
+        return out
+
+    def _stop(self) -> None:
+        for child in self._children:
+            child.kill()  # only the processes we started
+        for child in self._children:
+            child.wait()
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
 
 
 def _prepare(spec: dict, model) -> dict:

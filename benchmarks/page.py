@@ -13,15 +13,18 @@ import checkpoint_overhead
 from plan import (
     BIG_LINK_PARAMS,
     BIG_PARAMS,
+    BUSY_CORES,
     CHILD_ENV,
     DEFAULT_REPEATS,
     DEFAULT_SIZE_MB,
+    LINK_FS_ARGS,
     MB,
     QUICK_REPEATS,
     QUICK_SIZE_MB,
     REPO,
     SAMPLE_INTERVAL_S,
     SHORT_NAMES,
+    SMALL_RANGE_BYTES,
     model_shape,
 )
 
@@ -76,20 +79,20 @@ def markdown_table(summary) -> str:
 def big_table(rows) -> str:
     lines = [
         "| Operation | Model | Contestant | Median time (s) | Peak extra memory (MB) | Memory / weights | "
-        "Time / link floor |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "Time / link floor | Transfer |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
         start = (
             f"| {row['operation']} | {_size(row['weights_bytes'])} | **{SHORT_NAMES[row['contestant']]}** |"
         )
         if "median_time_s" not in row:
-            lines.append(f"{start} error | – | – | – |")
+            lines.append(f"{start} error | – | – | – | – |")
             continue
         floor = f"{row['link_floor_ratio']:.2f}x" if "link_floor_ratio" in row else "–"
         lines.append(
             f"{start} {row['median_time_s']:.2f} | {row['median_peak_extra_bytes'] / MB:,.0f} | "
-            f"{row['memory_ratio']:.2f}x | {floor} |"
+            f"{row['memory_ratio']:.2f}x | {floor} | {row.get('transfer') or '–'} |"
         )
     return "\n".join(lines)
 
@@ -174,11 +177,85 @@ def _s3_section(report, weights_mb: float) -> str:
     if request_rows:
         text += (
             "S3 API calls per operation (median over the repeats), counted on the s3fs client of each "
-            "dataset's filesystem:\n\n| Operation | Contestant | Requests |\n| --- | --- | --- |\n"
+            "dataset's filesystem, and for kedro-keras the transfer they add up to. **Transfer** is read "
+            "from the requests each repeat made, not from the settings: a GET of the whole object or from a "
+            f"byte to its end is a stream, one of a bounded range over {SMALL_RANGE_BYTES / 2**20:g} MiB a "
+            "ranged GET (the small ones, reads through kedro-keras's 1 MiB block cache of what lies behind its "
+            "stream, such as the zip directory at the file's end, are listed apart), a PutObject one PUT and "
+            "UploadParts a multipart upload; the concurrency is the one kedro-keras's dataset settled on "
+            "(`fs_args.concurrency`, or its default for the endpoint: 1 for a store on this host such as moto, "
+            "8 for any other). kedro-keras gets `fs_args="
+            f"{_fs_args()}` on the S3 link rows only: the link is a proxy on loopback standing in for a "
+            "remote store, which gets that by default, while kedro-keras would take the proxy for a store on "
+            "this host and use 1. The moto rows use the defaults.\n\n"
+            "| Operation | Contestant | Requests | Transfer |\n| --- | --- | --- | --- |\n"
         )
         for row in request_rows:
             calls = ", ".join(f"{name} {count:g}" for name, count in row["s3_requests"].items())
-            text += f"| {row['operation']} | {SHORT_NAMES[row['contestant']]} | {calls} |\n"
+            text += (
+                f"| {row['operation']} | {SHORT_NAMES[row['contestant']]} | {calls} | "
+                f"{row.get('transfer') or '–'} |\n"
+            )
+    return text
+
+
+def _fs_args() -> str:
+    return "{" + ", ".join(f'"{key}": {value!r}' for key, value in LINK_FS_ARGS.items()) + "}"
+
+
+_POSSESSIVE = {"ours": "kedro-keras's", "kd": "kedro-datasets'"}
+
+
+def _busy_section(report) -> str:
+    rows = [r for r in report["summary"] if r["operation"] in BUSY_CORES and r.get("status") != "n/a"]
+    if not rows:
+        return ""
+    text = "\n### With every core busy\n\n"
+    for operation in dict.fromkeys(r["operation"] for r in rows):
+        ours, kd = _row(report, operation, "ours"), _row(report, operation, "kd")
+        busy = ours.get("busy") or kd.get("busy") or {}
+        processes = busy.get("processes")
+        load = (
+            f"{processes} busy-loop processes (`while True: pass` in Python, one per core)"
+            if processes
+            else "busy-loop processes (one per core)"
+        )
+        cores = report["meta"]["machine"]["cores"]
+        kept = [
+            f"during {_POSSESSIVE[name]} load {busy['median_machine_cores_busy']:.1f} of the "
+            f"{cores} cores were busy ({busy['median_cores_busy']:.1f} with the busy loops)"
+            for name, busy in (("ours", ours.get("busy") or {}), ("kd", kd.get("busy") or {}))
+            if busy.get("median_machine_cores_busy") is not None and busy.get("median_cores_busy") is not None
+        ]
+        kept_text = (
+            f" On average over the timed call (median over the repeats), {'; '.join(kept)}: the rest went to "
+            "the measuring process, the moto server and whatever else ran on the machine."
+            if kept
+            else ""
+        )
+        ratio = f", {_fmt_ratio(ours['time_ratio'])} kedro-datasets' time" if ours.get("time_ratio") else ""
+        repeats = report["meta"]["repeats"]
+        # The cap this run had (results.json's meta), else today's.
+        cap = (report["meta"].get("busy_cores") or {}).get(operation, BUSY_CORES[operation])
+        repeats_text = (
+            f"At most {cap} repeats (median of those), against {repeats} for the other rows"
+            if cap < repeats
+            else f"{repeats} repeat(s), as for the other rows (at most {cap})"
+        )
+        text += (
+            f"**{operation}**: the moto load of the trained model (as in the trained S3 load row) while {load} "
+            "run beside it: the measuring process starts them half a second before the timed load, so they "
+            f"are running, and kills them right after it; they end by themselves if it dies.{kept_text} "
+            f"{repeats_text}: its repeats are long, and this keeps the row's cost to `make bench` within "
+            "about 5 minutes. "
+            f"kedro-keras took {_times(ours)}{ratio}; transfer: {ours.get('transfer') or 'not recorded'}. "
+            f"kedro-datasets took {_times(kd)}.\n\n"
+            "A load used to choose one stream or concurrent ranged GETs from a timed probe of its first "
+            "8 MiB. On a busy CPU the probe took moto for a slow link and sent the load down the ranged path, "
+            "which moto serves by reading the whole object for every range: a 386 MB load took 8.2 s instead "
+            "of 3.6 s. The choice now follows the endpoint's address alone (a store on this host gets one "
+            "stream), so a busy CPU cannot change it; this row checks that.\n"
+        )
     return text
 
 
@@ -250,6 +327,10 @@ def _commands(report) -> str:
         (
             "python benchmarks/run.py --quick",
             f"{_size(quick)}, {QUICK_REPEATS} repeat; writes to benchmarks/.work/quick/, not here",
+        ),
+        (
+            'python benchmarks/run.py --only "S3 load"',
+            "the rows named so (repeatable); writes to benchmarks/.work/only/, not here",
         ),
         ("python benchmarks/run.py --size-mb 200 --repeats 5 --skip-s3", ""),
     ]
@@ -323,6 +404,8 @@ def render(report, outputs) -> str:
         "public_api": public_api,
         "results_table": markdown_table(report["summary"]),
         "s3_section": _s3_section(report, weights_mb),
+        "busy_section": _busy_section(report),
+        "link_fs_args": _fs_args(),
         "big_section": _big_section(report),
         "targets_table": targets,
         "local_load_times": local_load_times,

@@ -5,8 +5,10 @@ performance.md.tmpl (see page.py)."""
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import facts
@@ -14,6 +16,7 @@ import page
 from plan import (
     BIG_OPERATIONS,
     BIG_TARGETS,
+    BUSY_CORES,
     MB,
     SAVE_BUDGET_BYTES,
     SAVE_BUDGET_FRACTION,
@@ -32,6 +35,67 @@ def _rows(runs, model: str, operation: str, contestant: str) -> tuple[list, list
         if r["model"] == model and r["operation"] == operation and r["contestant"] == contestant
     ]
     return mine, [r for r in mine if r.get("ok")]
+
+
+def _plural(count: float, word: str) -> str:
+    return f"{count:g} {word}" + ("" if count == 1 else "s")
+
+
+def transfer(run: dict) -> str | None:
+    """The transfer strategy one S3 save or load used, from the requests it
+    made (child.py counts them on the dataset's s3fs client): "one stream
+    (1 GET)", "ranged GETs (N GETs, concurrency C)", "one PUT", "multipart
+    (N parts, concurrency C)", joined by "+" when it used more than one. The
+    concurrency is kedro-keras's (its Location's); None for a run that made
+    no S3 request, or was recorded before GETs were told apart."""
+    requests = run.get("s3_requests")
+    if not requests:
+        return None
+    concurrency = run.get("concurrency")
+    at = f", concurrency {concurrency}" if concurrency else ""
+    parts, puts = requests.get("UploadPart", 0), requests.get("PutObject", 0)
+    if parts or puts:
+        pieces = [f"multipart ({_plural(parts, 'part')}{at})"] if parts else []
+        if puts:
+            pieces.append("one PUT" if puts == 1 else f"{puts} PUTs")
+        return " + ".join(pieces)
+    gets = run.get("s3_gets")
+    if gets is None:
+        return None
+    pieces = []
+    if gets["ranges"]:
+        pieces.append(f"ranged GETs ({_plural(gets['ranges'], 'GET')}{at})")
+    if gets["streams"] == 1:
+        pieces.append("one stream (1 GET)")
+    elif gets["streams"]:
+        pieces.append(f"{gets['streams']} streams ({_plural(gets['streams'], 'GET')})")
+    if gets["small_ranges"]:
+        pieces.append(
+            f"{_plural(gets['small_ranges'], 'small ranged GET')} "
+            f"({gets['small_range_bytes'] / 2**20:,.1f} MiB in all)"
+        )
+    return " + ".join(pieces) or "no GET"
+
+
+def _transfers(ok: list) -> str | None:
+    """A row's transfer strategy: the one every repeat used, or each with how many used it."""
+    seen = Counter(label for label in map(transfer, ok) if label)
+    if len(seen) <= 1:
+        return next(iter(seen), None)
+    return "; ".join(f"{label} ({count} of {len(ok)} repeats)" for label, count in seen.most_common())
+
+
+def _busy(ok: list) -> dict | None:
+    """How busy the other processes kept the cores during a row's timed calls."""
+    busy = [r["busy"] for r in ok if r.get("busy")]
+    if not busy:
+        return None
+    out = {"processes": busy[0]["processes"]}
+    for key in ("cores_busy", "machine_cores_busy"):
+        values = [b[key] for b in busy if b.get(key) is not None]
+        if values:
+            out[f"median_{key}"] = statistics.median(values)
+    return out
 
 
 _METRICS = {
@@ -100,6 +164,13 @@ def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_
                     row["s3_requests"] = {
                         name: statistics.median(counts.get(name, 0) for counts in requests) for name in names
                     }
+                    if contestant == "ours":
+                        # kedro-datasets' are in the requests column: s3fs opens a
+                        # whole-object GET, drops it and fetches 50 MiB ranges.
+                        row["transfer"] = _transfers(ok)
+                busy = _busy(ok)
+                if busy:
+                    row["busy"] = busy
                 medians[(operation, contestant)] = row
             summary.append(row)
     link = run_facts.get("s3_link")
@@ -143,6 +214,8 @@ def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_
             if where == "link" and link:
                 floor = ok[0]["input_file_bytes"] / (link["aggregate_MB_s"] * 1e6)
                 row.update(link_floor_s=floor, link_floor_ratio=row["median_time_s"] / floor)
+            if _transfers(ok):
+                row["transfer"] = _transfers(ok)
         big_rows.append(row)
 
     if big_shapes:
@@ -152,7 +225,7 @@ def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_
             for label, operation, contestant, model, metric, threshold in BIG_TARGETS
         ]
 
-    command = "python benchmarks/run.py" + "".join(f" {a}" for a in sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])
     return {
         "meta": {
             "date": started_at.strftime("%Y-%m-%d %H:%M UTC"),
@@ -173,6 +246,7 @@ def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_
             "save_budget_bytes": save_budget,
             "quick": args.quick,
             "repeats": args.repeats,
+            "busy_cores": dict(BUSY_CORES),  # the most repeats of each busy-cores row
             "big_repeats": args.big_repeats if args.big else 0,
             "big_runtime_s": run_facts.get("big_runtime_s"),
         },
