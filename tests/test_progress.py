@@ -157,25 +157,55 @@ class TestOneBarPerTransfer:
         assert sent, saved
         assert _rate(sent.group(1)) == pytest.approx(_rate(saving[-1][3]), rel=0.02), (saved, saving[-1])
 
+    # The tally below counts a whole cache block for every small read; with
+    # Keras's internals off, Keras's own loader makes hundreds of them (looks
+    # back, mostly cache hits), so the tally says nothing there.
+    @pytest.mark.private_api
     def test_a_load_reaches_100_percent_when_the_last_byte_arrives(
-        self, every_transfer_shown, transfer_updates, s3_bucket, s3_credentials, caplog
+        self, every_transfer_shown, transfer_updates, s3_bucket, s3_credentials, caplog, monkeypatch
     ):
+        from kedro_keras._io.remote import RemoteReader
+
         dataset = KerasModelDataset(filepath=f"{s3_bucket}/m.keras", credentials=s3_credentials)
         dataset.save(_large_model())
         transfer_updates.clear()
+        fetches = []  # (bytes fetched so far, what the bar showed after it)
+        fetched = RemoteReader._fetched
+
+        def recorded(self, position, count):
+            fetched(self, position, count)
+            fetches.append(((fetches[-1][0] if fetches else 0) + count, transfer_updates[-1][1]))
+
+        monkeypatch.setattr(RemoteReader, "_fetched", recorded)
         caplog.set_level(logging.INFO, logger="kedro_keras")
         dataset.load()
         done = [update[1] for update in transfer_updates if update[0] == "Loading"]
         total = transfer_updates[0][2]
-        assert done == sorted(done)
-        # Bytes handed to HDF5 reached 100 % after the first third of the
-        # file; the bytes fetched reach it only with the last few reads.
-        assert done.index(total) >= len(done) - 3, (done.index(total), len(done))
+        assert done == sorted(done) and done[-1] == total
+        # Counting the bytes handed to HDF5 reached 100 % a third of the way
+        # into the fetching; counting the file's bytes fetched, only at the
+        # last new byte: what comes after is looks back at bytes it has.
+        fetched_by_then = next(so_far for so_far, shown in fetches if shown == total)
+        assert fetched_by_then >= 0.9 * fetches[-1][0], (fetched_by_then, fetches[-1][0])
         (loaded,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Loaded")]
         received = re.search(r"; received in [\d.]+ s, (.*/s)$", loaded)
         assert received, loaded
         last = [update for update in transfer_updates if update[0] == "Loading"][-1]
         assert _rate(received.group(1)) == pytest.approx(_rate(last[3]), rel=0.02), (loaded, last)
+
+    def test_a_byte_fetched_twice_counts_once(self):
+        from kedro_keras._io.remote import _Coverage
+
+        covered = _Coverage()
+        assert covered.add(90, 100) == 10  # the zip directory's block, at the end
+        assert covered.add(0, 40) == 50  # the stream from the front
+        assert covered.add(40, 95) == 100  # ...running into the block
+        assert covered.add(20, 30) == 100  # a look back, fetched again
+        assert covered.add(5, 5) == 100
+        fresh = _Coverage()
+        for start, end in [(10, 20), (30, 40), (50, 60), (15, 55)]:
+            fresh.add(start, end)
+        assert fresh.total == 50 and fresh._stretches == [[10, 60]]
 
     def test_the_time_left_waits_for_a_rate_worth_the_name(self, monkeypatch):
         transfer = _progress.Transfer("Loading", "s3://b/m.keras", 400 * 10**6)

@@ -6,6 +6,7 @@ transfer options and part sizes in ``transfer``; uploads are ``upload``'s.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import mmap
 import threading
@@ -44,6 +45,31 @@ _STREAM_ATTEMPTS = 3
 # A read at least this large, on an entry with concurrency above 1, is
 # fetched as concurrent ranged GETs of 8 to 64 MiB each.
 _PARALLEL_FROM = 16 * 2**20
+
+
+class _Coverage:
+    """Which bytes of a file have been fetched, as merged stretches."""
+
+    def __init__(self) -> None:
+        self._stretches: list[list[int]] = []  # [start, end), sorted, apart
+        self.total = 0
+
+    def add(self, start: int, end: int) -> int:
+        """Add ``[start, end)``; the bytes covered now."""
+        if end <= start:
+            return self.total
+        index = bisect.bisect_left(self._stretches, [start, start])
+        if index and self._stretches[index - 1][1] >= start:
+            index -= 1
+        merged_start, merged_end, last = start, end, index
+        while last < len(self._stretches) and self._stretches[last][0] <= merged_end:
+            merged_start = min(merged_start, self._stretches[last][0])
+            merged_end = max(merged_end, self._stretches[last][1])
+            self.total -= self._stretches[last][1] - self._stretches[last][0]
+            last += 1
+        self._stretches[index:last] = [[merged_start, merged_end]]
+        self.total += merged_end - merged_start
+        return self.total
 
 
 class FileChangedError(OSError):
@@ -86,7 +112,7 @@ class RemoteReader(SizedFile):
         self._small_bytes = 0
         self._held: dict[int, memoryview] = {}
         self.progress: Transfer | _NoProgress = NO_PROGRESS
-        self._fetched_bytes = 0
+        self._fetched_bytes = _Coverage()
         self._fetched_lock = threading.Lock()  # ranges arrive on the event loop's thread
 
     def readinto(self, buffer: Any) -> int:
@@ -97,13 +123,13 @@ class RemoteReader(SizedFile):
         self._position += view.nbytes
         return view.nbytes
 
-    def _fetched(self, count: int) -> None:
-        """``count`` more bytes came from the store. Progress counts these,
-        not the bytes handed over: HDF5 reads some bytes several times, out
-        of memory, and a count of those reached 100 % long before the end."""
+    def _fetched(self, position: int, count: int) -> None:
+        """Bytes ``position`` to ``position + count`` came from the store.
+        Progress counts the file's bytes fetched at least once: not the bytes
+        handed over (HDF5 reads some several times, out of memory: that count
+        reached 100 % a third of the way in), nor a block fetched twice."""
         with self._fetched_lock:
-            self._fetched_bytes += count
-            self.progress.at(self._fetched_bytes)
+            self.progress.at(self._fetched_bytes.add(position, position + count))
 
     def close(self) -> None:
         self._close_stream()
@@ -213,12 +239,16 @@ class RemoteReader(SizedFile):
             if target.nbytes - done >= _SMALL:
                 # Past the block cache, which suits small reads only.
                 piece = self._file._fetch_range(first, first + min(_RANGE_PIECE, target.nbytes - done))
+                fetched = (first, first + len(piece))
             else:
                 self._file.seek(first)
                 piece = self._file.read(target.nbytes - done)
+                # The block cache fetches (or has) whole blocks around the read.
+                block = max(1, int(getattr(self._file, "blocksize", 1) or 1))
+                fetched = (first // block * block, min(self.size, -(-(first + len(piece)) // block) * block))
             if not piece:
                 raise EOFError(f"{self._file.path} ended early at byte {first} of {self.size}")
-            self._fetched(len(piece))  # from the block cache at times: near enough
+            self._fetched(fetched[0], fetched[1] - fetched[0])
             target[done : done + len(piece)] = piece
             done += len(piece)
         return done
@@ -259,7 +289,7 @@ class RemoteReader(SizedFile):
                 if self._stream is None:
                     self._stream = self._open_stream(self._stream_position)
                 count = self._stream.readinto(target[done : done + STREAM_PIECE])
-                self._fetched(count)
+                self._fetched(self._stream_position, count)
                 failures = 0  # a stream that moves on is healthy again
             except Exception as exc:  # a dropped connection: resume where it stopped
                 self._close_stream()

@@ -114,7 +114,7 @@ _RANGE_ATTEMPTS = 3
 
 
 def ranged_filler(
-    file: Any, stall_seconds: float, moved: Callable[[int], None]
+    file: Any, stall_seconds: float, moved: Callable[[int, int], None]
 ) -> Callable[[int, memoryview, int, int], None] | None:
     """How to fill a buffer from many ranged GETs at once, if the filesystem
     is s3fs: ``fill(position, target, part_size, concurrency)``.
@@ -123,8 +123,8 @@ def ranged_filler(
     guidelines for S3) whatever the host's link; a large array read as
     concurrent ranges takes the link's bandwidth instead. Each part is written straight into its stretch of
     ``target``: no extra copy, so no extra memory, however many are in flight.
-    ``moved(count)`` is told of every piece that arrives (from the event
-    loop's thread).
+    ``moved(position, count)`` is told of every piece that arrives (from the
+    event loop's thread).
     """
     args = _get_object_args(file)
     if args is None:
@@ -160,7 +160,7 @@ async def _get_range_into(
     view: memoryview,
     first: int,
     stall_seconds: float,
-    moved: Callable[[int], None],
+    moved: Callable[[int, int], None],
 ) -> None:
     """Bytes ``first`` on of ``file`` into ``view``, by one ranged GET, asked
     again from where it stopped if the connection drops."""
@@ -170,7 +170,7 @@ async def _get_range_into(
         attempt += 1
         last = first + view.nbytes - 1
         response = await fs._call_s3("get_object", Range=f"bytes={first + done}-{last}", **args)
-        stream = _S3Stream(fs.loop, response["Body"], stall_seconds, endpoint_of(fs), moved)
+        stream = _S3Stream(fs.loop, response["Body"], stall_seconds, endpoint_of(fs), moved, first + done)
         try:
             count = await stream._fill(view[done:])
             if count < view.nbytes - done:
@@ -195,11 +195,12 @@ class _S3Stream:
         body: Any,
         stall_seconds: float,
         endpoint: str,
-        moved: Callable[[int], None] | None = None,
+        moved: Callable[[int, int], None] | None = None,
+        position: int = 0,
     ) -> None:
         self._loop, self._body = loop, body
         self._stall_seconds, self._endpoint = stall_seconds, endpoint
-        self._moved = moved
+        self._moved, self._position = moved, position  # the object's byte the body starts at
         self.filled = 0  # bytes the last _fill put in its target, also when it failed
 
     def readinto(self, target: memoryview) -> int:
@@ -227,7 +228,7 @@ class _S3Stream:
             done += len(chunk)
             self.filled = done
             if self._moved is not None:
-                self._moved(len(chunk))
+                self._moved(self._position + done - len(chunk), len(chunk))
         return done
 
     def close(self) -> None:
