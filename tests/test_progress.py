@@ -216,7 +216,8 @@ class TestOneBarPerTransfer:
         transfer.at(100 * 10**6)
         assert transfer.pace(started + 2.0) == "50.0 MB/s, about 6 s left"
         transfer.at(400 * 10**6)
-        assert transfer.pace(started + 8.0) == "50.0 MB/s"
+        transfer._moved_at = started + 8.0  # as if the last byte came 8 s in
+        assert transfer.pace(started + 20.0) == "50.0 MB/s"  # and stays put while the load builds
 
 
 class TestTransfer:

@@ -123,7 +123,9 @@ class Transfer:
         """The rate so far, as the final log line counts it (bytes over the
         time since the transfer began), and the time left at that rate once
         it means something."""
-        seconds, done = now - self._started, self._done
+        done = self._done
+        # Once all is moved the rate stays put while the save or load goes on.
+        seconds = (self._moved_at if done >= self.total else now) - self._started
         if seconds <= 0 or not done:
             return "?/s"
         rate = done / seconds
