@@ -115,8 +115,8 @@ $(TORCH_VENV)/.installed: pyproject.toml
 #   2. JAX, public-API and then the cross-backend test (it drives all three
 #      venvs itself), beside PyTorch and then the Keras floor, each run's
 #      output printed whole when it ends (--output-sync). PyTorch and the
-#      floor together take about as long as the other three (a fresh-clone
-#      run's pytest --durations: 2.6 + 7.7 min against 3 + 4.8 + 3.2).
+#      floor together take about as long as the other three (run alone or
+#      nearly: 2.6 + 7.7 min against 3 + 4.8 + 3.2, fresh-clone runs).
 # (Putting the JAX and public-API runs beside the TensorFlow suite instead
 # was slower: 43 min on a fresh clone, the TensorFlow suite taking 28.6 min
 # instead of 21 and JAX 10 instead of 3; both use both cores.)
