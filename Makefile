@@ -112,14 +112,12 @@ $(TORCH_VENV)/.installed: pyproject.toml
 # the two cores idle (the JAX run used 1.3 on average), so runs overlap:
 #   1. the TensorFlow suite, while the other three venvs install beside it
 #      (pip's output kept in .venvs.log, shown if an install fails);
-#   2. JAX, public-API and then the cross-backend test (it drives all three
-#      venvs itself), beside PyTorch and then the Keras floor, each run's
-#      output printed whole when it ends (--output-sync). PyTorch and the
-#      floor together take about as long as the other three (run alone or
-#      nearly: 2.6 + 7.7 min against 3 + 4.8 + 3.2, fresh-clone runs).
-# (Putting the JAX and public-API runs beside the TensorFlow suite instead
-# was slower: 43 min on a fresh clone, the TensorFlow suite taking 28.6 min
-# instead of 21 and JAX 10 instead of 3; both use both cores.)
+#   2. JAX then public-API, beside PyTorch, the Keras floor and then the
+#      cross-backend test (it drives all three venvs itself), each run's
+#      output printed whole when it ends (--output-sync).
+# Tried in session 16 on fresh clones, both slower than this layout's 37 min:
+# the JAX and public-API runs beside the TensorFlow suite (43 min: both use
+# both cores) and the cross-backend test after the public-API run (47 min).
 # The named targets (test-jax, ...) each still run alone.
 # The four venvs take about 8.2 GB (measured: 2.8 + 2.2 + 1.7 + 1.5); pip needs
 # room to unpack beside them. A full disk fails an install with pip's
@@ -141,11 +139,11 @@ other-venvs-logged:
 jax-runs:
 	$(MAKE) --no-print-directory test-jax
 	$(MAKE) --no-print-directory test-public-api
-	$(MAKE) --no-print-directory test-cross-backend
 
 other-runs:
 	$(MAKE) --no-print-directory test-torch
 	$(MAKE) --no-print-directory test-keras-floor
+	$(MAKE) --no-print-directory test-cross-backend
 
 LINTED := src tests benchmarks examples
 
