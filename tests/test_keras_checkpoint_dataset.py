@@ -147,6 +147,29 @@ class TestKerasCheckpointDataset:
             f"ckpt-{v}{suffix}" for v in dataset.versions() for suffix in (".json", ".keras")
         )
 
+    def test_a_checkpoint_half_removed_by_a_kill_is_removed_at_the_next_pruning(self, tmp_path, data):
+        folder = tmp_path / "c"
+        dataset = KerasCheckpointDataset(filepath=str(folder), keep_last=2)
+        train(compiled(), data, dataset.load(), epochs=3, killed=True)
+        assert dataset.versions() == ["e00003-s0000000", "e00002-s0000000"]
+        # Killed while pruning epoch 1: its record was gone, its model not yet.
+        orphan = folder / "ckpt-e00001-s0000000.keras"
+        orphan.write_bytes((folder / "ckpt-e00002-s0000000.keras").read_bytes())
+        # and a write killed after its model, newer than every record: left for the run that redoes it.
+        unfinished = folder / "ckpt-e00009-s0000000.keras"
+        unfinished.write_bytes(orphan.read_bytes())
+
+        again = dataset.load()
+        model = again.restore()
+        train(model, data, again, initial_epoch=again.initial_epoch, epochs=4, killed=True)
+
+        assert dataset.versions() == ["e00004-s0000000", "e00003-s0000000"]
+        assert not orphan.exists() and unfinished.exists()
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            [f"ckpt-{v}{suffix}" for v in dataset.versions() for suffix in (".json", ".keras")]
+            + [unfinished.name]
+        )
+
     def test_save_best_only_writes_only_when_the_metric_improves(self, tmp_path, data):
         dataset = KerasCheckpointDataset(
             filepath=str(tmp_path / "c"), save_best_only=True, monitor="val_mae", keep_last=None

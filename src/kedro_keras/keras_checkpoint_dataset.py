@@ -389,7 +389,28 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         doomed = [version for version in versions if version not in keep]
         for version in doomed:
             self._remove(version)
+        self._remove_leftovers(set(versions) - set(doomed))
         return doomed
+
+    def _remove_leftovers(self, complete: set[str]) -> None:
+        """A run killed between removing a checkpoint's record and its model
+        leaves a model no listing shows, so no later pruning would remove it:
+        its folder would grow by one file per kill, and a finished series'
+        archive would carry it. Only leftovers older than the newest complete
+        checkpoint go; a newer one may be a write still under way."""
+        if not complete:
+            return
+        newest = max(complete)
+        for name in self._location.names_in(self._folder):
+            if not name.startswith(_record.PREFIX):
+                continue
+            version = name[len(_record.PREFIX) :].split(".", 1)[0]
+            if _record.is_version(version) and version not in complete and version < newest:
+                try:
+                    self._location.remove(self._folder / name)
+                except FileNotFoundError:
+                    continue
+                logger.debug("Removed %s, left over from an interrupted removal", name)
 
     def _remove(self, version: str) -> None:
         # The record first: a half-removed checkpoint is an incomplete one.
