@@ -51,9 +51,9 @@ TORCH_VERSION := 2.13.0
 # every backend), test_migration.py (it saves with kedro-datasets'
 # TensorFlowModelDataset) and test_bounded_waits.py (S3 timeouts: no backend
 # code involved), test_docs_404.py (the docs site: its venv has the docs extra).
-DATASET_SUITE := --ignore=tests/e2e --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py --ignore=tests/test_docs_404.py
+DATASET_SUITE := --ignore=tests/e2e --ignore=tests/processes --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py --ignore=tests/test_docs_404.py
 
-.PHONY: test-quick lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-cross-backend demo wheel bench screenshot fuzz clean
+.PHONY: test-quick lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-processes test-cross-backend demo wheel bench screenshot fuzz clean
 
 $(DEMO_STAMP): pyproject.toml examples/digits/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -138,6 +138,7 @@ other-venvs-logged:
 
 jax-runs:
 	$(MAKE) --no-print-directory test-jax
+	$(MAKE) --no-print-directory test-processes
 	$(MAKE) --no-print-directory test-public-api
 
 other-runs:
@@ -162,7 +163,7 @@ lint: $(STAMP)
 
 test-tensorflow: export KERAS_BACKEND = tensorflow
 test-tensorflow: $(STAMP)
-	$(BIN)/python -m pytest --ignore=tests/test_cross_backend.py
+	$(BIN)/python -m pytest --ignore=tests/test_cross_backend.py --ignore=tests/processes
 
 # The edit-test loop: the TensorFlow dataset suite (what the JAX and PyTorch
 # runs take) less the real-architecture matrix: no Kedro projects (tests/e2e),
@@ -197,6 +198,12 @@ test-public-api: export KERAS_BACKEND = jax
 test-public-api: export KEDRO_KERAS_PUBLIC_API_ONLY = 1
 test-public-api: $(JAX_VENV)/.installed
 	$(JAX_VENV)/bin/python -m pytest $(DATASET_SUITE) --ignore=tests/test_real_architectures.py
+
+# A node trained in two processes joined by keras.distribution (JAX: its CPU
+# collectives run here, two devices a process), saving through the datasets.
+test-processes: export KERAS_BACKEND = jax
+test-processes: $(JAX_VENV)/.installed
+	$(JAX_VENV)/bin/python -m pytest tests/processes
 
 # Saved under each backend, loaded under each other one (subprocesses in each venv).
 test-cross-backend: $(STAMP) $(JAX_VENV)/.installed $(TORCH_VENV)/.installed

@@ -57,6 +57,15 @@ def iterations(model) -> int:
 
 
 class TestKerasModelDataset:
+    def test_a_file_where_the_folder_goes_is_said_not_taken_for_another_runs_version(
+        self, tmp_path, trained_model
+    ):
+        (tmp_path / "models").write_text("a file, not a folder")
+        with pytest.raises(DatasetError, match="a file is where a folder on its path must be") as raised:
+            KerasModelDataset(filepath=str(tmp_path / "models" / "model.keras")).save(trained_model)
+        assert str(tmp_path / "models" / "model.keras") in str(raised.value)
+        assert "another run" not in str(raised.value)
+
     def test_round_trip_keeps_predictions_and_optimizer_state(self, tmp_path, trained_model, data, keras_api):
         dataset = KerasModelDataset(filepath=str(tmp_path / "model.keras"))
         dataset.save(trained_model)

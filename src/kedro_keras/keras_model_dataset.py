@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kedro.io.core import AbstractVersionedDataset, Version
 
 from kedro_keras._dataset import failures as _failures
+from kedro_keras._dataset import one_writer as _one_writer
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset.base import KerasFileDataset
 from kedro_keras._dataset.migration import take_migration_args
@@ -295,7 +296,12 @@ class KerasModelDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model"
         return legacy
 
     def save(self, data: keras.Model) -> None:
-        _check_is_model(data, self._location.url(self._filepath))
+        url = self._location.url(self._filepath)
+        _check_is_model(data, url)
+        self.resolve_save_version()  # in every process: they agree on it before one of them writes
+        _one_writer.save_from_process_zero(data, url, lambda: self._save_here(data))
+
+    def _save_here(self, data: keras.Model) -> None:
         start = time.monotonic()
         path = self._get_save_path()
         write = _legacy_h5.write_legacy_h5 if self._legacy else _archive.write_keras_archive
@@ -313,7 +319,12 @@ class KerasModelDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model"
                     write(data, file, **self._save_args)
                     size = _preview.file_size(file)
                 break
-            except FileExistsError:
+            except FileExistsError as exc:
+                if self._version is None:  # not a version taken: a file where a folder must go
+                    raise SafeDatasetError(
+                        f"Could not save Keras model '{data.name}' to '{url}': {exc} (a file is where "
+                        "a folder on its path must be). Any model previously saved there is unchanged."
+                    ) from as_data(exc)
                 path = self._next_save_path(path)
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise SafeDatasetError(

@@ -14,6 +14,7 @@ from kedro.io.core import AbstractVersionedDataset, Version
 
 from kedro_keras._dataset import architecture as _architecture
 from kedro_keras._dataset import failures as _failures
+from kedro_keras._dataset import one_writer as _one_writer
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset import verify as _verify
 from kedro_keras._dataset.base import KerasFileDataset
@@ -266,9 +267,14 @@ class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Mode
         return _architecture.build_from_builder(self._architecture, self._architecture_args)
 
     def save(self, data: keras.Model) -> None:
+        url = self._location.url(self._filepath)
+        _check_is_model(data, url)
+        self.resolve_save_version()  # in every process: they agree on it before one of them writes
+        _one_writer.save_from_process_zero(data, url, lambda: self._save_here(data))
+
+    def _save_here(self, data: keras.Model) -> None:
         weights_path = self._get_save_path()
         url = self._location.url(weights_path)
-        _check_is_model(data, url)
         if not data.built:
             raise SafeDatasetError(
                 f"Cannot save the weights of model '{data.name}' to '{url}': the model "

@@ -28,6 +28,7 @@ from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset import verify as _verify
 from kedro_keras._io import progress as _progress
 from kedro_keras._io.files import Location
+from kedro_keras._keras import processes as _processes
 from kedro_keras._log import SafeDatasetError, as_data, printable
 
 # Versions a preview lists by size (one small request each on an object store).
@@ -150,6 +151,17 @@ class KerasFileDataset(StoredModels, AbstractVersionedDataset):
                 f"Nothing is saved at '{url}' yet: it has no version (a versioned entry's first save, "
                 "say the kedro run of the node that returns it, makes one)"
             ) from None
+
+    def resolve_save_version(self) -> str | None:
+        # A node run in several processes: each process's Kedro session picked
+        # its own timestamp; all of them use process 0's.
+        own = super().resolve_save_version()
+        if own is None or _processes.process_count() == 1:
+            return own
+        agreed = getattr(self, "_agreed_save_version", None)
+        if agreed is None or agreed[0] != own:
+            agreed = self._agreed_save_version = (own, _processes.agreed(own))
+        return agreed[1]
 
     def _init_location(
         self,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from kedro_keras._dataset.checkpoint_series import set_aside_unrestored
+from kedro_keras._dataset.one_writer import in_process_zero
 from kedro_keras._log import SafeDatasetError, get_logger
 
 if TYPE_CHECKING:
@@ -43,9 +44,14 @@ class CheckpointCallback(keras.callbacks.Callback):
         # after the head) goes on with the series the first one wrote.
         dataset = self._dataset
         unrestored = not dataset._settled  # neither restore() nor an earlier fit looked at the folder
-        dataset._settle_finished(continue_finished=dataset._settled)
-        if unrestored:
-            set_aside_unrestored(dataset._location, dataset._folder)
+
+        def settle() -> None:
+            dataset._settle_finished(continue_finished=dataset._settled)
+            if unrestored:
+                set_aside_unrestored(dataset._location, dataset._folder)
+
+        in_process_zero(dataset._url(), settle)
+        dataset._settled = True
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -106,10 +112,11 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         # Keras calls this only when fit ends normally (its epochs done, or
         # stopped by a callback), never after an exception or a kill.
-        if self._dataset._policy.remove_when_done:
-            self._dataset._remove_all()
-        else:
-            self._dataset._mark_finished()
+        dataset = self._dataset
+        in_process_zero(
+            dataset._url(),
+            dataset._remove_all if dataset._policy.remove_when_done else dataset._mark_finished,
+        )
 
     def _larger_is_better(self) -> bool:
         dataset = self._dataset
@@ -149,7 +156,11 @@ class CheckpointCallback(keras.callbacks.Callback):
             "keras_version": keras.__version__,
             "backend": keras.backend.backend(),
         }
-        dataset._write_checkpoint(self.model, epochs_done, steps, record)
+        in_process_zero(
+            dataset._url(),
+            lambda: dataset._write_checkpoint(self.model, epochs_done, steps, record),
+            self.model,
+        )
 
 
 class BatchCheckpointCallback(CheckpointCallback):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from kedro.io.core import DatasetError
 
 from kedro_keras._dataset.failures import corrupt
+from kedro_keras._dataset.one_writer import in_process_zero
 from kedro_keras._formats.weights import describe_weight_mismatch, read_weights_into
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CorruptFileError
@@ -69,7 +70,9 @@ class Checkpoints:
         dataset = self._dataset
         # A pinned checkpoint is restored whether its training finished or
         # not, and the training goes on from it: as if asked to continue.
-        dataset._settle_finished(continue_finished or dataset._pinned is not None)
+        finish = continue_finished or dataset._pinned is not None
+        in_process_zero(dataset._url(), lambda: dataset._settle_finished(finish))
+        dataset._settled = True
         versions = dataset.versions()
         if dataset._pinned is not None:
             if dataset._pinned not in versions:

@@ -1,0 +1,107 @@
+"""One of N processes of a node trained across processes (JAX, CPU devices).
+
+Run as ``python process_worker.py SCENARIO PROCESS_ID NUM_PROCESSES PORT FOLDER [BUCKET ENDPOINT]``:
+the datasets write to FOLDER, or to the ``s3://`` BUCKET at ENDPOINT.
+Each process has two CPU devices; the model axis of a ``ModelParallel``
+layout spans the processes, so no process holds a whole kernel. Every
+process trains the same model, calls the datasets as a Kedro node does, and
+writes what it gathered (the whole trained arrays, fetched with JAX's own
+``process_allgather``, not ours) to ``FOLDER/expected-<id>.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+SCENARIO, PROCESS_ID, NUM_PROCESSES, PORT, FOLDER = sys.argv[1:6]
+BUCKET, S3_ENDPOINT = sys.argv[6:8] if len(sys.argv) > 6 else (None, None)
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["KERAS_BACKEND"] = "jax"
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+from kedro.io import DatasetError  # noqa: E402
+from kedro.io.core import Version  # noqa: E402
+
+from kedro_keras import KerasCheckpointDataset, KerasModelDataset, KerasWeightsDataset  # noqa: E402
+
+keras.distribution.initialize(
+    job_addresses=f"127.0.0.1:{PORT}", num_processes=int(NUM_PROCESSES), process_id=int(PROCESS_ID)
+)
+devices = jax.devices()
+mesh = keras.distribution.DeviceMesh((len(devices) // 2, 2), ["model", "batch"], devices)
+layouts = keras.distribution.LayoutMap(mesh)
+layouts[".*kernel"] = (None, "model")
+keras.distribution.set_distribution(
+    keras.distribution.ModelParallel(layout_map=layouts, batch_dim_name="batch", auto_shard_dataset=False)
+)
+
+
+def where(name: str) -> dict:
+    if BUCKET is None:
+        return {"filepath": os.path.join(FOLDER, name)}
+    return {
+        "filepath": f"{BUCKET}/{name}",
+        "credentials": {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": S3_ENDPOINT},
+        },
+    }
+
+
+def model() -> keras.Model:
+    keras.utils.set_random_seed(7)
+    built = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)], name="sharded"
+    )
+    built.compile(optimizer="adam", loss="mse")
+    return built
+
+
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.random((64, 8), dtype=np.float32), rng.random((64, 4), dtype=np.float32)
+
+
+def whole(variables) -> list[np.ndarray]:
+    return [np.asarray(multihost_utils.process_allgather(v.value, tiled=True)) for v in variables]
+
+
+def report(**said) -> None:
+    print("REPORT " + json.dumps(said), flush=True)
+
+
+trained = model()
+x, y = data()
+# Kedro gives each process's session its own save version: they differ here on purpose.
+own_version = f"2026-12-06T00.00.0{PROCESS_ID}.000Z"
+
+if SCENARIO == "train-and-save":
+    checkpoints = KerasCheckpointDataset(**where("checkpoints"), keep_last=2).load()
+    trained.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0, callbacks=[checkpoints.callback()])
+    sharded = [not v.value.is_fully_addressable for v in trained.trainable_variables]
+    KerasModelDataset(**where("model.keras"), version=Version(None, own_version)).save(trained)
+    KerasWeightsDataset(**where("weights.weights.h5"), version=Version(None, own_version)).save(trained)
+    # Saving left the variables as they were: still sharded.
+    still_sharded = [not v.value.is_fully_addressable for v in trained.trainable_variables]
+    np.savez(
+        os.path.join(FOLDER, f"expected-{PROCESS_ID}.npz"),
+        *whole(trained.weights + trained.optimizer.variables),
+    )
+    report(sharded=sharded, still_sharded=still_sharded)
+elif SCENARIO == "process-zero-fails":
+    # A file where process 0 must make a folder: its write fails, and the
+    # other processes, which never touch the store, must say so too.
+    try:
+        KerasModelDataset(filepath=os.path.join(FOLDER, "blocked", "model.keras")).save(trained)
+    except DatasetError as exc:
+        report(error=str(exc))
+    else:
+        report(error=None)
+else:
+    raise SystemExit(f"unknown scenario {SCENARIO}")

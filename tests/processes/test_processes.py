@@ -1,0 +1,121 @@
+"""A node trained in two processes joined by ``keras.distribution`` (JAX,
+two CPU devices each, the model axis across the processes): every process
+calls the datasets as a Kedro node does, process 0 writes, all agree on the
+version, and what was written loads exactly in one plain process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kedro.io.core import Version
+
+from kedro_keras import KerasCheckpointDataset, KerasModelDataset, KerasWeightsDataset
+
+WORKER = Path(__file__).with_name("process_worker.py")
+PROCESSES = 2
+# Two JAX processes start, join, train a small model for 3 epochs and save:
+# about 20 s here; the bound is for a machine busy with other work.
+WAIT_SECONDS = 300
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_processes(scenario: str, folder: Path, *s3: str) -> list[dict]:
+    """Every process's report; fails with their output if any failed."""
+    port = str(free_port())
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(WORKER.parent)}
+    running = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), scenario, str(index), str(PROCESSES), port, str(folder), *s3],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for index in range(PROCESSES)
+    ]
+    outputs = []
+    try:
+        for process in running:
+            outputs.append(process.communicate(timeout=WAIT_SECONDS)[0])
+    finally:
+        for process in running:
+            process.kill()
+    for process, output in zip(running, outputs, strict=True):
+        assert process.returncode == 0, output[-4000:]
+    reports = []
+    for output in outputs:
+        lines = [line for line in output.splitlines() if line.startswith("REPORT ")]
+        assert len(lines) == 1, output[-4000:]
+        reports.append(json.loads(lines[0].removeprefix("REPORT ")))
+    return reports
+
+
+def entry(where: str, tmp_path: Path, name: str, s3: tuple[str, ...]) -> dict:
+    if where == "local":
+        return {"filepath": str(tmp_path / name)}
+    bucket, endpoint = s3
+    return {
+        "filepath": f"{bucket}/{name}",
+        "credentials": {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}},
+    }
+
+
+def assert_same(model, expected) -> None:
+    """``model``'s weights and optimizer state are the trained ones."""
+    loaded = model.weights + model.optimizer.variables
+    assert len(loaded) == len(expected) > 10
+    for index, (got, want) in enumerate(zip(loaded, expected, strict=True)):
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"array {index}")  # bit for bit
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_processes_save_once_under_process_zeros_version_and_it_loads_in_one(tmp_path, where, request):
+    s3 = ()
+    if where == "s3":
+        s3 = (request.getfixturevalue("s3_bucket"), request.getfixturevalue("s3_endpoint"))
+    reports = run_processes("train-and-save", tmp_path, *s3)
+
+    assert all(any(report["sharded"]) for report in reports)  # no process held the whole model
+    assert all(report["still_sharded"] == report["sharded"] for report in reports)
+    expected = [np.load(tmp_path / f"expected-{index}.npz") for index in range(PROCESSES)]
+    expected = [[arrays[f"arr_{i}"] for i in range(len(arrays.files))] for arrays in expected]
+    for other in expected[1:]:
+        for got, want in zip(other, expected[0], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+    model_entry = KerasModelDataset(**entry(where, tmp_path, "model.keras", s3), version=Version(None, None))
+    # One version, process 0's (process 1's session had picked ...01.000Z).
+    assert [v.name for v in model_entry.stored_versions()] == ["2026-12-06T00.00.00.000Z"]
+    assert_same(model_entry.load(), expected[0])
+
+    weights_entry = KerasWeightsDataset(
+        **entry(where, tmp_path, "weights.weights.h5", s3), version=Version(None, None)
+    )
+    assert [v.name for v in weights_entry.stored_versions()] == ["2026-12-06T00.00.00.000Z"]
+    assert_same(weights_entry.load(), expected[0])
+
+    checkpoints = KerasCheckpointDataset(**entry(where, tmp_path, "checkpoints", s3), keep_last=2)
+    assert checkpoints.versions() == ["e00003-s0000000", "e00002-s0000000"]
+    restored = checkpoints.load().restore(continue_finished=True)
+    assert_same(restored, expected[0])
+
+
+def test_when_process_zero_cannot_write_every_process_says_why(tmp_path):
+    (tmp_path / "blocked").write_text("a file where the model's folder should be")
+    reports = run_processes("process-zero-fails", tmp_path)
+    first, second = (report["error"] for report in reports)
+    assert first is not None and "blocked" in first and "a file is where a folder" in first
+    assert second is not None and "2 processes, process 0 writes, and it failed" in second
+    assert first in second  # process 0's own words, told to process 1
