@@ -94,6 +94,51 @@ if SCENARIO == "train-and-save":
         *whole(trained.weights + trained.optimizer.variables),
     )
     report(sharded=sharded, still_sharded=still_sharded)
+elif SCENARIO in ("train-killed", "train-uninterrupted", "resume"):
+    # A training of EPOCHS epochs, checkpointed every epoch: killed (both
+    # processes gone at once, as when a job is preempted) after KILL_AFTER,
+    # resumed by a second launch, or never interrupted.
+    EPOCHS, KILL_AFTER = 4, 2
+    checkpoints = KerasCheckpointDataset(**where("checkpoints")).load()
+    callbacks = [checkpoints.callback()]
+    initial_epoch = 0
+    if SCENARIO == "resume":
+        trained = checkpoints.restore()
+        initial_epoch = checkpoints.initial_epoch
+    if SCENARIO == "train-killed":
+
+        class Killed(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch + 1 == KILL_AFTER:
+                    os._exit(0)  # no cleanup, no fit end: as a kill
+
+        callbacks.append(Killed())
+    trained.fit(
+        x,
+        y,
+        epochs=EPOCHS,
+        initial_epoch=initial_epoch,
+        batch_size=16,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    sharded = [not v.value.is_fully_addressable for v in trained.trainable_variables]
+    np.savez(
+        os.path.join(FOLDER, f"{SCENARIO}-{PROCESS_ID}.npz"),
+        *whole(trained.weights + trained.optimizer.variables),
+    )
+    report(sharded=sharded, initial_epoch=initial_epoch)
+elif SCENARIO == "load":
+    # What "train-and-save" wrote, loaded by every process onto this run's layout.
+    loaded = KerasModelDataset(**where("model.keras"), version=Version(None, None)).load()
+    restored = KerasCheckpointDataset(**where("checkpoints")).load().restore(continue_finished=True)
+    for name, model in (("loaded", loaded), ("restored", restored)):
+        arrays = whole(model.weights + model.optimizer.variables)
+        np.savez(os.path.join(FOLDER, f"{name}-{NUM_PROCESSES}-{PROCESS_ID}.npz"), *arrays)
+    report(
+        sharded=[not v.value.is_fully_addressable for v in loaded.trainable_variables], devices=len(devices)
+    )
 elif SCENARIO == "process-zero-fails":
     # A file where process 0 must make a folder: its write fails, and the
     # other processes, which never touch the store, must say so too.

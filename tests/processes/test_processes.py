@@ -31,19 +31,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_processes(scenario: str, folder: Path, *s3: str) -> list[dict]:
-    """Every process's report; fails with their output if any failed."""
+def run_processes(
+    scenario: str, folder: Path, *s3: str, processes: int = PROCESSES, reports: bool = True
+) -> list[dict]:
+    """Every process's report (none from a run killed on purpose); fails
+    with their output if any failed."""
     port = str(free_port())
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(WORKER.parent)}
     running = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), scenario, str(index), str(PROCESSES), port, str(folder), *s3],
+            [sys.executable, str(WORKER), scenario, str(index), str(processes), port, str(folder), *s3],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
         )
-        for index in range(PROCESSES)
+        for index in range(processes)
     ]
     outputs = []
     try:
@@ -54,12 +57,12 @@ def run_processes(scenario: str, folder: Path, *s3: str) -> list[dict]:
             process.kill()
     for process, output in zip(running, outputs, strict=True):
         assert process.returncode == 0, output[-4000:]
-    reports = []
+    said = []
     for output in outputs:
         lines = [line for line in output.splitlines() if line.startswith("REPORT ")]
-        assert len(lines) == 1, output[-4000:]
-        reports.append(json.loads(lines[0].removeprefix("REPORT ")))
-    return reports
+        assert len(lines) == (1 if reports else 0), output[-4000:]
+        said.extend(json.loads(line.removeprefix("REPORT ")) for line in lines)
+    return said
 
 
 def entry(where: str, tmp_path: Path, name: str, s3: tuple[str, ...]) -> dict:
@@ -119,3 +122,44 @@ def test_when_process_zero_cannot_write_every_process_says_why(tmp_path):
     assert first is not None and "blocked" in first and "a file is where a folder" in first
     assert second is not None and "2 processes, process 0 writes, and it failed" in second
     assert first in second  # process 0's own words, told to process 1
+
+
+def arrays_in(path: Path) -> list[np.ndarray]:
+    with np.load(path) as arrays:
+        return [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+
+
+def test_what_two_processes_saved_loads_resharded_in_four(tmp_path):
+    run_processes("train-and-save", tmp_path)
+    expected = arrays_in(tmp_path / "expected-0.npz")
+    reports = run_processes("load", tmp_path, processes=4)
+
+    assert all(report["devices"] == 8 and all(report["sharded"]) for report in reports)
+    for name in ("loaded", "restored"):
+        for index in range(4):
+            got = arrays_in(tmp_path / f"{name}-4-{index}.npz")
+            assert len(got) == len(expected) > 10
+            for position, (one, other) in enumerate(zip(got, expected, strict=True)):
+                np.testing.assert_array_equal(
+                    one, other, err_msg=f"{name} in process {index}, array {position}"
+                )
+
+
+def test_a_two_process_training_killed_resumes_bit_for_bit(tmp_path):
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    uninterrupted.mkdir()
+    interrupted.mkdir()
+    run_processes("train-uninterrupted", uninterrupted)
+    killed = KerasCheckpointDataset(filepath=str(interrupted / "checkpoints"))
+    run_processes("train-killed", interrupted, reports=False)
+    assert killed.versions() == ["e00002-s0000000", "e00001-s0000000"]  # both gone after epoch 2
+
+    reports = run_processes("resume", interrupted)
+    assert [report["initial_epoch"] for report in reports] == [2, 2]
+    assert all(all(report["sharded"]) for report in reports)  # restored onto the layout
+    expected = arrays_in(uninterrupted / "train-uninterrupted-0.npz")
+    for index in range(PROCESSES):
+        got = arrays_in(interrupted / f"resume-{index}.npz")
+        assert len(got) == len(expected) > 10
+        for position, (one, other) in enumerate(zip(got, expected, strict=True)):
+            np.testing.assert_array_equal(one, other, err_msg=f"process {index}, array {position}")
