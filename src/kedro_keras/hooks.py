@@ -12,7 +12,11 @@ logger is put at INFO, unless that configuration gives it a level of its own
 Before a run, every export entry the pipeline writes or reads is asked what
 this machine lacks for it (a package such as ``kedro-keras[onnx]``, a
 backend that can write the format), so that a missing extra stops the run
-before the training, not after it. Imports nothing of Keras.
+before the training, not after it. Imports nothing of Keras, unless the run
+is one of several processes (``KERAS_DISTRIBUTION_NUM_PROCESSES`` set above
+1 by the launcher): then the processes are joined through
+``keras.distribution.initialize()`` before any node runs, so the node only
+chooses its layout (docs/processes.md).
 """
 
 from __future__ import annotations
@@ -37,7 +41,19 @@ class KerasHooks:
         before it: say so before any node runs."""
         from kedro.io import DatasetError
 
+        from kedro_keras._keras import processes
         from kedro_keras.keras_export_dataset import KerasExportDataset
+
+        try:
+            joined = processes.join_from_environment()
+        except ValueError as exc:
+            raise DatasetError(f"Before any node runs: {exc}") from None
+        if joined > 1:
+            logging.getLogger("kedro_keras").info(
+                "This run is process %d of %d (keras.distribution); process 0 writes every save",
+                processes.process_index(),
+                joined,
+            )
 
         outputs = {name for node in pipeline.nodes for name in node.outputs}
         inputs = {name for node in pipeline.nodes for name in node.inputs}

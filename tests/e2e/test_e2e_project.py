@@ -295,6 +295,20 @@ def test_missing_credentials_are_reported_by_name(project):
     assert "Unable to find credentials 'model_store'" in result.stdout + result.stderr
 
 
+def test_a_run_launched_in_several_processes_on_tensorflow_stops_before_any_node(project, monkeypatch):
+    """Keras 3 joins processes only on JAX: on TensorFlow each process would
+    train alone and write its own versions. The run stops first, saying what
+    to use instead."""
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    monkeypatch.setenv("COLUMNS", "250")
+    result = kedro(project, "run", "--pipeline", "evaluate", check=False)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "KERAS_DISTRIBUTION_NUM_PROCESSES=2 asks for a run in 2 processes" in said
+    assert "only on the JAX backend; this run's backend is tensorflow" in said
+    assert "Running node" not in said
+
+
 def test_a_fresh_projects_own_logging_shows_our_lines_and_one_level_quiets_them(project, monkeypatch):
     """The conf/logging.yml `kedro new` writes names Kedro's and the
     project's loggers only, and the root stays at WARNING: our INFO lines

@@ -27,7 +27,12 @@ from jax.experimental import multihost_utils  # noqa: E402
 from kedro.io import DatasetError  # noqa: E402
 from kedro.io.core import Version  # noqa: E402
 
-from kedro_keras import KerasCheckpointDataset, KerasModelDataset, KerasWeightsDataset  # noqa: E402
+from kedro_keras import (  # noqa: E402
+    KerasCheckpointDataset,
+    KerasModelDataset,
+    KerasTimestampedModelDataset,
+    KerasWeightsDataset,
+)
 
 keras.distribution.initialize(
     job_addresses=f"127.0.0.1:{PORT}", num_processes=int(NUM_PROCESSES), process_id=int(PROCESS_ID)
@@ -87,6 +92,11 @@ if SCENARIO == "train-and-save":
     sharded = [not v.value.is_fully_addressable for v in trained.trainable_variables]
     KerasModelDataset(**where("model.keras"), version=Version(None, own_version)).save(trained)
     KerasWeightsDataset(**where("weights.weights.h5"), version=Version(None, own_version)).save(trained)
+    sharded_weights = where("sharded.weights.json")
+    KerasWeightsDataset(**sharded_weights, save_args={"max_shard_size": 0.0001}).save(trained)
+    history = KerasTimestampedModelDataset(**where("history"), keep_last=1)
+    history.save(trained)
+    history.save(trained)  # keep_last: 1, pruned by process 0 alone
     # Saving left the variables as they were: still sharded.
     still_sharded = [not v.value.is_fully_addressable for v in trained.trainable_variables]
     np.savez(

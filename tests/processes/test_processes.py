@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 from kedro.io.core import Version
 
-from kedro_keras import KerasCheckpointDataset, KerasModelDataset, KerasWeightsDataset
+from kedro_keras import (
+    KerasCheckpointDataset,
+    KerasModelDataset,
+    KerasTimestampedModelDataset,
+    KerasWeightsDataset,
+)
 
 WORKER = Path(__file__).with_name("process_worker.py")
 PROCESSES = 2
@@ -108,6 +113,15 @@ def test_two_processes_save_once_under_process_zeros_version_and_it_loads_in_one
     )
     assert [v.name for v in weights_entry.stored_versions()] == ["2026-12-06T00.00.00.000Z"]
     assert_same(weights_entry.load(), expected[0])
+
+    sharded = KerasWeightsDataset(**entry(where, tmp_path, "sharded.weights.json", s3))
+    assert_same(sharded.load(), expected[0])
+    if where == "local":  # several shards, one index: written once
+        assert len(list((tmp_path / "sharded.weights.json").parent.glob("sharded_*.weights.h5"))) > 1
+
+    history = KerasTimestampedModelDataset(**entry(where, tmp_path, "history", s3))
+    assert len(history.versions()) == 1  # two saves, keep_last: 1, and never two files for one save
+    assert_same(history.load(), expected[0])
 
     checkpoints = KerasCheckpointDataset(**entry(where, tmp_path, "checkpoints", s3), keep_last=2)
     assert checkpoints.versions() == ["e00003-s0000000", "e00002-s0000000"]

@@ -59,7 +59,7 @@ def in_process_zero(url: str, action: Callable[[], T], model: keras.Model | None
             f"it failed: {said}"
         )
     if not processes.is_writer():
-        logger.debug(
+        logger.info(
             "Process %d of %d: %s written by process 0 (%d bytes gathered here)",
             processes.process_index(),
             count,

@@ -21,6 +21,7 @@ is a no-op costing nothing: JAX is imported only when Keras runs on it.
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
@@ -30,6 +31,44 @@ if TYPE_CHECKING:
 
 # A version name, a status word or an error message travels as this many bytes.
 _TEXT_BYTES = 1024
+
+# What a launcher sets in each process (Keras's own names, read by
+# keras.distribution.initialize()).
+PROCESSES_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"
+
+
+def processes_asked_for() -> int:
+    """How many processes the environment says this run is one of (1 if unset)."""
+    text = os.environ.get(PROCESSES_ENV, "").strip()
+    try:
+        return max(int(text), 1) if text else 1
+    except ValueError:
+        raise ValueError(f"{PROCESSES_ENV}={text!r} is not a whole number of processes") from None
+
+
+def join_from_environment() -> int:
+    """Join the processes the launcher named (Keras reads its
+    KERAS_DISTRIBUTION_* variables), once, before anything runs on a device;
+    returns how many there are. Only JAX joins processes in Keras 3: any other
+    backend is an error that says so, not N processes each writing alone."""
+    wanted = processes_asked_for()
+    if wanted == 1:
+        return 1
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise ValueError(
+            f"{PROCESSES_ENV}={wanted} asks for a run in {wanted} processes, and Keras 3 joins "
+            f"processes (keras.distribution.initialize) only on the JAX backend; this run's backend is "
+            f"{backend}. Run with KERAS_BACKEND=jax, or unset {PROCESSES_ENV} and train in one process "
+            "(on TensorFlow, tf.distribute.MirroredStrategy spreads one process over its devices)."
+        )
+    import jax
+
+    if not jax.distributed.is_initialized():
+        keras.distribution.initialize()
+    return int(jax.process_count())
 
 
 def _jax() -> Any:
