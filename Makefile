@@ -52,6 +52,12 @@ TORCH_VERSION := 2.13.0
 # TensorFlowModelDataset) and test_bounded_waits.py (S3 timeouts: no backend
 # code involved), test_docs_404.py (the docs site: its venv has the docs extra).
 DATASET_SUITE := --ignore=tests/e2e --ignore=tests/processes --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py --ignore=tests/test_docs_404.py
+# Run only under TensorFlow: what they test is the same code whatever the
+# backend or the Keras version (transfers, files, previews, versions and
+# checksums, the CLI), and they took about 90 s of each other run.
+BACKEND_NEUTRAL := --ignore=tests/test_remote.py --ignore=tests/test_progress.py --ignore=tests/test_preview.py --ignore=tests/test_h5.py --ignore=tests/test_files.py --ignore=tests/test_cli.py --ignore=tests/test_stored_models.py --ignore=tests/test_verify.py
+# Exports never go through Keras's internals: not in the public-API run.
+EXPORTS := --ignore=tests/test_keras_export_dataset.py --ignore=tests/test_keras_export_ported.py --ignore=tests/test_hostile_exports.py --ignore=tests/test_export_checksums.py
 
 .PHONY: test-quick lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-processes test-cross-backend demo wheel bench screenshot fuzz clean
 
@@ -112,9 +118,12 @@ $(TORCH_VENV)/.installed: pyproject.toml
 # the two cores idle (the JAX run used 1.3 on average), so runs overlap:
 #   1. the TensorFlow suite, while the other three venvs install beside it
 #      (pip's output kept in .venvs.log, shown if an install fails);
-#   2. JAX then public-API, beside PyTorch, the Keras floor and then the
-#      cross-backend test (it drives all three venvs itself), each run's
-#      output printed whole when it ends (--output-sync).
+#   2. JAX, public-API and the two-process tests, beside PyTorch, the Keras
+#      floor and then the cross-backend test (it drives all three venvs
+#      itself), each run's output printed whole when it ends (--output-sync).
+# Session 17: the backend-neutral tests run under TensorFlow only and each
+# ported export case on one destination (they took 90 s of each other run
+# and 100 s of TensorFlow's).
 # Tried in session 16 on fresh clones, both slower than this layout's 37 min:
 # the JAX and public-API runs beside the TensorFlow suite (43 min: both use
 # both cores) and the cross-backend test after the public-API run (47 min).
@@ -176,18 +185,18 @@ test-quick: lint $(STAMP)
 
 test-jax: export KERAS_BACKEND = jax
 test-jax: $(JAX_VENV)/.installed
-	$(JAX_VENV)/bin/python -m pytest $(DATASET_SUITE)
+	$(JAX_VENV)/bin/python -m pytest $(DATASET_SUITE) $(BACKEND_NEUTRAL)
 
 test-torch: export KERAS_BACKEND = torch
 test-torch: $(TORCH_VENV)/.installed
-	$(TORCH_VENV)/bin/python -m pytest $(DATASET_SUITE)
+	$(TORCH_VENV)/bin/python -m pytest $(DATASET_SUITE) $(BACKEND_NEUTRAL)
 
 # The dataset suite under the lowest Keras we allow (the newest is the other
 # runs'), less the real-architecture matrix, for time: its KerasHub models
 # need Keras 3.15, and the suite's own round trips exercise the same paths.
 test-keras-floor: export KERAS_BACKEND = tensorflow
 test-keras-floor: $(FLOOR_VENV)/.installed
-	$(FLOOR_VENV)/bin/python -m pytest $(DATASET_SUITE) --ignore=tests/test_real_architectures.py
+	$(FLOOR_VENV)/bin/python -m pytest $(DATASET_SUITE) $(BACKEND_NEUTRAL) --ignore=tests/test_real_architectures.py
 
 # The dataset suite with every Keras internal switched off: the public-API
 # fallback, as a future Keras without them would run (JAX: the quickest).
@@ -197,7 +206,7 @@ test-keras-floor: $(FLOOR_VENV)/.installed
 test-public-api: export KERAS_BACKEND = jax
 test-public-api: export KEDRO_KERAS_PUBLIC_API_ONLY = 1
 test-public-api: $(JAX_VENV)/.installed
-	$(JAX_VENV)/bin/python -m pytest $(DATASET_SUITE) --ignore=tests/test_real_architectures.py
+	$(JAX_VENV)/bin/python -m pytest $(DATASET_SUITE) $(BACKEND_NEUTRAL) $(EXPORTS) --ignore=tests/test_real_architectures.py
 
 # A node trained in two processes joined by keras.distribution (JAX: its CPU
 # collectives run here, two devices a process), saving through the datasets.
