@@ -115,6 +115,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         initial_value_threshold: float | None = None,
         save_weights_only: bool = False,
         remove_when_done: bool = False,
+        background: bool = False,
         load_version: str | None = None,
         load_args: dict[str, Any] | None = None,
         version: Version | None = None,
@@ -153,6 +154,13 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
                 optimizer state, no architecture); ``restore(model)`` loads
                 them into the model you build.
             remove_when_done: Remove the checkpoints when ``fit`` ends normally.
+            background: Write each checkpoint after the first in a thread
+                while training goes on: training waits only while the state
+                is copied (one extra copy of the weights and optimizer state
+                is held for the fit). A failed write is raised at the next
+                checkpoint or when ``fit`` ends; the last checkpoint is
+                complete when ``fit`` returns. Full-model checkpoints in one
+                process; otherwise written as usual.
             load_version: Pin the checkpoint ``restore()`` gives (a version as
                 listed by ``versions()``). Kedro's ``--load-versions`` overrides it.
             load_args: ``custom_objects`` (import paths or classes),
@@ -181,6 +189,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
             save_best_only=save_best_only,
             initial_value_threshold=initial_value_threshold,
             remove_when_done=remove_when_done,
+            background=background,
         )
         # The monitored metric's direction, once a training has found it on its model.
         self._found_direction: bool | None = None

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
+from kedro_keras._dataset.checkpoint_background import BackgroundWriter
 from kedro_keras._dataset.checkpoint_series import set_aside_unrestored
 from kedro_keras._dataset.one_writer import in_process_zero
+from kedro_keras._keras import processes
 from kedro_keras._log import SafeDatasetError, get_logger
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         # Carried over from the restored checkpoint, else the value to beat.
         self._best = best if best is not None else policy.initial_value_threshold
         self._epoch = 0
+        self._background: BackgroundWriter | None = None
         self._batches_since_save = 0
         self._last_batch_seen: int | None = None
         self._warned_unmonitored = False
@@ -52,6 +55,18 @@ class CheckpointCallback(keras.callbacks.Callback):
 
         in_process_zero(dataset._url(), settle)
         dataset._settled = True
+        if dataset._policy.background and not dataset._weights_only and processes.process_count() == 1:
+            self._background = BackgroundWriter(
+                dataset._url(),
+                dataset._write_checkpoint,
+                lambda version: dataset._full_dataset(dataset._model_path(version)).load(),
+            )
+        elif dataset._policy.background:
+            logger.warning(
+                "Checkpoints in %s are written in the foreground: background writes are for full-model "
+                "checkpoints (save_weights_only: false) in one process",
+                dataset._url(),
+            )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -113,6 +128,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         # Keras calls this only when fit ends normally (its epochs done, or
         # stopped by a callback), never after an exception or a kill.
         dataset = self._dataset
+        if self._background is not None:
+            self._background.wait()  # the last checkpoint complete before fit returns
         in_process_zero(
             dataset._url(),
             dataset._remove_all if dataset._policy.remove_when_done else dataset._mark_finished,
@@ -156,6 +173,9 @@ class CheckpointCallback(keras.callbacks.Callback):
             "keras_version": keras.__version__,
             "backend": keras.backend.backend(),
         }
+        if self._background is not None:
+            self._background.checkpoint(self.model, epochs_done, steps, record)
+            return
         in_process_zero(
             dataset._url(),
             lambda: dataset._write_checkpoint(self.model, epochs_done, steps, record),

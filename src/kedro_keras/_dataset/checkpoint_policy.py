@@ -38,9 +38,12 @@ class CheckpointPolicy:
     save_best_only: bool = False
     initial_value_threshold: float | None = None
     remove_when_done: bool = False
+    background: bool = False
 
     def __post_init__(self) -> None:
         check_keep_last(self.keep_last)
+        if not isinstance(self.background, bool):
+            raise SafeDatasetError(f"background must be true or false; got {self.background!r}.")
         save_freq = self.save_freq
         if save_freq != "epoch" and (
             isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1

@@ -58,7 +58,7 @@ def in_process_zero(url: str, action: Callable[[], T], model: keras.Model | None
             f"Could not write to '{url}': this node runs in {count} processes, process 0 writes, and "
             f"it failed: {said}"
         )
-    if not processes.is_writer():
+    if not processes.is_writer() and model is not None:
         logger.info(
             "Process %d of %d: %s written by process 0 (%d bytes gathered here)",
             processes.process_index(),
