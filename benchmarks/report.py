@@ -104,6 +104,7 @@ _METRICS = {
     "state": "state_ratio",
     "save memory": "save_budget_ratio",
     "link": "link_floor_ratio",
+    "vs foreground": "foreground_ratio",
 }
 
 
@@ -178,6 +179,9 @@ def summarise(args, shape, big_shapes, runs, failures, elapsed, started_at, run_
         ref = medians.get((row["operation"], row["reference"]))
         if "median_time_s" in row and ref:
             row["time_ratio"] = row["median_time_s"] / ref["median_time_s"]
+        foreground = medians.get((row["operation"].removesuffix(" (background)"), row["contestant"]))
+        if row["operation"].endswith(" (background)") and "median_time_s" in row and foreground:
+            row["foreground_ratio"] = row["median_time_s"] / foreground["median_time_s"]
         if "median_time_s" in row and link and row["operation"].startswith("S3 link"):
             floor = run_facts["input_file_bytes"] / (link["aggregate_MB_s"] * 1e6)
             row["link_floor_s"] = floor

@@ -456,6 +456,7 @@ def main(argv=None) -> int:
                 "kind": kind,
                 "target": target,
                 "busy_cores": operation in BUSY_CORES,
+                "background": operation.endswith("(background)"),
             }
             if where == "link" and contestant in ("ours", "history"):
                 # The link is a proxy on loopback, so kedro-keras would take it
