@@ -15,6 +15,7 @@ from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 from kedro_keras._dataset import export_file as _export_file
 from kedro_keras._dataset import export_folder as _export_folder
 from kedro_keras._dataset import exported as _exported
+from kedro_keras._dataset import one_writer as _one_writer
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset import verify as _verify
 from kedro_keras._dataset.base import KerasFileDataset
@@ -237,10 +238,17 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
     def save(self, data: keras.Model) -> None:
         import keras
 
-        path = self._get_save_path()
-        url = self._location.url(path)
+        url = self._location.url(self._filepath)
         if not isinstance(data, keras.Model):
             raise SafeDatasetError(f"Cannot export {type(data).__name__} to '{url}': expected a keras.Model.")
+        self.resolve_save_version()  # in every process: they agree on it before one of them exports
+        _one_writer.save_from_process_zero(data, url, lambda: self._save_here(data))
+
+    def _save_here(self, data: keras.Model) -> None:
+        import keras
+
+        path = self._get_save_path()
+        url = self._location.url(path)
         backend = keras.backend.backend()
         problem = _exported.why_cannot_export(self._format, backend)
         if problem:

@@ -29,6 +29,7 @@ from kedro.io.core import Version  # noqa: E402
 
 from kedro_keras import (  # noqa: E402
     KerasCheckpointDataset,
+    KerasExportDataset,
     KerasModelDataset,
     KerasTimestampedModelDataset,
     KerasWeightsDataset,
@@ -97,6 +98,7 @@ if SCENARIO == "train-and-save":
     history = KerasTimestampedModelDataset(**where("history"), keep_last=1)
     history.save(trained)
     history.save(trained)  # keep_last: 1, pruned by process 0 alone
+    KerasExportDataset(**where("served.onnx"), format="onnx").save(trained)
     # Saving left the variables as they were: still sharded.
     still_sharded = [not v.value.is_fully_addressable for v in trained.trainable_variables]
     np.savez(

@@ -18,6 +18,7 @@ from kedro.io.core import Version
 
 from kedro_keras import (
     KerasCheckpointDataset,
+    KerasExportDataset,
     KerasModelDataset,
     KerasTimestampedModelDataset,
     KerasWeightsDataset,
@@ -122,6 +123,13 @@ def test_two_processes_save_once_under_process_zeros_version_and_it_loads_in_one
     history = KerasTimestampedModelDataset(**entry(where, tmp_path, "history", s3))
     assert len(history.versions()) == 1  # two saves, keep_last: 1, and never two files for one save
     assert_same(history.load(), expected[0])
+
+    # An ONNX export, made by process 0 from the gathered weights, predicts as the saved model does.
+    served = KerasExportDataset(**entry(where, tmp_path, "served.onnx", s3), format="onnx").load()
+    inputs = np.random.default_rng(1).random((5, 8), dtype=np.float32)
+    np.testing.assert_allclose(
+        served.predict(inputs), model_entry.load().predict(inputs, verbose=0), atol=1e-5
+    )
 
     checkpoints = KerasCheckpointDataset(**entry(where, tmp_path, "checkpoints", s3), keep_last=2)
     assert checkpoints.versions() == ["e00003-s0000000", "e00002-s0000000"]
