@@ -20,8 +20,9 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from kedro_keras._dataset import preview as _preview
+from kedro_keras._io.digests import copy_hashing
 from kedro_keras._io.files import Location
-from kedro_keras._io.h5 import CHUNK, CorruptFileError
+from kedro_keras._io.h5 import CorruptFileError
 from kedro_keras._io.paths import NotARegularFileError, require_regular_file
 from kedro_keras._log import printable
 from kedro_keras._version import __version__
@@ -51,16 +52,12 @@ def publish_file(
         location.remove(manifest_path(path))
     except FileNotFoundError:
         pass
-    digest, size = hashlib.sha256(), 0
     with location.atomic_write(path, exclusive=exclusive) as target, open(local, "rb") as source:
-        while chunk := source.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            target.write(chunk)
+        sha256, size = copy_hashing(source, target)
     manifest = {
         **about,
         "size": size,
-        "sha256": digest.hexdigest(),
+        "sha256": sha256,
         "kedro_keras_version": __version__,
         "saved_at": datetime.now(tz=timezone.utc).isoformat(timespec="seconds"),
     }
@@ -272,15 +269,12 @@ def verify_file(location: Location, path: PurePosixPath, manifest: dict[str, Any
             "no manifest beside it, so no checksum to check (an export from before kedro-keras wrote one, "
             "or a save interrupted before its manifest)"
         )
-    digest, size = hashlib.sha256(), 0
     with location.open_read(path) as file:
-        while size <= manifest["size"] and (chunk := file.read(CHUNK)):
-            digest.update(chunk)
-            size += len(chunk)
+        sha256, size = copy_hashing(file, limit=manifest["size"])
     if size != manifest["size"]:
         has = f"more than {manifest['size']}" if size > manifest["size"] else f"only {size}"
         raise CorruptFileError(f"it has {has} bytes, its manifest says {manifest['size']}: it is damaged")
-    if digest.hexdigest() != manifest["sha256"]:
+    if sha256 != manifest["sha256"]:
         raise CorruptFileError("it does not match the SHA-256 its manifest records: it is damaged")
     return f"{size:,} bytes against their SHA-256"
 

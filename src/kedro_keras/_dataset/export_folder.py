@@ -7,7 +7,6 @@ manifest), fetched as they are. Functions of the dataset's ``Location``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -20,6 +19,7 @@ from kedro.io.core import DatasetError
 
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset.export_file import checked_signature, signature_of, signature_rows
+from kedro_keras._io.digests import copy_hashing
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK
 from kedro_keras._io.paths import NotARegularFileError, inside_folder, require_regular_file
@@ -51,16 +51,12 @@ def publish_folder(
     files: dict[str, dict[str, Any]] = {}
     for source in sorted(p for p in local.rglob("*") if p.is_file()):
         name = source.relative_to(local).as_posix()
-        digest, size = hashlib.sha256(), 0
         with (
             open(source, "rb") as reading,
             location.atomic_write(folder / export / name) as writing,
         ):
-            while chunk := reading.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-                writing.write(chunk)
-        files[name] = {"size": size, "sha256": digest.hexdigest()}
+            sha256, size = copy_hashing(reading, writing)
+        files[name] = {"size": size, "sha256": sha256}
     previous = read_manifest(location, folder, quiet=True)
     manifest = {
         "format": format,
@@ -129,25 +125,21 @@ def fetch_manifest_files(
         target.parent.mkdir(parents=True, exist_ok=True)
         source = folder / export / name
         _check_regular_file(location, source, folder, url)
-        digest, size = hashlib.sha256(), 0
         try:
             with (
                 location.open_read(source) as reading,
                 open(target, "wb") as writing,
             ):
-                while chunk := reading.read(CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    writing.write(chunk)
+                sha256, size = copy_hashing(reading, writing)
         except FileNotFoundError as exc:
             raise SafeDatasetError(
                 f"The SavedModel at '{url}' is incomplete: '{export}/{name}', listed in its manifest, "
                 "is missing."
             ) from as_data(exc)
-        if size != expected.get("size") or digest.hexdigest() != expected.get("sha256"):
+        if size != expected.get("size") or sha256 != expected.get("sha256"):
             raise SafeDatasetError(
                 f"The SavedModel at '{url}' is damaged: '{export}/{name}' has {size} bytes and SHA-256 "
-                f"{digest.hexdigest()[:12]}..., its manifest says {expected.get('size')} bytes and "
+                f"{sha256[:12]}..., its manifest says {expected.get('size')} bytes and "
                 f"{str(expected.get('sha256'))[:12]}.... Export the model again."
             )
         total += size

@@ -19,7 +19,6 @@ otherwise make a check wait, or read, forever. Every failure is a
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import json
 import math
@@ -36,6 +35,7 @@ from kedro_keras._dataset.preview import refuse_hostile_archive
 from kedro_keras._formats.archive import CONFIG_MEMBER, WEIGHTS_MEMBER, ZIP_SIGNATURE
 from kedro_keras._formats.layer_names import names_by_group
 from kedro_keras._formats.zip_members import member_reader, read_small_member
+from kedro_keras._io.digests import copy_hashing
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK, CorruptFileError, Window, bounded, h5_window
 from kedro_keras._io.h5_guards import array_headers, check_all_datasets, checked_dataset
@@ -189,18 +189,14 @@ def verify_export_folder(location: Location, folder: PurePosixPath) -> str:
     for name, expected in files.items():
         relative = inside_folder(name)  # the loader's check, again: the manifest could have changed
         size, sha256 = expected["size"], expected["sha256"]
-        digest, read = hashlib.sha256(), 0
         with open_regular_file(location, root / relative, within=root) as file:
-            # One byte past the declared size tells a longer file from an intact one.
-            while read <= size and (chunk := file.read(min(CHUNK, size + 1 - read))):
-                digest.update(chunk)
-                read += len(chunk)
+            digest, read = copy_hashing(file, limit=size)
         if read != size:
             has = f"more than {size}" if read > size else f"only {read}"
             raise CorruptFileError(
                 f"'{export}/{name}' has {has} bytes, its manifest says {size}: it is damaged"
             )
-        if digest.hexdigest() != sha256:
+        if digest != sha256:
             raise CorruptFileError(f"'{export}/{name}' does not match its SHA-256: it is damaged")
     return f"{len(files)} files against their SHA-256"
 
