@@ -15,6 +15,7 @@ from kedro.io.core import AbstractVersionedDataset, Version
 from kedro_keras._dataset import architecture as _architecture
 from kedro_keras._dataset import failures as _failures
 from kedro_keras._dataset import one_writer as _one_writer
+from kedro_keras._dataset import orbax_commit as _orbax_commit
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset import verify as _verify
 from kedro_keras._dataset.base import KerasFileDataset
@@ -25,6 +26,7 @@ from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats import sharded as _sharded
 from kedro_keras._formats import weights as _weights
+from kedro_keras._formats.orbax_index import ORBAX_SUFFIX
 from kedro_keras._formats.sharded import INDEX_SUFFIX
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io import progress as _progress
@@ -165,10 +167,12 @@ class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Mode
         """
         filepath = checked_filepath(filepath)
         self._sharded = filepath.endswith(INDEX_SUFFIX)
-        if not (filepath.endswith(WEIGHTS_SUFFIX) or self._sharded):
+        self._orbax = filepath.endswith(ORBAX_SUFFIX)
+        if not (filepath.endswith(WEIGHTS_SUFFIX) or self._sharded or self._orbax):
             raise SafeDatasetError(
                 f"KerasWeightsDataset needs a file name ending in '{WEIGHTS_SUFFIX}' "
-                f"(Keras's weights format) or '{INDEX_SUFFIX}' (sharded weights); got '{filepath}'."
+                f"(Keras's weights format), '{INDEX_SUFFIX}' (sharded weights) or '{ORBAX_SUFFIX}' (an "
+                f"Orbax folder: each process of a multi-process run writes its own shards); got '{filepath}'."
             )
         if architecture is not None and not (isinstance(architecture, str) or callable(architecture)):
             raise SafeDatasetError(
@@ -186,7 +190,11 @@ class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Mode
                 _imports.check_import_path(architecture)
         except ValueError as exc:
             raise SafeDatasetError(f"'{filepath}': architecture: {exc}.") from as_data(exc)
-        if self._sharded:
+        if self._orbax:
+            _imports.check_known_args(
+                "save_args", self._save_args, {"include_optimizer", "staging"}, filepath
+            )
+        elif self._sharded:
             self._save_args.setdefault("max_shard_size", DEFAULT_MAX_SHARD_SIZE)
             _imports.check_known_args(
                 "save_args", self._save_args, {"include_optimizer", "max_shard_size"}, filepath
@@ -224,6 +232,8 @@ class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Mode
     def load(self) -> keras.Model:
         if self._sharded:
             return self._load_sharded()
+        if self._orbax:
+            return self._load_orbax()
         weights_path = self._get_load_path()
         url = self._location.url(weights_path)
         kind = self._location.kind(weights_path)
@@ -270,6 +280,15 @@ class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Mode
         url = self._location.url(self._filepath)
         _check_is_model(data, url)
         self.resolve_save_version()  # in every process: they agree on it before one of them writes
+        if self._orbax:  # every process writes its own shards
+            _orbax_commit.save_orbax(
+                self._location,
+                data,
+                self._get_save_path(),
+                include_optimizer=self._save_args["include_optimizer"],
+                staging=self._save_args.get("staging"),
+            )
+            return
         _one_writer.save_from_process_zero(data, url, lambda: self._save_here(data))
 
     def _save_here(self, data: keras.Model) -> None:
@@ -345,6 +364,34 @@ class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Mode
             model.name,
         )
         return model
+
+    def _load_orbax(self) -> keras.Model:
+        folder = self._get_load_path()
+        url = self._location.url(folder)
+        index = _orbax_commit.read_orbax_index(self._location, folder)
+        start = time.monotonic()
+        with _orbax_commit.fetched_state(self._location, folder, index) as root:
+            fill = _orbax_commit.fill_from_orbax(index, lambda: root, url)
+            if self._architecture is not None:
+                model = _keras_build.build_and_fill(self._build_from_builder, fill, skip_initialisation=False)
+            else:
+                model = _architecture.rebuild_from_saved_architecture(
+                    self._location, folder, fill, self._load_args, index["architecture"]
+                )
+        size = sum(entry["size"] for entry in index["files"].values())
+        logger.info(
+            "Loaded weights from %s (Orbax, saved by %d processes) into model '%s': %s",
+            url,
+            index["processes"],
+            model.name,
+            _progress.transfer_text(size, time.monotonic() - start),
+        )
+        return model
+
+    def _exists_file(self, path: str) -> bool:
+        if self._orbax:  # a folder whose save did not finish has no index
+            return _orbax_commit.has_index(self._location, PurePosixPath(path))
+        return super()._exists_file(path)
 
     def _read_index(self, index_path: PurePosixPath) -> _sharded.ShardedIndex:
         return read_index(self._location, index_path)

@@ -63,7 +63,7 @@ def where(name: str) -> dict:
 def model() -> keras.Model:
     keras.utils.set_random_seed(7)
     built = keras.Sequential(
-        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)], name="sharded"
+        [keras.Input((8,)), keras.layers.Dense(512, activation="relu"), keras.layers.Dense(4)], name="sharded"
     )
     built.compile(optimizer="adam", loss="mse")
     return built
@@ -99,6 +99,8 @@ if SCENARIO == "train-and-save":
     history.save(trained)
     history.save(trained)  # keep_last: 1, pruned by process 0 alone
     KerasExportDataset(**where("served.onnx"), format="onnx").save(trained)
+    # Orbax: every process writes the shards it holds, under process 0's version.
+    KerasWeightsDataset(**where("state.orbax"), version=Version(None, own_version)).save(trained)
     # Saving left the variables as they were: still sharded.
     still_sharded = [not v.value.is_fully_addressable for v in trained.trainable_variables]
     np.savez(
@@ -145,11 +147,14 @@ elif SCENARIO == "load":
     # What "train-and-save" wrote, loaded by every process onto this run's layout.
     loaded = KerasModelDataset(**where("model.keras"), version=Version(None, None)).load()
     restored = KerasCheckpointDataset(**where("checkpoints")).load().restore(continue_finished=True)
-    for name, model in (("loaded", loaded), ("restored", restored)):
+    orbax = KerasWeightsDataset(**where("state.orbax"), version=Version(None, None)).load()
+    for name, model in (("loaded", loaded), ("restored", restored), ("orbax", orbax)):
         arrays = whole(model.weights + model.optimizer.variables)
         np.savez(os.path.join(FOLDER, f"{name}-{NUM_PROCESSES}-{PROCESS_ID}.npz"), *arrays)
     report(
-        sharded=[not v.value.is_fully_addressable for v in loaded.trainable_variables], devices=len(devices)
+        sharded=[not v.value.is_fully_addressable for v in loaded.trainable_variables],
+        orbax_sharded=[not v.value.is_fully_addressable for v in orbax.trainable_variables],
+        devices=len(devices),
     )
 elif SCENARIO == "process-zero-fails":
     # A file where process 0 must make a folder: its write fails, and the
@@ -160,5 +165,33 @@ elif SCENARIO == "process-zero-fails":
         report(error=str(exc))
     else:
         report(error=None)
+elif SCENARIO == "orbax-process-one-fails":
+    # A first save that succeeds, then one whose files process 1 cannot
+    # write (a fault injected into process 1 alone): every process must
+    # fail the save, and the first one must still load.
+    from kedro_keras._dataset import orbax_commit
+
+    entry = KerasWeightsDataset(**where("state.orbax"))
+    trained.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    entry.save(trained)
+    np.savez(
+        os.path.join(FOLDER, f"first-{PROCESS_ID}.npz"), *whole(trained.weights + trained.optimizer.variables)
+    )
+    if PROCESS_ID == "1":
+        writes_own_files = orbax_commit._own_files
+
+        def failing(*args, **kwargs):
+            writes_own_files(*args, **kwargs)
+            raise OSError("No space left on device (injected in process 1)")
+
+        orbax_commit._own_files = failing
+    trained.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    try:
+        entry.save(trained)
+    except DatasetError as exc:
+        error = str(exc)
+    else:
+        error = None
+    report(error=error)
 else:
     raise SystemExit(f"unknown scenario {SCENARIO}")

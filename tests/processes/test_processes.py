@@ -131,10 +131,44 @@ def test_two_processes_save_once_under_process_zeros_version_and_it_loads_in_one
         served.predict(inputs), model_entry.load().predict(inputs, verbose=0), atol=1e-5
     )
 
+    # Orbax: each process wrote the shards it held, about half the bytes each.
+    orbax = KerasWeightsDataset(**entry(where, tmp_path, "state.orbax", s3), version=Version(None, None))
+    assert [v.name for v in orbax.stored_versions()] == ["2026-12-06T00.00.00.000Z"]
+    assert_same(orbax.load(), expected[0])
+    assert_about_half_each(orbax, where, tmp_path, s3)
+
     checkpoints = KerasCheckpointDataset(**entry(where, tmp_path, "checkpoints", s3), keep_last=2)
     assert checkpoints.versions() == ["e00003-s0000000", "e00002-s0000000"]
     restored = checkpoints.load().restore(continue_finished=True)
     assert_same(restored, expected[0])
+
+
+def assert_about_half_each(
+    orbax: KerasWeightsDataset, where: str, tmp_path: Path, s3: tuple[str, ...]
+) -> None:
+    """The array bytes in the committed state, by the process that wrote
+    them (the index records it): each of the two wrote between a third and
+    two thirds; and every file is where the index says."""
+    folder = orbax.stored_path()
+    fs = orbax._location.fs
+    index = json.loads(fs.cat_file(str(folder / "index.json")))
+    arrays = {name: e for name, e in index["files"].items() if "/ocdbt.process_" in name}
+    by_process = [sum(e["size"] for e in arrays.values() if e["process"] == i) for i in range(PROCESSES)]
+    assert all(total / sum(by_process) > 1 / 3 for total in by_process), by_process
+    for name, recorded in index["files"].items():
+        assert fs.size(str(folder / index["state"] / name)) == recorded["size"]
+
+
+def test_when_one_process_cannot_write_its_orbax_shards_every_process_fails_and_the_last_save_stays(tmp_path):
+    reports = run_processes("orbax-process-one-fails", tmp_path)
+    for report in reports:  # the fault was reached, and told to process 0 too
+        assert report["error"] is not None
+        assert "process 1 of 2: No space left on device (injected in process 1)" in report["error"]
+        assert "previously saved there are unchanged" in report["error"]
+    entry = KerasWeightsDataset(filepath=str(tmp_path / "state.orbax"))
+    assert_same(entry.load(), arrays_in(tmp_path / "first-0.npz"))
+    states = [p.name for p in (tmp_path / "state.orbax").iterdir() if p.name.startswith("state-")]
+    assert len(states) == 1  # the failed save's state was removed
 
 
 def test_when_process_zero_cannot_write_every_process_says_why(tmp_path):
@@ -157,7 +191,8 @@ def test_what_two_processes_saved_loads_resharded_in_four(tmp_path):
     reports = run_processes("load", tmp_path, processes=4)
 
     assert all(report["devices"] == 8 and all(report["sharded"]) for report in reports)
-    for name in ("loaded", "restored"):
+    assert all(all(report["orbax_sharded"]) for report in reports)  # read onto the four processes' layout
+    for name in ("loaded", "restored", "orbax"):
         for index in range(4):
             got = arrays_in(tmp_path / f"{name}-4-{index}.npz")
             assert len(got) == len(expected) > 10

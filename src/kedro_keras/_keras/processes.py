@@ -191,3 +191,22 @@ def outcome(error: str | None) -> str | None:
         return error
     said = _broadcast_text("" if error is None else f"!{error}")
     return said[1:] if said.startswith("!") else None
+
+
+def gathered(text: str) -> list[str]:
+    """Every process's ``text``, in process order, in every process (a
+    collective): what each process wrote, for process 0 to commit."""
+    if process_count() == 1:
+        return [text]
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    encoded = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([encoded.size], dtype=np.int64)))
+    buffer = np.zeros(int(sizes.max()), dtype=np.uint8)
+    buffer[: encoded.size] = encoded
+    received = np.asarray(multihost_utils.process_allgather(buffer))
+    return [
+        received[i, : int(sizes[i, 0])].astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+        for i in range(received.shape[0])
+    ]
