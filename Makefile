@@ -96,7 +96,9 @@ $(JAX_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(JAX_VENV)
 	$(JAX_VENV)/bin/python -m pip install --quiet --upgrade pip
 	# jax2onnx, onnx, onnxruntime: KerasExportDataset's ONNX round trip under JAX.
-	$(JAX_VENV)/bin/python -m pip install --quiet -e ".[jax,s3,test]" jax2onnx onnx onnxruntime
+	# orbax: '.orbax' weights folders (jax2onnx caps orbax-checkpoint below 0.11.37;
+	# one resolver call keeps both).
+	$(JAX_VENV)/bin/python -m pip install --quiet -e ".[jax,s3,test,orbax]" jax2onnx onnx onnxruntime
 	$(call KERAS_HUB_INSTALL,$(JAX_VENV))
 	touch $@
 

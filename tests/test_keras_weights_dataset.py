@@ -214,9 +214,27 @@ class TestKerasWeightsDataset:
 
     @pytest.mark.parametrize("filepath", ["clf.h5", "clf.keras", "clf.json", "clf_weights.h5"])
     def test_file_name_must_end_in_weights_h5(self, tmp_path, filepath):
-        with pytest.raises(DatasetError, match=r"ending in '\.weights\.h5' .* or '\.weights\.json'") as error:
+        with pytest.raises(
+            DatasetError, match=r"ending in '\.weights\.h5' .*'\.weights\.json' .* or '\.orbax'"
+        ) as error:
             KerasWeightsDataset(filepath=str(tmp_path / filepath))
         assert filepath in str(error.value)
+
+    def test_an_orbax_folder_round_trips_on_jax_and_names_the_backend_elsewhere(
+        self, tmp_path, trained_model, data
+    ):
+        dataset = KerasWeightsDataset(filepath=str(tmp_path / "clf.orbax"))
+        if keras.backend.backend() == "jax":  # each process writes its shards (tests/processes)
+            dataset.save(trained_model)
+            assert_same_predictions(dataset.load(), trained_model, data[0][:8])
+            return
+        with pytest.raises(DatasetError) as error:
+            dataset.save(trained_model)
+        assert f"needs the JAX backend; this process runs Keras on {keras.backend.backend()}" in str(
+            error.value
+        )
+        assert "'.weights.json' (sharded weights), which every backend reads" in str(error.value)
+        assert not (tmp_path / "clf.orbax").exists()
 
     def test_architecture_of_the_wrong_type(self, tmp_path):
         with pytest.raises(DatasetError, match="architecture must be an import path"):

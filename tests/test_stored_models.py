@@ -198,7 +198,7 @@ def test_diff_says_when_it_does_not_apply(tmp_path, entry):
     run = entry(KerasWeightsDataset(filepath=str(tmp_path / "m.weights.json"), version=Version(None, None)))
     result = run("diff", "w", OLDER, NEWER)
     assert result.exit_code == 1
-    assert "sharded weights are not compared yet" in result.output
+    assert "sharded weights and Orbax folders are not compared yet" in result.output
 
     run = entry(KerasModelDataset(filepath=str(tmp_path / "one.keras")))
     result = run("diff", "m", OLDER, NEWER)

@@ -14,18 +14,22 @@ from kedro.io.core import AbstractDataset, DatasetError, Version, VersionNotFoun
 
 from kedro_keras._dataset import checkpoint_record as _record
 from kedro_keras._dataset import checkpoint_series as _series
+from kedro_keras._dataset import orbax_commit as _orbax_commit
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset.base import StoredModels, StoredVersion
 from kedro_keras._dataset.checkpoint_policy import CheckpointPolicy
 from kedro_keras._dataset.checkpoints import Checkpoints
+from kedro_keras._dataset.one_writer import in_process_zero
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats import weights as _weights
+from kedro_keras._formats.orbax_index import ORBAX_SUFFIX
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
 from kedro_keras._io.files import Location, checked_filepath
 from kedro_keras._log import SafeDatasetError, as_data, get_logger, printable
 from kedro_keras.keras_model_dataset import KerasModelDataset
+from kedro_keras.keras_weights_dataset import KerasWeightsDataset
 
 if TYPE_CHECKING:
     import keras
@@ -50,6 +54,9 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
     ``save_weights_only``, a ``.weights.h5``) written as the other datasets
     write (streamed, atomic, checksummed), then a small JSON record of the
     training position; a checkpoint without its record is never restored.
+    With ``format: orbax`` (JAX), each checkpoint is an ``.orbax`` folder, as
+    ``KerasWeightsDataset`` writes one: in a node run in several processes,
+    each process writes only the shards it holds.
 
     Example usage for the
     [YAML API](https://docs.kedro.org/en/stable/catalog-data/data_catalog_yaml_examples/):
@@ -116,6 +123,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         save_weights_only: bool = False,
         remove_when_done: bool = False,
         background: bool = False,
+        format: str = "keras",
         load_version: str | None = None,
         load_args: dict[str, Any] | None = None,
         version: Version | None = None,
@@ -161,6 +169,10 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
                 checkpoint or when ``fit`` ends; the last checkpoint is
                 complete when ``fit`` returns. Full-model checkpoints in one
                 process; otherwise written as usual.
+            format: ``"keras"`` (a ``.keras`` model per checkpoint) or
+                ``"orbax"`` (JAX: an ``.orbax`` folder per checkpoint, whose
+                shards each process of a multi-process run writes itself;
+                ``pip install 'kedro-keras[orbax]'``).
             load_version: Pin the checkpoint ``restore()`` gives (a version as
                 listed by ``versions()``). Kedro's ``--load-versions`` overrides it.
             load_args: ``custom_objects`` (import paths or classes),
@@ -201,6 +213,14 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         self._location = Location(filepath, credentials, fs_args)
         self._folder = self._location.path
         self._weights_only = save_weights_only
+        if format not in ("keras", "orbax"):
+            raise SafeDatasetError(f"format for '{filepath}' must be 'keras' or 'orbax'; got {format!r}.")
+        if format == "orbax" and save_weights_only:
+            raise SafeDatasetError(
+                f"'{filepath}': format: orbax checkpoints hold the weights, the optimizer state and the "
+                "architecture, and restore() rebuilds the model; remove save_weights_only."
+            )
+        self._orbax = format == "orbax"
         self._pinned = pinned
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         _imports.check_model_load_args(self._load_args, {"compile"}, filepath)
@@ -215,6 +235,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
             "filepath": self._location.url(self._folder),
             **asdict(self._policy),
             "save_weights_only": self._weights_only,
+            "format": "orbax" if self._orbax else "keras",
             "load_args": self._load_args,
             "load_version": self._pinned,
         }
@@ -235,7 +256,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
     def versions(self) -> list[str]:
         """The complete checkpoints, newest first (e.g. ``e00003-s0000000``)."""
         names = self._location.names_in(self._folder)
-        suffix = WEIGHTS_SUFFIX if self._weights_only else _FULL_SUFFIX
+        suffix = self._model_suffix()
         found = []
         for name in names:
             if name.startswith(_record.PREFIX) and name.endswith(_RECORD_SUFFIX):
@@ -290,6 +311,8 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         if best is not None:
             rows.append(("best", f"{best}: {self._policy.monitor} {self._record(best).get('value'):.4g}"))
         path = self._model_path(versions[0])
+        if self._orbax:
+            return rows + _orbax_commit.preview_rows(self._location, path)
         with self._location.open_read(path) as file:
             if self._weights_only:
                 return rows + _preview.weights_rows(file, None, layers)
@@ -303,8 +326,24 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         _record.check_version(version)
         return self._folder / f"{_record.PREFIX}{version}{suffix}"
 
+    def _model_suffix(self) -> str:
+        return ORBAX_SUFFIX if self._orbax else WEIGHTS_SUFFIX if self._weights_only else _FULL_SUFFIX
+
     def _model_path(self, version: str) -> PurePosixPath:
-        return self._path(version, WEIGHTS_SUFFIX if self._weights_only else _FULL_SUFFIX)
+        return self._path(version, self._model_suffix())
+
+    def _orbax_dataset(self, path: PurePosixPath) -> KerasWeightsDataset:
+        return KerasWeightsDataset(
+            filepath=self._location.url(path),
+            load_args={key: value for key, value in self._load_args.items() if key != "compile"},
+            credentials=self._credentials,
+            fs_args=self._fs_args,
+        )
+
+    def verify(self, version: str | None = None) -> str:
+        if self._orbax:
+            return self._orbax_dataset(self.stored_path(version)).verify()
+        return super().verify(version)
 
     def _url(self) -> str:
         return self._location.url(self._folder)
@@ -330,6 +369,12 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         version = _record.version_name(epochs_done, steps, self._url())
         path = self._model_path(version)
         start = time.monotonic()
+        if self._orbax:  # every process writes its shards; process 0 then commits the record
+            self._orbax_dataset(path).save(model)
+            in_process_zero(
+                self._url(), lambda: self._commit_record(version, path, epochs_done, steps, record, start)
+            )
+            return version
         if self._weights_only:
             try:
                 with self._location.atomic_write(path, size_hint=_archive.state_bytes(model)) as file:
@@ -341,6 +386,19 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
                 ) from as_data(exc)
         else:
             self._full_dataset(path).save(model)
+        self._commit_record(version, path, epochs_done, steps, record, start)
+        return version
+
+    def _commit_record(
+        self,
+        version: str,
+        path: PurePosixPath,
+        epochs_done: int,
+        steps: int,
+        record: dict[str, Any],
+        start: float,
+    ) -> None:
+        """Write ``version``'s record, which makes it a checkpoint, then prune."""
         record = {
             "epoch": epochs_done,
             "step": steps,
@@ -368,7 +426,6 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
             time.monotonic() - start,
             f" ({', '.join(pruned)} pruned)" if pruned else "",
         )
-        return version
 
     def _best_version(self, versions: list[str]) -> str | None:
         if self._policy.monitor is None:
@@ -416,7 +473,7 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
             version = name[len(_record.PREFIX) :].split(".", 1)[0]
             if _record.is_version(version) and version not in complete and version < newest:
                 try:
-                    self._location.remove(self._folder / name)
+                    self._remove_path(self._folder / name)
                 except FileNotFoundError:
                     continue
                 logger.debug("Removed %s, left over from an interrupted removal", name)
@@ -425,10 +482,16 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         # The record first: a half-removed checkpoint is an incomplete one.
         for path in (self._path(version, _RECORD_SUFFIX), self._model_path(version)):
             try:
-                self._location.remove(path)
+                self._remove_path(path)
             except FileNotFoundError:
                 continue
         logger.debug("Removed checkpoint %s from %s", version, self._url())
+
+    def _remove_path(self, path: PurePosixPath) -> None:
+        if self._orbax and path.name.endswith(ORBAX_SUFFIX):  # a folder
+            self._location.fs.rm(str(path), recursive=True)
+        else:
+            self._location.remove(path)
 
     def _settle_finished(self, continue_finished: bool) -> None:
         _series.settle_finished(self._location, self._folder, continue_finished=continue_finished)

@@ -113,7 +113,9 @@ elif SCENARIO in ("train-killed", "train-uninterrupted", "resume"):
     # processes gone at once, as when a job is preempted) after KILL_AFTER,
     # resumed by a second launch, or never interrupted.
     EPOCHS, KILL_AFTER = 4, 2
-    checkpoints = KerasCheckpointDataset(**where("checkpoints")).load()
+    checkpoints = KerasCheckpointDataset(
+        **where("checkpoints"), format=os.environ.get("CHECKPOINT_FORMAT", "keras")
+    ).load()
     callbacks = [checkpoints.callback()]
     initial_epoch = 0
     if SCENARIO == "resume":

@@ -38,12 +38,17 @@ def free_port() -> int:
 
 
 def run_processes(
-    scenario: str, folder: Path, *s3: str, processes: int = PROCESSES, reports: bool = True
+    scenario: str,
+    folder: Path,
+    *s3: str,
+    processes: int = PROCESSES,
+    reports: bool = True,
+    env: dict[str, str] | None = None,
 ) -> list[dict]:
     """Every process's report (none from a run killed on purpose); fails
     with their output if any failed."""
     port = str(free_port())
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(WORKER.parent)}
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(WORKER.parent), **(env or {})}
     running = [
         subprocess.Popen(
             [sys.executable, str(WORKER), scenario, str(index), str(processes), port, str(folder), *s3],
@@ -202,16 +207,26 @@ def test_what_two_processes_saved_loads_resharded_in_four(tmp_path):
                 )
 
 
-def test_a_two_process_training_killed_resumes_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("checkpoint_format", ["keras", "orbax"])
+def test_a_two_process_training_killed_resumes_bit_for_bit(tmp_path, checkpoint_format):
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     uninterrupted.mkdir()
     interrupted.mkdir()
-    run_processes("train-uninterrupted", uninterrupted)
-    killed = KerasCheckpointDataset(filepath=str(interrupted / "checkpoints"))
-    run_processes("train-killed", interrupted, reports=False)
+    env = {"CHECKPOINT_FORMAT": checkpoint_format}
+    run_processes("train-uninterrupted", uninterrupted, env=env)
+    killed = KerasCheckpointDataset(filepath=str(interrupted / "checkpoints"), format=checkpoint_format)
+    run_processes("train-killed", interrupted, reports=False, env=env)
     assert killed.versions() == ["e00002-s0000000", "e00001-s0000000"]  # both gone after epoch 2
+    if checkpoint_format == "orbax":  # each process wrote the shards it held
+        newest = interrupted / "checkpoints" / "ckpt-e00002-s0000000.orbax"
+        index = json.loads((newest / "index.json").read_text())
+        arrays = [entry for name, entry in index["files"].items() if "/ocdbt.process_" in name]
+        by_process = [sum(e["size"] for e in arrays if e["process"] == i) for i in range(PROCESSES)]
+        assert index["processes"] == PROCESSES and all(
+            total / sum(by_process) > 1 / 3 for total in by_process
+        )
 
-    reports = run_processes("resume", interrupted)
+    reports = run_processes("resume", interrupted, env=env)
     assert [report["initial_epoch"] for report in reports] == [2, 2]
     assert all(all(report["sharded"]) for report in reports)  # restored onto the layout
     expected = arrays_in(uninterrupted / "train-uninterrupted-0.npz")

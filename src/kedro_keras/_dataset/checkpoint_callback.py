@@ -55,7 +55,12 @@ class CheckpointCallback(keras.callbacks.Callback):
 
         in_process_zero(dataset._url(), settle)
         dataset._settled = True
-        if dataset._policy.background and not dataset._weights_only and processes.process_count() == 1:
+        if (
+            dataset._policy.background
+            and not dataset._weights_only
+            and not dataset._orbax
+            and processes.process_count() == 1
+        ):
             self._background = BackgroundWriter(
                 dataset._url(),
                 dataset._write_checkpoint,
@@ -64,7 +69,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         elif dataset._policy.background:
             logger.warning(
                 "Checkpoints in %s are written in the foreground: background writes are for full-model "
-                "checkpoints (save_weights_only: false) in one process",
+                "checkpoints (save_weights_only: false, format: keras) in one process",
                 dataset._url(),
             )
 
@@ -175,6 +180,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         }
         if self._background is not None:
             self._background.checkpoint(self.model, epochs_done, steps, record)
+            return
+        if dataset._orbax:  # every process writes its own shards
+            dataset._write_checkpoint(self.model, epochs_done, steps, record)
             return
         in_process_zero(
             dataset._url(),

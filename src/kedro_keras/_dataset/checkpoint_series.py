@@ -140,7 +140,7 @@ def archive_series(location: Location, folder: PurePosixPath, prefix: str) -> Pu
     location.fs.makedirs(str(archive), exist_ok=True)
     for name in [*ours, FINISHED]:
         try:
-            location.fs.mv(str(folder / name), str(archive / name))
+            location.fs.mv(str(folder / name), str(archive / name), recursive=True)  # .orbax: a folder
         except FileNotFoundError:
             continue
     location.invalidate_cache(folder)

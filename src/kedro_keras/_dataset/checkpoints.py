@@ -140,6 +140,13 @@ class Checkpoints:
     def _read(self, version: str, model: keras.Model | None) -> keras.Model:
         dataset = self._dataset
         path = dataset._model_path(version)
+        if dataset._orbax:
+            if model is not None:
+                raise NotSkippable(
+                    f"The checkpoints in '{dataset._url()}' are Orbax folders that rebuild their model: call "
+                    "restore() without a model."
+                )
+            return dataset._orbax_dataset(path).load()
         if not dataset._weights_only:
             if model is not None:
                 raise NotSkippable(

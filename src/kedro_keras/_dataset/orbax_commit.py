@@ -38,12 +38,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from kedro.io.core import DatasetError
 
+from kedro_keras._dataset import architecture as _architecture
 from kedro_keras._formats import weights as _weights
 from kedro_keras._formats.orbax_index import INDEX, MAX_INDEX_BYTES, OrbaxIndexError, index_json, parse_index
 from kedro_keras._io import progress as _progress
 from kedro_keras._io.digests import copy_hashing
 from kedro_keras._io.files import Location
 from kedro_keras._io.paths import NotARegularFileError, open_regular_file
+from kedro_keras._keras import build as _keras_build
 from kedro_keras._keras import orbax as _orbax
 from kedro_keras._keras import processes
 from kedro_keras._log import SafeDatasetError, as_data, get_logger, printable
@@ -232,6 +234,17 @@ def read_orbax_index(location: Location, folder: PurePosixPath) -> dict[str, Any
         ) from as_data(exc)
 
 
+def check_state(location: Location, folder: PurePosixPath, index: dict[str, Any]) -> int:
+    """Check every file of the committed state against the index, where
+    it is (``kedro keras verify``, and a local load); the bytes checked."""
+    url = location.url(folder)
+    if location.is_local:
+        _refuse_unlisted(Path(str(folder / index["state"])), index["files"], url)
+    for name, expected in index["files"].items():
+        _checked_copy(location, folder, index["state"], name, expected, None, url)
+    return sum(entry["size"] for entry in index["files"].values())
+
+
 @contextmanager
 def fetched_state(location: Location, folder: PurePosixPath, index: dict[str, Any]) -> Iterator[Path]:
     """The committed state as a local folder, every file checked against
@@ -239,11 +252,8 @@ def fetched_state(location: Location, folder: PurePosixPath, index: dict[str, An
     url = location.url(folder)
     state = index["state"]
     if location.is_local:
-        root = Path(str(folder / state))
-        _refuse_unlisted(root, index["files"], url)
-        for name, expected in index["files"].items():
-            _checked_copy(location, folder, state, name, expected, None, url)
-        yield root
+        check_state(location, folder, index)
+        yield Path(str(folder / state))
         return
     with tempfile.TemporaryDirectory(prefix="kedro-keras-orbax-") as local:
         for name, expected in index["files"].items():
@@ -294,6 +304,37 @@ def _checked_copy(
         )
 
 
+def load_orbax(
+    location: Location,
+    folder: PurePosixPath,
+    builder: Callable[[], keras.Model] | None,
+    load_args: dict[str, Any],
+) -> keras.Model:
+    """The model ``builder`` builds (None: the architecture in the index),
+    filled from the committed state at ``folder``."""
+    url = location.url(folder)
+    index = read_orbax_index(location, folder)
+    start = time.monotonic()
+    with fetched_state(location, folder, index) as root:
+        fill = fill_from_orbax(index, lambda: root, url)
+        if builder is not None:
+            model = _keras_build.build_and_fill(builder, fill, skip_initialisation=False)
+        else:
+            model = _architecture.rebuild_from_saved_architecture(
+                location, folder, fill, load_args, index["architecture"]
+            )
+    logger.info(
+        "Loaded weights from %s (Orbax, saved by %d processes) into model '%s': %s",
+        url,
+        index["processes"],
+        model.name,
+        _progress.transfer_text(
+            sum(entry["size"] for entry in index["files"].values()), time.monotonic() - start
+        ),
+    )
+    return model
+
+
 def fill_from_orbax(
     index: dict[str, Any], root: Callable[[], Path], url: str
 ) -> Callable[[keras.Model], None]:
@@ -321,3 +362,29 @@ def fill_from_orbax(
             done.add(group)
 
     return fill
+
+
+def preview_rows(location: Location, folder: PurePosixPath) -> list[tuple[str, str]]:
+    """What a preview says of an ``.orbax`` folder, from its index alone."""
+    if not has_index(location, folder):
+        return [("stored", "nothing saved yet")]
+    index = read_orbax_index(location, folder)
+    groups = index["groups"]
+    try:
+        saved_with = json.loads(index["architecture"]).get("kedro_keras") or {}
+    except (ValueError, AttributeError, RecursionError):
+        saved_with = {}
+    return [
+        ("format", f"Orbax folder, written by {index['processes']} process(es)"),
+        ("files", str(len(index["files"]))),
+        ("size", f"{sum(entry['size'] for entry in index['files'].values()):,} bytes"),
+        (
+            "variables",
+            f"{len(groups['weights'])} weights, {len(groups.get('optimizer', []))} of the optimizer",
+        ),
+        *[
+            (key, printable(str(saved_with[key]), 80))
+            for key in ("keras_version", "backend", "saved_at")
+            if key in saved_with
+        ],
+    ]
