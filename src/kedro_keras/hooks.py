@@ -50,7 +50,7 @@ class KerasHooks:
             raise DatasetError(f"Before any node runs: {exc}") from None
         if joined > 1:
             logging.getLogger("kedro_keras").info(
-                "This run is process %d of %d (keras.distribution); process 0 writes every save",
+                "This run is process %d of %d (keras.distribution): process 0 writes each save, or, for .orbax entries, each process its own shards",
                 processes.process_index(),
                 joined,
             )

@@ -295,17 +295,37 @@ def test_missing_credentials_are_reported_by_name(project):
     assert "Unable to find credentials 'model_store'" in result.stdout + result.stderr
 
 
-def test_a_run_launched_in_several_processes_on_tensorflow_stops_before_any_node(project, monkeypatch):
-    """Keras 3 joins processes only on JAX: on TensorFlow each process would
-    train alone and write its own versions. The run stops first, saying what
-    to use instead."""
-    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+@pytest.mark.parametrize(
+    ("variable", "value", "said_first", "said_then"),
+    [
+        (
+            "KERAS_DISTRIBUTION_NUM_PROCESSES",
+            "2",
+            "KERAS_DISTRIBUTION_NUM_PROCESSES=2 asks for a run in 2 processes",
+            "only on the JAX backend; this run's backend is tensorflow",
+        ),
+        (
+            "TF_CONFIG",
+            '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}',
+            "TF_CONFIG describes a cluster of 2 tasks (tf.distribute's MultiWorkerMirroredStrategy)",
+            "kedro-keras picks one writer among processes only on the JAX backend",
+        ),
+    ],
+    ids=["keras-distribution", "multi-worker-mirrored"],
+)
+def test_a_run_launched_in_several_processes_on_tensorflow_stops_before_any_node(
+    project, monkeypatch, variable, value, said_first, said_then
+):
+    """Keras 3 joins processes only on JAX: on TensorFlow each process (a
+    MultiWorkerMirroredStrategy worker too) would train and write its own
+    copy. The run stops first, saying what to use instead."""
+    monkeypatch.setenv(variable, value)
     monkeypatch.setenv("COLUMNS", "250")
     result = kedro(project, "run", "--pipeline", "evaluate", check=False)
-    said = result.stdout + result.stderr
+    said = " ".join((result.stdout + result.stderr).split())  # rich wraps long lines
     assert result.returncode != 0
-    assert "KERAS_DISTRIBUTION_NUM_PROCESSES=2 asks for a run in 2 processes" in said
-    assert "only on the JAX backend; this run's backend is tensorflow" in said
+    assert said_first in said
+    assert said_then in said
     assert "Running node" not in said
 
 

@@ -21,6 +21,7 @@ is a no-op costing nothing: JAX is imported only when Keras runs on it.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from contextlib import contextmanager
@@ -51,6 +52,7 @@ def join_from_environment() -> int:
     KERAS_DISTRIBUTION_* variables), once, before anything runs on a device;
     returns how many there are. Only JAX joins processes in Keras 3: any other
     backend is an error that says so, not N processes each writing alone."""
+    _refuse_tensorflow_cluster()
     wanted = processes_asked_for()
     if wanted == 1:
         return 1
@@ -69,6 +71,33 @@ def join_from_environment() -> int:
     if not jax.distributed.is_initialized():
         keras.distribution.initialize()
     return int(jax.process_count())
+
+
+def _refuse_tensorflow_cluster() -> None:
+    """A TF_CONFIG naming several tasks (tf.distribute's
+    MultiWorkerMirroredStrategy) starts this run in every worker, each with
+    a whole copy of the model: each would save its own. Said before any node
+    runs, with what works instead."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return
+    try:
+        cluster = json.loads(text).get("cluster") or {}
+        tasks = sum(len(addresses) for addresses in cluster.values())
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError("TF_CONFIG is set but is not the JSON tf.distribute reads") from None
+    if tasks > 1:
+        raise ValueError(
+            f"TF_CONFIG describes a cluster of {tasks} tasks (tf.distribute's MultiWorkerMirroredStrategy): "
+            "this run would train in every worker and each would write its own copy of every save, and "
+            "kedro-keras picks one writer among processes only on the JAX backend. Run with "
+            "KERAS_BACKEND=jax and Keras's KERAS_DISTRIBUTION_* variables (see 'Training on several "
+            "processes or machines'), or train in one process with tf.distribute.MirroredStrategy"
+        )
 
 
 def _jax() -> Any:
