@@ -124,8 +124,9 @@ $(TORCH_VENV)/.installed: pyproject.toml
 # then files moved between the backends. One suite leaves about a third of
 # the two cores idle (the JAX run used 1.3 on average), so runs overlap:
 #   1. the TensorFlow suite, while the other three venvs install beside it
-#      (pip's output kept in .venvs.log, shown if an install fails);
-#   2. JAX, public-API and the two-process tests, beside PyTorch, the Keras
+#      (pip's output kept in .venvs.log, shown if an install fails), then
+#      the two-process tests (JAX venv) beside it;
+#   2. JAX and public-API, beside PyTorch, the Keras
 #      floor and then the cross-backend test (it drives all three venvs
 #      itself), each run's output printed whole when it ends (--output-sync).
 # Session 17: the backend-neutral tests run under TensorFlow only and each
@@ -144,17 +145,23 @@ test: lint docs
 	if [ ! -e $(FLOOR_VENV)/.installed ] && [ "$$free" -lt $(TEST_DISK_GB) ]; then \
 		echo "warning: make test installs three more virtual environments (about $(TEST_DISK_GB) GB with pip's room to unpack); $$free GB free here" >&2; \
 	fi
-	$(MAKE) --no-print-directory -j2 test-tensorflow other-venvs-logged
+	$(MAKE) --no-print-directory -j2 test-tensorflow venvs-then-processes
 	$(MAKE) --no-print-directory -j2 --output-sync=target jax-runs other-runs
 
-.PHONY: other-venvs-logged jax-runs other-runs
+.PHONY: other-venvs-logged venvs-then-processes jax-runs other-runs
 other-venvs-logged:
 	$(MAKE) --no-print-directory $(JAX_VENV)/.installed $(TORCH_VENV)/.installed $(FLOOR_VENV)/.installed \
 		> .venvs.log 2>&1 || { cat .venvs.log; exit 1; }
 
+# The two-process tests beside the TensorFlow suite, once the JAX venv is
+# there: mostly processes starting and joining, little compute (session 18:
+# they had grown to 3 minutes of the second phase). Their output is printed
+# whole when they end, not woven into TensorFlow's.
+venvs-then-processes: other-venvs-logged
+	@$(MAKE) --no-print-directory test-processes > .processes.log 2>&1; status=$$?; cat .processes.log; exit $$status
+
 jax-runs:
 	$(MAKE) --no-print-directory test-jax
-	$(MAKE) --no-print-directory test-processes
 	$(MAKE) --no-print-directory test-public-api
 
 other-runs:
