@@ -202,7 +202,16 @@ def test_a_multipart_save_that_stalls_ends_and_leaves_the_model(
 
     assert error is not None and seconds < 10 * STALL, seconds
     message = str(error)
-    assert f"took no byte of the model for {STALL:g} s" in message and proxy.endpoint in message
+    # Which bound ends it depends on how much of the part the kernel's socket
+    # buffers took before the stall: none left to send (the whole part
+    # buffered, so the wait is for the server's answer: botocore's read
+    # timeout, 1 s in TIGHT), or a send that makes no progress (our stall
+    # check). Seen both ways on this machine, the read timeout with another
+    # test run beside it.
+    assert (
+        f"took no byte of the model for {STALL:g} s" in message or "Read timeout on endpoint URL" in message
+    )
+    assert proxy.endpoint in message
     assert "Any model previously saved there is unchanged" in message
     proxy.heal()
     after = dataset(path, proxy.endpoint, s3_credentials).load().get_weights()

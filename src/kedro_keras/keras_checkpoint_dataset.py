@@ -167,8 +167,9 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
                 is copied (one extra copy of the weights and optimizer state
                 is held for the fit). A failed write is raised at the next
                 checkpoint or when ``fit`` ends; the last checkpoint is
-                complete when ``fit`` returns. Full-model checkpoints in one
-                process; otherwise written as usual.
+                complete when ``fit`` returns. Full-model ``.keras``
+                checkpoints (in several processes too: process 0 writes);
+                otherwise written as usual.
             format: ``"keras"`` (a ``.keras`` model per checkpoint) or
                 ``"orbax"`` (JAX: an ``.orbax`` folder per checkpoint, whose
                 shards each process of a multi-process run writes itself;

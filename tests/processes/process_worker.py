@@ -12,6 +12,7 @@ writes what it gathered (the whole trained arrays, fetched with JAX's own
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -82,6 +83,19 @@ def report(**said) -> None:
     print("REPORT " + json.dumps(said), flush=True)
 
 
+# Which thread wrote each checkpoint (process 0's background writer, or the training's).
+written_by: list[str] = []
+
+
+class _Threads(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Checkpoint e"):
+            written_by.append(record.threadName)
+
+
+logging.getLogger("kedro_keras").addHandler(_Threads())
+logging.getLogger("kedro_keras").setLevel(logging.INFO)
+
 trained = model()
 x, y = data()
 # Kedro gives each process's session its own save version: they differ here on purpose.
@@ -114,7 +128,9 @@ elif SCENARIO in ("train-killed", "train-uninterrupted", "resume"):
     # resumed by a second launch, or never interrupted.
     EPOCHS, KILL_AFTER = 4, 2
     checkpoints = KerasCheckpointDataset(
-        **where("checkpoints"), format=os.environ.get("CHECKPOINT_FORMAT", "keras")
+        **where("checkpoints"),
+        format=os.environ.get("CHECKPOINT_FORMAT", "keras"),
+        background=os.environ.get("CHECKPOINT_BACKGROUND") == "1",
     ).load()
     callbacks = [checkpoints.callback()]
     initial_epoch = 0
@@ -144,7 +160,33 @@ elif SCENARIO in ("train-killed", "train-uninterrupted", "resume"):
         os.path.join(FOLDER, f"{SCENARIO}-{PROCESS_ID}.npz"),
         *whole(trained.weights + trained.optimizer.variables),
     )
-    report(sharded=sharded, initial_epoch=initial_epoch)
+    report(sharded=sharded, initial_epoch=initial_epoch, written_by=written_by)
+elif SCENARIO == "background-write-fails":
+    # Process 0's background write of the epoch-3 checkpoint fails: every
+    # process must raise it (at the next checkpoint), in process 0's words.
+    from kedro_keras import KerasModelDataset as _Model
+
+    reached = []
+    if PROCESS_ID == "0":
+        real_save = _Model._save_here
+
+        def fails_at_epoch_three(self, model):
+            if "e00003" in str(self._filepath):
+                reached.append(True)
+                raise OSError(5, "Input/output error (injected in process 0's writer)")
+            return real_save(self, model)
+
+        _Model._save_here = fails_at_epoch_three
+    checkpoints = KerasCheckpointDataset(**where("checkpoints"), background=True).load()
+    try:
+        trained.fit(
+            x, y, epochs=5, batch_size=16, shuffle=False, verbose=0, callbacks=[checkpoints.callback()]
+        )
+    except DatasetError as exc:
+        error = str(exc)
+    else:
+        error = None
+    report(error=error, reached=bool(reached), written_by=written_by)
 elif SCENARIO == "load":
     # What "train-and-save" wrote, loaded by every process onto this run's layout.
     loaded = KerasModelDataset(**where("model.keras"), version=Version(None, None)).load()

@@ -20,6 +20,15 @@ publish, record and pruning as a checkpoint written in the foreground.
 - Where the shadow cannot stand in for the model (its variables differ from
   the trained model's in number, shape or type), checkpoints are written in
   the foreground, with a warning that says why.
+
+In a node run in several processes (``keras.distribution``, JAX), process 0
+alone holds the shadow, built outside the distribution on its own devices.
+At each checkpoint every process first learns how process 0's previous
+write went (a failure is raised in every process, in process 0's words),
+then gathers the variables that span processes (a collective, the part
+training waits for, as in the foreground); process 0 copies them into the
+shadow and its thread writes, with no collective, while every process
+trains on.
 """
 
 from __future__ import annotations
@@ -28,6 +37,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from kedro.io.core import DatasetError
+
+from kedro_keras._dataset.one_writer import alone, in_process_zero
+from kedro_keras._keras import processes
 from kedro_keras._log import SafeDatasetError, as_data, get_logger
 
 if TYPE_CHECKING:
@@ -78,12 +91,16 @@ class BackgroundWriter:
         self._shadow: keras.Model | None = None
         self._pairs: list[tuple[Any, Any]] = []
         self._foreground_only = False
+        self._pairs_ready = False  # several processes: whether process 0 holds a shadow (all agree)
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._writing: str = ""
         self.blocked_seconds: list[float] = []  # how long each checkpoint stopped training
 
     def checkpoint(self, model: keras.Model, epochs_done: int, steps: int, record: dict[str, Any]) -> None:
+        if processes.process_count() > 1:
+            self._checkpoint_across_processes(model, epochs_done, steps, record)
+            return
         start = time.monotonic()
         self.wait()
         if self._foreground_only or self._shadow is None:
@@ -94,6 +111,23 @@ class BackgroundWriter:
             return
         for live, shadow in self._pairs:
             shadow.assign(_copied(live.value))
+        self._start_writing(epochs_done, steps, record)
+        self.blocked_seconds.append(time.monotonic() - start)
+        logger.debug(
+            "Checkpoint %s: training waited %.3f s for the copy; written in the background",
+            self._writing,
+            self.blocked_seconds[-1],
+        )
+
+    def finish(self) -> None:
+        """When ``fit`` ends: the last write complete, its failure raised
+        (in every process of a multi-process node)."""
+        if processes.process_count() > 1:
+            self._settle_across_processes()
+        else:
+            self.wait()
+
+    def _start_writing(self, epochs_done: int, steps: int, record: dict[str, Any]) -> None:
         self._writing = f"e{epochs_done:05d}-s{steps:07d}"
         self._thread = threading.Thread(
             target=self._run,
@@ -102,12 +136,49 @@ class BackgroundWriter:
             daemon=False,  # a node that raises still lets the write finish before the process ends
         )
         self._thread.start()
+
+    def _checkpoint_across_processes(
+        self, model: keras.Model, epochs_done: int, steps: int, record: dict[str, Any]
+    ) -> None:
+        start = time.monotonic()
+        self._settle_across_processes()
+        if self._foreground_only or not self._pairs_ready:
+            version = in_process_zero(
+                self._url, lambda: self._write(model, epochs_done, steps, record), model
+            )
+            self.blocked_seconds.append(time.monotonic() - start)
+            if not self._foreground_only:
+                why = ""  # text in every process: agreed() is a collective only for text
+                if processes.is_writer():
+                    with processes.without_distribution():  # process 0's own devices: no collective
+                        self._make_shadow(model, version)
+                    why = "foreground" if self._foreground_only else ""
+                self._foreground_only = bool(processes.agreed(why))
+                self._pairs_ready = not self._foreground_only
+            return
+        with processes.host_copies(model):
+            if processes.is_writer():
+                for live, shadow in self._pairs:
+                    shadow.assign(_copied(live.value))
+                self._start_writing(epochs_done, steps, record)
         self.blocked_seconds.append(time.monotonic() - start)
-        logger.debug(
-            "Checkpoint %s: training waited %.3f s for the copy; written in the background",
-            self._writing,
-            self.blocked_seconds[-1],
-        )
+
+    def _settle_across_processes(self) -> None:
+        """Process 0's write in flight, finished; its failure raised in every process."""
+        failure: DatasetError | None = None
+        if processes.is_writer():
+            try:
+                self.wait()
+            except DatasetError as exc:
+                failure = exc
+        said = processes.outcome(None if failure is None else str(failure))
+        if failure is not None:
+            raise failure
+        if said is not None:
+            raise SafeDatasetError(
+                f"This node runs in {processes.process_count()} processes, process 0 writes the "
+                f"checkpoints, and it failed: {said}"
+            )
 
     def wait(self) -> None:
         """Until the write in flight is done; its failure as a DatasetError."""
@@ -125,7 +196,8 @@ class BackgroundWriter:
 
     def _run(self, epochs_done: int, steps: int, record: dict[str, Any]) -> None:
         try:
-            self._write(self._shadow, epochs_done, steps, record)
+            with alone():  # every process gathered the state already: no collective from this thread
+                self._write(self._shadow, epochs_done, steps, record)
         except BaseException as exc:  # noqa: BLE001 - raised in the training's thread, at the next wait
             self._failure = exc
 

@@ -12,7 +12,6 @@ import keras
 from kedro_keras._dataset.checkpoint_background import BackgroundWriter
 from kedro_keras._dataset.checkpoint_series import set_aside_unrestored
 from kedro_keras._dataset.one_writer import in_process_zero
-from kedro_keras._keras import processes
 from kedro_keras._log import SafeDatasetError, get_logger
 
 if TYPE_CHECKING:
@@ -55,12 +54,7 @@ class CheckpointCallback(keras.callbacks.Callback):
 
         in_process_zero(dataset._url(), settle)
         dataset._settled = True
-        if (
-            dataset._policy.background
-            and not dataset._weights_only
-            and not dataset._orbax
-            and processes.process_count() == 1
-        ):
+        if dataset._policy.background and not dataset._weights_only and not dataset._orbax:
             self._background = BackgroundWriter(
                 dataset._url(),
                 dataset._write_checkpoint,
@@ -69,7 +63,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         elif dataset._policy.background:
             logger.warning(
                 "Checkpoints in %s are written in the foreground: background writes are for full-model "
-                "checkpoints (save_weights_only: false, format: keras) in one process",
+                "checkpoints (save_weights_only: false, format: keras)",
                 dataset._url(),
             )
 
@@ -134,7 +128,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         # stopped by a callback), never after an exception or a kill.
         dataset = self._dataset
         if self._background is not None:
-            self._background.wait()  # the last checkpoint complete before fit returns
+            self._background.finish()  # the last checkpoint complete before fit returns
         in_process_zero(
             dataset._url(),
             dataset._remove_all if dataset._policy.remove_when_done else dataset._mark_finished,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import nullcontext
-from typing import TYPE_CHECKING, Callable, TypeVar
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from kedro_keras._keras import processes
 from kedro_keras._log import SafeDatasetError
@@ -67,6 +67,18 @@ def in_process_zero(url: str, action: Callable[[], T], model: keras.Model | None
             gathered,
         )
     return result
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Within it, this thread writes as if its process were the only one
+    (no collective): process 0's background checkpoint writer, whose state
+    the training thread of every process gathered beforehand."""
+    _state.inside = True
+    try:
+        yield
+    finally:
+        _state.inside = False
 
 
 def save_from_process_zero(model: keras.Model, url: str, save: Callable[[], T]) -> T | None:

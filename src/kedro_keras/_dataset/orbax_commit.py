@@ -324,9 +324,9 @@ def load_orbax(
                 location, folder, fill, load_args, index["architecture"]
             )
     logger.info(
-        "Loaded weights from %s (Orbax, saved by %d processes) into model '%s': %s",
+        "Loaded weights from %s (Orbax, written by %s) into model '%s': %s",
         url,
-        index["processes"],
+        "1 process" if index["processes"] == 1 else f"{index['processes']} processes",
         model.name,
         _progress.transfer_text(
             sum(entry["size"] for entry in index["files"].values()), time.monotonic() - start
