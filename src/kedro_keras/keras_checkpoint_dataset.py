@@ -334,12 +334,14 @@ class KerasCheckpointDataset(StoredModels, AbstractDataset[None, "Checkpoints"])
         return self._path(version, self._model_suffix())
 
     def _orbax_dataset(self, path: PurePosixPath) -> KerasWeightsDataset:
-        return KerasWeightsDataset(
+        dataset = KerasWeightsDataset(
             filepath=self._location.url(path),
             load_args={key: value for key, value in self._load_args.items() if key != "compile"},
             credentials=self._credentials,
             fs_args=self._fs_args,
         )
+        dataset._quiet_saves = True  # the checkpoint's own line says it
+        return dataset
 
     def verify(self, version: str | None = None) -> str:
         if self._orbax:

@@ -296,6 +296,7 @@ class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Mode
                 self._get_save_path(),
                 include_optimizer=self._save_args["include_optimizer"],
                 staging=self._save_args.get("staging"),
+                quiet=getattr(self, "_quiet_saves", False),
             )
             return
         _one_writer.save_from_process_zero(data, url, lambda: self._save_here(data))
@@ -377,6 +378,11 @@ class KerasWeightsDataset(KerasFileDataset, AbstractVersionedDataset["keras.Mode
     def _load_orbax(self) -> keras.Model:
         builder = self._build_from_builder if self._architecture is not None else None
         return _orbax_commit.load_orbax(self._location, self._get_load_path(), builder, self._load_args)
+
+    def _stored_size(self, path: PurePosixPath) -> int | None:
+        if self._orbax:  # a folder: the files its index commits
+            return _orbax_commit.stored_bytes(self._location, path)
+        return super()._stored_size(path)
 
     def _exists_file(self, path: str) -> bool:
         if self._orbax:  # a folder whose save did not finish has no index

@@ -5,6 +5,7 @@ two-process kill and resume is in test_processes.py): each checkpoint an
 from __future__ import annotations
 
 import json
+import logging
 
 import keras
 import numpy as np
@@ -85,8 +86,15 @@ def entry(where: str, tmp_path, request, name: str = "ckpt") -> dict:
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_an_interrupted_orbax_series_resumes_bit_for_bit(tmp_path, where, request):
-    uninterrupted = train(KerasCheckpointDataset(**entry(where, tmp_path, request, "whole"), format="orbax"))
+def test_an_interrupted_orbax_series_resumes_bit_for_bit(tmp_path, where, request, caplog):
+    with caplog.at_level(logging.INFO, logger="kedro_keras"):
+        uninterrupted = train(
+            KerasCheckpointDataset(**entry(where, tmp_path, request, "whole"), format="orbax")
+        )
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    # One line a checkpoint (the folder's own save line is DEBUG).
+    assert len([m for m in said if m.startswith("Checkpoint e")]) == EPOCHS
+    assert not [m for m in said if m.startswith("Saved weights")]
 
     checkpoints = KerasCheckpointDataset(**entry(where, tmp_path, request), format="orbax", keep_last=2)
     assert train(checkpoints, stop_after=KILLED_AFTER) is None

@@ -17,6 +17,7 @@ from kedro.io.core import Version
 
 from kedro_keras import KerasWeightsDataset
 from kedro_keras._dataset import orbax_commit
+from kedro_keras._io.progress import size_text
 
 
 def build(units: int = 32) -> keras.Model:
@@ -144,6 +145,9 @@ def test_a_version_whose_save_died_before_its_index_is_not_loaded(tmp_path, trai
     (died / "leftover").write_bytes(b"half a shard")
     latest = KerasWeightsDataset(filepath=str(tmp_path / "m.orbax"), version=Version(None, None))
     assert latest.exists()
+    # The preview's size of a version is what its index commits, not the folder entry's.
+    committed = sum(e["size"] for e in index_of(entry)["files"].values())
+    assert ["version 2026-12-07T00.00.00.000Z", size_text(committed)] in latest.preview()["data"]
     assert_same_state(latest.load(), trained)  # the newest complete version
     with pytest.raises(DatasetError, match="holds no index.json"):
         KerasWeightsDataset(

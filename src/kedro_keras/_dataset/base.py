@@ -228,11 +228,14 @@ class KerasFileDataset(StoredModels, AbstractVersionedDataset):
         versions = self.stored_versions()
         rows = [("versions", f"{len(versions)}, newest first" if versions else "none yet")]
         for version in versions[:_VERSIONS_SHOWN]:
-            size = self._location.fs.info(str(version.path)).get("size")
-            rows.append((f"version {version.name}", _progress.size_text(size)))
+            rows.append((f"version {version.name}", _progress.size_text(self._stored_size(version.path))))
         if len(versions) > _VERSIONS_SHOWN:
             rows.append(("older versions", f"{len(versions) - _VERSIONS_SHOWN} more"))
         return rows
+
+    def _stored_size(self, path: PurePosixPath) -> int | None:
+        """The bytes a save at ``path`` holds (one file's size here)."""
+        return self._location.fs.info(str(path)).get("size")
 
     # -- the protocol, for Kedro's version folders -----------------------------
 

@@ -27,6 +27,7 @@ layout in force in the loading process.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -68,6 +69,7 @@ def save_orbax(
     *,
     include_optimizer: bool,
     staging: str | None,
+    quiet: bool = False,
 ) -> None:
     """Write ``model``'s state under ``folder`` from every process, and
     commit it (see the module's docstring).
@@ -122,7 +124,8 @@ def save_orbax(
     location.invalidate_cache(folder)
     written = sum(entry["size"] for entry in files.values())
     total = sum(entry["size"] for report in reports for entry in report["files"].values())
-    logger.info(
+    logger.log(
+        logging.DEBUG if quiet else logging.INFO,  # a checkpoint's own line says it
         "Saved weights of model '%s' to %s (Orbax%s): %s",
         model.name,
         url,
@@ -210,6 +213,14 @@ def _remove_quietly(location: Location, path: PurePosixPath) -> None:
 def has_index(location: Location, folder: PurePosixPath) -> bool:
     """Whether a committed save is at ``folder`` (its index is there)."""
     return location.exists(folder / INDEX)
+
+
+def stored_bytes(location: Location, folder: PurePosixPath) -> int | None:
+    """What the index at ``folder`` commits, in bytes (None if unreadable)."""
+    try:
+        return sum(entry["size"] for entry in read_orbax_index(location, folder)["files"].values())
+    except DatasetError:
+        return None
 
 
 def read_orbax_index(location: Location, folder: PurePosixPath) -> dict[str, Any]:
