@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from kedro.io.core import DatasetError
 
-from kedro_keras._dataset.one_writer import alone, in_process_zero
+from kedro_keras._dataset.one_writer import alone, in_process_zero, shared_outcome
 from kedro_keras._keras import processes
 from kedro_keras._log import SafeDatasetError, as_data, get_logger
 
@@ -171,14 +171,11 @@ class BackgroundWriter:
                 self.wait()
             except DatasetError as exc:
                 failure = exc
-        said = processes.outcome(None if failure is None else str(failure))
-        if failure is not None:
-            raise failure
-        if said is not None:
-            raise SafeDatasetError(
-                f"This node runs in {processes.process_count()} processes, process 0 writes the "
-                f"checkpoints, and it failed: {said}"
-            )
+        shared_outcome(
+            failure,
+            f"This node runs in {processes.process_count()} processes, process 0 writes the checkpoints, "
+            "and it failed",
+        )
 
     def wait(self) -> None:
         """Until the write in flight is done; its failure as a DatasetError."""

@@ -19,7 +19,7 @@ from kedro.io.core import DatasetError
 
 from kedro_keras._dataset import preview as _preview
 from kedro_keras._dataset.export_file import checked_signature, signature_of, signature_rows
-from kedro_keras._io.digests import copy_hashing
+from kedro_keras._io.digests import copy_hashing, file_entry_problem
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CHUNK
 from kedro_keras._io.paths import NotARegularFileError, inside_folder, require_regular_file
@@ -33,7 +33,6 @@ logger = get_logger(__name__)
 
 MANIFEST = "manifest.json"
 _EXPORT_FOLDER = re.compile(r"^export-[0-9a-f]{32}$")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 # A manifest lists a SavedModel's few files: a megabyte is thousands of them.
 MAX_MANIFEST_BYTES = 2**20
 # Manifest fields shown in previews and log lines (as data: escaped, bounded).
@@ -191,13 +190,9 @@ def _checked_manifest(manifest: Any, url: str) -> dict[str, Any]:
     for name, entry in files.items():
         shown = printable(name, 120)
         _safe_relative(name, url)
-        if not isinstance(entry, dict):
-            raise refuse(f"the entry of '{shown}' is not an object")
-        size, sha256 = entry.get("size"), entry.get("sha256")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise refuse(f"the size of '{shown}' is not a number of bytes")
-        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-            raise refuse(f"the SHA-256 of '{shown}' is not 64 hex digits")
+        problem = file_entry_problem(entry, shown)
+        if problem:
+            raise refuse(problem)
     if not isinstance(folders, list) or not all(isinstance(name, str) for name in folders):
         raise refuse("'folders' is not a list of names")
     for name in folders:

@@ -50,13 +50,9 @@ def in_process_zero(url: str, action: Callable[[], T], model: keras.Model | None
                 failure = exc
             finally:
                 _state.inside = False
-        said = processes.outcome(None if failure is None else str(failure))
-    if failure is not None:
-        raise failure
-    if said is not None:
-        raise SafeDatasetError(
-            f"Could not write to '{url}': this node runs in {count} processes, process 0 writes, and "
-            f"it failed: {said}"
+        shared_outcome(
+            failure,
+            f"Could not write to '{url}': this node runs in {count} processes, process 0 writes, and it failed",
         )
     if not processes.is_writer() and model is not None:
         logger.info(
@@ -67,6 +63,17 @@ def in_process_zero(url: str, action: Callable[[], T], model: keras.Model | None
             gathered,
         )
     return result
+
+
+def shared_outcome(failure: BaseException | None, telling: str) -> None:
+    """Process 0's ``failure`` (None: it succeeded) in every process, once
+    process 0 is done (a collective): raised as it is in process 0, as
+    ``telling: <its message>`` in the others."""
+    said = processes.outcome(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if said is not None:
+        raise SafeDatasetError(f"{telling}: {said}")
 
 
 @contextmanager

@@ -356,9 +356,14 @@ def fill_from_orbax(
 
     def fill(model: keras.Model) -> None:
         for group, recorded in index["groups"].items():
-            variables = _orbax.group_variables(model, group)
-            if group in done or (group == "optimizer" and not variables):
+            if group in done:
                 continue
+            if group == "optimizer":
+                if getattr(model, "optimizer", None) is None:
+                    continue  # not compiled (yet): a second pass comes after compiling, or none
+                # Its variables exist once built (with Keras's internals off, nothing else builds it).
+                _keras_build.build_optimizer(model)
+            variables = _orbax.group_variables(model, group)
             mismatch = _orbax.mismatch(variables, recorded)
             if mismatch:
                 raise SafeDatasetError(

@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from kedro_keras._formats.archive import MAX_CONFIG_BYTES
+from kedro_keras._io.digests import file_entry_problem
 from kedro_keras._io.paths import inside_folder
 from kedro_keras._log import printable
 
@@ -28,7 +29,6 @@ ORBAX_SUFFIX = ".orbax"
 INDEX = "index.json"
 FORMAT = "kedro-keras orbax 1"
 STATE = re.compile(r"^state-[0-9a-f]{32}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DTYPE = re.compile(r"^[a-z0-9_]{1,32}$")
 # The architecture, plus a few hundred bytes per variable and per file.
 MAX_INDEX_BYTES = MAX_CONFIG_BYTES + 64 * 2**20
@@ -99,13 +99,9 @@ def _check_files(files: Any) -> None:
             inside_folder(name)
         except ValueError:
             raise OrbaxIndexError(f"it names '{shown}', a path outside its state folder") from None
-        if not isinstance(entry, dict):
-            raise OrbaxIndexError(f"the entry of '{shown}' is not an object")
-        size, sha256 = entry.get("size"), entry.get("sha256")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise OrbaxIndexError(f"the size of '{shown}' is not a number of bytes")
-        if not isinstance(sha256, str) or not _SHA256.match(sha256):
-            raise OrbaxIndexError(f"the SHA-256 of '{shown}' is not 64 hex digits")
+        problem = file_entry_problem(entry, shown)
+        if problem:
+            raise OrbaxIndexError(problem)
 
 
 def _check_groups(groups: Any) -> None:

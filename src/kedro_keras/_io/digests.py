@@ -4,9 +4,12 @@ manifest or index records and every check of one."""
 from __future__ import annotations
 
 import hashlib
-from typing import IO
+import re
+from typing import IO, Any
 
 from kedro_keras._io.h5 import CHUNK
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def copy_hashing(
@@ -26,3 +29,16 @@ def copy_hashing(
         if writing is not None:
             writing.write(chunk)
     return digest.hexdigest(), size
+
+
+def file_entry_problem(entry: Any, shown: str) -> str | None:
+    """Why ``entry``, a manifest's or index's record of the file ``shown``,
+    is not the ``{"size": bytes, "sha256": hex}`` this package writes (None: it is)."""
+    if not isinstance(entry, dict):
+        return f"the entry of '{shown}' is not an object"
+    size, sha256 = entry.get("size"), entry.get("sha256")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        return f"the size of '{shown}' is not a number of bytes"
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        return f"the SHA-256 of '{shown}' is not 64 hex digits"
+    return None
