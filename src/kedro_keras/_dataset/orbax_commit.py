@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from kedro.io.core import DatasetError
 
 from kedro_keras._dataset import architecture as _architecture
+from kedro_keras._dataset import preview as _preview
 from kedro_keras._formats import weights as _weights
 from kedro_keras._formats.orbax_index import INDEX, MAX_INDEX_BYTES, OrbaxIndexError, index_json, parse_index
 from kedro_keras._io import progress as _progress
@@ -387,7 +388,10 @@ def preview_rows(location: Location, folder: PurePosixPath) -> list[tuple[str, s
     index = read_orbax_index(location, folder)
     groups = index["groups"]
     try:
-        saved_with = json.loads(index["architecture"]).get("kedro_keras") or {}
+        # Within a preview's budget, as every other preview's config: a preview reads files from anyone.
+        saved_with = (
+            _preview.bounded_json(index["architecture"].encode(), "the architecture").get("kedro_keras") or {}
+        )
     except (ValueError, AttributeError, RecursionError):
         saved_with = {}
     return [
