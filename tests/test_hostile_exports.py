@@ -667,3 +667,381 @@ def test_an_export_file_larger_than_its_format_can_hold_is_refused_unread(tmp_pa
         file.truncate(2**31 + 1)
     with pytest.raises(DatasetError, match=r"holds 2147483649 bytes, more than the 2147483648"):
         KerasExportDataset(filepath=str(path)).load()
+
+
+# --------------------------------------------------------------------------
+# OpenVINO IR
+# --------------------------------------------------------------------------
+
+IR_BIAS = np.array([1.0, 2.0, 3.0], "float32")
+
+
+def ir_xml(
+    *, version="opset1", const="", doctype="", net_extra="", out_dims=(-1, 3), extra_layers="", extra_edges=""
+):
+    """x + bias as OpenVINO writes an IR, with one part replaced where asked."""
+    const = const or '<data element_type="f32" shape="3" offset="0" size="12" />'
+    dims = "".join(f"<dim>{d}</dim>" for d in out_dims)
+    return f"""<?xml version="1.0"?>{doctype}
+<net name="hostile" version="11">
+  <layers>
+    <layer id="0" name="x" type="Parameter" version="opset1">
+      <data shape="?,3" element_type="f32" />
+      <output><port id="0" precision="FP32" names="x"><dim>-1</dim><dim>3</dim></port></output>
+    </layer>
+    <layer id="1" name="bias" type="Const" version="opset1">
+      {const}
+      <output><port id="0" precision="FP32"><dim>3</dim></port></output>
+    </layer>
+    <layer id="2" name="add" type="Add" version="{version}">
+      <data auto_broadcast="numpy" />
+      <input><port id="0" precision="FP32"><dim>-1</dim><dim>3</dim></port>
+             <port id="1" precision="FP32"><dim>3</dim></port></input>
+      <output><port id="2" precision="FP32" names="y">{dims}</port></output>
+    </layer>
+    <layer id="3" name="y" type="Result" version="opset1">
+      <input><port id="0" precision="FP32"><dim>-1</dim><dim>3</dim></port></input>
+    </layer>{extra_layers}
+  </layers>
+  <edges>
+    <edge from-layer="0" from-port="0" to-layer="2" to-port="0" />
+    <edge from-layer="1" from-port="0" to-layer="2" to-port="1" />
+    <edge from-layer="2" from-port="2" to-layer="3" to-port="0" />{extra_edges}
+  </edges>{net_extra}
+</net>""".encode()
+
+
+# A Broadcast of one float to 40000x40000 (6 GB) whose output port claims one
+# element: only OpenVINO's own shape inference shows the size, and compiling
+# would fold it into memory.
+BROADCAST_BOMB = """
+    <layer id="4" name="one" type="Const" version="opset1">
+      <data element_type="f32" shape="" offset="0" size="4" />
+      <output><port id="0" precision="FP32" /></output>
+    </layer>
+    <layer id="5" name="target" type="Const" version="opset1">
+      <data element_type="i64" shape="2" offset="12" size="16" />
+      <output><port id="0" precision="I64"><dim>2</dim></port></output>
+    </layer>
+    <layer id="6" name="bomb" type="Broadcast" version="opset3">
+      <data mode="numpy" />
+      <input><port id="0" precision="FP32" /><port id="1" precision="I64"><dim>2</dim></port></input>
+      <output><port id="2" precision="FP32"><dim>1</dim></port></output>
+    </layer>
+    <layer id="7" name="bomb_out" type="Result" version="opset1">
+      <input><port id="0" precision="FP32"><dim>1</dim></port></input>
+    </layer>"""
+
+BROADCAST_EDGES = """
+    <edge from-layer="4" from-port="0" to-layer="6" to-port="0" />
+    <edge from-layer="5" from-port="0" to-layer="6" to-port="1" />
+    <edge from-layer="6" from-port="2" to-layer="7" to-port="0" />"""
+
+OPENVINO_CASES = {
+    "entities that expand a billion times": (
+        {"doctype": '<!DOCTYPE net [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'},
+        "has a document type declaration (entities can expand it or name other files)",
+    ),
+    "an entity naming another file": (
+        {"doctype": '<!DOCTYPE net [<!ENTITY secret SYSTEM "file:///etc/passwd">]>'},
+        "has a document type declaration",
+    ),
+    "a custom operator": (
+        {"version": "extension"},
+        "layer 2 (Add) is from 'extension', not one of OpenVINO's",
+    ),
+    "an internal opset": ({"version": "ie_internal_opset"}, "is from 'ie_internal_opset'"),
+    "a constant past the weights": (
+        {"const": '<data element_type="f32" shape="3" offset="24" size="12" />'},
+        "layer 1 (Const) reads bytes 24 to 36 of the weights (model.bin), which hold 28",
+    ),
+    "a constant over the budget": (
+        {"const": '<data element_type="f32" shape="50000,50000" offset="0" size="12" />'},
+        "[50000x50000] (9.3 GiB), over the 1.0 GiB budget of load_args.max_tensor_bytes",
+    ),
+    "a declared output over the budget": (
+        {"out_dims": (1, 2**20, 2**10)},
+        "layer 2 (Add) declares a tensor of shape [1x1048576x1024] (4.0 GiB)",
+    ),
+    "compile settings": (
+        {"net_extra": "<rt_info><runtime_options><CACHE_DIR value='/tmp/x' /></runtime_options></rt_info>"},
+        "carries runtime_options, which OpenVINO applies as compile settings",
+    ),
+    "a broadcast whose port hides its size": (
+        {"extra_layers": BROADCAST_BOMB, "extra_edges": BROADCAST_EDGES},
+        "operator 'bomb' (Broadcast) declares a tensor of shape [40000x40000] (6.0 GiB)",
+    ),
+}
+
+
+def plant_ir(folder, xml, weights):
+    """An IR folder as the dataset commits it: the files, then a manifest with their checksums."""
+    export = f"export-{uuid.uuid4().hex}"
+    (folder / export).mkdir(parents=True)
+    files = {}
+    for name, content in (("model.xml", xml), ("model.bin", weights)):
+        (folder / export / name).write_bytes(content)
+        files[name] = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    manifest = {**manifest_of(format="openvino", export=export, files=files, folders=[])}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def weights_for_the_bomb():
+    return IR_BIAS.tobytes() + np.array([40_000, 40_000], "int64").tobytes()
+
+
+class TestOpenVINO:
+    """An IR's XML is checked before OpenVINO parses it, and the shapes
+    OpenVINO infers before it compiles (and folds constants)."""
+
+    @pytest.mark.parametrize("case", list(OPENVINO_CASES))
+    def test_an_ir_openvino_would_act_on_is_refused_before_it_does(self, tmp_path, case):
+        change, cause = OPENVINO_CASES[case]
+        folder = plant_ir(tmp_path / "served", ir_xml(**change), weights_for_the_bomb())
+        problem = _exported.why_cannot_load("openvino", BACKEND)
+        if problem:  # this venv has no OpenVINO: refused before a byte is read
+            message = load_refused_as(folder, "openvino")
+            assert message == f"Cannot load the openvino export at '{folder}': {problem}."
+            return
+
+        message = load_refused_as(folder, "openvino")
+
+        assert message.startswith(f"Refusing to load the openvino export at '{folder}': ")
+        assert cause in message
+        assert "root:" not in message  # no entity was ever expanded
+
+    def test_the_same_ir_without_the_change_loads_and_adds_its_bias(self, tmp_path):
+        folder = plant_ir(tmp_path / "served", ir_xml(), weights_for_the_bomb())
+        if _exported.why_cannot_load("openvino", BACKEND):
+            assert "needs" in load_refused_as(folder, "openvino")
+            return
+        served = KerasExportDataset(filepath=str(folder), format="openvino").load()
+        x = np.arange(6, dtype="float32").reshape(2, 3)
+        np.testing.assert_array_equal(served.predict(x), x + IR_BIAS)
+
+    def test_a_file_changed_after_the_manifest_is_refused_as_damaged(self, tmp_path):
+        folder = plant_ir(tmp_path / "served", ir_xml(), weights_for_the_bomb())
+        (next(folder.glob("export-*")) / "model.bin").write_bytes(b"\0" * 28)
+        if _exported.why_cannot_load("openvino", BACKEND):
+            assert "needs" in load_refused_as(folder, "openvino")
+            return
+        message = load_refused_as(folder, "openvino")
+        assert message.startswith(f"The OpenVINO IR at '{folder}' is damaged: 'export-")
+        assert "/model.bin' has 28 bytes and SHA-256" in message
+
+
+def load_refused_as(path, format, **load_args):
+    with pytest.raises(DatasetError) as raised:
+        KerasExportDataset(filepath=str(path), format=format, load_args=load_args or None).load()
+    return str(raised.value)
+
+
+# --------------------------------------------------------------------------
+# PyTorch .pt2
+# --------------------------------------------------------------------------
+
+
+def rewrite_pt2(content, edit, compress=()):
+    """The archive with ``edit(members)`` applied to {name under the root: bytes}."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        root = archive.namelist()[0].split("/", 1)[0]
+        members = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
+    edit(members)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in members.items():
+            kind = zipfile.ZIP_DEFLATED if name in compress else zipfile.ZIP_STORED
+            archive.writestr(f"{root}/{name}", data, compress_type=kind)
+    return out.getvalue()
+
+
+def edit_json(name, change):
+    def edit(members):
+        value = json.loads(members[name])
+        change(value)
+        members[name] = json.dumps(value).encode()
+
+    return edit
+
+
+def first_node(program):
+    return program["graph_module"]["graph"]["nodes"][0]
+
+
+class Marker:
+    """A pickle that would touch a file when loaded: the proof it never ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def pickled_sample_inputs(marker):
+    import pickle
+
+    return pickle.dumps(Marker(marker))
+
+
+PT2_CASES = {
+    "a pickled weight": (
+        edit_json(
+            "data/weights/model_weights_config.json",
+            lambda c: next(iter(c["config"].values())).update(use_pickle=True),
+        ),
+        "is a pickle, which runs code when it is loaded",
+    ),
+    "an opaque object": (
+        edit_json(
+            "data/constants/model_constants_config.json",
+            lambda c: next(iter(c["config"].values())).update(path_name="opaque_obj_0"),
+        ),
+        "is stored as 'opaque_obj_0', not a tensor",
+    ),
+    "a compiled AOTInductor library": (
+        lambda m: m.update({"data/aotinductor/model/model.so": b"\x7fELF"}),
+        "its member 'model/data/aotinductor/model/model.so' is not one torch.export.save writes",
+    ),
+    "the 2.7 layout's pickles": (
+        lambda m: m.update({"serialized_state_dict.pt": b"\x80\x04."}),
+        "its member 'model/serialized_state_dict.pt' is not one",
+    ),
+    "os.system as a node target": (
+        edit_json(
+            "models/model.json", lambda p: first_node(p).update(target="torch.serialization.os.system")
+        ),
+        "its program calls 'torch.serialization.os.system', not an ATen operator",
+    ),
+    "an ATen operator that reads files": (
+        edit_json(
+            "models/model.json", lambda p: first_node(p).update(target="torch.ops.aten.from_file.default")
+        ),
+        "its program calls 'torch.ops.aten.from_file.default', which does more than compute",
+    ),
+    "a dunder behind torch.ops.aten": (
+        edit_json("models/model.json", lambda p: first_node(p).update(target="torch.ops.aten.__class__.mro")),
+        "its program calls 'torch.ops.aten.__class__.mro', not an ATen operator",
+    ),
+    "Python in a symbolic size": (
+        edit_json(
+            "models/model.json",
+            lambda p: p["graph_module"]["graph"]["sym_int_values"].update(
+                s={"as_expr": {"expr_str": "exec(chr(105)+chr(100))", "hint": None}}
+            ),
+        ),
+        "has the symbolic size 'exec(chr(105)+chr(100))', which is not arithmetic on symbols",
+    ),
+    "guards code": (
+        edit_json("models/model.json", lambda p: p.update(guards_code=["__import__('os').system('id')"])),
+        "carries guards_code, Python source that .module() compiles and runs",
+    ),
+    "a parameter name that breaks out of its quotes": (
+        edit_json(
+            "models/model.json",
+            lambda p: p["graph_module"]["signature"]["input_specs"][0]["parameter"].update(
+                parameter_name='a")+__import__("os").system("id")+("'
+            ),
+        ),
+        "(parameter_name): only letters, digits and _./- are taken",
+    ),
+    "a custom TorchBind object": (
+        edit_json(
+            "models/model.json",
+            lambda p: p["graph_module"]["graph"]["custom_obj_values"].update(
+                obj={"name": "obj", "class_fqn": "x"}
+            ),
+        ),
+        "uses a custom (TorchBind) object",
+    ),
+    "a compressed member": (None, "is compressed; torch.export.save stores members"),
+    "a weight over the budget": (
+        edit_json(
+            "data/weights/model_weights_config.json",
+            lambda c: next(iter(c["config"].values()))["tensor_meta"].update(
+                sizes=[{"as_int": 60_000}, {"as_int": 60_000}]
+            ),
+        ),
+        "declares a tensor of shape [60000x60000] (13.4 GiB), over the 1.0 GiB budget",
+    ),
+    "pickled sample inputs": (None, "its sample inputs are not plain tensors"),
+}
+
+
+@pytest.fixture(scope="module")
+def own_pt2(tmp_path_factory):
+    """A real .pt2 of the tiny model, where this backend can write one."""
+    if _exported.why_cannot_export("torch", BACKEND) or _exported.why_cannot_load("torch", BACKEND):
+        return None
+    path = tmp_path_factory.mktemp("pt2") / "model.pt2"
+    KerasExportDataset(filepath=str(path)).save(tiny_model())
+    return path.read_bytes()
+
+
+class TestPT2:
+    """torch.export.load unpickles, loads shared libraries, resolves any
+    torch.* name and evals strings (docs/export.md): with safe_mode on, an
+    archive is checked first, and a refusal comes before any of it runs."""
+
+    @pytest.mark.parametrize("case", list(PT2_CASES))
+    def test_an_archive_that_would_run_code_is_refused_before_torch_reads_it(self, own_pt2, tmp_path, case):
+        path = tmp_path / "model.pt2"
+        if own_pt2 is None:  # no torch here, or a backend that cannot write .pt2: what the dataset says
+            path.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+            message = load_refused(path)
+            problem = _exported.why_cannot_load("torch", BACKEND)
+            assert problem is None or message == f"Cannot load the torch export at '{path}': {problem}."
+            return
+        marker = tmp_path / "ran"
+        edit, cause = PT2_CASES[case]
+        if case == "a compressed member":
+            content = rewrite_pt2(own_pt2, lambda m: None, compress=("models/model.json",))
+        elif case == "pickled sample inputs":
+            content = rewrite_pt2(
+                own_pt2, lambda m: m.update({"data/sample_inputs/model.pt": pickled_sample_inputs(marker)})
+            )
+        else:
+            content = rewrite_pt2(own_pt2, edit)
+        path.write_bytes(content)
+
+        message = load_refused(path)
+
+        assert message.startswith(f"Refusing to load the torch export at '{path}': "), message
+        assert cause in message
+        assert not marker.exists()
+
+    def test_the_archive_rewritten_unchanged_loads_and_predicts(self, own_pt2, tmp_path):
+        """The rewriting above changes nothing else: the refusals are the edits'."""
+        path = tmp_path / "model.pt2"
+        if own_pt2 is None:
+            with pytest.raises(DatasetError, match="Cannot (export|load)"):
+                KerasExportDataset(filepath=str(path)).save(tiny_model())
+                KerasExportDataset(filepath=str(path)).load()
+            return
+        path.write_bytes(rewrite_pt2(own_pt2, lambda m: None))
+        x = np.ones((1, 3), "float32")
+        np.testing.assert_array_equal(
+            KerasExportDataset(filepath=str(path)).load().predict(x), tiny_model().predict(x, verbose=0)
+        )
+
+    def test_safe_mode_off_lets_torch_read_what_it_reads(self, own_pt2, tmp_path):
+        """For archives you trust: a pickled sample input is torch's to unpickle."""
+        path = tmp_path / "model.pt2"
+        if own_pt2 is None:
+            with pytest.raises(DatasetError, match="Cannot (export|load)"):
+                KerasExportDataset(filepath=str(path)).save(tiny_model())
+                KerasExportDataset(filepath=str(path)).load()
+            return
+        marker = tmp_path / "ran"
+        path.write_bytes(
+            rewrite_pt2(
+                own_pt2, lambda m: m.update({"data/sample_inputs/model.pt": pickled_sample_inputs(marker)})
+            )
+        )
+        with pytest.raises(DatasetError):  # os.system's return value is no tuple of inputs
+            KerasExportDataset(filepath=str(path), load_args={"safe_mode": False}).load()
+        assert marker.exists()  # what safe_mode on refuses above

@@ -1,4 +1,4 @@
-"""KerasExportDataset: SavedModel, ONNX and LiteRT exports published
+"""KerasExportDataset: SavedModel, ONNX, LiteRT, OpenVINO and PyTorch exports published
 atomically on any filesystem, and loaded back as something that predicts.
 
 Runs under every backend: where a backend (or what is installed beside it)
@@ -60,7 +60,9 @@ def example_input(model, batch=1):
 
 
 def filepath_for(format, folder):
-    return f"{folder}/model{_exported.FILE_SUFFIXES.get(format, '_saved_model')}"
+    if format in _exported.FOLDER_FORMATS:
+        return f"{folder}/model_{format}"
+    return f"{folder}/model{_exported.FILE_SUFFIXES[format]}"
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
@@ -85,8 +87,10 @@ MODULE_OF = {
     "torch-xla": "torch_xla",
     "litert-torch": "litert_torch",
     "onnxruntime": "onnxruntime",
+    "torch": "torch",
     "kedro-keras[onnx]": None,
     "kedro-keras[litert]": None,
+    "kedro-keras[openvino]": "openvino",
     "-U": None,
     "keras": None,
 }
@@ -110,6 +114,7 @@ class TestKerasExportDataset:
         model = build()
         dataset = KerasExportDataset(
             filepath=filepath_for(format, where["folder"]),
+            format=format,
             credentials=where["credentials"],
             load_args=TRUSTED if format == "tf_saved_model" else None,
         )
@@ -138,7 +143,10 @@ class TestKerasExportDataset:
         """export_args: {verbose: true} said "got multiple values for keyword argument 'verbose'" (#29)."""
         model = one_input_model()
         dataset = KerasExportDataset(
-            filepath=filepath_for(format, tmp_path), export_args={"verbose": True}, load_args=TRUSTED
+            filepath=filepath_for(format, tmp_path),
+            format=format,
+            export_args={"verbose": True},
+            load_args=TRUSTED,
         )
         cannot_export = _exported.why_cannot_export(format, BACKEND)
         if cannot_export:  # as in the round trip above: this backend cannot write the format
@@ -151,7 +159,7 @@ class TestKerasExportDataset:
         if format == "tf_saved_model":  # Keras prints the endpoints it wrote when asked to
             assert "Endpoint 'serve'" in capsys.readouterr().out
 
-    @pytest.mark.parametrize("format", ["onnx", "litert"])
+    @pytest.mark.parametrize("format", ["onnx", "litert", "openvino", "torch"])
     def test_predict_takes_the_keras_models_own_input_keys(self, tmp_path, format):
         """A dict-input model keyed otherwise than its tensors are named: the
         file names its inputs after the tensors, predict takes the model's keys (#29)."""
@@ -159,7 +167,7 @@ class TestKerasExportDataset:
         inputs = {"x": keras.Input((3,)), "y": keras.Input((2,))}  # tensors named keras_tensor*
         joined = keras.layers.Concatenate()([inputs["x"], inputs["y"]])
         model = keras.Model(inputs, keras.layers.Dense(2)(joined))
-        dataset = KerasExportDataset(filepath=filepath_for(format, tmp_path))
+        dataset = KerasExportDataset(filepath=filepath_for(format, tmp_path), format=format)
         problem = _exported.why_cannot_export(format, BACKEND) or _exported.why_cannot_load(format, BACKEND)
         if problem:  # as in the round trip above: this backend cannot write or read the format
             with pytest.raises(DatasetError, match="Cannot (export|load)"):
@@ -168,13 +176,14 @@ class TestKerasExportDataset:
             return
         dataset.save(model)
         served = dataset.load()
-        assert set(served.input_keys) == {"x", "y"} and set(served.input_names) == set(
-            served.input_keys.values()
-        )
+        # OpenVINO's IR names the inputs after the keys themselves: nothing to map.
+        names_by_key = {key: served.input_keys.get(key, key) for key in ("x", "y")}
+        assert set(names_by_key.values()) == set(served.input_names)
+        assert format == "openvino" or set(served.input_keys) == {"x", "y"}
         rng = np.random.default_rng(1)
         x = {"x": rng.normal(size=(1, 3)), "y": rng.normal(size=(1, 2))}  # float64: cast as Keras casts
         np.testing.assert_allclose(served.predict(x), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
-        by_file_names = {served.input_keys[key]: value for key, value in x.items()}
+        by_file_names = {names_by_key[key]: value for key, value in x.items()}
         np.testing.assert_allclose(served.predict(by_file_names), served.predict(x))
 
     @pytest.mark.parametrize("inputs", ["a tuple", "two positional arguments"])
@@ -218,6 +227,7 @@ class TestKerasExportDataset:
     def test_the_format_comes_from_the_suffix_and_must_agree_with_it(self, tmp_path):
         assert KerasExportDataset(filepath=str(tmp_path / "m.onnx"))._format == "onnx"
         assert KerasExportDataset(filepath=str(tmp_path / "m.tflite"))._format == "litert"
+        assert KerasExportDataset(filepath=str(tmp_path / "m.pt2"))._format == "torch"
         assert KerasExportDataset(filepath=str(tmp_path / "served"))._format == "tf_saved_model"
 
     @pytest.mark.parametrize(
@@ -225,7 +235,15 @@ class TestKerasExportDataset:
         [
             ({"filepath": "m.onnx", "format": "litert"}, "ends in '.tflite'"),
             ({"filepath": "m.keras", "format": "tf_saved_model"}, "a SavedModel is a folder"),
-            ({"filepath": "m", "format": "torchscript"}, "choose one of tf_saved_model, onnx, litert"),
+            (
+                {"filepath": "m", "format": "torchscript"},
+                "choose one of tf_saved_model, onnx, litert, openvino, torch",
+            ),
+            ({"filepath": "m.onnx", "format": "torch"}, "ends in '.pt2'"),
+            (
+                {"filepath": "m.xml", "format": "openvino"},
+                "an OpenVINO IR (model.xml and model.bin) is a folder; name it without '.xml'",
+            ),
             ({"filepath": "m.onnx", "load_args": {"safe": False}}, "Unknown load_args ['safe'] for 'm.onnx'"),
         ],
     )
@@ -264,6 +282,92 @@ class TestKerasExportDataset:
         pinned = KerasExportDataset(filepath=path, version=Version("2026-12-01T00.00.00.000Z", None)).load()
         x = example_input(first)
         np.testing.assert_allclose(pinned.predict(x), first.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+class TestOpenVINOAndTorch:
+    """The two formats added last: an IR folder committed by its manifest,
+    and a .pt2 file checked before torch reads it (docs/export.md)."""
+
+    def test_openvino_computes_in_float32_and_predicts_what_keras_does(self, tmp_path):
+        """OpenVINO's CPU plugin computes in bfloat16 where the processor has
+        it (outputs 6e-3 off on this machine): the load asks for float32."""
+        model = one_input_model()
+        dataset = KerasExportDataset(filepath=str(tmp_path / "served"), format="openvino")
+        problem = _exported.why_cannot_export("openvino", BACKEND)
+        if problem:  # JAX: Keras goes through jax2tf, which needs TensorFlow
+            with pytest.raises(DatasetError) as raised:
+                dataset.save(model)
+            assert_names_what_is_missing(str(raised.value), problem)
+            assert BACKEND != "jax" or "through jax2tf" in str(raised.value)
+            return
+        dataset.save(model)
+        assert sorted(p.name for p in next((tmp_path / "served").glob("export-*")).iterdir()) == [
+            "model.bin",
+            "model.xml",
+        ]
+        served = dataset.load()
+        assert str(served.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+        x = np.random.default_rng(5).normal(size=(64, 3)).astype("float32")
+        # Measured: equal under TensorFlow, within 6e-8 under PyTorch (traced, then converted).
+        np.testing.assert_allclose(served.predict(x), model.predict(x, verbose=0), rtol=0, atol=1e-6)
+        assert dataset.verify().endswith("2 files against their SHA-256")
+
+    def test_a_failed_upload_leaves_the_previous_openvino_export_loadable(self, tmp_path, monkeypatch):
+        from kedro_keras._dataset import export_folder
+
+        first, second = one_input_model(), two_input_model()
+        dataset = KerasExportDataset(filepath=str(tmp_path / "served"), format="openvino")
+        if _exported.why_cannot_export("openvino", BACKEND):
+            with pytest.raises(DatasetError, match="Cannot export model"):
+                dataset.save(first)
+            return
+        dataset.save(first)
+        real_copy, copied = export_folder.copy_hashing, []
+
+        def fail_on_the_weights(source, target, **kwargs):
+            copied.append(source.name)
+            if source.name.endswith("model.bin"):
+                raise OSError("injected: the connection dropped")
+            return real_copy(source, target, **kwargs)
+
+        monkeypatch.setattr(export_folder, "copy_hashing", fail_on_the_weights)
+        with pytest.raises(DatasetError, match="injected: the connection dropped") as raised:
+            dataset.save(second)
+        monkeypatch.undo()
+        assert any(name.endswith("model.bin") for name in copied), "the fault was never reached"
+        assert "Any export previously saved there is unchanged" in str(raised.value)
+        x = example_input(first, batch=4)
+        np.testing.assert_allclose(dataset.load().predict(x), first.predict(x, verbose=0), atol=1e-6)
+
+    @pytest.mark.parametrize("other", ["tensorflow", "jax"])
+    def test_a_pt2_loads_where_torch_is_installed_whatever_the_keras_backend(
+        self, tmp_path, monkeypatch, other
+    ):
+        """Exported under PyTorch, loaded as if Keras ran on another backend:
+        the program calls PyTorch's operators, so the load asks for torch,
+        not for Keras's PyTorch backend (no venv here has torch beside another
+        backend; Keras's NumPy backend imports JAX). Exported for one row
+        (Keras's default), it predicts any batch."""
+        model = two_input_model()
+        path = tmp_path / "model.pt2"
+        problem = _exported.why_cannot_export("torch", BACKEND)
+        if problem:
+            with pytest.raises(DatasetError) as raised:
+                KerasExportDataset(filepath=str(path)).save(model)
+            assert f"the {BACKEND} backend cannot export torch; use the torch backend" in str(raised.value)
+            return
+        KerasExportDataset(filepath=str(path)).save(model)
+        x = example_input(model, batch=5)
+        expected = model.predict(x, verbose=0)
+        asked = []
+        monkeypatch.setattr(keras.backend, "backend", lambda: asked.append(other) or other)
+
+        served = KerasExportDataset(filepath=str(path)).load()
+
+        assert asked, "the load never asked which backend runs"
+        assert _exported.why_cannot_load("torch", other) is None
+        assert served.input_shapes == {"args_0_a": [1, 3], "args_0_b": [1, 2]}
+        np.testing.assert_array_equal(served.predict(x), expected)
 
 
 class TestBeforeTheRun:

@@ -1,6 +1,6 @@
 """``KerasExportDataset``: a model exported for serving (TensorFlow
-SavedModel, ONNX, LiteRT) on any fsspec filesystem, and the SavedModel
-folders Keras 3 itself refuses to load."""
+SavedModel, ONNX, LiteRT, OpenVINO IR, PyTorch ``.pt2``) on any fsspec
+filesystem, and the SavedModel folders Keras 3 itself refuses to load."""
 
 from __future__ import annotations
 
@@ -49,20 +49,25 @@ logger = get_logger(__name__)
 
 # An ONNX file is one protobuf and a LiteRT file one flatbuffer: neither holds over 2 GiB.
 _MAX_ARTIFACT_BYTES = 2**31
+# A .pt2 archive stores each weight as its own member (a zip64 archive past 4 GiB); it is read whole.
+_MAX_PT2_BYTES = 2**34
+# Suffixes of one-file formats and of Keras files: a folder export is not named so.
+_FILE_LIKE = (".keras", ".h5", ".onnx", ".tflite", ".pt2", ".xml")
 
 
 class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model", Any]):
     """A Keras model exported for serving, saved and loaded through the catalog.
 
-    ``save(model)`` runs ``model.export`` (TensorFlow SavedModel, ONNX or
-    LiteRT) and publishes the artifact atomically: a ``.onnx`` or
-    ``.tflite`` file like any file this package writes; a SavedModel folder
-    uploaded under a fresh name and committed by a small ``manifest.json``
-    (its files, sizes and SHA-256s, the format, Keras version and backend),
-    so that a reader never sees half an export and an interrupted upload
-    leaves the previous one loadable. ``load()`` gives something that
-    predicts: a Keras model over the SavedModel (TensorFlow backend), or an
-    ``OnnxModel`` / ``LiteRTModel`` with ``predict(x)``.
+    ``save(model)`` runs ``model.export`` (TensorFlow SavedModel, ONNX,
+    LiteRT, OpenVINO IR or PyTorch ``.pt2``) and publishes the artifact
+    atomically: a ``.onnx``, ``.tflite`` or ``.pt2`` file like any file this
+    package writes; a SavedModel or OpenVINO IR folder uploaded under a
+    fresh name and committed by a small ``manifest.json`` (its files, sizes
+    and SHA-256s, the format, Keras version and backend), so that a reader
+    never sees half an export and an interrupted upload leaves the previous
+    one loadable. ``load()`` gives something that predicts: a Keras model
+    over the SavedModel (TensorFlow backend), or an ``OnnxModel`` /
+    ``LiteRTModel`` / ``OpenVINOModel`` / ``PT2Model`` with ``predict(x)``.
 
     An ONNX or LiteRT file is checked before its runtime reads it, since a
     file can make a runtime read other files or take the process down:
@@ -79,7 +84,13 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
     present; custom and TensorFlow "Flex" operators are refused with
     ``safe_mode`` on), then, with ``safe_mode`` on, it is run once on zeros
     in a child process, where a crash refuses the file instead of ending
-    this process; ``predict`` runs in this process.
+    this process; ``predict`` runs in this process. An OpenVINO IR's XML
+    is checked (no entities, only OpenVINO's standard opsets, every
+    constant inside the weights, sizes) before OpenVINO reads it from
+    memory. A ``.pt2`` archive, which ``torch.export.load`` would unpickle,
+    is checked with ``safe_mode`` on before torch reads it: no pickled or
+    custom objects, no compiled libraries, only ATen operators (none that
+    reads files), plain symbolic sizes (docs/export.md says why).
 
     A SavedModel folder written by anyone else (Keras 2's ``model.save``, as
     kedro-datasets' ``TensorFlowModelDataset`` wrote it; ``tf.saved_model.save``;
@@ -140,19 +151,22 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
         """Creates a new ``KerasExportDataset``.
 
         Args:
-            filepath: Where the export goes: a ``.onnx`` or ``.tflite`` file, or
-                a folder for a SavedModel (local or any fsspec URL).
-            format: ``tf_saved_model``, ``onnx`` or ``litert``. Default: from
-                the suffix (``.onnx``, ``.tflite``), else ``tf_saved_model``.
+            filepath: Where the export goes: a ``.onnx``, ``.tflite`` or ``.pt2``
+                file, or a folder for a SavedModel or an OpenVINO IR (local
+                or any fsspec URL).
+            format: ``tf_saved_model``, ``onnx``, ``litert``, ``openvino`` or
+                ``torch``. Default: from the suffix (``.onnx``, ``.tflite``,
+                ``.pt2``), else ``tf_saved_model``.
             export_args: Passed to ``model.export`` (``input_signature``,
                 ``opset_version``, ...).
             load_args: ``safe_mode`` (default True: a SavedModel, which is a
                 TensorFlow program, is refused; ONNX and LiteRT artifacts are
-                run by their runtimes' fixed operators), ``endpoint`` (the
+                run by their runtimes' fixed operators; a ``.pt2`` archive is
+                checked for what can run code), ``endpoint`` (the
                 SavedModel endpoint to call; default ``serve``, else
                 ``serving_default``), ``providers`` (onnxruntime's),
-                ``max_tensor_bytes`` (the largest tensor an ONNX or LiteRT
-                file may declare; default 1 GiB).
+                ``max_tensor_bytes`` (the largest tensor an ONNX, LiteRT,
+                OpenVINO or ``.pt2`` file may declare; default 1 GiB).
             version: Set by Kedro for ``versioned: true`` entries.
             credentials: Passed to the fsspec filesystem.
             fs_args: Extra arguments for the fsspec filesystem.
@@ -175,10 +189,13 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
             raise SafeDatasetError(
                 f"'{filepath}': a {format} export is one file whose name ends in '{wanted}'."
             )
-        if format == "tf_saved_model" and suffix in (".keras", ".h5", ".onnx", ".tflite"):
+        if format in _exported.FOLDER_FORMATS and suffix in _FILE_LIKE:
+            what = (
+                "a SavedModel" if format == "tf_saved_model" else "an OpenVINO IR (model.xml and model.bin)"
+            )
             raise SafeDatasetError(
-                f"'{filepath}': a SavedModel is a folder; name it without '{suffix}' "
-                "(e.g. data/06_models/classifier_saved_model)."
+                f"'{filepath}': {what} is a folder; name it without '{suffix}' "
+                f"(e.g. data/06_models/classifier_{'saved_model' if format == 'tf_saved_model' else format})."
             )
         self._format = format
         self._export_args = {**self.DEFAULT_EXPORT_ARGS, **(export_args or {})}
@@ -200,7 +217,7 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
 
     @property
     def _is_folder(self) -> bool:
-        return self._format == "tf_saved_model"
+        return self._format in _exported.FOLDER_FORMATS
 
     def _exists_file(self, path: str) -> bool:
         if self._is_folder:
@@ -256,9 +273,13 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="kedro-keras-export-") as scratch:
             local = os.path.join(scratch, "model" + _exported.FILE_SUFFIXES.get(self._format, ""))
+            inside = _exported.FOLDER_FORMATS.get(self._format)
+            if inside:  # the folder holds what model.export writes beside the file it is given
+                os.mkdir(local)
+            target = os.path.join(local, inside) if inside else local
             try:
                 # model.export writes local paths only; the artifact is then published from there.
-                export_model(data, local, self._format, self._export_args)
+                export_model(data, target, self._format, self._export_args)
             except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
                 raise SafeDatasetError(
                     f"Could not export model '{data.name}' as {self._format} (backend {backend}) for "
@@ -266,7 +287,15 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
                 ) from as_data(exc)
             try:
                 if self._is_folder:
-                    publish_folder(self._location, Path(local), path, self._format, data, backend)
+                    publish_folder(
+                        self._location,
+                        Path(local),
+                        path,
+                        self._format,
+                        data,
+                        backend,
+                        signature_from=target if inside else None,
+                    )
                 else:
                     publish_file(
                         self._location,
@@ -300,6 +329,8 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
         if problem:
             raise SafeDatasetError(f"Cannot load the {self._format} export at '{url}': {problem}.")
         start = time.monotonic()
+        if self._format == "openvino":
+            return self._load_openvino(path, url, start)
         if self._is_folder:
             return self._load_saved_model(path, url, start)
         kind = self._location.kind(path)
@@ -309,23 +340,25 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
         safe_mode = self._load_args["safe_mode"] is not False
         budget = self._load_args["max_tensor_bytes"]
         size = self._location.fs.info(str(path)).get("size")
-        if isinstance(size, int) and size > _MAX_ARTIFACT_BYTES:
+        largest = _MAX_PT2_BYTES if self._format == "torch" else _MAX_ARTIFACT_BYTES
+        if isinstance(size, int) and size > largest:
             # Read whole below: protobuf (ONNX) and flatbuffers (LiteRT) cannot hold more anyway.
             raise SafeDatasetError(
                 f"Refusing to load the {self._format} export at '{url}': it holds {size} bytes, more than "
-                f"the {_MAX_ARTIFACT_BYTES} a self-contained {self._format} file can."
+                f"the {largest} a self-contained {self._format} file can."
             )
         try:
             content = self._location.fs.cat_file(str(path))
             manifest = read_file_manifest(self._location, path)
             check_content(content, manifest)
-            loaded = (
-                _exported.OnnxModel(
+            if self._format == "onnx":
+                loaded = _exported.OnnxModel(
                     content, self._load_args.get("providers"), safe_mode=safe_mode, max_tensor_bytes=budget
                 )
-                if self._format == "onnx"
-                else _exported.LiteRTModel(content, safe_mode=safe_mode, max_tensor_bytes=budget)
-            )
+            elif self._format == "torch":
+                loaded = _exported.PT2Model(content, safe_mode=safe_mode, max_tensor_bytes=budget)
+            else:
+                loaded = _exported.LiteRTModel(content, safe_mode=safe_mode, max_tensor_bytes=budget)
             if manifest is not None:
                 loaded.input_keys = manifest["input_keys"]
                 if sorted(manifest["input_order"]) == sorted(loaded.input_names):  # LiteRT's: see export_file
@@ -345,6 +378,50 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
             self._format,
             url,
             transfer_text(len(content), time.monotonic() - start),
+            loaded,
+        )
+        return loaded
+
+    def _load_openvino(self, folder: PurePosixPath, url: str, start: float) -> Any:
+        """An IR folder this package committed: its two files fetched against
+        the manifest's checksums, checked, then given to OpenVINO as bytes."""
+        manifest = read_manifest(self._location, folder)
+        if manifest is None:
+            kind = self._location.kind(folder)
+            what = "does not exist" if kind is None else f"holds no {MANIFEST} (not written by kedro-keras)"
+            raise SafeDatasetError(f"No openvino export at '{url}': the path {what}.")
+        if manifest.get("format") != "openvino" or sorted(manifest["files"]) != sorted(
+            _exported.OPENVINO_FILES
+        ):
+            raise SafeDatasetError(
+                f"The export at '{url}' is not an OpenVINO IR: its manifest records "
+                f"{printable(str(manifest.get('format')), 40)} with {len(manifest['files'])} files, not "
+                f"{' and '.join(_exported.OPENVINO_FILES)}. Export the model again with format: openvino."
+            )
+        with tempfile.TemporaryDirectory(prefix="kedro-keras-openvino-") as scratch:
+            local, size = fetch_manifest_files(
+                self._location, folder, manifest, Path(scratch), url, kind="OpenVINO IR"
+            )
+            xml, weights = ((local / name).read_bytes() for name in _exported.OPENVINO_FILES)
+        try:
+            loaded = _exported.OpenVINOModel(
+                xml, weights, max_tensor_bytes=self._load_args["max_tensor_bytes"]
+            )
+        except RefusedArtifactError as exc:
+            raise SafeDatasetError(f"Refusing to load the openvino export at '{url}': {exc}.") from as_data(
+                exc
+            )
+        except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
+            raise SafeDatasetError(
+                f"Cannot load the openvino export at '{url}': {first_line(exc)}"
+            ) from as_data(exc)
+        keys = manifest.get("input_keys")
+        if isinstance(keys, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()):
+            loaded.input_keys = keys
+        logger.info(
+            "Loaded the openvino export at %s, %s: %r",
+            url,
+            transfer_text(size, time.monotonic() - start),
             loaded,
         )
         return loaded

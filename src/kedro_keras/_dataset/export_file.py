@@ -1,4 +1,4 @@
-"""A one-file export (ONNX, LiteRT) as ``KerasExportDataset`` keeps it: the
+"""A one-file export (ONNX, LiteRT, PyTorch .pt2) as ``KerasExportDataset`` keeps it: the
 artifact, published in one step, and beside it ``<name>.manifest.json`` with
 its size and SHA-256 (and what exported it), so that ``verify`` and every
 load find a file cut short or with a flipped byte. Neither format records a
@@ -84,13 +84,21 @@ def signature_of(model: keras.Model, format: str, local: str | None) -> dict[str
     """``{"inputs": [...], "outputs": [...]}`` as ``name: dtype[dims]``; empty
     if the file cannot say (only a preview row is at stake)."""
     try:
-        if local is not None and format in ("onnx", "litert"):
+        if local is not None and format in ("onnx", "litert", "openvino", "torch"):
             with open(local, "rb") as file:
                 content = file.read()
             if format == "onnx":
                 from kedro_keras._formats.onnx import onnx_signature
 
                 signature = onnx_signature(content)
+            elif format == "openvino":
+                from kedro_keras._formats.openvino import openvino_signature
+
+                signature = openvino_signature(content)
+            elif format == "torch":
+                from kedro_keras._formats.pt2 import pt2_signature
+
+                signature = pt2_signature(content)
             else:
                 from kedro_keras._formats.litert import litert_signature
 

@@ -1,4 +1,4 @@
-"""A SavedModel folder as ``KerasExportDataset`` keeps it: the files uploaded
+"""A SavedModel or OpenVINO IR folder as ``KerasExportDataset`` keeps it: the files uploaded
 under a fresh ``export-<hex>`` name, then committed by a small manifest
 (their sizes and SHA-256s) in one atomic write; read back by checking the
 manifest and every file against it. And folders someone else wrote (no
@@ -40,10 +40,18 @@ MANIFEST_TEXT = ("export", "model", "keras_version", "backend", "saved_at")
 
 
 def publish_folder(
-    location: Location, local: Path, folder: PurePosixPath, format: str, model: keras.Model, backend: str
+    location: Location,
+    local: Path,
+    folder: PurePosixPath,
+    format: str,
+    model: keras.Model,
+    backend: str,
+    signature_from: str | None = None,
 ) -> None:
     """Upload the files under a fresh name, then commit them with the
-    manifest (one small atomic write), then remove the export it replaced."""
+    manifest (one small atomic write), then remove the export it replaced.
+    The inputs and outputs are read from ``signature_from`` (a file of the
+    export), else they are the model's (a SavedModel serves the model's own)."""
     import keras
 
     export = f"export-{uuid.uuid4().hex}"
@@ -65,7 +73,7 @@ def publish_folder(
         "model": model.name,
         "keras_version": keras.__version__,
         "backend": backend,
-        **signature_of(model, format, None),  # a SavedModel serves the model's own inputs
+        **signature_of(model, format, signature_from),
         "kedro_keras_version": __version__,
         "saved_at": datetime.now(tz=timezone.utc).isoformat(timespec="seconds"),
     }
@@ -111,10 +119,16 @@ def read_manifest(location: Location, folder: PurePosixPath, quiet: bool = False
 
 
 def fetch_manifest_files(
-    location: Location, folder: PurePosixPath, manifest: dict[str, Any], into: Path, url: str
+    location: Location,
+    folder: PurePosixPath,
+    manifest: dict[str, Any],
+    into: Path,
+    url: str,
+    kind: str = "SavedModel",
 ) -> tuple[Path, int]:
     """Copy the committed export to local disk (TensorFlow reads local
-    folders only), checking every file's size and SHA-256 on the way."""
+    folders only), checking every file's size and SHA-256 on the way.
+    ``kind`` names the export in messages."""
     export, files = manifest["export"], manifest["files"]
     for name in manifest["folders"]:
         (into / _safe_relative(name, url)).mkdir(parents=True, exist_ok=True)
@@ -123,7 +137,7 @@ def fetch_manifest_files(
         target = into / _safe_relative(name, url)
         target.parent.mkdir(parents=True, exist_ok=True)
         source = folder / export / name
-        _check_regular_file(location, source, folder, url)
+        _check_regular_file(location, source, folder, url, kind)
         try:
             with (
                 location.open_read(source) as reading,
@@ -132,12 +146,11 @@ def fetch_manifest_files(
                 sha256, size = copy_hashing(reading, writing)
         except FileNotFoundError as exc:
             raise SafeDatasetError(
-                f"The SavedModel at '{url}' is incomplete: '{export}/{name}', listed in its manifest, "
-                "is missing."
+                f"The {kind} at '{url}' is incomplete: '{export}/{name}', listed in its manifest, is missing."
             ) from as_data(exc)
         if size != expected.get("size") or sha256 != expected.get("sha256"):
             raise SafeDatasetError(
-                f"The SavedModel at '{url}' is damaged: '{export}/{name}' has {size} bytes and SHA-256 "
+                f"The {kind} at '{url}' is damaged: '{export}/{name}' has {size} bytes and SHA-256 "
                 f"{sha256[:12]}..., its manifest says {expected.get('size')} bytes and "
                 f"{str(expected.get('sha256'))[:12]}.... Export the model again."
             )
@@ -203,7 +216,9 @@ def _checked_manifest(manifest: Any, url: str) -> dict[str, Any]:
     return {**manifest, "folders": folders}
 
 
-def _check_regular_file(location: Location, path: PurePosixPath, folder: PurePosixPath, url: str) -> None:
+def _check_regular_file(
+    location: Location, path: PurePosixPath, folder: PurePosixPath, url: str, kind: str = "SavedModel"
+) -> None:
     """A file the manifest names must be a regular file inside the folder: a
     symbolic link would fetch a file from elsewhere, a FIFO would block the
     read forever. A missing one is reported, as missing, when it is opened.
@@ -216,7 +231,7 @@ def _check_regular_file(location: Location, path: PurePosixPath, folder: PurePos
         return
     except NotARegularFileError as exc:
         raise SafeDatasetError(
-            f"The SavedModel at '{url}' has '{path.relative_to(folder)}', which {exc.what}: refused, "
+            f"The {kind} at '{url}' has '{path.relative_to(folder)}', which {exc.what}: refused, "
             "as a kedro-keras export holds regular files only. Export the model again."
         ) from as_data(exc)
 

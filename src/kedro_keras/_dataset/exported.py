@@ -1,23 +1,32 @@
 """What ``KerasExportDataset`` hands back: something that predicts, for each
 export format, and what a backend needs to write each format. The checks a
-file passes first are in ``_formats.onnx`` and ``_formats.litert``.
+file passes first are in ``_formats.onnx``, ``_formats.litert``,
+``_formats.openvino`` and ``_formats.pt2``.
 
 Nothing here imports a heavy library at import time: onnxruntime, LiteRT's
-interpreter and Keras are imported when an artifact is loaded.
+interpreter, OpenVINO, torch and Keras are imported when an artifact is loaded.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from typing import Any
 
 from kedro_keras._formats.litert import check_litert, in_output_order, probe_litert_in_child
-from kedro_keras._formats.onnx import DEFAULT_MAX_TENSOR_BYTES, check_onnx
+from kedro_keras._formats.onnx import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactError, check_onnx, over_budget
+from kedro_keras._formats.openvino import check_openvino_ir
+from kedro_keras._formats.pt2 import check_pt2
 from kedro_keras._log import printable
 
-FORMATS = ("tf_saved_model", "onnx", "litert")
-FILE_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
+FORMATS = ("tf_saved_model", "onnx", "litert", "openvino", "torch")
+FILE_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite", "torch": ".pt2"}
+# Formats stored as a folder committed by its manifest.json, and the file
+# model.export is given inside the folder it writes (None: the folder itself).
+FOLDER_FORMATS = {"tf_saved_model": None, "openvino": "model.xml"}
+# The files an OpenVINO IR folder holds: the graph, and the weights its constants point into.
+OPENVINO_FILES = ("model.xml", "model.bin")
 
 # What ``model.export`` needs, per format and backend, beyond Keras: the
 # modules to import and the pip packages (or extra) that provide them.
@@ -39,6 +48,15 @@ _EXPORT_NEEDS: dict[str, dict[str, list[tuple[str, str]] | None]] = {
         "jax": None,
         "torch": [("litert_torch", "litert-torch")],
     },
+    # Keras traces a TensorFlow function for OpenVINO's converter: from JAX
+    # through jax2tf, which needs TensorFlow beside it; from PyTorch through torch.jit.trace.
+    "openvino": {
+        "tensorflow": [("openvino", "kedro-keras[openvino]")],
+        "jax": [("tensorflow", "tensorflow-cpu"), ("openvino", "kedro-keras[openvino]")],
+        "torch": [("openvino", "kedro-keras[openvino]")],
+    },
+    # torch.export: a program of PyTorch's own operators, which only the PyTorch backend has.
+    "torch": {"tensorflow": None, "jax": None, "torch": []},
 }
 
 # What loading each format needs.
@@ -46,6 +64,9 @@ _EXPORT_NEEDS: dict[str, dict[str, list[tuple[str, str]] | None]] = {
 _LOAD_NEEDS = {
     "onnx": [("onnxruntime", "kedro-keras[onnx]"), ("onnx", "onnx")],
     "litert": [("ai_edge_litert", "kedro-keras[litert]")],
+    "openvino": [("openvino", "kedro-keras[openvino]")],
+    # torch itself, whatever the Keras backend: the program runs on PyTorch's operators, not Keras's.
+    "torch": [("torch", "torch")],
 }
 
 
@@ -60,14 +81,23 @@ def why_cannot_export(format: str, backend: str) -> str | None:
         import keras
 
         return f"Keras {keras.__version__} has no LiteRT export; a newer Keras has (pip install -U keras)"
+    if format == "torch" and importlib.util.find_spec("keras.src.export.torch") is None:
+        import keras
+
+        return f"Keras {keras.__version__} has no PyTorch export; a newer Keras has (pip install -U keras)"
     needs = _EXPORT_NEEDS[format].get(backend, [])
     if needs is None:
         able = sorted(name for name, value in _EXPORT_NEEDS[format].items() if value is not None)
         return f"the {backend} backend cannot export {format}; use the {' or '.join(able)} backend"
     missing = _missing(needs)
     if missing:
+        why = (
+            " (Keras converts a JAX model through jax2tf, which runs on TensorFlow)"
+            if format == "openvino" and backend == "jax" and "tensorflow-cpu" in missing
+            else ""
+        )
         return (
-            f"exporting {format} from the {backend} backend needs {', '.join(dict.fromkeys(missing))} "
+            f"exporting {format} from the {backend} backend needs {', '.join(dict.fromkeys(missing))}{why} "
             f"(pip install {' '.join(dict.fromkeys(missing))})"
         )
     return None
@@ -269,6 +299,181 @@ class LiteRTModel:
     def __repr__(self) -> str:
         outputs = ", ".join(printable(str(name), 80) for name in self.output_names[:16])
         return f"LiteRTModel(inputs={_shown(self.input_shapes)}, outputs=[{outputs}])"
+
+
+class OpenVINOModel:
+    """An OpenVINO IR compiled for OpenVINO's CPU plugin, with ``predict``
+    (which takes the Keras model's own keys too, as ``OnnxModel.predict``).
+
+    The graph is checked first (``check_openvino_ir``: no entities, standard
+    opsets only, constants inside the weights, sizes), then read from memory
+    (no path: nothing beside it is opened), and the shapes OpenVINO infers
+    are checked against the budget before compiling, which folds constants.
+    The CPU plugin computes in bfloat16 where the processor has it, which
+    moved outputs by 6e-3 here: it is asked for float32 (outputs then equal
+    Keras's on the models tested).
+    """
+
+    input_keys: dict[str, str] = {}
+    """The Keras model's input keys, mapped to the file's input names."""
+
+    def __init__(
+        self, xml: bytes, weights: bytes, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
+    ) -> None:
+        import numpy as np
+        import openvino
+
+        check_openvino_ir(xml, len(weights), max_tensor_bytes)
+        core = openvino.Core()
+        model = core.read_model(
+            model=xml.decode("utf-8"), weights=openvino.Tensor(np.frombuffer(weights or b"\0", np.uint8))
+        )
+        for node in model.get_ordered_ops():
+            for output in node.outputs():
+                shape = output.get_partial_shape()
+                if shape.is_static:
+                    dims = [int(n) for n in shape.to_shape()]
+                    itemsize = max(output.get_element_type().size, 1)
+                    if math.prod(dims) * itemsize > max_tensor_bytes:
+                        raise over_budget(
+                            f"operator '{printable(node.get_friendly_name(), 80)}' ({node.get_type_name()})",
+                            dims,
+                            itemsize,
+                            max_tensor_bytes,
+                        )
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        self.output_names = [port.get_any_name() for port in self.compiled.outputs]
+        self.input_shapes = {
+            port.get_any_name(): str(port.get_partial_shape()) for port in self.compiled.inputs
+        }
+        self.output_shapes = {
+            port.get_any_name(): str(port.get_partial_shape()) for port in self.compiled.outputs
+        }
+        self._input_dtypes = {
+            port.get_any_name(): port.get_element_type().to_dtype() for port in self.compiled.inputs
+        }
+
+    def predict(self, x: Any, **_: Any) -> Any:
+        """Outputs for ``x`` (as for ``OnnxModel.predict``)."""
+        import numpy as np
+
+        feed = {
+            name: _float_as(np.asarray(value), self._input_dtypes.get(name))
+            for name, value in _by_name(x, self.input_names, self.input_keys)
+        }
+        results = self.compiled(feed)
+        values = [np.asarray(results[port]) for port in self.compiled.outputs]
+        return values[0] if len(values) == 1 else values
+
+    __call__ = predict
+
+    def __repr__(self) -> str:
+        return f"OpenVINOModel(inputs={_shown(self.input_shapes)}, outputs={_shown(self.output_shapes)})"
+
+
+class PT2Model:
+    """A PyTorch ``.pt2`` program (``torch.export``) on PyTorch's CPU, with
+    ``predict`` (which takes the Keras model's own keys too). Needs
+    ``torch``, whatever the Keras backend: the program calls PyTorch's
+    operators, never Keras.
+
+    With ``safe_mode`` on the archive is checked before torch reads it
+    (``check_pt2``: no pickles, compiled libraries or objects; ATen operators
+    only), and the program torch built is checked again before ``.module()``
+    generates and runs its Python. A program exported for a fixed batch
+    size (Keras's default) is run in batches of that size.
+    """
+
+    input_keys: dict[str, str] = {}
+    """The Keras model's input keys, mapped to the file's input names."""
+
+    def __init__(
+        self, content: bytes, *, safe_mode: bool = True, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
+    ) -> None:
+        import io
+
+        import torch
+
+        check_pt2(content, max_tensor_bytes, safe_mode)
+        program = torch.export.load(io.BytesIO(content))
+        if safe_mode:
+            for node in program.graph.nodes:
+                if node.op == "call_function" and not _is_aten(node.target):
+                    raise RefusedArtifactError(
+                        f"its program calls {printable(str(node.target), 120)}, not an ATen operator"
+                    )
+                if node.op == "get_attr" or node.op == "call_module":
+                    raise RefusedArtifactError(f"its program has a {node.op} node; torch.export writes none")
+        self._in_spec = program.call_spec.in_spec
+        user_inputs = set(program.graph_signature.user_inputs)
+        placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+        self.input_names = [n.name for n in placeholders]
+        self.output_names = [str(name) for name in program.graph_signature.user_outputs]
+        values = {n.name: n.meta.get("val") for n in placeholders}
+        self.input_shapes = {name: _torch_shape(value) for name, value in values.items()}
+        self._input_dtypes = {name: getattr(value, "dtype", None) for name, value in values.items()}
+        batches = {shape[0] for shape in self.input_shapes.values() if shape and isinstance(shape[0], int)}
+        dynamic = any(shape and not isinstance(shape[0], int) for shape in self.input_shapes.values())
+        self._batch = next(iter(batches)) if len(batches) == 1 and not dynamic else None
+        self.module = program.module()
+
+    def predict(self, x: Any, **_: Any) -> Any:
+        """Outputs for ``x`` (as for ``OnnxModel.predict``): NumPy arrays."""
+        import numpy as np
+
+        arrays = [(name, np.asarray(value)) for name, value in _by_name(x, self.input_names, self.input_keys)]
+        total = len(arrays[0][1]) if arrays and arrays[0][1].ndim else 1
+        step = self._batch if self._batch and total != self._batch else total
+        pieces = [
+            self._run([(name, array[start : start + step]) for name, array in arrays], step)
+            for start in range(0, max(total, 1), max(step, 1))
+        ]
+        outputs = [
+            parts[0] if step == total else np.concatenate(parts)[:total]
+            for parts in zip(*pieces, strict=True)
+        ]
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _run(self, arrays: list[tuple[str, Any]], step: int) -> list[Any]:
+        import numpy as np
+        import torch
+        from torch.utils import _pytree
+
+        leaves = []
+        for name, array in arrays:
+            if len(array) < step:  # the last batch, padded to the size the program was exported for
+                array = np.concatenate([array, np.zeros((step - len(array), *array.shape[1:]), array.dtype)])
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+            dtype = self._input_dtypes.get(name)
+            if dtype is not None and tensor.is_floating_point() and dtype.is_floating_point:
+                tensor = tensor.to(dtype)
+            leaves.append(tensor)
+        args, kwargs = _pytree.tree_unflatten(leaves, self._in_spec)
+        with torch.no_grad():
+            result = self.module(*args, **kwargs)
+        return [leaf.detach().cpu().numpy() for leaf in _pytree.tree_leaves(result)]
+
+    __call__ = predict
+
+    def __repr__(self) -> str:
+        outputs = ", ".join(printable(str(name), 80) for name in self.output_names[:16])
+        return f"PT2Model(inputs={_shown(self.input_shapes)}, outputs=[{outputs}])"
+
+
+def _is_aten(target: Any) -> bool:
+    import operator
+
+    import torch
+
+    if target is operator.getitem:
+        return True
+    return isinstance(target, torch._ops.OpOverload) and target.namespace == "aten"
+
+
+def _torch_shape(value: Any) -> list[Any]:
+    shape = getattr(value, "shape", None)
+    return [] if shape is None else [int(n) if str(n).isdigit() else str(n) for n in shape]
 
 
 def _by_name(x: Any, names: list[str], keys: dict[str, str] | None = None) -> list[tuple[str, Any]]:
