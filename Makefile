@@ -51,7 +51,7 @@ TORCH_VERSION := 2.13.0
 # every backend), test_migration.py (it saves with kedro-datasets'
 # TensorFlowModelDataset) and test_bounded_waits.py (S3 timeouts: no backend
 # code involved), test_docs_404.py (the docs site: its venv has the docs extra).
-DATASET_SUITE := --ignore=tests/e2e --ignore=tests/processes --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py --ignore=tests/test_docs_404.py
+DATASET_SUITE := --ignore=tests/e2e --ignore=tests/processes --ignore=tests/mlflow --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py --ignore=tests/test_docs_404.py
 # Run only under TensorFlow: what they test is the same code whatever the
 # backend or the Keras version (transfers, files, previews, versions and
 # checksums, the CLI), and they took about 90 s of each other run.
@@ -64,7 +64,7 @@ BACKEND_NEUTRAL := --ignore=tests/test_remote.py --ignore=tests/test_progress.py
 # internals. Both runs took 9 and 5 minutes of make test before (session 17).
 KERAS_SAVING_TESTS := tests/test_keras_model_dataset.py tests/test_keras_weights_dataset.py tests/test_keras_timestamped_model_dataset.py tests/test_keras_checkpoint_dataset.py tests/test_keras_checkpoint_ported.py tests/test_checkpoint_background.py tests/test_keras_saving.py tests/test_keras_stores.py tests/test_sharded.py tests/test_layers.py tests/test_archive.py tests/test_safe_configs.py tests/test_hostile_loads.py tests/test_hostile_readers.py tests/test_hostile_checkpoints.py tests/test_docstrings.py
 
-.PHONY: test-quick lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-processes test-cross-backend demo wheel bench screenshot fuzz clean
+.PHONY: test-quick lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-processes test-mlflow test-cross-backend demo wheel bench screenshot fuzz clean
 
 $(DEMO_STAMP): pyproject.toml examples/digits/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,10 +81,11 @@ $(STAMP): $(DEMO_STAMP)
 	# kedro-datasets: tests/test_migration.py loads what its
 	# TensorFlowModelDataset writes (without its tensorflow extra, which would
 	# pull the GPU 'tensorflow' beside tensorflow-cpu).
-	# onnx, litert: KerasExportDataset's ONNX and LiteRT round trips.
+	# onnx, litert, openvino: KerasExportDataset's ONNX, LiteRT and OpenVINO round trips.
 	# kedro-viz: tests/e2e builds the digits example's Kedro-Viz with previews.
 	# docs: mkdocs-material and mkdocstrings, for make docs.
-	$(BIN)/python -m pip install --quiet $(DEMO_REQUIREMENTS) -e ".[s3,test,onnx,litert,docs]" nbclient ipykernel "kedro-datasets>=9,<10" "kedro-viz>=12"
+	# mlflow, kedro-mlflow: tests/mlflow (a real tracking server, kedro-mlflow's hooks).
+	$(BIN)/python -m pip install --quiet $(DEMO_REQUIREMENTS) -e ".[s3,test,onnx,litert,openvino,docs,mlflow]" nbclient ipykernel "kedro-datasets>=9,<10" "kedro-viz>=12" "kedro-mlflow>=2"
 	# tf-keras (Keras 2) writes the SavedModel folders tests/test_migration.py
 	# loads; --no-deps, as its 'tensorflow' would pull the GPU build beside
 	# tensorflow-cpu. Its version follows TensorFlow's.
@@ -114,8 +115,9 @@ $(FLOOR_VENV)/.installed: pyproject.toml
 $(TORCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	# onnx, onnxruntime: KerasExportDataset's ONNX round trip under PyTorch.
-	$(TORCH_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" -e ".[torch,s3,test]" onnx onnxruntime
+	# onnx, onnxruntime: KerasExportDataset's ONNX round trip under PyTorch;
+	# openvino: its OpenVINO round trip (the .pt2 one needs torch only).
+	$(TORCH_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" -e ".[torch,s3,test,openvino]" onnx onnxruntime
 	$(call KERAS_HUB_INSTALL,$(TORCH_VENV))
 	touch $@
 
@@ -157,8 +159,12 @@ other-venvs-logged:
 # there: mostly processes starting and joining, little compute (session 18:
 # they had grown to 3 minutes of the second phase). Their output is printed
 # whole when they end, not woven into TensorFlow's.
+# Then the MLflow tests (.venv): a tracking server in a subprocess, runs
+# that mostly wait on it (session 19: about 3 minutes).
 venvs-then-processes: other-venvs-logged
-	@$(MAKE) --no-print-directory test-processes > .processes.log 2>&1; status=$$?; cat .processes.log; exit $$status
+	@( status=0; $(MAKE) --no-print-directory test-processes || status=1; \
+	   $(MAKE) --no-print-directory test-mlflow || status=1; exit $$status ) > .processes.log 2>&1; \
+	status=$$?; cat .processes.log; exit $$status
 
 jax-runs:
 	$(MAKE) --no-print-directory test-jax
@@ -186,7 +192,7 @@ lint: $(STAMP)
 
 test-tensorflow: export KERAS_BACKEND = tensorflow
 test-tensorflow: $(STAMP)
-	$(BIN)/python -m pytest --ignore=tests/test_cross_backend.py --ignore=tests/processes
+	$(BIN)/python -m pytest --ignore=tests/test_cross_backend.py --ignore=tests/processes --ignore=tests/mlflow
 
 # The edit-test loop: the TensorFlow dataset suite (what the JAX and PyTorch
 # runs take) less the real-architecture matrix: no Kedro projects (tests/e2e),
@@ -224,6 +230,14 @@ test-public-api: $(JAX_VENV)/.installed
 test-processes: export KERAS_BACKEND = jax
 test-processes: $(JAX_VENV)/.installed
 	$(JAX_VENV)/bin/python -m pytest tests/processes
+
+# KerasMlflowDataset against a real `mlflow server` (SQLite; local, S3 and
+# proxied S3 artifact stores on moto), and a kedro new project with
+# kedro-mlflow's hooks.
+test-mlflow: export KERAS_BACKEND = tensorflow
+test-mlflow: export KEDRO_DISABLE_TELEMETRY = 1
+test-mlflow: $(STAMP)
+	$(BIN)/python -m pytest tests/mlflow
 
 # Saved under each backend, loaded under each other one (subprocesses in each venv).
 test-cross-backend: $(STAMP) $(JAX_VENV)/.installed $(TORCH_VENV)/.installed

@@ -5,6 +5,7 @@ them; each fence's content is one doctest."""
 from __future__ import annotations
 
 import doctest
+import importlib.util
 import logging
 import os
 import re
@@ -25,6 +26,10 @@ EXAMPLES = [
 # (test_keras_export_dataset.py checks the error everywhere else).
 if _exported.why_cannot_export("tf_saved_model", os.environ.get("KERAS_BACKEND", "tensorflow")) is None:
     EXAMPLES.append("KerasExportDataset")
+# Its example logs to an MLflow run: where the mlflow extra is installed
+# (tests/mlflow runs it against a real tracking server).
+if importlib.util.find_spec("mlflow") is not None:
+    EXAMPLES.append("KerasMlflowDataset")
 
 
 FENCED_PYTHON = re.compile(r"^( *)```pycon\n(.*?)^\1```$", re.M | re.S)

@@ -39,14 +39,16 @@ def test_import_and_a_catalog_of_a_hundred_models_import_no_keras_or_backend(tmp
             config[f"w{i}"] = {"type": "kedro_keras.KerasWeightsDataset", "filepath": f"data/w{i}.weights.h5",
                                "architecture": "my_project.models.build"}
             config[f"h{i}"] = {"type": "kedro_keras.KerasTimestampedModelDataset", "filepath": f"data/h{i}", "keep_last": 3}
+        config["mlflow"] = {"type": "kedro_keras.KerasMlflowDataset", "artifact_path": "m/model.keras",
+                            "dataset": {"type": "kedro_keras.KerasModelDataset"}, "registered_model": "m"}
         catalog = DataCatalog.from_config(config)
         [catalog[name] for name in config]  # materialise every entry
-        heavy = sorted({m.split(".")[0] for m in sys.modules} & {"keras", "tensorflow", "jax", "torch", "h5py"})
+        heavy = sorted({m.split(".")[0] for m in sys.modules} & {"keras", "tensorflow", "jax", "torch", "h5py", "mlflow"})
         print(json.dumps({"entries": len(config), "heavy": heavy}))
         """
     )
     result = json.loads(out)
-    assert result == {"entries": 102, "heavy": []}
+    assert result == {"entries": 103, "heavy": []}
 
 
 def test_exports():
@@ -54,6 +56,7 @@ def test_exports():
         "Checkpoints",
         "KerasCheckpointDataset",
         "KerasExportDataset",
+        "KerasMlflowDataset",
         "KerasModelDataset",
         "KerasTimestampedModelDataset",
         "KerasWeightsDataset",
