@@ -63,11 +63,12 @@ class KerasMlflowDataset(AbstractDataset["keras.Model", Any]):
     >>> from kedro_keras import KerasMlflowDataset
     >>>
     >>> mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    >>> experiment = mlflow.create_experiment("models", artifact_location=(tmp_path / "runs").as_uri())
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     >>> dataset = KerasMlflowDataset(
     ...     dataset={"type": "kedro_keras.KerasModelDataset"}, artifact_path="model.keras"
     ... )
-    >>> with mlflow.start_run():
+    >>> with mlflow.start_run(experiment_id=experiment):
     ...     dataset.save(model)
     ...     reloaded = dataset.load()
     >>> np.array_equal(reloaded.predict(np.ones((1, 3)), verbose=0), model.predict(np.ones((1, 3)), verbose=0))
