@@ -64,7 +64,7 @@ BACKEND_NEUTRAL := --ignore=tests/test_remote.py --ignore=tests/test_progress.py
 # internals. Both runs took 9 and 5 minutes of make test before (session 17).
 KERAS_SAVING_TESTS := tests/test_keras_model_dataset.py tests/test_keras_weights_dataset.py tests/test_keras_timestamped_model_dataset.py tests/test_keras_checkpoint_dataset.py tests/test_keras_checkpoint_ported.py tests/test_checkpoint_background.py tests/test_keras_saving.py tests/test_keras_stores.py tests/test_sharded.py tests/test_layers.py tests/test_archive.py tests/test_safe_configs.py tests/test_hostile_loads.py tests/test_hostile_readers.py tests/test_hostile_checkpoints.py tests/test_docstrings.py
 
-.PHONY: test-quick lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-processes test-mlflow test-cross-backend demo wheel bench screenshot fuzz clean
+.PHONY: test-quick lint docs test test-tensorflow test-jax test-torch test-keras-floor test-public-api test-processes test-mlflow test-waits test-cross-backend demo wheel bench screenshot fuzz clean
 
 $(DEMO_STAMP): pyproject.toml examples/digits/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -159,11 +159,14 @@ other-venvs-logged:
 # there: mostly processes starting and joining, little compute (session 18:
 # they had grown to 3 minutes of the second phase). Their output is printed
 # whole when they end, not woven into TensorFlow's.
-# Then the MLflow tests (.venv): a tracking server in a subprocess, runs
-# that mostly wait on it (session 19: about 3 minutes).
+# Then, in .venv, the MLflow tests (a tracking server in a subprocess, runs
+# that mostly wait on it; session 19: about 3 minutes) and the S3 timeout
+# tests (servers that never answer: 2 minutes of waiting, 15 s of CPU), both
+# taken off the TensorFlow suite's critical path.
 venvs-then-processes: other-venvs-logged
 	@( status=0; $(MAKE) --no-print-directory test-processes || status=1; \
-	   $(MAKE) --no-print-directory test-mlflow || status=1; exit $$status ) > .processes.log 2>&1; \
+	   $(MAKE) --no-print-directory test-mlflow || status=1; \
+	   $(MAKE) --no-print-directory test-waits || status=1; exit $$status ) > .processes.log 2>&1; \
 	status=$$?; cat .processes.log; exit $$status
 
 jax-runs:
@@ -192,13 +195,14 @@ lint: $(STAMP)
 
 test-tensorflow: export KERAS_BACKEND = tensorflow
 test-tensorflow: $(STAMP)
-	$(BIN)/python -m pytest --ignore=tests/test_cross_backend.py --ignore=tests/processes --ignore=tests/mlflow
+	$(BIN)/python -m pytest --ignore=tests/test_cross_backend.py --ignore=tests/processes --ignore=tests/mlflow \
+		--ignore=tests/test_bounded_waits.py
 
 # The edit-test loop: the TensorFlow dataset suite (what the JAX and PyTorch
-# runs take) less the real-architecture matrix: no Kedro projects (tests/e2e),
+# runs take) less the real-architecture and quantized matrices: no Kedro projects (tests/e2e),
 # no kill -9, fault-injection, concurrency or fuzz tests, no waits on a server
 # that never answers. make test runs all of it before anything lands.
-QUICK_SKIPS := $(DATASET_SUITE) --ignore=tests/test_real_architectures.py
+QUICK_SKIPS := $(DATASET_SUITE) --ignore=tests/test_real_architectures.py --ignore=tests/test_quantized.py
 test-quick: export KERAS_BACKEND = tensorflow
 test-quick: lint $(STAMP)
 	$(BIN)/python -m pytest -q $(QUICK_SKIPS)
@@ -230,6 +234,12 @@ test-public-api: $(JAX_VENV)/.installed
 test-processes: export KERAS_BACKEND = jax
 test-processes: $(JAX_VENV)/.installed
 	$(JAX_VENV)/bin/python -m pytest tests/processes
+
+# Object-store timeouts, stalls and retries against servers that never
+# answer (run under TensorFlow; no backend code is involved).
+test-waits: export KERAS_BACKEND = tensorflow
+test-waits: $(STAMP)
+	$(BIN)/python -m pytest tests/test_bounded_waits.py
 
 # KerasMlflowDataset against a real `mlflow server` (SQLite; local, S3 and
 # proxied S3 artifact stores on moto), and a kedro new project with
