@@ -12,6 +12,7 @@ process, so that a regression fails a test instead of taking pytest down.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -767,6 +768,13 @@ OPENVINO_CASES = {
         {"net_extra": "<rt_info><runtime_options><CACHE_DIR value='/tmp/x' /></runtime_options></rt_info>"},
         "carries runtime_options, which OpenVINO applies as compile settings",
     ),
+    "compile settings hidden in an XML namespace": (
+        {
+            "net_extra": "<rt_info xmlns='urn:x'><runtime_options><CACHE_DIR value='/tmp/x' /></runtime_options>"
+            "</rt_info>"
+        },
+        "uses an XML namespace (<{urn:x}rt_info>); OpenVINO writes none",
+    ),
     "a broadcast whose port hides its size": (
         {"extra_layers": BROADCAST_BOMB, "extra_edges": BROADCAST_EDGES},
         "operator 'bomb' (Broadcast) declares a tensor of shape [40000x40000] (6.0 GiB)",
@@ -859,6 +867,58 @@ def rewrite_pt2(content, edit, compress=()):
     return out.getvalue()
 
 
+def two_central_directories(content, evil_sample_inputs):
+    """The archive's members twice, the sample inputs replaced in the first
+    copy, with a central directory for each: the end record names the first
+    (torch's reader follows it); Python's reader takes the gap before the end
+    record for prepended bytes and reads the second."""
+    import struct
+    import zipfile
+    import zlib
+
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        good = [(name, archive.read(name)) for name in archive.namelist()]
+    bad = [(n, evil_sample_inputs if n.endswith("sample_inputs/model.pt") else d) for n, d in good]
+    out = bytearray()
+
+    def local(name, data):
+        offset = len(out)
+        encoded = name.encode()
+        crc = zlib.crc32(data)
+        out.extend(
+            struct.pack(
+                "<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, crc, len(data), len(data), len(encoded), 0
+            )
+        )
+        out.extend(encoded + data)
+        return offset
+
+    def directory(entries, shift):
+        block = bytearray()
+        for name, data, offset in entries:
+            encoded = name.encode()
+            block.extend(
+                struct.pack(
+                    "<IHHHHHHIIIHHHHHII",
+                    *(0x02014B50, 20, 20, 0, 0, 0, 0, zlib.crc32(data), len(data), len(data), len(encoded)),
+                    *(0, 0, 0, 0, 0, offset - shift),
+                )
+            )
+            block.extend(encoded)
+        return bytes(block)
+
+    first = [(n, d, local(n, d)) for n, d in bad]
+    second = [(n, d, local(n, d)) for n, d in good]
+    first_directory = directory(first, 0)
+    start = len(out)
+    out.extend(first_directory)
+    out.extend(directory(second, len(first_directory)))  # Python adds the gap to these offsets
+    out.extend(
+        struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(first), len(first), len(first_directory), start, 0)
+    )
+    return bytes(out)
+
+
 def edit_json(name, change):
     def edit(members):
         value = json.loads(members[name])
@@ -936,6 +996,40 @@ PT2_CASES = {
         ),
         "has the symbolic size 'exec(chr(105)+chr(100))', which is not arithmetic on symbols",
     ),
+    "an integer power sympy would compute forever": (
+        edit_json(
+            "models/model.json",
+            lambda p: p["graph_module"]["graph"]["sym_int_values"].update(
+                s={"as_expr": {"expr_str": "s0 + 9**9**9**9", "hint": None}}
+            ),
+        ),
+        "has the symbolic size 's0 + 9**9**9**9', which is not arithmetic on symbols",
+    ),
+    "a graph tensor over the budget": (
+        edit_json(
+            "models/model.json",
+            lambda p: next(iter(p["graph_module"]["graph"]["tensor_values"].values())).update(
+                sizes=[{"as_int": 200_000}, {"as_int": 200_000}]
+            ),
+        ),
+        "declares a tensor of shape [200000x200000]",
+    ),
+    "a weight torch would allocate as zeros": (
+        edit_json(
+            "data/weights/model_weights_config.json",
+            lambda c: c["config"].update(
+                extra={
+                    **next(iter(c["config"].values())),
+                    "path_name": "weight_999",
+                    "tensor_meta": {
+                        **next(iter(c["config"].values()))["tensor_meta"],
+                        "sizes": [{"as_int": 2**22}],
+                    },
+                }
+            ),
+        ),
+        "declares [4194304] but its record is missing; torch would allocate it filled with zeros",
+    ),
     "guards code": (
         edit_json("models/model.json", lambda p: p.update(guards_code=["__import__('os').system('id')"])),
         "carries guards_code, Python source that .module() compiles and runs",
@@ -1012,6 +1106,48 @@ class TestPT2:
 
         assert message.startswith(f"Refusing to load the torch export at '{path}': "), message
         assert cause in message
+        assert not marker.exists()
+
+    def test_a_member_twice_is_refused(self, own_pt2, tmp_path):
+        """Zip readers differ on which copy of a name they take (torch's often
+        the first, Python's the last): a pickle first, the real inputs last."""
+        import warnings
+        import zipfile
+
+        path = tmp_path / "model.pt2"
+        if own_pt2 is None:
+            return self.test_the_archive_rewritten_unchanged_loads_and_predicts(own_pt2, tmp_path)
+        marker = tmp_path / "ran"
+        with zipfile.ZipFile(io.BytesIO(own_pt2)) as archive, zipfile.ZipFile(path, "w") as out:
+            warnings.simplefilter("ignore")  # zipfile's "Duplicate name" is the point
+            for name in archive.namelist():
+                if name.endswith("data/sample_inputs/model.pt"):
+                    out.writestr(name, pickled_sample_inputs(marker))
+                out.writestr(name, archive.read(name))
+        message = load_refused(path)
+        assert "its member 'model/data/sample_inputs/model.pt' twice" in message or "twice" in message, (
+            message
+        )
+        assert not marker.exists()
+
+    def test_torch_reads_the_members_checked_not_another_central_directory(self, own_pt2, tmp_path):
+        """Two central directories: the end record points at one whose sample
+        inputs are a pickle (what torch's reader takes); Python's reader takes
+        the other, just before the end record. The load must run what was
+        checked: it predicts, and the pickle never runs."""
+        path = tmp_path / "model.pt2"
+        if own_pt2 is None:
+            return self.test_the_archive_rewritten_unchanged_loads_and_predicts(own_pt2, tmp_path)
+        marker = tmp_path / "ran"
+        path.write_bytes(two_central_directories(own_pt2, pickled_sample_inputs(marker)))
+        import torch
+
+        reader = torch._C.PyTorchFileReader(io.BytesIO(path.read_bytes()))
+        assert bytes(reader.get_record("data/sample_inputs/model.pt")) == pickled_sample_inputs(marker)
+        x = np.ones((1, 3), "float32")
+        np.testing.assert_array_equal(
+            KerasExportDataset(filepath=str(path)).load().predict(x), tiny_model().predict(x, verbose=0)
+        )
         assert not marker.exists()
 
     def test_the_archive_rewritten_unchanged_loads_and_predicts(self, own_pt2, tmp_path):

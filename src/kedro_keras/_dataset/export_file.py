@@ -106,7 +106,7 @@ def signature_of(model: keras.Model, format: str, local: str | None) -> dict[str
             names = signature.pop("input_names")
             if format == "litert":
                 signature, names = _in_model_order(model, signature, names)
-            return {**signature, **_input_keys(model, names)}
+            return {**signature, **_input_keys(model, names, format)}
         return {
             "inputs": [_keras_tensor(tensor) for tensor in model.inputs],
             "outputs": [_keras_tensor(tensor) for tensor in model.outputs],
@@ -138,10 +138,12 @@ def _in_model_order(
     return {**signature, "inputs": inputs, "input_order": order}, order
 
 
-def _input_keys(model: keras.Model, names: list[str]) -> dict[str, dict[str, str]]:
+def _input_keys(model: keras.Model, names: list[str], format: str | None = None) -> dict[str, dict[str, str]]:
     """``{"input_keys": {model's key: file's input name}}`` for a model whose
     inputs are a dict keyed otherwise than the file names them: the file's
-    inputs come in the order of ``model.inputs``, the dict flattened. A
+    inputs come in the order of ``model.inputs``, the dict flattened (keys
+    sorted as text), but in a ``.pt2`` in the dict's own order (torch.export
+    flattens the dict Keras traces with as it is: ``feature_10`` last). A
     subclassed model has no ``model.input``: the dict its first call was
     given (its build config) is flattened as every exporter flattens it,
     keys sorted (``keras.tree``)."""
@@ -151,10 +153,15 @@ def _input_keys(model: keras.Model, names: list[str]) -> dict[str, dict[str, str
         return _called_with_keys(model, names)
     if not isinstance(structure, dict) or len(names) != len(model.inputs):
         return {}
-    positions = {id(tensor): index for index, tensor in enumerate(model.inputs)}
-    keys = {
-        str(key): names[positions[id(tensor)]] for key, tensor in structure.items() if id(tensor) in positions
-    }
+    if format == "torch":
+        keys = {str(key): name for key, name in zip(structure, names, strict=True)}
+    else:
+        positions = {id(tensor): index for index, tensor in enumerate(model.inputs)}
+        keys = {
+            str(key): names[positions[id(tensor)]]
+            for key, tensor in structure.items()
+            if id(tensor) in positions
+        }
     return {"input_keys": keys} if any(key != name for key, name in keys.items()) else {}
 
 

@@ -342,26 +342,30 @@ class OpenVINOModel:
                             max_tensor_bytes,
                         )
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
-        self.output_names = [port.get_any_name() for port in self.compiled.outputs]
+        self.input_names = _port_names(self.compiled.inputs, "input")
+        self.output_names = _port_names(self.compiled.outputs, "output")
         self.input_shapes = {
-            port.get_any_name(): str(port.get_partial_shape()) for port in self.compiled.inputs
+            name: str(port.get_partial_shape())
+            for name, port in zip(self.input_names, self.compiled.inputs, strict=True)
         }
         self.output_shapes = {
-            port.get_any_name(): str(port.get_partial_shape()) for port in self.compiled.outputs
+            name: str(port.get_partial_shape())
+            for name, port in zip(self.output_names, self.compiled.outputs, strict=True)
         }
         self._input_dtypes = {
-            port.get_any_name(): port.get_element_type().to_dtype() for port in self.compiled.inputs
+            name: port.get_element_type().to_dtype()
+            for name, port in zip(self.input_names, self.compiled.inputs, strict=True)
         }
 
     def predict(self, x: Any, **_: Any) -> Any:
         """Outputs for ``x`` (as for ``OnnxModel.predict``)."""
         import numpy as np
 
-        feed = {
-            name: _float_as(np.asarray(value), self._input_dtypes.get(name))
+        # By position: an input's name may be one made up here (_port_names).
+        feed = [
+            _float_as(np.asarray(value), self._input_dtypes.get(name))
             for name, value in _by_name(x, self.input_names, self.input_keys)
-        }
+        ]
         results = self.compiled(feed)
         values = [np.asarray(results[port]) for port in self.compiled.outputs]
         return values[0] if len(values) == 1 else values
@@ -370,6 +374,21 @@ class OpenVINOModel:
 
     def __repr__(self) -> str:
         return f"OpenVINOModel(inputs={_shown(self.input_shapes)}, outputs={_shown(self.output_shapes)})"
+
+
+def _port_names(ports: Any, prefix: str) -> list[str]:
+    """Each port's name, distinct; a port without one (the output of a
+    subclassed model of several inputs traced under PyTorch has none) is
+    ``<prefix>_<position>``."""
+    names: list[str] = []
+    for position, port in enumerate(ports):
+        name = port.get_any_name() if port.get_names() else ""
+        if not name or name in names:
+            name = f"{prefix}_{position}"
+            while name in names:
+                name += "_"
+        names.append(name)
+    return names
 
 
 class PT2Model:
@@ -395,8 +414,8 @@ class PT2Model:
 
         import torch
 
-        check_pt2(content, max_tensor_bytes, safe_mode)
-        program = torch.export.load(io.BytesIO(content))
+        checked = check_pt2(content, max_tensor_bytes, safe_mode)
+        program = torch.export.load(io.BytesIO(checked))
         if safe_mode:
             for node in program.graph.nodes:
                 if node.op == "call_function" and not _is_aten(node.target):

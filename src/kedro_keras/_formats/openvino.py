@@ -68,17 +68,30 @@ def check_openvino_ir(xml: bytes, weights_size: int, max_tensor_bytes: int) -> E
             f"its graph (model.xml) holds {len(xml)} bytes, more than the {MAX_XML_BYTES} an IR this "
             "package exports takes"
         )
+    try:
+        # Decoded before any search: a UTF-16 document would hide '<!DOCTYPE' from a search of bytes.
+        text = xml.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RefusedArtifactError("its graph (model.xml) is not UTF-8, as OpenVINO writes it") from exc
     # Entities (the "billion laughs", external files named by SYSTEM) are
     # declared only in a document type declaration: an IR has none.
-    if re.search(rb"<!\s*(DOCTYPE|ENTITY)", xml, re.IGNORECASE):
+    if re.search(r"<!\s*(DOCTYPE|ENTITY)", text, re.IGNORECASE):
         raise RefusedArtifactError(
             "its graph (model.xml) has a document type declaration (entities can expand it or name "
             "other files); OpenVINO never writes one"
         )
     try:
-        root = ElementTree.fromstring(xml)
+        root = ElementTree.fromstring(text)
     except ElementTree.ParseError as exc:
         raise RefusedArtifactError(f"its graph (model.xml) is not well-formed XML ({exc})") from exc
+    # OpenVINO's parser ignores namespaces and ElementTree does not: a <layers xmlns="urn:x"> would
+    # hide its layers (and an rt_info its options) from the checks below but not from OpenVINO.
+    for element in root.iter():
+        if "{" in element.tag or any("{" in name or name.startswith("xmlns") for name in element.attrib):
+            raise RefusedArtifactError(
+                f"its graph (model.xml) uses an XML namespace (<{printable(element.tag, 60)}>); OpenVINO "
+                "writes none, and its parser would read the element this check cannot see"
+            )
     if root.tag != "net":
         raise RefusedArtifactError(f"its graph (model.xml) is a <{printable(root.tag, 40)}>, not an IR <net>")
     for layer in root.iter("layer"):

@@ -86,6 +86,8 @@ _NAME_KEYS = frozenset(
     {"name", "parameter_name", "buffer_name", "tensor_constant_name", "fqn", "path_name", "forward_arg_names"}
 )
 _SYMBOL = re.compile(r"^[a-z]{1,8}\d{1,9}$")
+# The largest power a symbolic size may raise to (sympy evaluates integer powers eagerly).
+_MAX_EXPONENT = 64
 # What sympy's printer writes for torch's symbolic sizes (sympify evaluates the rest too).
 _SYMPY_CALLS = frozenset(
     {
@@ -102,7 +104,6 @@ _SYMPY_CALLS = frozenset(
         "IntTrueDiv",
         "Mul",
         "Add",
-        "Pow",
         "Eq",
         "Ne",
         "Lt",
@@ -127,11 +128,14 @@ _SCALAR_NAMES = {
 }
 
 
-def check_pt2(content: bytes, max_tensor_bytes: int, safe_mode: bool) -> None:
-    """Refuse a ``.pt2`` archive that would make ``torch.export.load`` do
-    more than rebuild a graph of ATen operators (see the module's text).
-    Without ``safe_mode`` (a file you trust) only its zip structure and
-    declared sizes are checked.
+def check_pt2(content: bytes, max_tensor_bytes: int, safe_mode: bool) -> bytes:
+    """The archive ``torch.export.load`` is to read, once it is known to make
+    it do no more than rebuild a graph of ATen operators (see the module's
+    text). With ``safe_mode`` that is a copy rebuilt from the very members
+    checked: torch's zip reader and Python's can read one file differently
+    (a name twice, two central directories), and torch must read what was
+    checked. Without ``safe_mode`` (a file you trust) only its zip structure
+    and declared sizes are checked, and the file is read as it is.
 
     Raises:
         RefusedArtifactError: what is wrong, and where.
@@ -146,17 +150,33 @@ def check_pt2(content: bytes, max_tensor_bytes: int, safe_mode: bool) -> None:
         for config in configs:
             if config in members:
                 _check_payload_config(
-                    _json_member(archive, config, _MAX_CONFIG_BYTES), config, max_tensor_bytes, safe_mode
+                    _json_member(archive, config, _MAX_CONFIG_BYTES),
+                    config,
+                    max_tensor_bytes,
+                    safe_mode,
+                    members,
                 )
         if not safe_mode:
-            return
+            return content
         program = f"{root}/models/model.json"
         if program not in members:
             raise RefusedArtifactError("it holds no models/model.json, the program torch.export.save writes")
-        _ProgramChecker().check(_json_member(archive, program, MAX_PROGRAM_BYTES))
+        parsed = _json_member(archive, program, MAX_PROGRAM_BYTES)
+        _ProgramChecker().check(parsed)
+        _check_tensor_values(parsed, max_tensor_bytes)
         sample = f"{root}/data/sample_inputs/model.pt"
         if sample in members:
             _check_sample_inputs(archive.read(sample))
+        return _rebuilt(archive, members)
+
+
+def _rebuilt(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) -> bytes:
+    """The checked members, and nothing else, in an archive of one plain layout."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as rebuilt:
+        for name, info in members.items():
+            rebuilt.writestr(name, archive.read(info))
+    return out.getvalue()
 
 
 def _members(content: bytes, safe_mode: bool) -> dict[str, zipfile.ZipInfo]:
@@ -183,6 +203,9 @@ def _members(content: bytes, safe_mode: bool) -> dict[str, zipfile.ZipInfo]:
                 f"its member '{shown}' is not one torch.export.save writes for a program of ATen "
                 "operators (compiled AOTInductor libraries, pickled objects and the 2.7 layout are refused)"
             )
+        if info.filename in members:
+            # Readers differ on which of the two they take: torch's often the first, Python's the last.
+            raise RefusedArtifactError(f"it holds the member '{shown}' twice")
         members[info.filename] = info
     if len(roots) > 1:
         raise RefusedArtifactError(f"its members lie under {len(roots)} folders; torch.export.save uses one")
@@ -199,9 +222,12 @@ def _json_member(archive: zipfile.ZipFile, name: str, limit: int) -> Any:
         raise RefusedArtifactError(f"its {name.split('/', 1)[-1]} is not JSON") from exc
 
 
-def _check_payload_config(config: Any, name: str, max_tensor_bytes: int, safe_mode: bool) -> None:
+def _check_payload_config(
+    config: Any, name: str, max_tensor_bytes: int, safe_mode: bool, members: dict[str, zipfile.ZipInfo]
+) -> None:
     """Weights and constants: raw tensors of declared sizes, no pickles or objects."""
     shown_file = name.split("/", 1)[-1]
+    folder = name.rsplit("/", 1)[0]
     entries = config.get("config") if isinstance(config, dict) else None
     if not isinstance(entries, dict):
         raise RefusedArtifactError(f"its {shown_file} has no 'config' object")
@@ -232,9 +258,16 @@ def _check_payload_config(config: Any, name: str, max_tensor_bytes: int, safe_mo
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
             raise RefusedArtifactError(f"{what} declares sizes that are not whole numbers")
         itemsize = _SCALAR_BYTES.get(meta.get("dtype"), 16)
-        # An empty record is rebuilt with torch.zeros of the declared size.
         if math.prod(dims) * itemsize > max_tensor_bytes:
             raise over_budget(what, dims, itemsize, max_tensor_bytes)
+        # torch makes an empty record torch.zeros of the declared size: memory the file does not
+        # hold, so many such entries would add up past any budget. torch.export.save writes the bytes.
+        record = members.get(f"{folder}/{path}") if isinstance(path, str) else None
+        if math.prod(dims) and (record is None or record.file_size == 0):
+            raise RefusedArtifactError(
+                f"{what} declares {dims} but its record is {'missing' if record is None else 'empty'}; "
+                "torch would allocate it filled with zeros"
+            )
 
 
 class _ProgramChecker:
@@ -298,7 +331,7 @@ class _ProgramChecker:
 
 def _check_target(target: Any) -> None:
     shown = printable(str(target), 120)
-    if target in _OTHER_TARGETS:
+    if isinstance(target, str) and target in _OTHER_TARGETS:
         return
     match = _ATEN_TARGET.match(target) if isinstance(target, str) else None
     if match is None:
@@ -320,7 +353,10 @@ def _check_expression(text: Any) -> None:
         tree = ast.parse(text, mode="eval") if isinstance(text, str) and len(text) < 10_000 else None
     except (SyntaxError, ValueError, RecursionError):
         tree = None
-    if tree is None or not all(_plain_node(node) for node in ast.walk(tree)):
+    nodes = list(ast.walk(tree)) if tree is not None else []
+    # The name a call calls (Symbol in "Symbol('s0', positive=True)"): _plain_node checks the call.
+    callees = {id(node.func) for node in nodes if isinstance(node, ast.Call)}
+    if tree is None or not all(_plain_node(node) or id(node) in callees for node in nodes):
         raise RefusedArtifactError(
             f"its program has the symbolic size '{shown}', which is not arithmetic on symbols "
             "(sympy evaluates it as Python)"
@@ -328,13 +364,25 @@ def _check_expression(text: Any) -> None:
 
 
 def _plain_node(node: ast.AST) -> bool:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+        # sympy computes an integer power at once: 9**9**9**9 would never end, nor would powers of
+        # powers. A symbol or a number, to a small whole number.
+        exponent = node.right
+        return (
+            isinstance(node.left, (ast.Name, ast.Constant))
+            and isinstance(exponent, ast.Constant)
+            and type(exponent.value) is int
+            and 0 <= exponent.value <= _MAX_EXPONENT
+        )
     if isinstance(
         node,
         (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.operator, ast.unaryop, ast.cmpop, ast.Load),
     ):
         return True
     if isinstance(node, ast.Constant):
-        return isinstance(node.value, (int, float, bool)) or (
+        if isinstance(node.value, int) and not isinstance(node.value, bool):
+            return abs(node.value) < 2**63
+        return isinstance(node.value, (float, bool)) or (
             isinstance(node.value, str) and bool(_SYMBOL.match(node.value))
         )
     if isinstance(node, ast.Name):
@@ -348,6 +396,27 @@ def _plain_node(node: ast.AST) -> bool:
             and isinstance(node.value.value, bool)
         )
     return False
+
+
+def _check_tensor_values(program: dict[str, Any], max_tensor_bytes: int) -> None:
+    """Every tensor the graph declares with a static size, within the budget:
+    an operator such as full or expand allocates what its output declares."""
+    values = (((program.get("graph_module") or {}).get("graph") or {}).get("tensor_values")) or {}
+    if not isinstance(values, dict):
+        raise RefusedArtifactError("its program's tensor_values is not an object")
+    for tensor, meta in values.items():
+        sizes = meta.get("sizes") if isinstance(meta, dict) else None
+        dims = (
+            [size.get("as_int") for size in sizes if isinstance(size, dict)]
+            if isinstance(sizes, list)
+            else []
+        )
+        if dims and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+            itemsize = _SCALAR_BYTES.get(meta.get("dtype"), 16)
+            if math.prod(dims) * itemsize > max_tensor_bytes:
+                raise over_budget(
+                    f"its tensor '{printable(str(tensor), 80)}'", dims, itemsize, max_tensor_bytes
+                )
 
 
 def _check_sample_inputs(content: bytes) -> None:
