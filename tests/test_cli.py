@@ -89,3 +89,34 @@ def test_a_long_path_is_wrapped_in_a_terminal_not_cut_off(monkeypatch, capsys):
     shown = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # rich's bold header
     assert max(len(line) for line in shown.splitlines()) <= 60
     assert path in re.sub(r"[│┃\s]", "", shown)  # every character, wrapped over lines
+
+
+def test_inspect_shows_a_quantized_models_mode(tmp_path, monkeypatch):
+    """`kedro keras inspect` prints the entry's preview: a quantized model's
+    mode is among its rows, read from the saved config without building it."""
+    import json
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+    from kedro.io import DataCatalog
+
+    import quantized_models
+    from kedro_keras import cli
+
+    dataset = KerasModelDataset(filepath=str(tmp_path / "m.keras"))
+    dataset.save(quantized_models.build("layers_stack", "int8"))
+
+    class Session:
+        @classmethod
+        def create(cls, project_path, env):
+            return cls()
+
+        def load_context(self):
+            return SimpleNamespace(catalog=DataCatalog({"m": dataset}))
+
+    monkeypatch.setattr("kedro.framework.startup.bootstrap_project", lambda project: None)
+    monkeypatch.setattr("kedro.framework.session.KedroSession", Session)
+    result = CliRunner().invoke(cli.commands, ["keras", "inspect", "m", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["property"]: row["value"] for row in json.loads(result.stdout)}
+    assert rows["quantization"] == "int8 (4 layers)" and rows["dtype policy"] == "float32"

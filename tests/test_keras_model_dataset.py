@@ -842,3 +842,24 @@ def test_access_denied_names_the_stores_error_code():
         "Cannot read 's3://bucket/model.keras': access denied (the store answered InvalidAccessKeyId). "
         "Check the credentials and the file's permissions."
     )
+
+
+def test_a_model_quantized_in_a_mode_this_keras_lacks_says_so(tmp_path, keras_api):
+    """A .keras file naming a quantization mode the installed Keras does not
+    know (a newer Keras's; written here by editing config.json) fails with
+    the path, the mode, the Keras that wrote it and the one running, and
+    what to do. (docs/large-models.md: quantized models.)"""
+    import quantized_models
+
+    path = tmp_path / "model.keras"
+    KerasModelDataset(filepath=str(path)).save(quantized_models.build("layers_stack", "int8"))
+    quantized_models.rewrite_archive(path, mode="int2", keras_version="3.99.0")
+
+    with pytest.raises(DatasetError) as error:
+        KerasModelDataset(filepath=str(path)).load()
+    message = str(error.value)
+    assert message.startswith(
+        f"Cannot load the Keras model at '{path}': it is a model quantized with int2 (4 layers)"
+    ), message
+    assert f"written by Keras 3.99.0, which Keras {keras.__version__} (installed here) cannot load" in message
+    assert "Load it with Keras 3.99.0 or later" in message

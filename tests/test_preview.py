@@ -193,3 +193,69 @@ def test_every_saved_at_is_utc_with_its_offset_and_keras_own_time_is_said_to_be_
     model.save(tmp_path / "plain.keras")  # Keras's date_saved: the machine's local time, no zone
     plain = dict(KerasModelDataset(filepath=str(tmp_path / "plain.keras")).preview()["data"])["saved at"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\d@\d\d:\d\d:\d\d \(local time where it was saved\)", plain), plain
+
+
+def quantized(mode):
+    """A trained model of Embedding, EinsumDense and Dense layers, quantized."""
+    import quantized_models
+
+    return quantized_models.build("layers_stack", mode, trained=True)
+
+
+@pytest.mark.parametrize(
+    "mode, shown",
+    [("int8", "int8 (4 layers)"), ("int4", "int4/128 (4 layers)"), ("float8", "float8 (3 layers)")],
+)
+def test_a_quantized_model_shows_its_quantization_mode_beside_the_float_policy(tmp_path, mode, shown):
+    """float8 leaves the Embedding as it is (Keras has no float8 Embedding):
+    three layers. The policy row shows the float policy quantized from, as
+    the layers' config records it (``source_name``)."""
+    model = quantized(mode)
+    for dataset in (
+        KerasModelDataset(filepath=str(tmp_path / "m.keras")),
+        KerasWeightsDataset(filepath=str(tmp_path / "m.weights.h5")),
+    ):
+        dataset.save(model)
+        rows = rows_of(dataset.preview())
+        assert rows["quantization"] == shown
+        assert rows["dtype policy"] == "float32"
+    assert "quantization" not in rows_of(KerasModelDataset(filepath=str(tmp_path / "f.keras")).preview())
+
+
+def test_quantization_modes_are_read_from_every_form_keras_wrote_as_data():
+    """A KerasHub backbone's DTypePolicyMap (one policy per layer path),
+    Keras 3.3's policy names (``int8_from_float32``), GPTQ's and AWQ's
+    modes, and a mode no Keras knows (shown, cut short: it came from the
+    file). Nothing is built: the config is only walked."""
+    from kedro_keras._formats.quantization import describe, quantization_modes
+
+    def policy(class_name, **config):
+        return {"module": "keras.dtype_policies", "class_name": class_name, "config": config}
+
+    backbone = {
+        "class_name": "GemmaBackbone",
+        "config": {
+            "dtype": policy(
+                "DTypePolicyMap",
+                default_policy=None,
+                policy_map={
+                    "decoder_block_0/attention/query": policy("GPTQDTypePolicy", mode="gptq/4/128"),
+                    "decoder_block_0/ffw_linear": policy("GPTQDTypePolicy", mode="gptq/4/128"),
+                    "token_embedding": policy("QuantizedDTypePolicy", mode="int8", source_name=None),
+                },
+            )
+        },
+    }
+    assert describe(quantization_modes(backbone)) == "gptq/4/128 (2 layers), int8 (1 layer)"
+    old = {"layers": [{"config": {"dtype": policy("QuantizedDTypePolicy", name="int8_from_float32")}}]}
+    assert describe(quantization_modes(old)) == "int8 (1 layer)"
+    as_names = {
+        "layers": [{"config": {"dtype": "float8_from_mixed_bfloat16"}}, {"config": {"dtype": "float32"}}]
+    }
+    assert describe(quantization_modes(as_names)) == "float8 (1 layer)"
+    awq = {"dtype": policy("AWQDTypePolicy", mode="awq/4/-1", source_name="bfloat16")}
+    assert describe(quantization_modes(awq)) == "awq/4/-1 (1 layer)"
+    unknown = {"dtype": policy("QuantizedDTypePolicy", mode="int2\x1b[31m" + "x" * 100)}
+    (mode,) = quantization_modes(unknown)
+    assert "\x1b" not in mode and len(mode) < 50  # escaped, and cut at 40 characters
+    assert not quantization_modes({"dtype": policy("DTypePolicy", name="mixed_float16")})

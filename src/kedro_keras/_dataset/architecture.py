@@ -15,6 +15,7 @@ from kedro.io.core import DatasetError
 from kedro_keras._formats import archive as _archive
 from kedro_keras._formats import imports as _imports
 from kedro_keras._formats import safe_configs as _safe_configs
+from kedro_keras._formats.quantization import cannot_rebuild
 from kedro_keras._formats.safe_configs import UnsafeConfigError, refuse_unsafe_config
 from kedro_keras._formats.sharded import INDEX_SUFFIX
 from kedro_keras._formats.weights import WEIGHTS_SUFFIX
@@ -60,6 +61,7 @@ def rebuild_from_saved_architecture(
         architecture, url = embedded, location.url(weights_path)
     else:
         architecture, url = read_architecture_beside(location, weights_path)
+    config: Any = None
     try:
         config = json.loads(architecture)
         if saved_with is not None and isinstance(config, dict):
@@ -79,9 +81,16 @@ def rebuild_from_saved_architecture(
     except UnsafeConfigError as exc:
         raise SafeDatasetError(f"Refusing the architecture at '{url}': {exc}.") from as_data(exc)
     except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-        cause = _imports.unknown_class_hint(exc) or exc
+        hint = _imports.unknown_class_hint(exc)
+        written_by = (
+            (config.get("kedro_keras") or {}).get("keras_version") if isinstance(config, dict) else None
+        )
+        another_cause = (hint and "DTypePolicy" not in hint) or isinstance(
+            exc, _safe_configs.ConfigTooLargeError
+        )
+        quantized = None if another_cause else cannot_rebuild(config, written_by, exc)
         raise SafeDatasetError(
-            f"Cannot rebuild the model from the architecture at '{url}': {cause}"
+            f"Cannot rebuild the model from the architecture at '{url}': {quantized or hint or exc}"
         ) from as_data(exc)
 
 

@@ -14,6 +14,7 @@ import zipfile
 from typing import Any
 
 from kedro_keras._formats import imports as _imports
+from kedro_keras._formats.quantization import QuantizedModelError
 from kedro_keras._formats.safe_configs import UnsafeConfigError
 from kedro_keras._io.h5 import CorruptFileError
 from kedro_keras._log import printable
@@ -98,6 +99,8 @@ def read_failure(
 def _read_failure_text(url: str, exc: BaseException, what: str, file_format: str, remedy: str) -> str | None:
     if isinstance(exc, UnsafeConfigError):
         return f"Refusing {what} at '{url}': {exc}."
+    if isinstance(exc, QuantizedModelError):
+        return f"Cannot load {what} at '{url}': {exc}"
     if isinstance(exc, CorruptFileError) or (
         isinstance(exc, zipfile.BadZipFile) and "Bad CRC-32" in str(exc)
     ):

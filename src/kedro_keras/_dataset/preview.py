@@ -30,6 +30,8 @@ from kedro_keras._formats.archive import (
     _refuse_hostile_members,
 )
 from kedro_keras._formats.layer_names import group_names
+from kedro_keras._formats.quantization import describe as describe_quantization
+from kedro_keras._formats.quantization import quantization_modes
 from kedro_keras._formats.zip_members import member_reader
 from kedro_keras._io.h5 import OPTIMIZER_GROUP
 from kedro_keras._io.h5_guards import array_headers
@@ -179,6 +181,9 @@ def model_rows(
     )
     if policy:
         rows.append(("dtype policy", policy))
+    modes = quantization_modes(config)
+    if modes:
+        rows.append(("quantization", describe_quantization(modes)))
     optimizer_config = (config.get("compile_config") or {}).get("optimizer")
     optimizer_name = (
         optimizer_config.get("class_name") if isinstance(optimizer_config, dict) else optimizer_config
@@ -264,7 +269,10 @@ def _params_by_layer(weights: dict[str, dict[str, tuple[tuple[int, ...], int]]])
 
 def _policy_name(dtype: Any) -> str | None:
     if isinstance(dtype, dict):
-        return str((dtype.get("config") or {}).get("name") or dtype.get("class_name"))
+        inner = dtype.get("config") or {}
+        # A quantized layer's policy: the float policy it was quantized from
+        # (the quantization row says how).
+        return str(inner.get("name") or inner.get("source_name") or dtype.get("class_name"))
     return str(dtype) if dtype else None
 
 

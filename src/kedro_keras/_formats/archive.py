@@ -20,6 +20,8 @@ from collections import Counter
 from typing import IO, TYPE_CHECKING, Any
 
 from kedro_keras._formats.dtypes import dtype_bytes
+from kedro_keras._formats.imports import unknown_class_hint
+from kedro_keras._formats.quantization import cannot_rebuild
 from kedro_keras._formats.safe_configs import (
     DEFAULT_MAX_CONFIG_DEPTH,
     DEFAULT_MAX_LAYERS,
@@ -36,6 +38,7 @@ from kedro_keras._formats.zip_members import (
 )
 from kedro_keras._io.h5 import (
     CHUNK,
+    CorruptFileError,
     bounded,
     region_crc32,
     verify,
@@ -225,37 +228,62 @@ def read_keras_archive(
         if safe_mode is not False:
             refuse_unsafe_config(config, custom_objects)
 
-        with warnings.catch_warnings():
-            if slim:
-                # Saved without optimizer state on purpose: Keras's warning that
-                # it skips the optimizer would only alarm the user.
-                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            if not _keras_saving.available():
-                return _read_keras_archive_public(file, custom_objects, compile, safe_mode)
-            with (
-                member_reader(archive, file, WEIGHTS_MEMBER) as weights,
-                _keras_saving.assets_reader(archive) as assets_store,
-            ):
-                visited: set[int] = set()
+        try:
+            return _build_and_fill(archive, file, config_json, slim, custom_objects, compile, safe_mode)
+        except (CorruptFileError, zipfile.BadZipFile, OSError, MemoryError):
+            raise  # damage, a missing file, a store's failure: said as such
+        except Exception as exc:
+            hint = unknown_class_hint(exc)
+            if hint and "DTypePolicy" not in hint:  # the project's own class, not Keras's quantization
+                raise
+            ours = metadata.get("kedro_keras") or {}
+            written_by = ours.get("keras_version") or metadata.get("keras_version")
+            quantized = cannot_rebuild(config, written_by, exc)
+            if quantized is None:
+                raise
+            raise quantized from exc
+
+
+def _build_and_fill(
+    archive: zipfile.ZipFile,
+    file: IO[bytes],
+    config_json: bytes,
+    slim: bool,
+    custom_objects: dict[str, Any] | None,
+    compile: bool,
+    safe_mode: bool,
+) -> keras.Model:
+    with warnings.catch_warnings():
+        if slim:
+            # Saved without optimizer state on purpose: Keras's warning that
+            # it skips the optimizer would only alarm the user.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        if not _keras_saving.available():
+            return _read_keras_archive_public(file, custom_objects, compile, safe_mode)
+        with (
+            member_reader(archive, file, WEIGHTS_MEMBER) as weights,
+            _keras_saving.assets_reader(archive) as assets_store,
+        ):
+            visited: set[int] = set()
+            try:
+                weights_store = h5_read_store(weights)
                 try:
-                    weights_store = h5_read_store(weights)
-                    try:
-                        model = build_model_and_fill(
-                            config_json,
-                            lambda model: _fill(model, weights_store, assets_store, visited),
-                            custom_objects=custom_objects,
-                            compile=compile,
-                            safe_mode=safe_mode,
-                        )
-                    finally:
-                        weights_store.close()
-                except Exception as exc:
-                    # Unreadable weights are most often damaged ones: say so if
-                    # the checksum agrees.
-                    verify(weights, cause=exc)
-                    raise
-                verify(weights)
-                return model
+                    model = build_model_and_fill(
+                        config_json,
+                        lambda model: _fill(model, weights_store, assets_store, visited),
+                        custom_objects=custom_objects,
+                        compile=compile,
+                        safe_mode=safe_mode,
+                    )
+                finally:
+                    weights_store.close()
+            except Exception as exc:
+                # Unreadable weights are most often damaged ones: say so if
+                # the checksum agrees.
+                verify(weights, cause=exc)
+                raise
+            verify(weights)
+            return model
 
 
 # What the members we inflate (everything but the stored weights: config,

@@ -153,7 +153,7 @@ def describe_weight_mismatch(model: keras.Model, stored: Layout) -> str | None:
             problems += [
                 f"{name}: array {key} has shape {arrays[key]} in the model but {held[key]} in the file"
                 for key in sorted(arrays)
-                if tuple(arrays[key]) != tuple(held[key])
+                if arrays[key] is not None and tuple(arrays[key]) != tuple(held[key])
             ]
     if not problems:
         return None
@@ -191,7 +191,7 @@ def _filled_under_another_name(model: keras.Model, expected: Layout, stored: Lay
             other = f"{parent_path}/{other_name}" if parent_path else other_name
             if _attribute_path(parent, other_name) is target and {
                 key: tuple(shape) for key, shape in stored[other].items()
-            } == {key: tuple(shape) for key, shape in arrays.items()}:
+            } == {key: None if shape is None else tuple(shape) for key, shape in arrays.items()}:
                 filled.add(path)
                 break
     return filled

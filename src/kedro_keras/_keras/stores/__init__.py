@@ -36,8 +36,9 @@ def h5_read_store(reader: io.BytesIO) -> Any:
 class ModelLayout(NamedTuple):
     """What saving a model would write, by Keras's own walk."""
 
-    # {variable path: {key: shape}} (``layers/dense_1``: Keras's names, by class)
-    arrays: dict[str, dict[str, tuple[int, ...]]]
+    # {variable path: {key: shape}} (``layers/dense_1``: Keras's names, by class);
+    # None where the layer saves None (see LayoutRecorder): no shape to check
+    arrays: dict[str, dict[str, tuple[int, ...] | None]]
     # {variable path: the layer's own name} (``hidden``), where its variables say it
     names: dict[str, str]
 

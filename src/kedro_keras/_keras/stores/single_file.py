@@ -124,7 +124,7 @@ class LayoutRecorder(H5IOStore):  # type: ignore[misc, valid-type]
 
     def __init__(self) -> None:  # no HDF5 file: shapes only
         self.mode = "w"
-        self.layout: dict[str, dict[str, tuple[int, ...]]] = {}
+        self.layout: dict[str, dict[str, tuple[int, ...] | None]] = {}
         self.names: dict[str, str] = {}
         self._path = ""
 
@@ -139,6 +139,13 @@ class LayoutRecorder(H5IOStore):  # type: ignore[misc, valid-type]
     def __setitem__(self, key: str, value: Any) -> None:
         import numpy as np
 
+        if value is None:
+            # Keras writes None for a quantized layer's scale when the layer's
+            # policy comes from a DTypePolicyMap (a KerasHub backbone rebuilt
+            # from its config: Keras 3.15): no shape to check it against. Its
+            # load reads the file's scale all the same.
+            self.layout[self._path][key] = None
+            return
         shape = getattr(value, "shape", None)
         self.layout[self._path][key] = tuple(np.shape(value) if shape is None else shape)
         # A Keras variable's path starts with its layer's name as the user gave it
