@@ -30,7 +30,7 @@ from kedro.io import DatasetError
 from kedro_keras import KerasExportDataset
 from kedro_keras._dataset import exported as _exported
 from kedro_keras._formats import litert as _litert
-from kedro_keras._formats.onnx import RefusedArtifactError
+from kedro_keras._formats.artifact import RefusedArtifactError
 
 BACKEND = keras.backend.backend()
 SECRET = b"kedro-keras-secret-4b1d0c9e" * 8  # 216 bytes: the first layer's 3x4 floats and more
@@ -932,6 +932,16 @@ def first_node(program):
     return program["graph_module"]["graph"]["nodes"][0]
 
 
+def symbolic_size(expr):
+    """The program with a symbol ``s`` whose size is ``expr``, which torch gives sympy."""
+    return edit_json(
+        "models/model.json",
+        lambda p: p["graph_module"]["graph"]["sym_int_values"].update(
+            s={"as_expr": {"expr_str": expr, "hint": None}}
+        ),
+    )
+
+
 class Marker:
     """A pickle that would touch a file when loaded: the proof it never ran."""
 
@@ -988,21 +998,11 @@ PT2_CASES = {
         "its program calls 'torch.ops.aten.__class__.mro', not an ATen operator",
     ),
     "Python in a symbolic size": (
-        edit_json(
-            "models/model.json",
-            lambda p: p["graph_module"]["graph"]["sym_int_values"].update(
-                s={"as_expr": {"expr_str": "exec(chr(105)+chr(100))", "hint": None}}
-            ),
-        ),
+        symbolic_size("exec(chr(105)+chr(100))"),
         "has the symbolic size 'exec(chr(105)+chr(100))', which is not arithmetic on symbols",
     ),
     "an integer power sympy would compute forever": (
-        edit_json(
-            "models/model.json",
-            lambda p: p["graph_module"]["graph"]["sym_int_values"].update(
-                s={"as_expr": {"expr_str": "s0 + 9**9**9**9", "hint": None}}
-            ),
-        ),
+        symbolic_size("s0 + 9**9**9**9"),
         "has the symbolic size 's0 + 9**9**9**9', which is not arithmetic on symbols",
     ),
     "a graph tensor over the budget": (
@@ -1149,6 +1149,28 @@ class TestPT2:
             KerasExportDataset(filepath=str(path)).load().predict(x), tiny_model().predict(x, verbose=0)
         )
         assert not marker.exists()
+
+    def test_a_program_torch_cannot_rebuild_names_torchs_cause(self, own_pt2, tmp_path):
+        """torch.export.load logs why it failed as a warning and raises "check
+        the warnings above": the message says what torch logged."""
+        path = tmp_path / "model.pt2"
+        if own_pt2 is None:
+            return self.test_the_archive_rewritten_unchanged_loads_and_predicts(own_pt2, tmp_path)
+
+        def dangling_tensor(program):
+            nodes = program["graph_module"]["graph"]["nodes"]
+            arg = next(i["arg"] for node in nodes for i in node["inputs"] if "as_tensor" in i["arg"])
+            arg["as_tensor"]["name"] = "no_such_tensor"
+
+        path.write_bytes(rewrite_pt2(own_pt2, edit_json("models/model.json", dangling_tensor)))
+
+        message = load_refused(path)
+
+        assert message.startswith(
+            f"Cannot load the torch export at '{path}': torch.export.load could not read it: "
+        ), message
+        assert "(KeyError: 'no_such_tensor')" in message
+        assert "warnings above" not in message
 
     def test_the_archive_rewritten_unchanged_loads_and_predicts(self, own_pt2, tmp_path):
         """The rewriting above changes nothing else: the refusals are the edits'."""

@@ -105,6 +105,16 @@ def save_and_load(model, format, where, name="model", export_args=None):
     return dataset.load()
 
 
+def assert_flex_refused(model, format, where):
+    """A LiteRT file TensorFlow's converter wrote with TensorFlow ("Flex")
+    operators saves, and loads with safe_mode off only."""
+    dataset = entry(format, where)
+    dataset.save(model)
+    if not _exported.why_cannot_load(format, BACKEND):
+        with pytest.raises(DatasetError, match="custom operator 'Flex"):
+            dataset.load()
+
+
 def predicted(served, x):
     """What the loaded artifact predicts for ``x``, as NumPy arrays (a list
     for several outputs)."""
@@ -574,13 +584,8 @@ class TestPortedFromKerasExportTests:
 
         for format in EVERY_FORMAT:
             if format == "litert" and dtype == "float16" and not _exported.why_cannot_export(format, BACKEND):
-                # Difference from Keras: TensorFlow's converter writes float16 matrix products as
-                # TensorFlow ("Flex") operators, which LiteRT files run with safe_mode off only.
-                dataset = entry(format, where)
-                dataset.save(model)
-                if not _exported.why_cannot_load(format, BACKEND):
-                    with pytest.raises(DatasetError, match="custom operator 'Flex"):
-                        dataset.load()
+                # Difference from Keras: TensorFlow's converter writes float16 matrix products as Flex operators.
+                assert_flex_refused(model, format, where)
                 continue
             served = save_and_load(model, format, where)
             if served is None:
@@ -648,13 +653,8 @@ class TestPortedFromKerasExportTests:
         model = keras.Model(inputs, keras.layers.Bidirectional(lstm, merge_mode="sum")(inputs))
         for format in FORMATS:
             if format == "litert" and not _exported.why_cannot_export(format, BACKEND):
-                # Difference from Keras: TensorFlow's converter keeps the LSTM's loop as
-                # TensorFlow ("Flex") operators, which LiteRT files run with safe_mode off only.
-                dataset = entry(format, where)
-                dataset.save(model)
-                if not _exported.why_cannot_load(format, BACKEND):
-                    with pytest.raises(DatasetError, match="custom operator 'Flex"):
-                        dataset.load()
+                # Difference from Keras: TensorFlow's converter keeps the LSTM's loop as Flex operators.
+                assert_flex_refused(model, format, where)
                 continue
             if format == "onnx" and BACKEND == "jax" and not _exported.why_cannot_export(format, BACKEND):
                 # jax2onnx has no reverse scan, which the backward LSTM is (Keras skips this

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +38,7 @@ from kedro_keras._dataset.export_run import export_model, first_line
 from kedro_keras._dataset.failures import corrupt
 from kedro_keras._dataset.preview import TablePreview
 from kedro_keras._formats import imports as _imports
-from kedro_keras._formats.onnx import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactError
+from kedro_keras._formats.artifact import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactError
 from kedro_keras._io.files import checked_filepath
 from kedro_keras._io.h5 import CorruptFileError
 from kedro_keras._io.progress import transfer_text
@@ -53,6 +55,22 @@ _MAX_ARTIFACT_BYTES = 2**31
 _MAX_PT2_BYTES = 2**34
 # Suffixes of one-file formats and of Keras files: a folder export is not named so.
 _FILE_LIKE = (".keras", ".h5", ".onnx", ".tflite", ".pt2", ".xml")
+
+
+@contextmanager
+def _load_errors(format: str, url: str) -> Iterator[None]:
+    """A failed load as one DatasetError: a refused or damaged artifact named
+    so, anything else as the runtime's first line (its text escaped)."""
+    try:
+        yield
+    except RefusedArtifactError as exc:
+        raise SafeDatasetError(f"Refusing to load the {format} export at '{url}': {exc}.") from as_data(exc)
+    except CorruptFileError as exc:
+        raise SafeDatasetError(corrupt(url, exc, "export the model again")) from as_data(exc)
+    except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
+        raise SafeDatasetError(f"Cannot load the {format} export at '{url}': {first_line(exc)}") from as_data(
+            exc
+        )
 
 
 class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model", Any]):
@@ -347,7 +365,7 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
                 f"Refusing to load the {self._format} export at '{url}': it holds {size} bytes, more than "
                 f"the {largest} a self-contained {self._format} file can."
             )
-        try:
+        with _load_errors(self._format, url):
             content = self._location.fs.cat_file(str(path))
             manifest = read_file_manifest(self._location, path)
             check_content(content, manifest)
@@ -363,16 +381,6 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
                 loaded.input_keys = manifest["input_keys"]
                 if sorted(manifest["input_order"]) == sorted(loaded.input_names):  # LiteRT's: see export_file
                     loaded.input_names = manifest["input_order"]
-        except RefusedArtifactError as exc:
-            raise SafeDatasetError(
-                f"Refusing to load the {self._format} export at '{url}': {exc}."
-            ) from as_data(exc)
-        except CorruptFileError as exc:
-            raise SafeDatasetError(corrupt(url, exc, "export the model again")) from as_data(exc)
-        except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-            raise SafeDatasetError(
-                f"Cannot load the {self._format} export at '{url}': {first_line(exc)}"
-            ) from as_data(exc)
         logger.info(
             "Loaded the %s export at %s, %s: %r",
             self._format,
@@ -403,18 +411,10 @@ class KerasExportDataset(KerasFileDataset, AbstractVersionedDataset["keras.Model
                 self._location, folder, manifest, Path(scratch), url, kind="OpenVINO IR"
             )
             xml, weights = ((local / name).read_bytes() for name in _exported.OPENVINO_FILES)
-        try:
+        with _load_errors(self._format, url):
             loaded = _exported.OpenVINOModel(
                 xml, weights, max_tensor_bytes=self._load_args["max_tensor_bytes"]
             )
-        except RefusedArtifactError as exc:
-            raise SafeDatasetError(f"Refusing to load the openvino export at '{url}': {exc}.") from as_data(
-                exc
-            )
-        except Exception as exc:  # noqa: BLE001 - re-raised as a DatasetError, the text escaped
-            raise SafeDatasetError(
-                f"Cannot load the openvino export at '{url}': {first_line(exc)}"
-            ) from as_data(exc)
         keys = manifest.get("input_keys")
         if isinstance(keys, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()):
             loaded.input_keys = keys

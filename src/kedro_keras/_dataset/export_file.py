@@ -20,6 +20,10 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from kedro_keras._dataset import preview as _preview
+from kedro_keras._formats.litert import litert_signature
+from kedro_keras._formats.onnx import onnx_signature
+from kedro_keras._formats.openvino import openvino_signature
+from kedro_keras._formats.pt2 import pt2_signature
 from kedro_keras._io.digests import copy_hashing
 from kedro_keras._io.files import Location
 from kedro_keras._io.h5 import CorruptFileError
@@ -38,6 +42,13 @@ _TEXT_FIELDS = ("format", "model", "keras_version", "backend", "saved_at")
 _SIGNATURE_SHOWN = 32
 # Input keys a manifest may map (one per dict input): the manifest's size cap bounds them anyway.
 _MAX_INPUT_KEYS = 10_000
+# How each format's file states its inputs and outputs (the folder formats give their one file).
+_SIGNATURE_READERS = {
+    "onnx": onnx_signature,
+    "litert": litert_signature,
+    "openvino": openvino_signature,
+    "torch": pt2_signature,
+}
 
 
 def manifest_path(path: PurePosixPath) -> PurePosixPath:
@@ -84,25 +95,10 @@ def signature_of(model: keras.Model, format: str, local: str | None) -> dict[str
     """``{"inputs": [...], "outputs": [...]}`` as ``name: dtype[dims]``; empty
     if the file cannot say (only a preview row is at stake)."""
     try:
-        if local is not None and format in ("onnx", "litert", "openvino", "torch"):
+        read = _SIGNATURE_READERS.get(format)
+        if local is not None and read is not None:
             with open(local, "rb") as file:
-                content = file.read()
-            if format == "onnx":
-                from kedro_keras._formats.onnx import onnx_signature
-
-                signature = onnx_signature(content)
-            elif format == "openvino":
-                from kedro_keras._formats.openvino import openvino_signature
-
-                signature = openvino_signature(content)
-            elif format == "torch":
-                from kedro_keras._formats.pt2 import pt2_signature
-
-                signature = pt2_signature(content)
-            else:
-                from kedro_keras._formats.litert import litert_signature
-
-                signature = litert_signature(content)
+                signature = read(file.read())
             names = signature.pop("input_names")
             if format == "litert":
                 signature, names = _in_model_order(model, signature, names)

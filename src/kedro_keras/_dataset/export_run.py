@@ -80,7 +80,7 @@ def _zeros_to_call_with(model: keras.Model) -> list[Any] | None:
         return None
 
 
-def first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException, limit: int = 500) -> str:
     """A runtime's error, which may quote names from the file, as data."""
     text = str(exc).strip() or type(exc).__name__
-    return printable(text.splitlines()[0], 500)
+    return printable(text.splitlines()[0], limit)

@@ -10,12 +10,16 @@ interpreter, OpenVINO, torch and Keras are imported when an artifact is loaded.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import re
+import threading
 from typing import Any
 
+from kedro_keras._dataset.export_run import first_line
+from kedro_keras._formats.artifact import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactError, over_budget
 from kedro_keras._formats.litert import check_litert, in_output_order, probe_litert_in_child
-from kedro_keras._formats.onnx import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactError, check_onnx, over_budget
+from kedro_keras._formats.onnx import check_onnx
 from kedro_keras._formats.openvino import check_openvino_ir
 from kedro_keras._formats.pt2 import check_pt2
 from kedro_keras._log import printable
@@ -158,7 +162,74 @@ def what_a_run_lacks(format: str, *, saves: bool, loads: bool) -> str | None:
 # --------------------------------------------------------------------------
 
 
-class OnnxModel:
+class ExportedModel:
+    """What every loaded artifact shares: inputs given as one array, a list,
+    or a dict keyed by the file's input names or by the Keras model's own
+    keys (``input_keys``, recorded at export, maps them); floats cast to the
+    input's float type; a model called as ``model(x)``; its repr."""
+
+    input_keys: dict[str, str] = {}
+    """The Keras model's input keys, mapped to the file's input names."""
+    input_names: list[str]
+    output_names: list[str]
+    input_shapes: dict[str, Any]
+    output_shapes: dict[str, Any] | None = None
+    # The float type each input takes; a runtime's float64 input (NumPy's default) would be refused.
+    _input_dtypes: dict[str, Any] = {}
+
+    def predict(self, x: Any, **_: Any) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, x: Any, **kwargs: Any) -> Any:
+        return self.predict(x, **kwargs)
+
+    def _feed(self, x: Any) -> list[tuple[str, Any]]:
+        """``x`` as ``(input name, array)`` in the file's input order."""
+        return [
+            (name, self._as_input(name, value))
+            for name, value in _by_name(x, self.input_names, self.input_keys)
+        ]
+
+    def _as_input(self, name: str, value: Any) -> Any:
+        """Floats as the input's float type (NumPy makes float64); anything
+        else as given, for the runtime to refuse rather than truncate."""
+        import numpy as np
+
+        array = np.asarray(value)
+        dtype = self._input_dtypes.get(name)
+        if dtype is not None and array.dtype.kind == "f" and np.dtype(dtype).kind == "f":
+            return array.astype(dtype, copy=False)
+        return array
+
+    def __repr__(self) -> str:
+        if self.output_shapes is not None:
+            outputs = _shown(self.output_shapes)
+        else:
+            outputs = "[" + ", ".join(printable(str(name), 80) for name in self.output_names[:16]) + "]"
+        return f"{type(self).__name__}(inputs={_shown(self.input_shapes)}, outputs={outputs})"
+
+
+def _one_or_list(values: list[Any]) -> Any:
+    """One output as an array, several as a list: as Keras's predict."""
+    return values[0] if len(values) == 1 else values
+
+
+def _shown(shapes: dict[str, Any]) -> str:
+    """Names and shapes from a file, as data: escaped and bounded."""
+    items = [f"{printable(str(name), 80)}: {printable(str(shape), 80)}" for name, shape in shapes.items()]
+    return "{" + ", ".join(items[:16]) + (", ..." if len(items) > 16 else "") + "}"
+
+
+# The NumPy type each ONNX input type is fed as; other types as given.
+_ONNX_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",  # a float16 model takes NumPy's float64, as Keras's predict does
+    "tensor(int64)": "int64",
+}
+
+
+class OnnxModel(ExportedModel):
     """An ONNX artifact in an onnxruntime session, with Keras's ``predict``.
 
     ``predict`` takes a dict keyed by the file's input names, or by the
@@ -169,9 +240,6 @@ class OnnxModel:
     session creation whatever the graph's constants describe, which a
     600-byte file can make gigabytes.
     """
-
-    input_keys: dict[str, str] = {}
-    """The Keras model's input keys, mapped to the file's input names."""
 
     def __init__(
         self,
@@ -194,31 +262,21 @@ class OnnxModel:
         self.output_names = [spec.name for spec in self.session.get_outputs()]
         self.input_shapes = {spec.name: spec.shape for spec in self.session.get_inputs()}
         self.output_shapes = {spec.name: spec.shape for spec in self.session.get_outputs()}
-        self._input_types = {spec.name: spec.type for spec in self.session.get_inputs()}
+        self._input_dtypes = {spec.name: _ONNX_DTYPES.get(spec.type) for spec in self.session.get_inputs()}
 
     def predict(self, x: Any, **_: Any) -> Any:
         """Outputs for ``x``: one array, a list or a dict of arrays keyed by
         input name. One output comes back as an array, several as a list."""
-        feed = {
-            name: _as_input(value, self._input_types[name])
-            for name, value in _by_name(x, self.input_names, self.input_keys)
-        }
-        outputs = self.session.run(None, feed)
-        return outputs[0] if len(outputs) == 1 else outputs
+        return _one_or_list(self.session.run(None, dict(self._feed(x))))
 
-    __call__ = predict
+    def _as_input(self, name: str, value: Any) -> Any:
+        import numpy as np
 
-    def __repr__(self) -> str:
-        return f"OnnxModel(inputs={_shown(self.input_shapes)}, outputs={_shown(self.output_shapes)})"
+        # Every value as the input's type (int32 indices to an int64 input too), as onnxruntime refuses others.
+        return np.asarray(value, dtype=self._input_dtypes[name])
 
 
-def _shown(shapes: dict[str, Any]) -> str:
-    """Names and shapes from a file, as data: escaped and bounded."""
-    items = [f"{printable(str(name), 80)}: {printable(str(shape), 80)}" for name, shape in shapes.items()]
-    return "{" + ", ".join(items[:16]) + (", ..." if len(items) > 16 else "") + "}"
-
-
-class LiteRTModel:
+class LiteRTModel(ExportedModel):
     """A LiteRT (TensorFlow Lite) artifact in LiteRT's interpreter, with ``predict``
     (which takes the Keras model's own keys too, as ``OnnxModel.predict``).
 
@@ -232,9 +290,6 @@ class LiteRTModel:
     more than most LiteRT models take to run: inputs of other shapes than
     the declared ones take kernel paths the probe did not.
     """
-
-    input_keys: dict[str, str] = {}
-    """The Keras model's input keys, mapped to the file's input names."""
 
     def __init__(
         self, content: bytes, *, safe_mode: bool = True, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
@@ -256,7 +311,6 @@ class LiteRTModel:
             self.input_names = list(signatures[self._key]["inputs"])
             self.output_names = in_output_order(list(signatures[self._key]["outputs"]))
             self.input_shapes = {name: [int(n) for n in details[name]["shape"]] for name in self.input_names}
-            # As OnnxModel: float64 arrays (NumPy's default) fed to a float32 input are cast, not refused.
             self._input_dtypes = {name: details[name]["dtype"] for name in self.input_names}
         else:  # no signature: tensors by index
             self.interpreter.allocate_tensors()
@@ -270,15 +324,8 @@ class LiteRTModel:
         the one the model was exported with unless the interpreter can resize."""
         if self._key is None:
             return self._predict_by_index(x)
-        import numpy as np
-
-        feed = {
-            name: _float_as(np.asarray(value), self._input_dtypes.get(name))
-            for name, value in _by_name(x, self.input_names, self.input_keys)
-        }
-        outputs = self._runner(**feed)
-        values = [outputs[name] for name in self.output_names]
-        return values[0] if len(values) == 1 else values
+        outputs = self._runner(**dict(self._feed(x)))
+        return _one_or_list([outputs[name] for name in self.output_names])
 
     def _predict_by_index(self, x: Any) -> Any:
         import numpy as np
@@ -291,17 +338,12 @@ class LiteRTModel:
                 self.interpreter.allocate_tensors()
             self.interpreter.set_tensor(detail["index"], value)
         self.interpreter.invoke()
-        values = [self.interpreter.get_tensor(d["index"]) for d in self.interpreter.get_output_details()]
-        return values[0] if len(values) == 1 else values
-
-    __call__ = predict
-
-    def __repr__(self) -> str:
-        outputs = ", ".join(printable(str(name), 80) for name in self.output_names[:16])
-        return f"LiteRTModel(inputs={_shown(self.input_shapes)}, outputs=[{outputs}])"
+        return _one_or_list(
+            [self.interpreter.get_tensor(d["index"]) for d in self.interpreter.get_output_details()]
+        )
 
 
-class OpenVINOModel:
+class OpenVINOModel(ExportedModel):
     """An OpenVINO IR compiled for OpenVINO's CPU plugin, with ``predict``
     (which takes the Keras model's own keys too, as ``OnnxModel.predict``).
 
@@ -313,9 +355,6 @@ class OpenVINOModel:
     moved outputs by 6e-3 here: it is asked for float32 (outputs then equal
     Keras's on the models tested).
     """
-
-    input_keys: dict[str, str] = {}
-    """The Keras model's input keys, mapped to the file's input names."""
 
     def __init__(
         self, xml: bytes, weights: bytes, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
@@ -344,36 +383,21 @@ class OpenVINOModel:
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         self.input_names = _port_names(self.compiled.inputs, "input")
         self.output_names = _port_names(self.compiled.outputs, "output")
-        self.input_shapes = {
-            name: str(port.get_partial_shape())
-            for name, port in zip(self.input_names, self.compiled.inputs, strict=True)
-        }
+        inputs = list(zip(self.input_names, self.compiled.inputs, strict=True))
+        self.input_shapes = {name: str(port.get_partial_shape()) for name, port in inputs}
         self.output_shapes = {
             name: str(port.get_partial_shape())
             for name, port in zip(self.output_names, self.compiled.outputs, strict=True)
         }
-        self._input_dtypes = {
-            name: port.get_element_type().to_dtype()
-            for name, port in zip(self.input_names, self.compiled.inputs, strict=True)
-        }
+        self._input_dtypes = {name: port.get_element_type().to_dtype() for name, port in inputs}
 
     def predict(self, x: Any, **_: Any) -> Any:
         """Outputs for ``x`` (as for ``OnnxModel.predict``)."""
         import numpy as np
 
         # By position: an input's name may be one made up here (_port_names).
-        feed = [
-            _float_as(np.asarray(value), self._input_dtypes.get(name))
-            for name, value in _by_name(x, self.input_names, self.input_keys)
-        ]
-        results = self.compiled(feed)
-        values = [np.asarray(results[port]) for port in self.compiled.outputs]
-        return values[0] if len(values) == 1 else values
-
-    __call__ = predict
-
-    def __repr__(self) -> str:
-        return f"OpenVINOModel(inputs={_shown(self.input_shapes)}, outputs={_shown(self.output_shapes)})"
+        results = self.compiled([array for _, array in self._feed(x)])
+        return _one_or_list([np.asarray(results[port]) for port in self.compiled.outputs])
 
 
 def _port_names(ports: Any, prefix: str) -> list[str]:
@@ -391,7 +415,7 @@ def _port_names(ports: Any, prefix: str) -> list[str]:
     return names
 
 
-class PT2Model:
+class PT2Model(ExportedModel):
     """A PyTorch ``.pt2`` program (``torch.export``) on PyTorch's CPU, with
     ``predict`` (which takes the Keras model's own keys too). Needs
     ``torch``, whatever the Keras backend: the program calls PyTorch's
@@ -404,18 +428,11 @@ class PT2Model:
     size (Keras's default) is run in batches of that size.
     """
 
-    input_keys: dict[str, str] = {}
-    """The Keras model's input keys, mapped to the file's input names."""
-
     def __init__(
         self, content: bytes, *, safe_mode: bool = True, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
     ) -> None:
-        import io
-
-        import torch
-
         checked = check_pt2(content, max_tensor_bytes, safe_mode)
-        program = torch.export.load(io.BytesIO(checked))
+        program = _torch_export_load(checked)
         if safe_mode:
             for node in program.graph.nodes:
                 if node.op == "call_function" and not _is_aten(node.target):
@@ -431,7 +448,8 @@ class PT2Model:
         self.output_names = [str(name) for name in program.graph_signature.user_outputs]
         values = {n.name: n.meta.get("val") for n in placeholders}
         self.input_shapes = {name: _torch_shape(value) for name, value in values.items()}
-        self._input_dtypes = {name: getattr(value, "dtype", None) for name, value in values.items()}
+        # torch's types, which NumPy has no name for (bfloat16): cast once the arrays are tensors.
+        self._torch_dtypes = {name: getattr(value, "dtype", None) for name, value in values.items()}
         batches = {shape[0] for shape in self.input_shapes.values() if shape and isinstance(shape[0], int)}
         dynamic = any(shape and not isinstance(shape[0], int) for shape in self.input_shapes.values())
         self._batch = next(iter(batches)) if len(batches) == 1 and not dynamic else None
@@ -441,7 +459,7 @@ class PT2Model:
         """Outputs for ``x`` (as for ``OnnxModel.predict``): NumPy arrays."""
         import numpy as np
 
-        arrays = [(name, np.asarray(value)) for name, value in _by_name(x, self.input_names, self.input_keys)]
+        arrays = self._feed(x)
         total = len(arrays[0][1]) if arrays and arrays[0][1].ndim else 1
         step = self._batch if self._batch and total != self._batch else total
         pieces = [
@@ -452,7 +470,7 @@ class PT2Model:
             parts[0] if step == total else np.concatenate(parts)[:total]
             for parts in zip(*pieces, strict=True)
         ]
-        return outputs[0] if len(outputs) == 1 else outputs
+        return _one_or_list(outputs)
 
     def _run(self, arrays: list[tuple[str, Any]], step: int) -> list[Any]:
         import numpy as np
@@ -464,7 +482,7 @@ class PT2Model:
             if len(array) < step:  # the last batch, padded to the size the program was exported for
                 array = np.concatenate([array, np.zeros((step - len(array), *array.shape[1:]), array.dtype)])
             tensor = torch.from_numpy(np.ascontiguousarray(array))
-            dtype = self._input_dtypes.get(name)
+            dtype = self._torch_dtypes.get(name)
             if dtype is not None and tensor.is_floating_point() and dtype.is_floating_point:
                 tensor = tensor.to(dtype)
             leaves.append(tensor)
@@ -473,11 +491,53 @@ class PT2Model:
             result = self.module(*args, **kwargs)
         return [leaf.detach().cpu().numpy() for leaf in _pytree.tree_leaves(result)]
 
-    __call__ = predict
 
-    def __repr__(self) -> str:
-        outputs = ", ".join(printable(str(name), 80) for name in self.output_names[:16])
-        return f"PT2Model(inputs={_shown(self.input_shapes)}, outputs=[{outputs}])"
+class _ThreadRecords(logging.Handler):
+    """The records one thread logs (another thread's load logs its own)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.records.append(record)
+
+
+def _torch_export_load(content: bytes) -> Any:
+    """``torch.export.load``, whose error for a program it cannot rebuild
+    says only "check the warnings above": the cause it logged there (on the
+    ``torch.export`` logger, with the exception) is put in the error."""
+    import io
+
+    import torch
+
+    torch_logger = logging.getLogger("torch.export")
+    handler = _ThreadRecords()
+    torch_logger.addHandler(handler)
+    try:
+        return torch.export.load(io.BytesIO(content))
+    except Exception as exc:
+        logged = [record.exc_info[1] for record in handler.records if record.exc_info and record.exc_info[1]]
+        if not logged:
+            raise
+        raise RuntimeError(f"torch.export.load could not read it: {_cause(logged[-1])}") from exc
+    finally:
+        torch_logger.removeHandler(handler)
+
+
+def _cause(exc: BaseException) -> str:
+    """An exception's first line and, if it was raised from another, the
+    first line of the one at the bottom: torch's deserializer wraps a
+    KeyError naming the missing tensor in a line about the whole node."""
+    root, seen = exc, {id(exc)}
+    while root.__cause__ is not None and id(root.__cause__) not in seen:
+        root = root.__cause__
+        seen.add(id(root))
+    if root is exc:
+        return first_line(exc, 300)
+    return f"{first_line(exc, 200)} ({type(root).__name__}: {first_line(root, 120)})"
 
 
 def _is_aten(target: Any) -> bool:
@@ -513,28 +573,6 @@ def _by_name(x: Any, names: list[str], keys: dict[str, str] | None = None) -> li
     if len(names) != 1:
         raise ValueError(f"the artifact has {len(names)} inputs {shown}: pass a dict keyed by these names")
     return [(names[0], x)]
-
-
-def _float_as(array: Any, dtype: Any) -> Any:
-    """Floats as the input's float type (NumPy makes float64); anything else
-    as given, for the interpreter to refuse rather than truncate."""
-    import numpy as np
-
-    if dtype is not None and array.dtype.kind == "f" and np.dtype(dtype).kind == "f":
-        return array.astype(dtype, copy=False)
-    return array
-
-
-def _as_input(value: Any, onnx_type: str) -> Any:
-    import numpy as np
-
-    dtype = {
-        "tensor(float)": "float32",
-        "tensor(double)": "float64",
-        "tensor(float16)": "float16",  # a float16 model takes NumPy's float64, as Keras's predict does
-        "tensor(int64)": "int64",
-    }.get(onnx_type)
-    return np.asarray(value, dtype=dtype)
 
 
 def saved_model_as_keras(local_folder: str, endpoint: str | None) -> Any:

@@ -9,7 +9,7 @@ import math
 import os
 from typing import Any
 
-from kedro_keras._formats.onnx import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactError, over_budget
+from kedro_keras._formats.artifact import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactError, over_budget
 from kedro_keras._log import printable
 
 # LiteRT inputs an operator may leave out (-1), by operator: FULLY_CONNECTED's

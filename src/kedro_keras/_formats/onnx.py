@@ -7,39 +7,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kedro_keras._formats.artifact import DEFAULT_MAX_TENSOR_BYTES, RefusedArtifactError, over_budget
 from kedro_keras._log import printable
 
-# The most bytes one tensor an artifact declares may take (load_args.max_tensor_bytes).
-# A self-contained ONNX file, like a LiteRT flatbuffer, holds under 2 GiB in
-# all, so a model's own weights stay under this; a larger declared tensor is
-# one the file would have the runtime conjure from a few bytes.
-DEFAULT_MAX_TENSOR_BYTES = 2**30
 # Subgraphs (If, Loop, Scan bodies) nest this deep at most; real models nest a few levels.
 MAX_GRAPH_DEPTH = 32
 # Constants this small are read as values (the shapes ConstantOfShape, Expand, Tile, Range are given).
 _SHAPE_CONSTANT_ELEMENTS = 64
-
-
-class RefusedArtifactError(ValueError):
-    """An artifact declares something a runtime would act on unsafely: data
-    in another file, a tensor over the budget, an operator it cannot run."""
-
-
-def _size_text(nbytes: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes >= size:
-            return f"{nbytes / size:.1f} {unit}"
-    return f"{nbytes} bytes"
-
-
-def over_budget(what: str, dims: list[int], itemsize: int, max_tensor_bytes: int) -> RefusedArtifactError:
-    """The refusal of a tensor over the budget, in one wording for ONNX and LiteRT files."""
-    shown = "x".join(str(d) for d in dims[:8]) + ("x..." if len(dims) > 8 else "")
-    return RefusedArtifactError(
-        f"{what} declares a tensor of shape [{shown}] ({_size_text(math.prod(dims) * itemsize)}), over the "
-        f"{_size_text(max_tensor_bytes)} budget of load_args.max_tensor_bytes; raise it only for a file you "
-        "trust"
-    )
 
 
 def check_onnx(content: bytes, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> Any:

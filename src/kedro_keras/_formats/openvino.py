@@ -13,7 +13,7 @@ import re
 import xml.etree.ElementTree as ElementTree
 from typing import Any
 
-from kedro_keras._formats.onnx import RefusedArtifactError, over_budget
+from kedro_keras._formats.artifact import RefusedArtifactError, over_budget
 from kedro_keras._log import printable
 
 # Keras writes a few kilobytes of XML per layer; a model with thousands of

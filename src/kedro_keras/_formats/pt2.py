@@ -46,7 +46,7 @@ import re
 import zipfile
 from typing import Any
 
-from kedro_keras._formats.onnx import RefusedArtifactError, over_budget
+from kedro_keras._formats.artifact import RefusedArtifactError, over_budget
 from kedro_keras._log import printable
 
 # The program's JSON: a few kilobytes per operator.
@@ -449,16 +449,15 @@ def pt2_signature(content: bytes) -> dict[str, list[str]]:
         dims = [size.get("as_int") for size in meta.get("sizes", [])]
         return f"{tensor}: {_SCALAR_NAMES.get(meta.get('dtype'), '?')}{dims}"
 
-    names = [
-        spec["user_input"]["arg"]["as_tensor"]["name"]
-        for spec in signature["input_specs"]
-        if "user_input" in spec and "as_tensor" in spec["user_input"]["arg"]
-    ]
-    outputs = [
-        spec["user_output"]["arg"]["as_tensor"]["name"]
-        for spec in signature["output_specs"]
-        if "user_output" in spec and "as_tensor" in spec["user_output"]["arg"]
-    ]
+    def tensors(specs: list[dict[str, Any]], kind: str) -> list[str]:
+        return [
+            spec[kind]["arg"]["as_tensor"]["name"]
+            for spec in specs
+            if "as_tensor" in spec.get(kind, {}).get("arg", {})
+        ]
+
+    names = tensors(signature["input_specs"], "user_input")
+    outputs = tensors(signature["output_specs"], "user_output")
     return {
         "inputs": [described(n) for n in names],
         "outputs": [described(n) for n in outputs],
