@@ -31,6 +31,11 @@ DATASETS = {
     },
     "history": {"type": "kedro_keras.KerasTimestampedModelDataset", "artifact_path": "clf/history"},
     "onnx": {"type": "kedro_keras.KerasExportDataset", "artifact_path": "clf/model.onnx"},
+    "openvino": {
+        "type": "kedro_keras.KerasExportDataset",
+        "artifact_path": "clf/openvino",
+        "format": "openvino",
+    },
     "saved_model": {
         "type": "kedro_keras.KerasExportDataset",
         "artifact_path": "clf/saved_model",
@@ -99,6 +104,7 @@ def test_every_dataset_logs_all_its_files_and_loads_back_exactly(mlflow_server, 
     plain_class = {
         "model": KerasModelDataset,
         "onnx": KerasExportDataset,
+        "openvino": KerasExportDataset,
         "saved_model": KerasExportDataset,
     }.get(kind, KerasWeightsDataset)
     if kind == "history":
