@@ -51,7 +51,7 @@ TORCH_VERSION := 2.13.0
 # every backend), test_migration.py (it saves with kedro-datasets'
 # TensorFlowModelDataset) and test_bounded_waits.py (S3 timeouts: no backend
 # code involved), test_docs_404.py (the docs site: its venv has the docs extra).
-DATASET_SUITE := --ignore=tests/e2e --ignore=tests/processes --ignore=tests/mlflow --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py --ignore=tests/test_docs_404.py
+DATASET_SUITE := --ignore=tests/e2e --ignore=tests/processes --ignore=tests/with_mlflow --ignore=tests/test_cross_backend.py --ignore-glob="tests/test_reliability_*" --ignore=tests/test_migration.py --ignore=tests/test_bounded_waits.py --ignore=tests/test_saved_model_folders.py --ignore=tests/test_docs_404.py
 # Run only under TensorFlow: what they test is the same code whatever the
 # backend or the Keras version (transfers, files, previews, versions and
 # checksums, the CLI), and they took about 90 s of each other run.
@@ -84,7 +84,7 @@ $(STAMP): $(DEMO_STAMP)
 	# onnx, litert, openvino: KerasExportDataset's ONNX, LiteRT and OpenVINO round trips.
 	# kedro-viz: tests/e2e builds the digits example's Kedro-Viz with previews.
 	# docs: mkdocs-material and mkdocstrings, for make docs.
-	# mlflow: KerasMlflowDataset (tests/mlflow, and its docstring's example).
+	# mlflow: KerasMlflowDataset (tests/with_mlflow, and its docstring's example).
 	$(BIN)/python -m pip install --quiet $(DEMO_REQUIREMENTS) -e ".[s3,test,onnx,litert,openvino,docs,mlflow]" nbclient ipykernel "kedro-datasets>=9,<10" "kedro-viz>=12"
 	# tf-keras (Keras 2) writes the SavedModel folders tests/test_migration.py
 	# loads; --no-deps, as its 'tensorflow' would pull the GPU build beside
@@ -197,7 +197,7 @@ lint: $(STAMP)
 
 test-tensorflow: export KERAS_BACKEND = tensorflow
 test-tensorflow: $(STAMP)
-	$(BIN)/python -m pytest --ignore=tests/test_cross_backend.py --ignore=tests/processes --ignore=tests/mlflow \
+	$(BIN)/python -m pytest --ignore=tests/test_cross_backend.py --ignore=tests/processes --ignore=tests/with_mlflow \
 		--ignore=tests/test_bounded_waits.py $(if $(SPLIT_RELIABILITY),--ignore-glob="tests/test_reliability_*" --ignore=tests/test_saved_model_folders.py)
 
 # The edit-test loop: the TensorFlow dataset suite (what the JAX and PyTorch
@@ -267,7 +267,7 @@ test-mlflow: export KERAS_BACKEND = tensorflow
 test-mlflow: export KEDRO_DISABLE_TELEMETRY = 1
 test-mlflow: export PYTHONPATH = $(CURDIR)/$(KEDRO_MLFLOW)
 test-mlflow: $(STAMP) $(KEDRO_MLFLOW)/.installed
-	$(BIN)/python -m pytest tests/mlflow
+	$(BIN)/python -m pytest tests/with_mlflow
 
 # Saved under each backend, loaded under each other one (subprocesses in each venv).
 test-cross-backend: $(STAMP) $(JAX_VENV)/.installed $(TORCH_VENV)/.installed

@@ -27,7 +27,7 @@ EXAMPLES = [
 if _exported.why_cannot_export("tf_saved_model", os.environ.get("KERAS_BACKEND", "tensorflow")) is None:
     EXAMPLES.append("KerasExportDataset")
 # Its example logs to an MLflow run: where the mlflow extra is installed
-# (tests/mlflow runs it against a real tracking server).
+# (tests/with_mlflow runs it against a real tracking server).
 if importlib.util.find_spec("mlflow") is not None:
     EXAMPLES.append("KerasMlflowDataset")
 

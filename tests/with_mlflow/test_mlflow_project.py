@@ -11,11 +11,10 @@ import json
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from mlflow_support import mlflow_server  # noqa: F401 - a fixture, used by name
-
-import mlflow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from e2e_support import kedro, kedro_new, overlay

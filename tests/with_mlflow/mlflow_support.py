@@ -61,9 +61,8 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory, s3_endpoint):
     """The server, and the environment MLflow's clients (ours, boto3's) read."""
-    import s3fs
-
     import mlflow
+    import s3fs
 
     folder = tmp_path_factory.mktemp("mlflow")
     bucket = f"mlflow-{uuid.uuid4().hex[:10]}"

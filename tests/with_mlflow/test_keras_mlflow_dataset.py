@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import mlflow
 import numpy as np
 import pytest
 from kedro.io import DatasetError
 from mlflow_support import mlflow_server  # noqa: F401 - a fixture, used by name
 
-import mlflow
 from kedro_keras import KerasExportDataset, KerasMlflowDataset, KerasModelDataset, KerasWeightsDataset
 from kedro_keras._dataset import mlflow_runs
 
